@@ -1,0 +1,150 @@
+"""Pipeline configuration: one YAML file validated by pydantic, overridable per run.
+
+``configs/pipeline.yaml`` holds the defaults; ``configs/models/<name>.yaml`` holds each model's
+hyperparameters. Airflow Params and CLI flags override single keys (``load_config(overrides=...)``).
+Every path the pipeline writes lives under ``RECFORGE_HOME`` (default: ``<repo>/.recforge``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+SplitProtocol = Literal["temporal", "leave_last_out", "random_holdout"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceConfig(_Strict):
+    """Where the raw data comes from.
+
+    ``recbole_ml100k``: MovieLens-100K atomic files from the recbole wheel (fetched offline by pip).
+    ``grouplens_100k``: the official ``u.data``/``u.user``/``u.item`` layout in ``path``.
+    ``events``: a generic CSV/Parquet events file at ``path`` (user_id,item_id,timestamp[,rating]),
+    with optional ``users`` and ``items`` attribute tables.
+    """
+
+    kind: Literal["recbole_ml100k", "grouplens_100k", "events"] = "recbole_ml100k"
+    path: str | None = None
+    users: str | None = None
+    items: str | None = None
+    name: str = "ml-100k"
+
+
+class ValidationConfig(_Strict):
+    max_rejected_share: float = Field(0.05, ge=0.0, le=1.0)
+    rating_min: float = 0.0
+    rating_max: float = 5.0
+    # Events must not lie after "now" plus this tolerance (clock skew between producers).
+    future_tolerance_seconds: int = 3600
+    # Drop events whose user/item has no attribute row (when attribute tables are given).
+    require_known_entities: bool = True
+
+
+class FeatureConfig(_Strict):
+    history_length: int = Field(50, ge=1)
+    feature_repo: str = "feature_repo"
+
+
+class SplitConfig(_Strict):
+    protocol: SplitProtocol = "temporal"
+    valid_share: float = Field(0.1, gt=0.0, lt=0.5)
+    test_share: float = Field(0.1, gt=0.0, lt=0.5)
+    seed: int = 2026
+
+
+class TrainerConfig(_Strict):
+    accelerator: str = "cpu"
+    devices: int | str = 1
+    strategy: str = "auto"
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(3, ge=1)
+    seed: int = 2026
+    num_threads: int = 2
+    deterministic: bool = True
+
+
+class EvaluationConfig(_Strict):
+    ks: list[int] = [10, 20]
+    batch_users: int = 512
+
+
+class GateConfig(_Strict):
+    # The candidate's NDCG@10 must be at least this multiple of Popularity's.
+    min_lift_over_popularity: float = Field(1.05, ge=1.0)
+    # It may fall below the champion's NDCG@10 by at most this much (absolute) and still replace it.
+    champion_tolerance: float = Field(0.0, ge=0.0)
+    build_bento: bool = True
+
+
+class MonitoringConfig(_Strict):
+    # Share of drifted columns in a report above which the report counts as drift.
+    drift_share_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    # Ranking quality on the newest window below this NDCG@10 also counts as drift.
+    min_current_ndcg10: float = Field(0.0, ge=0.0)
+    current_window_share: float = Field(0.1, gt=0.0, lt=1.0)
+    max_users: int = 500
+
+
+class PipelineConfig(_Strict):
+    home: str = ""
+    source: SourceConfig = SourceConfig()
+    validation: ValidationConfig = ValidationConfig()
+    features: FeatureConfig = FeatureConfig()
+    split: SplitConfig = SplitConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    gate: GateConfig = GateConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+
+    @property
+    def home_dir(self) -> Path:
+        return Path(self.home or os.environ.get("RECFORGE_HOME") or REPO_ROOT / ".recforge").resolve()
+
+
+def _deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_update(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def dotted_to_nested(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"split.protocol": "x"}`` -> ``{"split": {"protocol": "x"}}``."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Load ``configs/pipeline.yaml`` (or ``path``, or ``$RECFORGE_CONFIG``) and apply dotted overrides."""
+    path = Path(path or os.environ.get("RECFORGE_CONFIG") or CONFIG_DIR / "pipeline.yaml")
+    data = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    if overrides:
+        data = _deep_update(data, dotted_to_nested(overrides))
+    return PipelineConfig.model_validate(data)
+
+
+def load_model_params(model: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Hyperparameters of ``model``: ``configs/models/<model>.yaml`` plus overrides."""
+    path = CONFIG_DIR / "models" / f"{model}.yaml"
+    params = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    params.update(overrides or {})
+    return params

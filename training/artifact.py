@@ -1,0 +1,117 @@
+"""The model artifact: what training writes and what the service and the drift monitor load.
+
+A directory (see docs/architecture.md) that is self-contained: weights, hyperparameters, the id
+index of the split it was trained on, training popularity (cold-start fallback) and the training
+user x item matrix (to exclude seen items). Written to a temp directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from pipeline.artifacts import atomic_path
+from training.models import build_model, get_spec
+
+
+@dataclass
+class ModelArtifact:
+    name: str
+    module: torch.nn.Module
+    item_ids: list[str]
+    user_ids: list[str]
+    popularity: np.ndarray  # (n_items + 1,) training interaction counts; index 0 = padding
+    seen: sp.csr_matrix  # (n_users, n_items + 1) training interactions
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return get_spec(self.name).kind
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @cached_property
+    def item_index(self) -> dict[str, int]:
+        return {item: i + 1 for i, item in enumerate(self.item_ids)}
+
+    @cached_property
+    def user_index(self) -> dict[str, int]:
+        return {user: u for u, user in enumerate(self.user_ids)}
+
+    @torch.no_grad()
+    def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """Full-catalogue scores (B, n_items + 1); column 0 is padding and set to -inf."""
+        self.module.eval()
+        scores = self.module.full_sort_predict(users, history).float()
+        scores[:, 0] = -torch.inf
+        return scores
+
+
+def save_model_artifact(
+    out_dir: Path,
+    name: str,
+    module: torch.nn.Module,
+    hparams: dict[str, Any],
+    item_ids: list[str],
+    user_ids: list[str],
+    train_matrix: sp.csr_matrix,
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write the artifact directory atomically and return its path."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        torch.save(module.state_dict(), tmp / "weights.pt")
+        (tmp / "model.json").write_text(
+            json.dumps(
+                {
+                    "name": name,
+                    "kind": get_spec(name).kind,
+                    "hparams": hparams,
+                    "n_users": len(user_ids),
+                    "n_items": len(item_ids),
+                    "meta": meta or {},
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        (tmp / "item_ids.json").write_text(json.dumps(item_ids))
+        (tmp / "user_ids.json").write_text(json.dumps(user_ids))
+        popularity = np.asarray((train_matrix > 0).sum(axis=0)).ravel().astype(np.float32)
+        np.save(tmp / "popularity.npy", popularity)
+        sp.save_npz(tmp / "seen.npz", train_matrix.tocsr())
+    return out_dir
+
+
+def load_model_artifact(path: Path | str) -> ModelArtifact:
+    path = Path(path)
+    info = json.loads((path / "model.json").read_text())
+    module = build_model(info["name"], info["n_users"], info["n_items"], **info["hparams"])
+    state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
+    # Fitted baselines size some buffers from data (e.g. the user x item matrix): adopt saved shapes.
+    for key, value in state.items():
+        owner, _, attr = key.rpartition(".")
+        target = module.get_submodule(owner) if owner else module
+        if attr in dict(target.named_buffers(recurse=False)) and getattr(target, attr).shape != value.shape:
+            setattr(target, attr, torch.empty_like(value))
+    module.load_state_dict(state)
+    module.eval()
+    return ModelArtifact(
+        name=info["name"],
+        module=module,
+        item_ids=json.loads((path / "item_ids.json").read_text()),
+        user_ids=json.loads((path / "user_ids.json").read_text()),
+        popularity=np.load(path / "popularity.npy"),
+        seen=sp.load_npz(path / "seen.npz").tocsr(),
+        meta=info.get("meta", {}),
+    )
