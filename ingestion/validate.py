@@ -1,0 +1,247 @@
+"""Validate: staging -> a validated, content-addressed snapshot.
+
+Every input row ends in exactly one place: the snapshot or the quarantine file (with a reason).
+``rows_in == rows_kept + rows_quarantined`` is checked before anything is published, and the run
+fails with a message naming the commonest reasons and example lines when the rejected share is
+above ``ValidationConfig.max_rejected_share``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ingestion.ingest import STAGING_TABLES
+from ingestion.schema import GENRE_SEPARATOR
+from pipeline.artifacts import Snapshot, atomic_path
+from pipeline.config import ValidationConfig
+from pipeline.layout import Layout
+
+log = logging.getLogger(__name__)
+
+
+class ValidationFailed(ValueError):
+    """Too much of the input was rejected; the quarantine file says which rows and why."""
+
+
+def _blank(values: pd.Series) -> pd.Series:
+    return values.isna() | (values.astype("string").str.strip() == "")
+
+
+def parse_timestamps(values: pd.Series) -> pd.Series:
+    """Epoch seconds (int or float, as MovieLens stores them) or ISO-8601 strings -> UTC timestamps."""
+    numeric = pd.to_numeric(values, errors="coerce")
+    parsed = pd.to_datetime(numeric, unit="s", utc=True, errors="coerce")
+    textual = numeric.isna() & ~_blank(values)
+    if textual.any():
+        parsed[textual] = pd.to_datetime(values[textual], utc=True, errors="coerce", format="ISO8601")
+    return parsed.astype("datetime64[us, UTC]")
+
+
+def _reject(reasons: pd.Series, mask: pd.Series, reason: str) -> None:
+    """Record ``reason`` for rows in ``mask`` that have no earlier reason (first failure wins)."""
+    reasons[mask & reasons.isna()] = reason
+
+
+def _validate_attributes(frame: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.Series]:
+    reasons = pd.Series(pd.NA, index=frame.index, dtype="string")
+    _reject(reasons, _blank(frame[key]), f"missing_{key}")
+    _reject(reasons, frame[key].duplicated(keep="first"), f"duplicate_{key}")
+    return frame, reasons
+
+
+def validate(
+    staging: Path, cfg: ValidationConfig, layout: Layout, dataset: str, now: datetime | None = None
+) -> Snapshot:
+    """Validate the staged tables and publish the snapshot (atomically) under its data version."""
+    staging = Path(staging)
+    tables = {name: pd.read_parquet(staging / f"{name}.parquet") for name in STAGING_TABLES}
+    inter, users, items, malformed = (tables[n] for n in STAGING_TABLES)
+    now = now or datetime.now(UTC)
+
+    users, user_reasons = _validate_attributes(users, "user_id")
+    items, item_reasons = _validate_attributes(items, "item_id")
+    known_users = set(users.loc[user_reasons.isna(), "user_id"])
+    known_items = set(items.loc[item_reasons.isna(), "item_id"])
+
+    reasons = pd.Series(pd.NA, index=inter.index, dtype="string")
+    for column in ("user_id", "item_id", "timestamp"):
+        _reject(reasons, _blank(inter[column]), f"missing_{column}")
+    timestamps = parse_timestamps(inter["timestamp"])
+    _reject(reasons, timestamps.isna(), "unparseable_timestamp")
+    _reject(
+        reasons,
+        timestamps > pd.Timestamp(now + timedelta(seconds=cfg.future_tolerance_seconds)),
+        "future_timestamp",
+    )
+    ratings = pd.to_numeric(inter["rating"], errors="coerce")
+    _reject(reasons, ratings.isna() & ~_blank(inter["rating"]), "unparseable_rating")
+    _reject(reasons, (ratings < cfg.rating_min) | (ratings > cfg.rating_max), "rating_out_of_range")
+    if cfg.require_known_entities and known_users:
+        _reject(reasons, ~inter["user_id"].isin(known_users), "unknown_user")
+    if cfg.require_known_entities and known_items:
+        _reject(reasons, ~inter["item_id"].isin(known_items), "unknown_item")
+    candidate = reasons.isna()
+    duplicate = inter[["user_id", "item_id"]].assign(ts=timestamps)[candidate].duplicated(keep="first")
+    _reject(reasons, duplicate.reindex(inter.index, fill_value=False), "duplicate_event")
+
+    quarantine = pd.concat(
+        [
+            _quarantine_rows(inter, reasons, "interactions"),
+            _quarantine_rows(users, user_reasons, "users"),
+            _quarantine_rows(items, item_reasons, "items"),
+            malformed.assign(table="unparsed"),
+        ],
+        ignore_index=True,
+    )
+    kept_inter = _normalise_interactions(
+        inter[reasons.isna()], timestamps[reasons.isna()], ratings[reasons.isna()]
+    )
+    kept_users = _normalise_users(users[user_reasons.isna()], kept_inter)
+    kept_items = _normalise_items(items[item_reasons.isna()], kept_inter)
+
+    rows_in = len(inter) + len(users) + len(items) + len(malformed)
+    rows_kept = len(kept_inter) + int(user_reasons.isna().sum()) + int(item_reasons.isna().sum())
+    if rows_in != rows_kept + len(quarantine):  # the no-data-loss invariant; a bug here must stop the run
+        raise AssertionError(
+            f"row accounting broken: {rows_in} in != {rows_kept} kept + {len(quarantine)} quarantined"
+        )
+    counts = quarantine["reason"].value_counts().to_dict() if len(quarantine) else {}
+    counts = {str(k): int(v) for k, v in counts.items()}
+
+    # The quarantine is written beside the staging data first, so a failed validation can be inspected
+    # and nothing is published under data/ unless the batch passes.
+    quarantine = quarantine.astype({c: "string" for c in quarantine.columns if c != "source_line"})
+    staged_quarantine = staging / "quarantine.parquet"
+    quarantine.to_parquet(staged_quarantine, index=False)
+    share = len(quarantine) / max(rows_in, 1)
+    log.info(
+        "validated %s: %d rows in, %d kept, %d quarantined (%.2f%%) %s",
+        dataset,
+        rows_in,
+        rows_kept,
+        len(quarantine),
+        100 * share,
+        json.dumps(counts),
+    )
+    if share > cfg.max_rejected_share:
+        examples = quarantine.head(5)[["source_file", "source_line", "reason"]].to_dict("records")
+        raise ValidationFailed(
+            f"{len(quarantine)} of {rows_in} rows ({share:.1%}) were rejected, above the limit "
+            f"{cfg.max_rejected_share:.1%} (validation.max_rejected_share). Reasons: {counts}. "
+            f"First rejected rows: {examples}. Full list: {staged_quarantine}"
+        )
+    if kept_inter.empty:
+        raise ValidationFailed(f"no valid interactions left in {staging}; see {staged_quarantine}")
+
+    data_version = content_hash(kept_inter, kept_users, kept_items)
+    target = layout.snapshot(data_version)
+    with atomic_path(target) as tmp:
+        tmp.mkdir(parents=True)
+        kept_inter.to_parquet(tmp / "interactions.parquet", index=False)
+        kept_users.to_parquet(tmp / "users.parquet", index=False)
+        kept_items.to_parquet(tmp / "items.parquet", index=False)
+        quarantine.to_parquet(tmp / "quarantine.parquet", index=False)
+        snapshot = Snapshot(
+            data_version=data_version,
+            dataset=dataset,
+            interactions=target / "interactions.parquet",
+            users=target / "users.parquet",
+            items=target / "items.parquet",
+            quarantine=target / "quarantine.parquet",
+            rows_in=rows_in,
+            rows_kept=rows_kept,
+            rows_quarantined=len(quarantine),
+            quarantine_reasons=counts,
+            time_min=str(kept_inter["timestamp"].min()),
+            time_max=str(kept_inter["timestamp"].max()),
+        )
+        snapshot.save(tmp / "snapshot.json")
+    return snapshot
+
+
+def _quarantine_rows(frame: pd.DataFrame, reasons: pd.Series, table: str) -> pd.DataFrame:
+    bad = frame[reasons.notna()]
+    if bad.empty:
+        return pd.DataFrame()
+    data_columns = [c for c in frame.columns if c not in ("source_file", "source_line")]
+    return pd.DataFrame(
+        {
+            "table": table,
+            "source_file": bad["source_file"],
+            "source_line": bad["source_line"],
+            "raw": bad[data_columns].astype("string").fillna("").agg("\t".join, axis=1),
+            "reason": reasons[reasons.notna()],
+        }
+    )
+
+
+def _normalise_interactions(frame: pd.DataFrame, timestamps: pd.Series, ratings: pd.Series) -> pd.DataFrame:
+    out = pd.DataFrame(
+        {
+            "user_id": frame["user_id"].astype("string").str.strip(),
+            "item_id": frame["item_id"].astype("string").str.strip(),
+            "timestamp": timestamps,
+            "rating": ratings.astype("float64"),
+        }
+    ).reset_index(drop=True)
+    out.insert(0, "event_id", np.arange(len(out), dtype="int64"))
+    return out
+
+
+def _normalise_users(frame: pd.DataFrame, interactions: pd.DataFrame) -> pd.DataFrame:
+    users = pd.DataFrame(
+        {
+            "user_id": frame["user_id"].astype("string").str.strip(),
+            # An unparseable age becomes unknown (null): the user and their events stay usable.
+            "age": pd.to_numeric(frame["age"], errors="coerce").round().astype("Int64"),
+            "gender": frame["gender"].astype("string"),
+            "occupation": frame["occupation"].astype("string"),
+            "zip_code": frame["zip_code"].astype("string"),
+        }
+    )
+    return _with_all_ids(users, interactions["user_id"], "user_id")
+
+
+def _normalise_items(frame: pd.DataFrame, interactions: pd.DataFrame) -> pd.DataFrame:
+    genres = frame["genres"].astype("string").fillna("")
+    items = pd.DataFrame(
+        {
+            "item_id": frame["item_id"].astype("string").str.strip(),
+            "title": frame["title"].astype("string"),
+            "release_year": pd.to_numeric(frame["release_year"], errors="coerce").round().astype("Int64"),
+            "genres": [[g for g in value.split(GENRE_SEPARATOR) if g] for value in genres],
+        }
+    )
+    return _with_all_ids(items, interactions["item_id"], "item_id")
+
+
+def _with_all_ids(table: pd.DataFrame, ids: pd.Series, key: str) -> pd.DataFrame:
+    """Add id-only rows for entities that occur in events but have no attribute row."""
+    missing = pd.Index(ids.unique()).difference(pd.Index(table[key]))
+    if len(missing):
+        table = pd.concat([table, pd.DataFrame({key: pd.Series(missing, dtype="string")})], ignore_index=True)
+        if "genres" in table:
+            table["genres"] = table["genres"].apply(lambda v: v if isinstance(v, list) else [])
+    return table.sort_values(key, kind="stable").reset_index(drop=True)
+
+
+def content_hash(*frames: pd.DataFrame) -> str:
+    """Hash of the kept content (values, not file bytes): the same data gives the same version."""
+    digest = hashlib.sha256()
+    for frame in frames:
+        hashable = frame.copy()
+        for column in hashable.columns:
+            if hashable[column].dtype == object:
+                hashable[column] = hashable[column].map(
+                    lambda v: GENRE_SEPARATOR.join(v) if isinstance(v, list | np.ndarray) else v
+                )
+        digest.update(",".join(hashable.columns).encode())
+        digest.update(pd.util.hash_pandas_object(hashable, index=False).values.tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,166 @@
+"""Ingest + validate: every row lands in the snapshot or the quarantine, with a reason; bad files fail clearly."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ingestion.ingest import ingest
+from ingestion.schema import IngestError
+from ingestion.validate import ValidationFailed, validate
+from pipeline.config import SourceConfig, ValidationConfig
+from pipeline.layout import Layout
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
+
+
+def write_recbole(directory: Path, inter_lines: list[str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ml-100k.inter").write_bytes(("\n".join([INTER_HEADER, *inter_lines]) + "\n").encode("utf-8"))
+    (directory / "ml-100k.user").write_text(
+        "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+        "1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\t94043\n3\tnot-a-number\tM\twriter\t32067\n"
+    )
+    (directory / "ml-100k.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        "10\tToy Story\t1995\tAnimation Children's Comedy\n11\tGoldenEye\t1995\tAction Thriller\n12\tHeat\t1995\tCrime\n"
+    )
+    return directory
+
+
+GOOD = ["1\t10\t4\t881250949", "1\t11\t3\t881250950", "2\t10\t5\t881250951", "3\t12\t1\t881250952"]
+BAD = {
+    "missing_user_id": "\t10\t4\t881250960",
+    "unparseable_timestamp": "1\t12\t4\tyesterday",
+    "future_timestamp": "2\t12\t4\t4102444800",  # 2100-01-01
+    "unparseable_rating": "2\t11\tfive\t881250961",
+    "rating_out_of_range": "2\t11\t7\t881250962",
+    "unknown_item": "1\t999\t4\t881250963",
+    "unknown_user": "77\t10\t4\t881250964",
+    "duplicate_event": "1\t10\t4\t881250949",
+    "malformed_line: expected 4 fields, found 3": "3\t10\t4",
+}
+
+
+def run(tmp_path: Path, lines: list[str], max_share: float = 1.0):
+    source = SourceConfig(kind="recbole_ml100k", path=str(write_recbole(tmp_path / "raw", lines)))
+    layout = Layout(tmp_path / "home")
+    staging = ingest(source, layout, "run-1")
+    cfg = ValidationConfig(max_rejected_share=max_share, rating_min=1, rating_max=5)
+    return validate(staging, cfg, layout, "ml-100k", now=NOW), layout
+
+
+def test_every_rejected_row_is_quarantined_with_its_reason(tmp_path):
+    snapshot, _ = run(tmp_path, GOOD + list(BAD.values()))
+    # 4 good + 9 bad interaction lines, 3 users, 3 items.
+    assert snapshot.rows_in == 13 + 3 + 3
+    assert snapshot.rows_quarantined == len(BAD)
+    assert snapshot.rows_in == snapshot.rows_kept + snapshot.rows_quarantined
+    assert snapshot.quarantine_reasons == {reason: 1 for reason in BAD}
+    quarantine = pd.read_parquet(snapshot.quarantine)
+    assert set(quarantine["reason"]) == set(BAD)
+    # The duplicate is the later line (line 10 of the file: header + 4 good + 5 bad before it).
+    duplicate = quarantine[quarantine["reason"] == "duplicate_event"].iloc[0]
+    assert int(duplicate["source_line"]) == 1 + len(GOOD) + list(BAD).index("duplicate_event") + 1
+    kept = pd.read_parquet(snapshot.interactions)
+    assert len(kept) == len(GOOD)
+    assert list(kept["event_id"]) == [0, 1, 2, 3]
+    assert str(kept["timestamp"].dtype) == "datetime64[us, UTC]"
+    assert kept["rating"].tolist() == [4.0, 3.0, 5.0, 1.0]
+
+
+def test_attribute_glitches_keep_the_entity(tmp_path):
+    snapshot, _ = run(tmp_path, GOOD)
+    users = pd.read_parquet(snapshot.users).set_index("user_id")
+    assert pd.isna(users.loc["3", "age"])  # "not-a-number" became unknown, the user stays
+    items = pd.read_parquet(snapshot.items).set_index("item_id")
+    assert list(items.loc["10", "genres"]) == ["Animation", "Children's", "Comedy"]
+
+
+def test_rejected_share_over_the_limit_fails_and_publishes_nothing(tmp_path):
+    with pytest.raises(ValidationFailed, match=r"rejected, above the limit.*rating_out_of_range"):
+        run(tmp_path, GOOD + list(BAD.values()), max_share=0.1)
+    layout = Layout(tmp_path / "home")
+    assert not (layout.home / "data").exists()
+    assert len(pd.read_parquet(layout.staging("run-1") / "quarantine.parquet")) == len(BAD)
+
+
+def test_data_version_is_a_content_hash(tmp_path):
+    first, _ = run(tmp_path / "a", GOOD)
+    again, _ = run(tmp_path / "b", GOOD + ["3\t10\t4"])  # a malformed line changes no kept content
+    changed, _ = run(tmp_path / "c", GOOD[:-1])
+    assert first.data_version == again.data_version
+    assert first.data_version != changed.data_version
+
+
+def test_invalid_utf8_line_is_quarantined_not_fatal(tmp_path):
+    raw = write_recbole(tmp_path / "raw", GOOD)
+    path = raw / "ml-100k.inter"
+    path.write_bytes(path.read_bytes() + b"1\t\xff\xfe\t4\t881250999\n")
+    staging = ingest(SourceConfig(path=str(raw)), Layout(tmp_path / "home"), "r")
+    snapshot = validate(staging, ValidationConfig(max_rejected_share=1.0), Layout(tmp_path / "home"), "x", now=NOW)
+    quarantine = pd.read_parquet(snapshot.quarantine)
+    assert quarantine["reason"].str.contains("not valid utf-8").sum() == 1
+    assert int(quarantine["source_line"].iloc[0]) == len(GOOD) + 2
+
+
+def test_missing_required_column_names_file(tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text("user,item_id,timestamp\n1,2,3\n")
+    with pytest.raises(IngestError, match=r"events.csv: missing required column\(s\) \['user_id'\]"):
+        ingest(SourceConfig(kind="events", path=str(events)), Layout(tmp_path / "home"), "r")
+
+
+def test_truncated_gzip_fails_with_file_and_line(tmp_path):
+    events = tmp_path / "events.csv.gz"
+    body = "user_id,item_id,timestamp\n" + "".join(f"{i % 7},{i % 11},{1_600_000_000 + i}\n" for i in range(20000))
+    data = gzip.compress(body.encode())
+    events.write_bytes(data[: len(data) // 2])
+    with pytest.raises(IngestError, match=r"events.csv.gz: unreadable after line \d+"):
+        ingest(SourceConfig(kind="events", path=str(events)), Layout(tmp_path / "home"), "r")
+
+
+def test_corrupt_parquet_fails_with_file(tmp_path):
+    events = tmp_path / "events.parquet"
+    events.write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(IngestError, match="events.parquet: not a readable Parquet file"):
+        ingest(SourceConfig(kind="events", path=str(events)), Layout(tmp_path / "home"), "r")
+
+
+def test_generic_events_with_iso_timestamps_and_no_attributes(tmp_path):
+    events = tmp_path / "events.parquet"
+    pd.DataFrame(
+        {
+            "user_id": ["a", "a", "b"],
+            "item_id": ["x", "y", "x"],
+            "timestamp": ["2024-01-01T10:00:00Z", "2024-01-02T10:00:00+02:00", "2024-01-03"],
+        }
+    ).to_parquet(events)
+    layout = Layout(tmp_path / "home")
+    staging = ingest(SourceConfig(kind="events", path=str(events), name="shop"), layout, "r")
+    snapshot = validate(staging, ValidationConfig(), layout, "shop", now=NOW)
+    kept = pd.read_parquet(snapshot.interactions)
+    assert kept["timestamp"].dt.strftime("%Y-%m-%d %H").tolist() == ["2024-01-01 10", "2024-01-02 08", "2024-01-03 00"]
+    assert kept["rating"].isna().all()
+    assert sorted(pd.read_parquet(snapshot.users)["user_id"]) == ["a", "b"]
+    assert sorted(pd.read_parquet(snapshot.items)["item_id"]) == ["x", "y"]
+
+
+def test_grouplens_layout(tmp_path):
+    raw = tmp_path / "ml-100k"
+    raw.mkdir()
+    (raw / "u.data").write_text("1\t10\t4\t881250949\n2\t10\t3\t881250950\n")
+    (raw / "u.user").write_text("1|24|M|technician|85711\n2|53|F|other|94043\n")
+    (raw / "u.genre").write_text("unknown|0\nAction|1\nComedy|2\n\n")
+    (raw / "u.item").write_bytes("10|Caf\xe9 Society (1995)|01-Jan-1995||http://x|0|1|1\n".encode("latin-1"))
+    layout = Layout(tmp_path / "home")
+    staging = ingest(SourceConfig(kind="grouplens_100k", path=str(raw)), layout, "r")
+    snapshot = validate(staging, ValidationConfig(), layout, "ml-100k", now=NOW)
+    item = pd.read_parquet(snapshot.items).iloc[0]
+    assert (item["title"], item["release_year"], list(item["genres"])) == ("Café Society", 1995, ["Action", "Comedy"])
+    assert snapshot.rows_kept == 2 + 2 + 1
