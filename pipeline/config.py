@@ -38,6 +38,8 @@ class SourceConfig(_Strict):
     users: str | None = None
     items: str | None = None
     name: str = "ml-100k"
+    # Keep only the events of the first N users (sorted by id): a small, real slice for quick runs.
+    sample_users: int | None = Field(None, ge=1)
 
 
 class ValidationConfig(_Strict):

@@ -1,0 +1,39 @@
+# recforge: `make demo` runs the whole pipeline on MovieLens-100K; `make test` runs the test suite.
+# Both create .venv and install the pinned dependencies first (requirements.lock).
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export RECFORGE_HOME ?= $(CURDIR)/.recforge
+export OMP_WAIT_POLICY ?= PASSIVE
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test test-fast airflow serve drift-ui leaderboard bench lint format clean
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+demo: $(BIN)/.installed  ## the main job: both DAGs end to end through Airflow (SQLite, local Feast)
+	$(BIN)/recforge demo
+
+test: $(BIN)/.installed  ## the whole suite (unit + integration against the real stack)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900 tests
+
+test-fast: $(BIN)/.installed  ## unit tests only
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration" tests
+
+airflow: $(BIN)/.installed  ## Airflow UI (standalone) on a free local port; prints URL and login
+	$(BIN)/recforge airflow-ui
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:  ## remove every artifact (data cache, stores, runs); keeps the venv
+	rm -rf .recforge

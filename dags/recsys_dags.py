@@ -1,0 +1,177 @@
+"""One DAG per registered model (``recsys_<model>``) plus the drift monitor that requests retraining.
+
+Thin on purpose: every task calls one function of ``pipeline.stages`` and passes manifest paths
+through XCom. Adding a model to ``training.models`` gives it a DAG here with no edit to this file.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from airflow.sdk import DAG, Asset, Param, get_current_context, task
+
+# The DAG processor runs this file from the dags folder; the stage packages live one level up.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.dag_params import PIPELINE_PARAMS, overrides_from_params  # noqa: E402
+from training.models import MODELS, pipeline_models  # noqa: E402
+
+IO_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10)}
+
+
+def retrain_asset(model: str) -> Asset:
+    """Asset whose events (emitted when drift is detected) schedule ``recsys_<model>``."""
+    return Asset(f"recforge://retrain/{model}")
+
+
+def _ids() -> tuple[str, str]:
+    context = get_current_context()
+    return context["dag"].dag_id.removeprefix("recsys_"), context["run_id"]
+
+
+def _overrides() -> dict:
+    return overrides_from_params(get_current_context()["params"])
+
+
+def build_model_dag(model: str) -> DAG:
+    spec = MODELS[model]
+    with DAG(
+        dag_id=f"recsys_{model}",
+        description=f"{spec.description}: raw data to a served, drift-monitored recommender",
+        doc_md=f"""
+### recsys_{model} — {spec.description}
+ingest → validate → features (Feast, point-in-time) → split → train (Lightning) → evaluate
+(full ranking vs. Popularity and ItemKNN) → gate → package (BentoML) → drift (Evidently) → finish.
+
+Triggered by hand (the form takes the parameters below) or by the drift monitor when drift is
+detected in this model's data (asset `recforge://retrain/{model}`). Artifacts land under
+`$RECFORGE_HOME/runs/{model}/<run_id>`; the run summary in `$RECFORGE_HOME/summary.json`.
+""",
+        schedule=[retrain_asset(model)],
+        catchup=False,
+        max_active_runs=1,
+        tags=["recforge", spec.kind, model],
+        params={
+            **PIPELINE_PARAMS,
+            "hparams": Param({}, type="object", description=f"overrides of configs/models/{model}.yaml"),
+        },
+        default_args={"owner": "recforge"},
+    ) as dag:
+
+        @task(doc_md="Read the configured source into staging Parquet (strings + provenance).", **IO_RETRIES)
+        def ingest() -> str:
+            from pipeline import stages
+
+            return stages.ingest(*_ids(), _overrides())
+
+        @task(doc_md="Validate types, ranges, duplicates, unknown entities; quarantine bad rows; snapshot.")
+        def validate(staging: str) -> str:
+            from pipeline import stages
+
+            return stages.validate(*_ids(), staging, _overrides())
+
+        @task(
+            doc_md="Feast apply + materialise; training examples via get_historical_features.", **IO_RETRIES
+        )
+        def features(snapshot: str) -> str:
+            from pipeline import stages
+
+            return stages.features(*_ids(), snapshot, _overrides())
+
+        @task(doc_md="Split by the run's protocol (temporal / leave_last_out / random_holdout).")
+        def split(feature_set: str) -> str:
+            from pipeline import stages
+
+            return stages.split(*_ids(), feature_set, _overrides())
+
+        @task(doc_md=f"Train {model} with Lightning; early stopping on validation NDCG@10.")
+        def train(split_manifest: str) -> str:
+            from pipeline import stages
+
+            return stages.train(
+                *_ids(), split_manifest, _overrides(), get_current_context()["params"]["hparams"]
+            )
+
+        @task(doc_md="Full-ranking evaluation against the baselines on the same split.")
+        def evaluate(train_manifest: str, split_manifest: str) -> str:
+            from pipeline import stages
+
+            return stages.evaluate(*_ids(), train_manifest, split_manifest, _overrides())
+
+        @task(doc_md="Promote only if the candidate beats Popularity by the margin and the champion.")
+        def gate(evaluation: str) -> str:
+            from pipeline import stages
+
+            return stages.gate(*_ids(), evaluation, _overrides())
+
+        @task(doc_md="Save the BentoML model; if promoted, swap the champion pointer and build the Bento.")
+        def package(train_manifest: str, evaluation: str, decision: str) -> str:
+            from pipeline import stages
+
+            return stages.package(*_ids(), train_manifest, evaluation, decision, _overrides())
+
+        @task(doc_md="Evidently data, prediction and ranking-quality drift: HTML + JSON + workspace.")
+        def drift(split_manifest: str, train_manifest: str) -> str:
+            from pipeline import stages
+
+            return stages.drift(*_ids(), split_manifest, train_manifest, _overrides())
+
+        @task(doc_md="Mark the run complete; refresh summary.json and the leaderboard.")
+        def finish(_packaged: str, _drift: str) -> str:
+            from pipeline import stages
+
+            return stages.finish(*_ids(), _overrides())
+
+        split_manifest = split(features(validate(ingest())))
+        train_manifest = train(split_manifest)
+        evaluation = evaluate(train_manifest, split_manifest)
+        packaged = package(train_manifest, evaluation, gate(evaluation))
+        finish(packaged, drift(split_manifest, train_manifest))
+    return dag
+
+
+def build_drift_monitor_dag() -> DAG:
+    """Daily drift check of the champion; a detected drift emits the model's retrain asset event."""
+    with DAG(
+        dag_id="recsys_drift_monitor",
+        description="Evidently drift check of the promoted model; drift triggers retraining",
+        doc_md="""
+### recsys_drift_monitor
+Reads the champion pointer, re-runs the Evidently drift checks of its latest run against the
+newest data, and when drift is over the thresholds emits `recforge://retrain/<model>`, which
+schedules `recsys_<model>`. Reports land in the run directory and the Evidently workspace.
+""",
+        schedule="@daily",
+        catchup=False,
+        tags=["recforge", "monitoring"],
+        params=PIPELINE_PARAMS,
+    ) as dag:
+
+        @task(doc_md="Drift of the champion's latest run against the newest data.")
+        def check_champion() -> dict:
+            from pipeline.monitor import check_champion_drift
+
+            return check_champion_drift(overrides_from_params(get_current_context()["params"]))
+
+        result = check_champion()
+        for model in pipeline_models():
+
+            @task.short_circuit(
+                task_id=f"drift_on_{model}", doc_md=f"Go on only if {model} is champion and drifted."
+            )
+            def drifted(result: dict, model: str = model) -> bool:
+                return bool(result.get("drift_detected")) and result.get("model") == model
+
+            @task(task_id=f"request_retrain_{model}", outlets=[retrain_asset(model)])
+            def request_retrain() -> None:
+                """Succeeding emits the asset event that schedules the model's DAG."""
+
+            drifted(result) >> request_retrain()
+    return dag
+
+
+for _model in pipeline_models():
+    globals()[f"recsys_{_model}"] = build_model_dag(_model)
+recsys_drift_monitor = build_drift_monitor_dag()

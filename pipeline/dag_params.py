@@ -1,0 +1,81 @@
+"""Trigger-form parameters shared by the recforge DAGs and their mapping onto config overrides.
+
+Kept outside ``dags/`` so the mapping is unit-testable without Airflow's DAG processor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Param
+
+from pipeline.config import load_config
+
+# form field -> dotted key in configs/pipeline.yaml
+PARAM_TO_CONFIG = {
+    "split_protocol": "split.protocol",
+    "max_epochs": "trainer.max_epochs",
+    "patience": "trainer.patience",
+    "accelerator": "trainer.accelerator",
+    "devices": "trainer.devices",
+    "strategy": "trainer.strategy",
+    "sample_users": "source.sample_users",
+    "min_lift_over_popularity": "gate.min_lift_over_popularity",
+    "drift_share_threshold": "monitoring.drift_share_threshold",
+}
+
+# Form defaults come from configs/pipeline.yaml, so the form and the CLI never disagree.
+_defaults = load_config()
+
+PIPELINE_PARAMS: dict[str, Param] = {
+    "split_protocol": Param(
+        _defaults.split.protocol,
+        enum=["temporal", "leave_last_out", "random_holdout"],
+        description="How to split events into train/valid/test (recorded in every artifact).",
+    ),
+    "max_epochs": Param(
+        _defaults.trainer.max_epochs,
+        type="integer",
+        minimum=1,
+        description="Upper bound; early stopping may end sooner.",
+    ),
+    "patience": Param(
+        _defaults.trainer.patience,
+        type="integer",
+        minimum=1,
+        description="Epochs without better valid NDCG@10.",
+    ),
+    "accelerator": Param(
+        _defaults.trainer.accelerator, enum=["cpu", "gpu", "auto"], description="Lightning accelerator."
+    ),
+    "devices": Param(
+        _defaults.trainer.devices, type="integer", minimum=1, description="Devices per node (ddp when > 1)."
+    ),
+    "strategy": Param(
+        _defaults.trainer.strategy, enum=["auto", "ddp", "fsdp"], description="Lightning strategy."
+    ),
+    "sample_users": Param(
+        _defaults.source.sample_users,
+        type=["null", "integer"],
+        minimum=1,
+        description="Use only the first N users (a quick slice).",
+    ),
+    "min_lift_over_popularity": Param(
+        _defaults.gate.min_lift_over_popularity,
+        type="number",
+        minimum=1.0,
+        description="Gate: candidate NDCG@10 >= this x Popularity's.",
+    ),
+    "drift_share_threshold": Param(
+        _defaults.monitoring.drift_share_threshold,
+        type="number",
+        minimum=0,
+        maximum=1,
+        description="Share of drifted columns that counts as drift.",
+    ),
+}
+
+
+def overrides_from_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Dotted config overrides from a run's params (unknown keys ignored, None means 'use default')."""
+    return {key: params[name] for name, key in PARAM_TO_CONFIG.items() if params.get(name) is not None}

@@ -1,0 +1,180 @@
+"""The DAGs under real Airflow 3: parse (DagBag), run in-process (dag.test), and run under
+``airflow standalone`` triggered over the REST API v2 — the way a user triggers them from the UI.
+
+Airflow reads its configuration when first imported, so each check runs in a subprocess with its
+own AIRFLOW_HOME (SQLite) and RECFORGE_HOME.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from pipeline.airflow_env import airflow_env, free_port
+from pipeline.layout import Layout
+from tests.integration.pipeline_home import make_home
+
+pytestmark = pytest.mark.integration
+
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+def python(code: str, env: dict[str, str], timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_dagbag_has_every_model_dag_and_no_import_errors(tmp_path):
+    env = airflow_env(Layout(tmp_path), base=make_home(tmp_path))
+    result = python(
+        """
+import json, os
+from airflow.dag_processing.dagbag import DagBag
+from training.models import pipeline_models
+bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+dags = {d: {"tasks": [t.task_id for t in bag.dags[d].tasks], "params": sorted(bag.dags[d].params),
+            "doc": bool(bag.dags[d].doc_md), "task_docs": all(t.doc_md for t in bag.dags[d].tasks)}
+        for d in bag.dag_ids}
+print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": dags,
+                  "models": pipeline_models()}))
+""",
+        env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["errors"] == {}
+    expected = [
+        "ingest",
+        "validate",
+        "features",
+        "split",
+        "train",
+        "evaluate",
+        "gate",
+        "package",
+        "drift",
+        "finish",
+    ]
+    assert {"bpr", "sasrec"} <= set(report["models"])
+    for model in report["models"]:
+        dag = report["dags"][f"recsys_{model}"]
+        assert dag["tasks"] == expected
+        assert {"split_protocol", "max_epochs", "hparams"} <= set(dag["params"])
+        assert dag["doc"] and dag["task_docs"]
+    assert "recsys_drift_monitor" in report["dags"]
+
+
+def test_dag_test_runs_recsys_bpr_end_to_end(tmp_path):
+    env = airflow_env(Layout(tmp_path), base=make_home(tmp_path, sample_users=80))
+    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    result = python(
+        """
+import json, os
+from airflow.dag_processing.dagbag import DagBag
+dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag("recsys_bpr")
+run = dag.test(run_conf={"max_epochs": 2, "split_protocol": "random_holdout"})
+print(json.dumps({"state": str(run.state)}))
+""",
+        env,
+        timeout=900,
+    )
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    assert json.loads(result.stdout.strip().splitlines()[-1])["state"] == "success", result.stdout[-5000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    bpr = summary["models"]["bpr"]
+    assert bpr["protocol"] == "random_holdout"  # the trigger-form parameter reached the stages
+    assert 0.0 < bpr["metrics"]["ndcg@10"] <= 1.0
+    assert {"popularity", "itemknn"} <= set(summary["baselines"])
+    assert bpr["drift_detected"] in (True, False)
+
+
+def test_standalone_airflow_runs_a_dag_triggered_over_rest(tmp_path):
+    port = free_port()
+    env = airflow_env(
+        Layout(tmp_path), api_port=port, base=make_home(tmp_path, sample_users=60, max_epochs=1)
+    )
+    env["AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"] = "5"
+    log = open(tmp_path / "standalone.log", "w")
+    server = subprocess.Popen([AIRFLOW, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        password = _wait_for(lambda: _password(env), 240, "the admin password file")
+        token = _wait_for(lambda: _token(base, password), 240, "the API server to issue a token")
+        headers = {"Authorization": f"Bearer {token}"}
+        _wait_for(
+            lambda: requests.get(f"{base}/api/v2/dags/recsys_bpr", headers=headers, timeout=5).ok,
+            240,
+            "the DAG processor to register recsys_bpr",
+        )
+        assert requests.patch(
+            f"{base}/api/v2/dags/recsys_bpr", json={"is_paused": False}, headers=headers, timeout=10
+        ).ok
+        trigger = requests.post(
+            f"{base}/api/v2/dags/recsys_bpr/dagRuns",
+            json={"logical_date": None, "conf": {"max_epochs": 1}},
+            headers=headers,
+            timeout=10,
+        )
+        assert trigger.status_code == 200, trigger.text
+        run_id = trigger.json()["dag_run_id"]
+
+        def finished() -> str | None:
+            state = requests.get(
+                f"{base}/api/v2/dags/recsys_bpr/dagRuns/{run_id}", headers=headers, timeout=10
+            ).json()["state"]
+            return state if state in ("success", "failed") else None
+
+        state = _wait_for(finished, 900, "the triggered run to finish")
+        if state != "success":
+            tasks = requests.get(
+                f"{base}/api/v2/dags/recsys_bpr/dagRuns/{run_id}/taskInstances", headers=headers, timeout=10
+            ).json()
+            pytest.fail(
+                f"run {run_id} ended {state}: {[(t['task_id'], t['state']) for t in tasks['task_instances']]}"
+                f"\n{(tmp_path / 'standalone.log').read_text()[-4000:]}"
+            )
+        assert json.loads((tmp_path / "summary.json").read_text())["models"]["bpr"]["metrics"]["ndcg@10"] > 0
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _password(env: dict[str, str]) -> str | None:
+    path = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    return json.loads(path.read_text())["admin"] if path.is_file() and path.stat().st_size else None
+
+
+def _token(base: str, password: str) -> str | None:
+    try:
+        response = requests.post(
+            f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=5
+        )
+    except requests.ConnectionError:
+        return None
+    return response.json()["access_token"] if response.status_code in (200, 201) else None
+
+
+def _wait_for(probe, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = probe()
+        except (requests.RequestException, ValueError, KeyError, OSError):
+            value = None
+        if value:
+            return value
+        time.sleep(2)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
