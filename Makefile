@@ -37,3 +37,6 @@ format: $(BIN)/.installed
 
 clean:  ## remove every artifact (data cache, stores, runs); keeps the venv
 	rm -rf .recforge
+
+drift-ui: $(BIN)/.installed  ## Evidently UI over the drift reports on a free local port (prints the URL)
+	$(BIN)/python -m monitoring.ui

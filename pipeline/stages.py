@@ -8,8 +8,13 @@ on every parse and must stay fast.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import logging
 import re
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,6 +67,25 @@ def _run_dir(layout: Layout, model: str, run_id: str) -> Path:
     return path
 
 
+def timed(stage: Callable[..., str]) -> Callable[..., str]:
+    """Record the stage's wall time in ``<run dir>/timings.json`` (the demo benchmark reads it)."""
+
+    @functools.wraps(stage)
+    def wrapper(model: str, run_id: str, *args: Any, **kwargs: Any) -> str:
+        started = time.perf_counter()
+        result = stage(model, run_id, *args, **kwargs)
+        overrides = inspect.signature(stage).bind(model, run_id, *args, **kwargs).arguments.get("overrides")
+        _, layout = context(overrides)
+        path = _run_dir(layout, model, run_id) / "timings.json"
+        timings = json.loads(path.read_text()) if path.is_file() else {}
+        timings[stage.__name__] = round(time.perf_counter() - started, 2)
+        atomic_write_json(path, timings)
+        return result
+
+    return wrapper
+
+
+@timed
 def ingest(model: str, run_id: str, overrides: dict[str, Any] | None = None) -> str:
     from ingestion.ingest import ingest as ingest_source
 
@@ -69,6 +93,7 @@ def ingest(model: str, run_id: str, overrides: dict[str, Any] | None = None) -> 
     return str(ingest_source(cfg.source, layout, f"{model}-{safe_run_id(run_id)}"))
 
 
+@timed
 def validate(model: str, run_id: str, staging: str, overrides: dict[str, Any] | None = None) -> str:
     from ingestion.validate import validate as validate_staging
 
@@ -77,6 +102,7 @@ def validate(model: str, run_id: str, staging: str, overrides: dict[str, Any] | 
     return str(snapshot.save(_run_dir(layout, model, run_id) / "snapshot.json"))
 
 
+@timed
 def features(model: str, run_id: str, snapshot: str, overrides: dict[str, Any] | None = None) -> str:
     from features.store import build_features
 
@@ -85,6 +111,7 @@ def features(model: str, run_id: str, snapshot: str, overrides: dict[str, Any] |
     return str(feature_set.save(_run_dir(layout, model, run_id) / "features.json"))
 
 
+@timed
 def split(model: str, run_id: str, feature_set: str, overrides: dict[str, Any] | None = None) -> str:
     from training.split import make_split
 
@@ -93,6 +120,7 @@ def split(model: str, run_id: str, feature_set: str, overrides: dict[str, Any] |
     return str(result.save(_run_dir(layout, model, run_id) / "split.json"))
 
 
+@timed
 def train(
     model: str,
     run_id: str,
@@ -109,6 +137,7 @@ def train(
     return str(result.save(run_dir / "train.json"))
 
 
+@timed
 def evaluate(
     model: str, run_id: str, train_manifest: str, split_manifest: str, overrides: dict[str, Any] | None = None
 ) -> str:
@@ -119,6 +148,7 @@ def evaluate(
     return str(evaluation.save(_run_dir(layout, model, run_id) / "evaluation.json"))
 
 
+@timed
 def gate(model: str, run_id: str, evaluation: str, overrides: dict[str, Any] | None = None) -> str:
     from training.gate import decide
 
@@ -128,6 +158,7 @@ def gate(model: str, run_id: str, evaluation: str, overrides: dict[str, Any] | N
     return str(decision.save(_run_dir(layout, model, run_id) / "gate.json"))
 
 
+@timed
 def package(
     model: str,
     run_id: str,
@@ -149,6 +180,7 @@ def package(
     return str(packaged.save(_run_dir(layout, model, run_id) / "package.json"))
 
 
+@timed
 def drift(
     model: str, run_id: str, split_manifest: str, train_manifest: str, overrides: dict[str, Any] | None = None
 ) -> str:

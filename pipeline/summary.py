@@ -54,6 +54,7 @@ def model_record(run_dir: Path) -> dict[str, Any]:
         "drift_detected": drift.get("drift_detected"),
         "drift_reasons": drift.get("reasons", []),
         "drift_reports": {k: v for k, v in drift.items() if k.endswith(("_html", "_json", "reports"))},
+        "stage_seconds": _read(run_dir / "timings.json"),
     }
 
 

@@ -1,0 +1,110 @@
+"""Feast definitions of recforge: entities, sources, feature views and feature services.
+
+Only definitions live in this repo, because Feast imports every ``.py`` file in it on ``feast apply``.
+The tables behind the sources are written by ``features.store.build_features`` into
+``$RECFORGE_HOME/feast/offline/<view>.parquet``; the path is read from the environment when this
+module is imported, so the CLI, the pipeline and the service all point at the same files.
+
+Every view has ``ttl=timedelta(0)``, which Feast reads as "never expires": profiles are static, and
+the activity/popularity rows hold the full state as of their timestamp (the latest one stays valid
+until a newer one arrives), so no value may be dropped from a point-in-time join for being old.
+
+History views (``user_activity``, ``item_popularity``) hold, in the row stamped ``t``, only what
+happened strictly before ``t`` — Feast's point-in-time join is inclusive (a row stamped exactly at an
+event's timestamp is joined to it), so this is what keeps an event's own label out of its features.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.types import Array, Float64, Int64, String
+
+RECFORGE_HOME = Path(os.environ.get("RECFORGE_HOME") or Path(__file__).resolve().parent.parent / ".recforge")
+OFFLINE_DIR = RECFORGE_HOME / "feast" / "offline"
+NEVER_EXPIRES = timedelta(0)
+
+
+def _source(view: str) -> FileSource:
+    return FileSource(
+        name=f"{view}_source",
+        path=str(OFFLINE_DIR / f"{view}.parquet"),
+        timestamp_field="event_timestamp",
+        description=f"Offline table of the {view} view, written by features.store.build_features",
+    )
+
+
+user = Entity(
+    name="user", join_keys=["user_id"], value_type=ValueType.STRING, description="A user (string id)"
+)
+item = Entity(
+    name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="An item (string id)"
+)
+
+user_profile = FeatureView(
+    name="user_profile",
+    entities=[user],
+    ttl=NEVER_EXPIRES,
+    schema=[
+        Field(name="age", dtype=Int64),
+        Field(name="gender", dtype=String),
+        Field(name="occupation", dtype=String),
+    ],
+    online=True,
+    source=_source("user_profile"),
+    description="Static user attributes, stamped at the earliest event of the snapshot",
+)
+
+user_activity = FeatureView(
+    name="user_activity",
+    entities=[user],
+    ttl=NEVER_EXPIRES,
+    schema=[
+        Field(name="user_interaction_count", dtype=Int64),
+        Field(name="user_mean_rating", dtype=Float64),
+        Field(name="recent_items", dtype=Array(String)),
+    ],
+    online=True,
+    source=_source("user_activity"),
+    description="The user's history strictly before the row's timestamp (last N items oldest first); "
+    "the newest row of a user (just after the last event) is what serving reads online",
+)
+
+item_profile = FeatureView(
+    name="item_profile",
+    entities=[item],
+    ttl=NEVER_EXPIRES,
+    schema=[
+        Field(name="title", dtype=String),
+        Field(name="release_year", dtype=Int64),
+        Field(name="genres", dtype=Array(String)),
+    ],
+    online=True,
+    source=_source("item_profile"),
+    description="Static item attributes, stamped at the earliest event of the snapshot",
+)
+
+item_popularity = FeatureView(
+    name="item_popularity",
+    entities=[item],
+    ttl=NEVER_EXPIRES,
+    schema=[Field(name="item_interaction_count", dtype=Int64), Field(name="item_mean_rating", dtype=Float64)],
+    online=True,
+    source=_source("item_popularity"),
+    description="The item's interactions strictly before the row's timestamp",
+)
+
+recsys_training = FeatureService(
+    name="recsys_training",
+    features=[user_profile, user_activity, item_profile, item_popularity],
+    description="Every feature of a training example (point-in-time via get_historical_features)",
+)
+
+recsys_online = FeatureService(
+    name="recsys_online",
+    features=[user_profile, user_activity],
+    description="What the service reads per request: the user's profile and freshest history",
+)

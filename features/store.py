@@ -1,0 +1,504 @@
+"""The features stage: offline tables -> Feast apply -> point-in-time training examples -> online store.
+
+``build_features`` is the stage function (see docs/architecture.md); ``feature_store``,
+``online_user_features`` and ``online_item_features`` are what the service and the monitors use to
+reach the same Feast store.
+
+Why it is shaped like this:
+- The Feast repo (``feature_repo/``) holds only definitions. They read ``RECFORGE_HOME`` when imported,
+  and ``feature_store.yaml`` expands ``${RECFORGE_HOME}``, so this module points both at the layout's
+  home while it loads them (and loads the definitions afresh each time, never from ``sys.modules``,
+  so two homes in one process do not bleed into each other).
+- Two DAGs (recsys_bpr, recsys_sasrec) build features for the same data version. A file lock
+  serialises them (the file registry cannot take concurrent writers) and the second one finds the
+  manifest, the registry tags and the materialisation record of the first and returns at once.
+- A failed build leaves the previous state alone: tables are written to a temporary directory; they
+  replace the live ones only when complete; examples are drawn before anything is materialised; on
+  any error the previous tables and registry entries are put back.
+- Feast collapses duplicate (entity key, timestamp) rows of an entity frame, so the entity frame holds
+  each distinct (user, item, timestamp) once with a row number, and every interaction takes its
+  features back by that number — one example per event, always.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from feast import Entity, FeatureService, FeatureStore, FeatureView
+from feast.data_source import DataSource
+
+from features.tables import TS_TYPE, build_tables, read_snapshot, write_tables
+from pipeline.artifacts import FeatureSet, Snapshot, atomic_path, atomic_write_json
+from pipeline.config import REPO_ROOT, FeatureConfig
+from pipeline.layout import Layout
+
+log = logging.getLogger(__name__)
+
+PROFILE_ENV = "RECFORGE_FEAST_PROFILE"  # "production" selects profiles/production/feature_store.yaml
+FEATURE_VIEWS = ("user_profile", "user_activity", "item_profile", "item_popularity")
+TRAINING_SERVICE = "recsys_training"
+ONLINE_SERVICE = "recsys_online"
+DATA_VERSION_TAG = "recforge_data_version"
+MANIFEST = "feature_set.json"
+EXAMPLES = "examples.parquet"
+
+EXAMPLE_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.int64()),
+        ("user_id", pa.string()),
+        ("item_id", pa.string()),
+        ("event_timestamp", TS_TYPE),
+        ("rating", pa.float64()),
+        ("age", pa.int64()),
+        ("gender", pa.string()),
+        ("occupation", pa.string()),
+        ("user_interaction_count", pa.int64()),
+        ("user_mean_rating", pa.float64()),
+        ("recent_items", pa.list_(pa.string())),
+        ("title", pa.string()),
+        ("release_year", pa.int64()),
+        ("genres", pa.list_(pa.string())),
+        ("item_interaction_count", pa.int64()),
+        ("item_mean_rating", pa.float64()),
+    ]
+)
+FEATURE_COLUMNS = EXAMPLE_SCHEMA.names[5:]
+USER_ONLINE_FEATURES = (
+    "age",
+    "gender",
+    "occupation",
+    "user_interaction_count",
+    "user_mean_rating",
+    "recent_items",
+)
+ITEM_ONLINE_FEATURES = [
+    "item_profile:title",
+    "item_profile:release_year",
+    "item_profile:genres",
+    "item_popularity:item_interaction_count",
+    "item_popularity:item_mean_rating",
+]
+
+
+class FeatureBuildError(RuntimeError):
+    """The features stage failed; the message names the file or field at fault."""
+
+
+# --------------------------------------------------------------------------- the Feast repo
+
+
+def repo_path(feature_repo: FeatureConfig | str | Path | None = None) -> Path:
+    """The Feast repo directory (``FeatureConfig.feature_repo``, relative paths from the repo root)."""
+    value = feature_repo.feature_repo if isinstance(feature_repo, FeatureConfig) else feature_repo
+    path = Path(value or "feature_repo")
+    path = path if path.is_absolute() else REPO_ROOT / path
+    if not (path / "feature_store.yaml").exists():
+        raise FeatureBuildError(
+            f"{path}: not a Feast repo (no feature_store.yaml); check features.feature_repo"
+        )
+    return path
+
+
+def store_yaml(repo: Path, profile: str | None = None) -> Path:
+    """``feature_store.yaml`` of the profile: ``None``/"embedded" = the repo's own, else ``profiles/<p>/``."""
+    profile = profile if profile is not None else os.environ.get(PROFILE_ENV, "")
+    if profile in ("", "embedded", "default"):
+        return repo / "feature_store.yaml"
+    path = repo / "profiles" / profile / "feature_store.yaml"
+    if not path.exists():
+        known = sorted(p.name for p in (repo / "profiles").glob("*") if (p / "feature_store.yaml").exists())
+        raise FeatureBuildError(
+            f"{path}: no such Feast profile {profile!r} (set {PROFILE_ENV} to one of {known})"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _recforge_home(home: Path) -> Iterator[None]:
+    """Point ``RECFORGE_HOME`` at ``home`` while Feast config and definitions are read, then restore it."""
+    old = os.environ.get("RECFORGE_HOME")
+    os.environ["RECFORGE_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("RECFORGE_HOME", None)
+        else:
+            os.environ["RECFORGE_HOME"] = old
+
+
+def load_definitions(repo: Path, home: Path) -> list[Any]:
+    """Every Feast object defined in ``repo``'s ``.py`` files, imported afresh with ``RECFORGE_HOME=home``."""
+    objects: list[Any] = []
+    with _recforge_home(home):
+        for file in sorted(repo.rglob("*.py")):
+            if any(part.startswith(".") or part == "__pycache__" for part in file.relative_to(repo).parts):
+                continue
+            spec = importlib.util.spec_from_file_location(f"_recforge_feast_{uuid.uuid4().hex}", file)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                raise FeatureBuildError(f"{file}: importing the Feast definitions failed: {exc}") from exc
+            for value in vars(module).values():
+                if isinstance(value, Entity | DataSource | FeatureView | FeatureService) and not any(
+                    value is o for o in objects
+                ):
+                    objects.append(value)
+    names = {o.name for o in objects if isinstance(o, FeatureView)}
+    missing = set(FEATURE_VIEWS) - names
+    if missing:
+        raise FeatureBuildError(f"{repo}: feature view(s) {sorted(missing)} are not defined")
+    return objects
+
+
+def feature_store(
+    where: Layout | Path | str,
+    feature_repo: FeatureConfig | str | Path | None = None,
+    profile: str | None = None,
+) -> FeatureStore:
+    """A ``FeatureStore`` on the layout's home (``Layout``) or on a Feast repo directory (``Path``).
+
+    With a repo directory, ``RECFORGE_HOME`` (or ``<repo root>/.recforge``) is the home. The profile
+    comes from ``profile`` or ``$RECFORGE_FEAST_PROFILE`` (default: the embedded SQLite/DuckDB one).
+    """
+    if isinstance(where, Layout):
+        home, repo = where.home, repo_path(feature_repo)
+    elif (Path(where) / "feature_store.yaml").exists():
+        home = Path(os.environ.get("RECFORGE_HOME") or REPO_ROOT / ".recforge")
+        repo = Path(where).resolve()
+    else:
+        home, repo = Path(where), repo_path(feature_repo)
+    home = home.resolve()
+    (home / "feast").mkdir(parents=True, exist_ok=True)
+    with _recforge_home(home):
+        return FeatureStore(repo_path=str(repo), fs_yaml_file=store_yaml(repo, profile))
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _examples_dir(layout: Layout, data_version: str) -> Path:
+    return layout.features(data_version)
+
+
+def _state_matches(store: FeatureStore, layout: Layout, feature_set: FeatureSet) -> bool:
+    """True when the registry, the offline tables and the online store hold this feature set's data."""
+    if not feature_set.examples.exists():
+        return False
+    until = datetime.fromisoformat(feature_set.materialized_until)
+    for name in FEATURE_VIEWS:
+        if not (layout.feast_offline / f"{name}.parquet").exists():
+            return False
+        try:
+            view = store.get_feature_view(name)
+        except Exception:  # noqa: BLE001 - any registry miss means "rebuild"
+            return False
+        if view.tags.get(DATA_VERSION_TAG) != feature_set.data_version:
+            return False
+        if not any(end >= until for _, end in view.materialization_intervals):
+            return False
+    online = store.config.online_store
+    if getattr(online, "type", "") == "sqlite" and not Path(online.path).exists():
+        return False
+    return True
+
+
+def _existing(layout: Layout, data_version: str, cfg: FeatureConfig) -> FeatureSet | None:
+    manifest = _examples_dir(layout, data_version) / MANIFEST
+    if not manifest.exists():
+        return None
+    feature_set = FeatureSet.load(manifest)
+    if _state_matches(feature_store(layout, cfg), layout, feature_set):
+        return feature_set
+    log.info("features %s: manifest found but Feast state differs; rebuilding", data_version)
+    return None
+
+
+@contextlib.contextmanager
+def _build_lock(layout: Layout) -> Iterator[None]:
+    """One builder at a time per home (the file registry and SQLite take one writer)."""
+    layout.feast.mkdir(parents=True, exist_ok=True)
+    with open(layout.feast / ".build.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _time_span(snapshot: Snapshot, interactions: pd.DataFrame) -> tuple[datetime, datetime]:
+    """Materialisation window: from before the first event (profiles) to after the last one (+1 µs rows).
+
+    Taken from the events themselves, widened by the manifest's ``time_min``/``time_max`` when those are
+    wider, so a manifest rounded to seconds can never cut off the final history rows.
+    """
+    lo, hi = interactions["timestamp"].min(), interactions["timestamp"].max()
+    for field in ("time_min", "time_max"):
+        try:
+            value = pd.Timestamp(getattr(snapshot, field))
+        except ValueError as exc:
+            raise FeatureBuildError(
+                f"snapshot {snapshot.data_version}: {field}={getattr(snapshot, field)!r} is not a timestamp"
+            ) from exc
+        value = value.tz_localize("UTC") if value.tzinfo is None else value.tz_convert("UTC")
+        lo, hi = (min(lo, value), hi) if field == "time_min" else (lo, max(hi, value))
+    return (lo - pd.Timedelta(seconds=1)).to_pydatetime(), (hi + pd.Timedelta(seconds=1)).to_pydatetime()
+
+
+def build_features(snapshot: Snapshot, cfg: FeatureConfig, layout: Layout) -> FeatureSet:
+    """Build the offline tables, apply and materialise Feast, and draw the point-in-time examples.
+
+    Idempotent per data version: when the manifest exists and Feast still holds that version (registry
+    tags, materialisation record, offline tables), it returns the manifest without work.
+    """
+    timings: dict[str, float] = {}
+    existing = _existing(layout, snapshot.data_version, cfg)
+    if existing is not None:
+        log.info("features %s: up to date, reusing %s", snapshot.data_version, existing.examples)
+        return existing
+
+    # 1. Tables, outside the lock and away from the live ones (a failure here touches nothing).
+    started = time.perf_counter()
+    frames = read_snapshot(snapshot.interactions, snapshot.users, snapshot.items)
+    tables = build_tables(frames, cfg.history_length)
+    staging = layout.feast / f".offline.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        write_tables(tables, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    timings["tables_s"] = time.perf_counter() - started
+    log.info(
+        "features %s: built tables %s in %.2fs",
+        snapshot.data_version,
+        {k: v.num_rows for k, v in tables.items()},
+        timings["tables_s"],
+    )
+
+    try:
+        with _build_lock(layout):
+            existing = _existing(layout, snapshot.data_version, cfg)  # another DAG may have finished it
+            if existing is not None:
+                log.info("features %s: built concurrently by another run; reusing", snapshot.data_version)
+                return existing
+            return _publish(snapshot, cfg, layout, frames.interactions, staging, timings)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish(
+    snapshot: Snapshot,
+    cfg: FeatureConfig,
+    layout: Layout,
+    interactions: pd.DataFrame,
+    staging: Path,
+    timings: dict[str, float],
+) -> FeatureSet:
+    """Swap the tables in, apply, retrieve, materialise; put the previous tables/registry back on error."""
+    repo = repo_path(cfg)
+    store = feature_store(layout, cfg)
+    previous: list[Any] = []
+    with contextlib.suppress(Exception):  # first build: nothing registered yet
+        previous = [store.get_feature_view(name) for name in FEATURE_VIEWS]
+
+    offline, backup = layout.feast_offline, layout.feast / f".offline.prev-{os.getpid()}"
+    shutil.rmtree(backup, ignore_errors=True)
+    if offline.exists():
+        os.replace(offline, backup)
+    os.replace(staging, offline)
+    try:
+        started = time.perf_counter()
+        objects = load_definitions(repo, layout.home)
+        for obj in objects:
+            if isinstance(obj, FeatureView):
+                obj.tags = {**obj.tags, DATA_VERSION_TAG: snapshot.data_version}
+        store.apply(objects)
+        timings["apply_s"] = time.perf_counter() - started
+        log.info(
+            "features %s: feast apply (%d objects) in %.2fs",
+            snapshot.data_version,
+            len(objects),
+            timings["apply_s"],
+        )
+
+        started = time.perf_counter()
+        examples_path = _examples_dir(layout, snapshot.data_version) / EXAMPLES
+        n_examples = _write_examples(store, interactions, examples_path)
+        timings["historical_s"] = time.perf_counter() - started
+        log.info(
+            "features %s: %d examples via get_historical_features in %.2fs -> %s",
+            snapshot.data_version,
+            n_examples,
+            timings["historical_s"],
+            examples_path,
+        )
+
+        # Every history row lies at or before the last event + 1 µs; profiles at the first event.
+        start, until = _time_span(snapshot, interactions)
+        started = time.perf_counter()
+        store.materialize(start_date=start, end_date=until, feature_views=list(FEATURE_VIEWS))
+        timings["materialize_s"] = time.perf_counter() - started
+        log.info(
+            "features %s: materialised [%s, %s] in %.2fs",
+            snapshot.data_version,
+            start,
+            until,
+            timings["materialize_s"],
+        )
+    except BaseException:
+        log.exception(
+            "features %s: build failed; restoring the previous offline tables and registry",
+            snapshot.data_version,
+        )
+        shutil.rmtree(offline, ignore_errors=True)
+        if backup.exists():
+            os.replace(backup, offline)
+        if previous:
+            with contextlib.suppress(Exception):
+                store.apply(previous)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+    feature_set = FeatureSet(
+        data_version=snapshot.data_version,
+        feature_repo=repo,
+        examples=examples_path,
+        feature_views=list(FEATURE_VIEWS),
+        feature_service=TRAINING_SERVICE,
+        materialized_until=until.isoformat(),
+    )
+    directory = _examples_dir(layout, snapshot.data_version)
+    atomic_write_json(
+        directory / "build_stats.json",
+        {"timings_s": timings, "examples": n_examples, "profile": os.environ.get(PROFILE_ENV, "")},
+    )
+    feature_set.save(directory / MANIFEST)
+    log.info("features %s: done %s", snapshot.data_version, {k: round(v, 2) for k, v in timings.items()})
+    return feature_set
+
+
+def _write_examples(store: FeatureStore, interactions: pd.DataFrame, path: Path) -> int:
+    """One example per interaction, features point-in-time from ``recsys_training``."""
+    inter = interactions.sort_values("event_id", kind="stable").reset_index(drop=True)
+    inter["user_id"] = inter["user_id"].astype("string")
+    inter["item_id"] = inter["item_id"].astype("string")
+    keys = ["user_id", "item_id", "timestamp"]
+    key_row = inter.groupby(keys, sort=False, observed=True).ngroup().to_numpy()
+    first = np.unique(key_row, return_index=True)[1]
+    entity_df = pd.DataFrame(
+        {
+            "user_id": inter["user_id"].to_numpy(dtype=object)[first],
+            "item_id": inter["item_id"].to_numpy(dtype=object)[first],
+            "event_timestamp": inter["timestamp"].iloc[first].to_numpy(),
+            "key_row": np.arange(len(first), dtype="int64"),
+        }
+    )
+    entity_df["event_timestamp"] = pd.to_datetime(entity_df["event_timestamp"], utc=True)
+    job = store.get_historical_features(
+        entity_df=entity_df, features=store.get_feature_service(TRAINING_SERVICE)
+    )
+    result = job.to_arrow()
+
+    got = result.column("key_row").to_numpy()
+    if len(got) != len(first) or len(np.unique(got)) != len(first):
+        raise FeatureBuildError(
+            f"get_historical_features returned {len(got)} rows ({len(np.unique(got))} distinct) for "
+            f"{len(first)} distinct (user_id, item_id, event_timestamp) keys"
+        )
+    position = np.empty(len(first), dtype="int64")
+    position[got] = np.arange(len(got))
+    rows = pa.array(position[key_row])
+
+    columns: dict[str, pa.Array] = {
+        "event_id": pa.array(inter["event_id"].to_numpy(dtype="int64")),
+        "user_id": pa.array(inter["user_id"], type=pa.string()),
+        "item_id": pa.array(inter["item_id"], type=pa.string()),
+        "event_timestamp": pa.array(inter["timestamp"]).cast(TS_TYPE),
+        "rating": pa.array(inter["rating"].to_numpy(dtype="float64", na_value=np.nan), from_pandas=True),
+    }
+    for name in FEATURE_COLUMNS:
+        if name not in result.column_names:
+            raise FeatureBuildError(
+                f"get_historical_features: feature {name!r} missing from {TRAINING_SERVICE}"
+            )
+        column = result.column(name).take(rows).combine_chunks()
+        column = column.cast(EXAMPLE_SCHEMA.field(name).type)
+        if name == "recent_items":
+            column = _empty_for_null(column)
+        columns[name] = column
+    table = pa.Table.from_arrays([columns[n] for n in EXAMPLE_SCHEMA.names], schema=EXAMPLE_SCHEMA)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return table.num_rows
+
+
+def _empty_for_null(column: pa.ListArray) -> pa.ListArray:
+    """Null lists -> empty lists (Feast may turn ``[]`` into null; consumers expect a list)."""
+    if column.null_count == 0:
+        return column
+    lengths = pc.list_value_length(column).fill_null(0).to_numpy(zero_copy_only=False)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype("int32")
+    return pa.ListArray.from_arrays(pa.array(offsets), pc.list_flatten(column))
+
+
+# --------------------------------------------------------------------------- online reads
+
+
+def _rows(response: dict[str, list[Any]], key: str, ids: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    names = [n for n in response if n != key]
+    for i, entity_id in enumerate(response[key]):
+        out[str(entity_id)] = {n: response[n][i] for n in names}
+    return {i: out.get(i, dict.fromkeys(names)) for i in ids}
+
+
+def online_user_features(store: FeatureStore, user_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """``{user_id: {age, gender, occupation, user_interaction_count, user_mean_rating, recent_items}}``.
+
+    Reads the ``recsys_online`` service (user_profile + user_activity): the state after each user's last
+    materialised event. Unknown users get ``None`` values and ``recent_items == []`` (cold start).
+    """
+    if not user_ids:
+        return {}
+    response = store.get_online_features(
+        features=store.get_feature_service(ONLINE_SERVICE),
+        entity_rows=[{"user_id": str(u)} for u in user_ids],
+    ).to_dict()
+    rows = _rows(response, "user_id", [str(u) for u in user_ids])
+    for row in rows.values():
+        row["recent_items"] = list(row.get("recent_items") or [])
+    return rows
+
+
+def online_item_features(store: FeatureStore, item_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """``{item_id: {title, release_year, genres, item_interaction_count, item_mean_rating}}`` (online).
+
+    Meant for refreshing an in-memory item table in the service, not per request (see STACK.md).
+    """
+    if not item_ids:
+        return {}
+    response = store.get_online_features(
+        features=ITEM_ONLINE_FEATURES, entity_rows=[{"item_id": str(i)} for i in item_ids]
+    ).to_dict()
+    rows = _rows(response, "item_id", [str(i) for i in item_ids])
+    for row in rows.values():
+        row["genres"] = list(row.get("genres") or [])
+    return rows

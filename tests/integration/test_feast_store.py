@@ -1,0 +1,231 @@
+"""The features stage against a real Feast store (registry, SQLite online store, DuckDB offline store)
+in a temporary RECFORGE_HOME: apply, materialise, point-in-time retrieval, no leakage, idempotence."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for features_fixtures
+
+from feast import FeatureStore  # noqa: E402
+from feast.repo_config import load_repo_config  # noqa: E402
+from features_fixtures import interactions_frame, write_snapshot  # noqa: E402
+
+from features.store import (  # noqa: E402
+    EXAMPLE_SCHEMA,
+    FeatureBuildError,
+    _recforge_home,
+    build_features,
+    feature_store,
+    load_definitions,
+    online_item_features,
+    online_user_features,
+    repo_path,
+    store_yaml,
+)
+from pipeline.config import FeatureConfig  # noqa: E402
+from pipeline.layout import Layout  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+CFG = FeatureConfig(history_length=2)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    """One real build shared by the tests of this module (Feast apply+materialise take a few seconds)."""
+    home = tmp_path_factory.mktemp("recforge_home")
+    layout = Layout(home)
+    snapshot = write_snapshot(home / "data" / "synthetic")
+    feature_set = build_features(snapshot, CFG, layout)
+    examples = pd.read_parquet(feature_set.examples).set_index("event_id")
+    return layout, snapshot, feature_set, examples
+
+
+def test_examples_have_the_contract_columns_one_row_per_event(built) -> None:
+    layout, snapshot, feature_set, examples = built
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(feature_set.examples).names == EXAMPLE_SCHEMA.names
+    assert sorted(examples.index) == list(range(len(interactions_frame())))
+    assert feature_set.feature_service == "recsys_training"
+    assert set(feature_set.feature_views) == {
+        "user_profile",
+        "user_activity",
+        "item_profile",
+        "item_popularity",
+    }
+    for view in feature_set.feature_views:
+        assert (layout.feast_offline / f"{view}.parquet").exists()
+
+
+def test_no_feature_value_from_the_event_or_later_reaches_its_example(built) -> None:
+    _, _, _, ex = built
+    # u1: i1@1 (4.0) -> i2@2 (2.0) -> i3@3, i4@3 (same instant) -> i5@5
+    assert ex.loc[0, "user_interaction_count"] == 0 and list(ex.loc[0, "recent_items"]) == []
+    assert pd.isna(ex.loc[0, "user_mean_rating"])
+    assert ex.loc[1, "user_interaction_count"] == 1
+    assert list(ex.loc[1, "recent_items"]) == ["i1"]  # never i2 (itself) or anything later
+    assert ex.loc[1, "user_mean_rating"] == 4.0  # its own rating 2.0 is not in the mean
+    # Two events at the same instant: neither sees the other.
+    for event in (3, 4):
+        assert ex.loc[event, "user_interaction_count"] == 2
+        assert list(ex.loc[event, "recent_items"]) == ["i1", "i2"]
+    assert list(ex.loc[6, "recent_items"]) == ["i3", "i4"]  # history_length=2, oldest first
+    # Item side: u1 and u2 both took i2 at minute 2; neither counts the other.
+    assert ex.loc[1, "item_interaction_count"] == 0 and ex.loc[2, "item_interaction_count"] == 0
+    assert ex.loc[5, "item_interaction_count"] == 1 and ex.loc[5, "item_mean_rating"] == 4.0
+    # Profiles are joined from the very first event on (stamped at the earliest event).
+    assert ex.loc[0, "gender"] == "F" and ex.loc[0, "age"] == 31 and ex.loc[0, "title"] == "One"
+    assert pd.isna(ex.loc[2, "age"])  # u2's age is unknown in the source
+
+
+def test_online_store_holds_the_state_after_the_last_event(built) -> None:
+    layout, _, _, _ = built
+    store = feature_store(layout)
+    users = online_user_features(store, ["u1", "u2", "nobody"])
+    assert users["u1"]["user_interaction_count"] == 5
+    assert users["u1"]["recent_items"] == ["i4", "i5"]
+    assert users["u1"]["user_mean_rating"] == 3.0 and users["u1"]["occupation"] == "engineer"
+    assert users["u2"]["recent_items"] == ["i2", "i1"]
+    assert users["nobody"]["user_interaction_count"] is None and users["nobody"]["recent_items"] == []
+    items = online_item_features(store, ["i2", "i3"])
+    assert items["i2"]["item_interaction_count"] == 2 and items["i2"]["genres"] == ["Comedy", "Drama"]
+    assert items["i3"]["genres"] == [] and items["i3"]["release_year"] is None
+
+
+def test_second_call_reuses_the_feature_set(built) -> None:
+    layout, snapshot, feature_set, _ = built
+    before = feature_set.examples.stat().st_mtime_ns
+    again = build_features(snapshot, CFG, layout)
+    assert again == feature_set
+    assert feature_set.examples.stat().st_mtime_ns == before
+
+
+def test_broken_snapshot_fails_before_touching_the_feature_state(built, tmp_path: Path) -> None:
+    layout, snapshot, feature_set, _ = built
+    store = feature_store(layout)
+    # A snapshot whose interactions file is broken fails before touching the live tables or registry.
+    broken = write_snapshot(tmp_path / "broken", interactions=interactions_frame().drop(columns=["item_id"]))
+    broken = type(broken)(
+        **{
+            **broken.to_dict(),
+            "data_version": "broken",
+            "interactions": broken.interactions,
+            "users": broken.users,
+            "items": broken.items,
+            "quarantine": broken.quarantine,
+        }
+    )
+    with pytest.raises(ValueError, match=r"interactions.parquet.*item_id"):
+        build_features(broken, CFG, layout)
+    view = feature_store(layout).get_feature_view("user_activity")
+    assert view.tags["recforge_data_version"] == snapshot.data_version
+    assert online_user_features(store, ["u1"])["u1"]["user_interaction_count"] == 5
+    assert build_features(snapshot, CFG, layout) == feature_set  # still up to date
+
+
+def test_definitions_and_profiles_load() -> None:
+    repo = repo_path(CFG)
+    objects = load_definitions(repo, Path("/tmp/somewhere"))
+    names = {o.name for o in objects}
+    assert {"user", "item", "recsys_training", "recsys_online", "user_activity"} <= names
+    sources = [o for o in objects if type(o).__name__ == "FileSource"]
+    assert all(s.path.startswith("/tmp/somewhere/feast/offline/") for s in sources)
+    assert store_yaml(repo, "production").parent.name == "production"
+    with pytest.raises(FeatureBuildError, match="no such Feast profile"):
+        store_yaml(repo, "nope")
+
+
+def test_production_profile_reads_everything_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {
+        "RECFORGE_HOME": "/srv/recforge",
+        "RECFORGE_REDIS": "redis.internal:6379",
+        "RECFORGE_PG_USER": "feast",
+        "RECFORGE_PG_PASSWORD": "s3cret",
+        "RECFORGE_PG_HOST": "pg.internal",
+        "RECFORGE_PG_PORT": "5432",
+        "RECFORGE_PG_DB": "feast_registry",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    repo = repo_path(CFG)
+    config = load_repo_config(repo, store_yaml(repo, "production"))
+    assert config.online_store.type == "redis"
+    assert config.online_store.connection_string == "redis.internal:6379"
+    assert config.registry.registry_type == "sql"
+    assert config.registry.path == "postgresql+psycopg://feast:s3cret@pg.internal:5432/feast_registry"
+    assert "s3cret" not in store_yaml(repo, "production").read_text()
+
+
+def test_asof_offline_store_matches_feasts_stock_duckdb_join(built, tmp_path: Path) -> None:
+    """The recforge ASOF point-in-time join returns exactly what Feast's own DuckDB join returns."""
+    layout, _, _, _ = built
+    repo = repo_path(CFG)
+    stock_yaml = tmp_path / "feature_store.yaml"
+    stock_yaml.write_text(
+        (repo / "feature_store.yaml")
+        .read_text()
+        .replace("features.offline_store.AsofDuckDBOfflineStore", "duckdb")
+    )
+    entity = interactions_frame()[["user_id", "item_id", "timestamp"]].rename(
+        columns={"timestamp": "event_timestamp"}
+    )
+    entity = pd.concat(
+        [entity, entity.assign(event_timestamp=entity["event_timestamp"] + pd.Timedelta("30s"))]
+    )
+    frames = []
+    for store in (feature_store(layout), _store_with_yaml(layout, repo, stock_yaml)):
+        df = store.get_historical_features(
+            entity_df=entity, features=store.get_feature_service("recsys_training")
+        ).to_df()
+        df = df.sort_values(["user_id", "item_id", "event_timestamp"]).reset_index(drop=True)
+        for column in ("recent_items", "genres"):
+            df[column] = df[column].map(lambda v: list(v) if v is not None else [])
+        frames.append(df[sorted(df.columns)])
+    pd.testing.assert_frame_equal(frames[0], frames[1], check_dtype=False)
+
+
+def _store_with_yaml(layout: Layout, repo: Path, yaml: Path) -> FeatureStore:
+    with _recforge_home(layout.home):
+        return FeatureStore(repo_path=str(repo), fs_yaml_file=yaml)
+
+
+def test_failed_publish_restores_previous_state_and_new_version_replaces_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build that fails after the tables were swapped in puts the old tables and registry back."""
+    import features.store as store_module
+
+    layout = Layout(tmp_path / "home")
+    v1 = write_snapshot(tmp_path / "v1")
+    first = build_features(v1, CFG, layout)
+    offline_before = {p.name: p.read_bytes() for p in layout.feast_offline.glob("*.parquet")}
+
+    v2 = write_snapshot(tmp_path / "v2", interactions=interactions_frame().iloc[:-2].reset_index(drop=True))
+    assert v2.data_version != v1.data_version
+
+    def explode(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("disk full while writing examples")
+
+    monkeypatch.setattr(store_module, "_write_examples", explode)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_features(v2, CFG, layout)
+    monkeypatch.undo()
+
+    assert {p.name: p.read_bytes() for p in layout.feast_offline.glob("*.parquet")} == offline_before
+    store = feature_store(layout)
+    assert store.get_feature_view("user_activity").tags["recforge_data_version"] == v1.data_version
+    assert online_user_features(store, ["u1"])["u1"]["user_interaction_count"] == 5
+    assert not (layout.features(v2.data_version) / "feature_set.json").exists()
+    assert build_features(v1, CFG, layout) == first  # still up to date: no rebuild
+
+    # The new version builds once the fault is gone; the online store then holds its state.
+    second = build_features(v2, CFG, layout)
+    users = online_user_features(feature_store(layout), ["u1"])
+    assert users["u1"]["user_interaction_count"] == 4  # v2 lacks u1's last event (i5)
+    assert len(pd.read_parquet(second.examples)) == len(interactions_frame()) - 2
