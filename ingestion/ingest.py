@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from ingestion.fetch import fetch_ml100k
 from ingestion.readers import read_events, read_grouplens_100k, read_recbole_atomic
 from ingestion.schema import RawTables
@@ -32,17 +34,31 @@ def read_source(source: SourceConfig, layout: Layout) -> RawTables:
     )
 
 
+def sample_users(raw: RawTables, n_users: int) -> RawTables:
+    """The events and attributes of the first ``n_users`` users by id (numeric ids sort numerically)."""
+    ids = raw.interactions["user_id"].dropna().unique()
+    numeric = pd.to_numeric(pd.Series(ids), errors="coerce")
+    order = numeric.argsort(kind="stable") if numeric.notna().all() else pd.Series(ids).argsort(kind="stable")
+    keep = set(pd.Series(ids).iloc[order.to_numpy()[:n_users]])
+    return RawTables(
+        interactions=raw.interactions[raw.interactions["user_id"].isin(keep)].reset_index(drop=True),
+        users=raw.users[raw.users["user_id"].isin(keep)].reset_index(drop=True),
+        items=raw.items,
+        malformed=raw.malformed,
+    )
+
+
 def ingest(source: SourceConfig, layout: Layout, run_id: str) -> Path:
     """Read the source into staging Parquet (string columns + provenance); return the staging dir."""
     raw = read_source(source, layout)
+    if source.sample_users:
+        raw = sample_users(raw, source.sample_users)
     staging = layout.staging(run_id)
     with atomic_path(staging) as tmp:
         tmp.mkdir(parents=True)
         for name in STAGING_TABLES:
             getattr(raw, name).to_parquet(tmp / f"{name}.parquet", index=False)
-        atomic_write_json(
-            tmp / "source.json", {"kind": source.kind, "name": source.name, "path": source.path}
-        )
+        atomic_write_json(tmp / "source.json", source.model_dump())
     log.info(
         "staged %d interaction rows (%d malformed lines) in %s",
         len(raw.interactions),
