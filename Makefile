@@ -40,3 +40,7 @@ clean:  ## remove every artifact (data cache, stores, runs); keeps the venv
 
 drift-ui: $(BIN)/.installed  ## Evidently UI over the drift reports on a free local port (prints the URL)
 	$(BIN)/python -m monitoring.ui
+
+PORT ?= 3000
+serve: $(BIN)/.installed  ## the promoted model as a BentoML service on 127.0.0.1:$(PORT) (prints a curl)
+	$(BIN)/python -m serving --port $(PORT)

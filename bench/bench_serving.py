@@ -1,0 +1,289 @@
+"""Serving benchmark: the real ``bentoml serve`` on the promoted model, ``POST /recommend`` over loopback HTTP.
+
+Every request does what production does: a Feast online read of the user's history, the model's
+full-catalogue scores, exclusion of seen items and a top-k. We report client-observed p50/p99 latency
+and requests/s at 1 and 8 concurrent clients (a bounded number of requests each), plus an in-process
+breakdown (Feast read vs. scoring) so a regression can be placed.
+
+    RECFORGE_HOME=.recforge .venv/bin/python bench/bench_serving.py            # the pipeline's champion
+    .venv/bin/python bench/bench_serving.py --demo sasrec                      # synthetic ML-100K-sized home
+
+Writes ``bench/results/serving.json`` and ``bench/results/serving.md``. Loopback only; the client shares
+the machine's cores with the server, so numbers are a floor on what a separate client would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.layout import Layout  # noqa: E402
+from serving.package import ARTIFACT_SUBDIR, bento_env  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def _model_dir(layout: Layout, tag: str) -> Path:
+    name, version = tag.split(":")
+    return layout.bentoml_home / "models" / name / version
+
+
+class Server:
+    """``bentoml serve`` in its own process group, stopped (group only) on exit."""
+
+    def __init__(self, layout: Layout, omp_policy: str, log_path: Path, workers: int = 1) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = bento_env(layout)
+        env["OMP_WAIT_POLICY"] = omp_policy
+        env["RECFORGE_SERVE_WORKERS"] = str(workers)
+        cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "serving.service:Recommender"]
+        cmd += ["-p", str(self.port), "--host", "127.0.0.1"]
+        self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, timeout_s: float = 180) -> float:
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return time.perf_counter() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server not ready after {timeout_s}s; see {self.log.name}")
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
+def run_load(url: str, users: list[str], concurrency: int, n_requests: int, k: int) -> dict[str, float]:
+    """``n_requests`` POST /recommend spread over ``concurrency`` threads, each with a keep-alive client."""
+    latencies: list[float] = []
+    errors = 0
+    lock = threading.Lock()
+    counter = iter(range(n_requests))
+
+    def worker() -> None:
+        nonlocal errors
+        local: list[float] = []
+        bad = 0
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while True:
+                with lock:
+                    i = next(counter, None)
+                if i is None:
+                    break
+                started = time.perf_counter()
+                resp = client.post("/recommend", json={"user_id": users[i % len(users)], "k": k})
+                local.append(time.perf_counter() - started)
+                bad += resp.status_code != 200
+        with lock:
+            latencies.extend(local)
+            errors += bad
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    ms = [x * 1000 for x in latencies]
+    return {
+        "concurrency": concurrency,
+        "requests": len(ms),
+        "errors": errors,
+        "p50_ms": round(_pct(ms, 50), 2),
+        "p90_ms": round(_pct(ms, 90), 2),
+        "p99_ms": round(_pct(ms, 99), 2),
+        "mean_ms": round(statistics.fmean(ms), 2),
+        "rps": round(len(ms) / wall, 1),
+        "wall_s": round(wall, 2),
+    }
+
+
+def breakdown(layout: Layout, model_dir: Path, users: list[str], n: int = 200) -> dict[str, float]:
+    """In-process cost of the two request stages: Feast online read, then scoring + top-k."""
+    os.environ["RECFORGE_HOME"] = str(layout.home)
+    import torch
+
+    from serving.online import OnlineHistory
+    from serving.recommender import load_recommender
+
+    torch.set_num_threads(1)
+    rec = load_recommender(model_dir / ARTIFACT_SUBDIR, model_dir / "titles.json")
+    online = OnlineHistory()
+    online.health()
+    feast_ms, score_ms = [], []
+    for i in range(n):
+        user = users[i % len(users)]
+        t0 = time.perf_counter()
+        hist = online.recent_items(user)
+        t1 = time.perf_counter()
+        rec.recommend(user, hist, 10, exclude_seen=True)
+        t2 = time.perf_counter()
+        feast_ms.append((t1 - t0) * 1000)
+        score_ms.append((t2 - t1) * 1000)
+    return {
+        "feast_read_p50_ms": round(_pct(feast_ms, 50), 3),
+        "feast_read_p99_ms": round(_pct(feast_ms, 99), 3),
+        "score_topk_p50_ms": round(_pct(score_ms, 50), 3),
+        "score_topk_p99_ms": round(_pct(score_ms, 99), 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--home", help="RECFORGE_HOME with a champion (default: $RECFORGE_HOME / config)")
+    parser.add_argument("--demo", metavar="MODEL", help="build a synthetic home with this model instead")
+    parser.add_argument("--demo-users", type=int, default=943)
+    parser.add_argument("--demo-items", type=int, default=1682)
+    parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--omp", nargs="+", default=["PASSIVE"], help="OMP_WAIT_POLICY values to compare")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1], help="server worker processes to compare"
+    )
+    parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
+    args = parser.parse_args()
+
+    if args.demo:
+        from tests.serving_fixtures import build_serving_home
+
+        home = Path(tempfile.mkdtemp(prefix="recforge-bench-")) / "home"
+        started = time.perf_counter()
+        build_serving_home(
+            home, model=args.demo, n_users=args.demo_users, n_items=args.demo_items, per_user=30
+        )
+        print(f"built demo home {home} in {time.perf_counter() - started:.1f}s", flush=True)
+        layout = Layout(home)
+    else:
+        layout = Layout(Path(args.home).resolve() if args.home else load_config().home_dir)
+    champion = json.loads(layout.champion.read_text())
+    tag = champion["bento_tag"]
+    model_dir = _model_dir(layout, tag)
+    users = json.loads((model_dir / ARTIFACT_SUBDIR / "user_ids.json").read_text())
+    n_items = len(json.loads((model_dir / ARTIFACT_SUBDIR / "item_ids.json").read_text()))
+
+    runs = []
+    for workers in args.workers:
+        for policy in args.omp:
+            log_path = Path(tempfile.mkdtemp(prefix="recforge-bench-log-")) / "bentoml.log"
+            server = Server(layout, policy, log_path, workers)
+            try:
+                startup_s = server.wait_ready()
+                run_load(server.url, users, 1, 30, args.k)  # warm-up: first calls, registry cache
+                for c in args.concurrency:
+                    result = run_load(server.url, users, c, args.requests, args.k)
+                    result.update(omp_wait_policy=policy, workers=workers, startup_s=round(startup_s, 1))
+                    print(json.dumps(result), flush=True)
+                    runs.append(result)
+            finally:
+                server.stop()
+
+    report = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+        },
+        "model": champion["model"],
+        "model_tag": tag,
+        "n_users": len(users),
+        "n_items": n_items,
+        "demo": bool(args.demo),
+        "request": {
+            "endpoint": "POST /recommend",
+            "k": args.k,
+            "exclude_seen": True,
+            "users": "known, round-robin",
+        },
+        "server": {"threads_per_worker": 4, "torch_threads": 1},
+        "runs": runs,
+        "in_process_breakdown": breakdown(layout, model_dir, users),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "serving.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "serving.md").write_text(_markdown(report))
+    print(json.dumps(report["in_process_breakdown"]))
+    print(f"wrote {out / 'serving.json'} and {out / 'serving.md'}")
+
+
+def _markdown(report: dict) -> str:
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"`bench/bench_serving.py`, {report['measured_at']}: real `bentoml serve serving.service:Recommender`, "
+        f"`POST /recommend` (k={report['request']['k']}, exclude_seen, Feast online read per request) over "
+        f"loopback HTTP. Model `{report['model_tag']}` ({report['model']}, {report['n_users']} users x "
+        f"{report['n_items']} items{', synthetic demo home' if report['demo'] else ''}). "
+        f"{report['machine']['cpus']} CPUs shared by client and server (load avg {report['machine']['loadavg_1m_at_end']}"
+        " at the end); 4 request threads per worker, 1 torch thread.",
+        "",
+        "| workers | OMP_WAIT_POLICY | clients | requests | errors | p50 ms | p90 ms | p99 ms | req/s |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["runs"]:
+        lines.append(
+            f"| {r['workers']} | {r['omp_wait_policy']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | "
+            f"{r['p90_ms']} | {r['p99_ms']} | {r['rps']} |"
+        )
+    b = report["in_process_breakdown"]
+    lines += [
+        "",
+        f"In-process breakdown (no HTTP): Feast online read p50 {b['feast_read_p50_ms']} ms / p99 "
+        f"{b['feast_read_p99_ms']} ms; scoring + exclusion + top-k p50 {b['score_topk_p50_ms']} ms / p99 "
+        f"{b['score_topk_p99_ms']} ms.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

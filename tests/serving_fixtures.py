@@ -1,0 +1,149 @@
+"""A small but real RECFORGE_HOME for serving tests and the serving benchmark.
+
+``build_serving_home`` writes a synthetic snapshot (clustered users/items, titles), runs the real
+features stage (Feast apply + materialise into the SQLite online store), fits a baseline model on all
+but the last two events of each user (so the online history holds items newer than training, as in
+production), writes the model artifact, and packages it with ``serving.package.package_model``.
+Nothing is faked: the server started on this home reads real Feast and BentoML stores.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pipeline.artifacts import Evaluation, GateDecision, TrainResult
+from pipeline.config import FeatureConfig
+from pipeline.layout import Layout
+from tests.features_fixtures import T0, write_snapshot
+from training.artifact import save_model_artifact
+from training.models import build_model
+
+HELD_OUT_USERS = 2  # the last users never reach training: unknown to the model, known to Feast
+
+
+@dataclass(frozen=True)
+class ServingHome:
+    layout: Layout
+    decision: GateDecision
+    user_ids: list[str]  # users known to the model
+    new_users: list[str]  # users with an online history but unknown to the model
+    item_ids: list[str]
+    seen: dict[str, set[str]]  # training items per known user
+    history: dict[str, list[str]]  # full event order per user (what Feast holds, newest last)
+
+
+def synthetic_events(n_users: int, n_items: int, per_user: int, seed: int = 7) -> pd.DataFrame:
+    """Users in two taste clusters, each drawing ``per_user`` distinct items mostly from its cluster."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    half = n_items // 2
+    for u in range(n_users):
+        own = np.arange(1, half + 1) if u % 2 == 0 else np.arange(half + 1, n_items + 1)
+        p = np.ones(n_items)
+        p[own - 1] = 8.0
+        items = rng.choice(np.arange(1, n_items + 1), size=per_user, replace=False, p=p / p.sum())
+        for t, item in enumerate(items):
+            rows.append((f"u{u}", f"i{item}", u * 1000 + t, float(rng.integers(1, 6))))
+    rows.sort(key=lambda r: r[2])
+    return pd.DataFrame(
+        {
+            "event_id": pd.Series(range(len(rows)), dtype="int64"),
+            "user_id": [r[0] for r in rows],
+            "item_id": [r[1] for r in rows],
+            "timestamp": pd.to_datetime([T0 + pd.Timedelta(minutes=r[2]) for r in rows], utc=True).as_unit(
+                "us"
+            ),
+            "rating": [r[3] for r in rows],
+        }
+    )
+
+
+def build_serving_home(
+    home: Path,
+    model: str = "itemknn",
+    n_users: int = 40,
+    n_items: int = 60,
+    per_user: int = 12,
+    build_bento: bool = False,
+) -> ServingHome:
+    from features.store import build_features
+    from serving.package import package_model
+
+    layout = Layout(Path(home).resolve())
+    events = synthetic_events(n_users, n_items, per_user)
+    users = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(n_users)],
+            "age": pd.array([20 + u % 40 for u in range(n_users)], dtype="Int64"),
+            "gender": ["F" if u % 2 else "M" for u in range(n_users)],
+            "occupation": ["other"] * n_users,
+            "zip_code": ["00000"] * n_users,
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{j}" for j in range(1, n_items + 1)],
+            "title": [f"Title {j}" for j in range(1, n_items + 1)],
+            "release_year": pd.array([1990 + j % 30 for j in range(1, n_items + 1)], dtype="Int64"),
+            "genres": [["Drama"] if j % 2 else ["Comedy"] for j in range(1, n_items + 1)],
+        }
+    )
+    probe = write_snapshot(layout.home / "probe-snapshot", events, users, items)
+    snapshot = write_snapshot(layout.snapshot(probe.data_version), events, users, items)
+    build_features(snapshot, FeatureConfig(history_length=20), layout)
+
+    # Training data: all but the last two events of each known user.
+    history = {u: list(g["item_id"]) for u, g in events.groupby("user_id", sort=False)}
+    known = [f"u{u}" for u in range(n_users - HELD_OUT_USERS)]
+    new_users = [f"u{u}" for u in range(n_users - HELD_OUT_USERS, n_users)]
+    item_ids = [f"i{j}" for j in range(1, n_items + 1)]
+    item_index = {item: j + 1 for j, item in enumerate(item_ids)}
+    seen = {u: set(history[u][:-2]) for u in known}
+    rows = [(ui, item_index[i]) for ui, u in enumerate(known) for i in seen[u]]
+    train = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), tuple(np.array(rows).T)), shape=(len(known), n_items + 1)
+    )
+    module = build_model(model, len(known), n_items)
+    if hasattr(module, "fit"):
+        module.fit(train)
+    run_dir = layout.run(model, "serving-test")
+    meta = {"data_version": snapshot.data_version, "protocol": "leave_last_out"}
+    artifact = save_model_artifact(run_dir / "model", model, module, {}, item_ids, known, train, meta=meta)
+    (run_dir / "metrics.json").write_text(json.dumps({"ndcg@10": 0.2}))
+
+    train_result = TrainResult(
+        model=model,
+        run_dir=run_dir,
+        checkpoint=artifact / "weights.pt",
+        hparams={},
+        epochs=0,
+        epoch_seconds=0.0,
+        interactions_per_second=0.0,
+        best_valid_ndcg10=0.2,
+        peak_rss_mb=0.0,
+    )
+    evaluation = Evaluation(
+        model=model,
+        metrics_path=run_dir / "metrics.json",
+        leaderboard_path=run_dir / "leaderboard.md",
+        metrics={"ndcg@10": 0.2, "recall@10": 0.3},
+        baselines={"popularity": {"ndcg@10": 0.1}},
+        protocol="leave_last_out",
+        data_version=snapshot.data_version,
+    )
+    decision = GateDecision(
+        model=model,
+        promoted=True,
+        reason="beats popularity (test)",
+        candidate_ndcg10=0.2,
+        popularity_ndcg10=0.1,
+        champion_ndcg10=None,
+    )
+    decision = package_model(train_result, evaluation, decision, layout, build_bento=build_bento)
+    return ServingHome(layout, decision, known, new_users, item_ids, seen, history)
