@@ -9,6 +9,7 @@ three from the pipeline config and then replaces itself with ``bentoml serve``.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -29,6 +30,15 @@ def main(argv: list[str]) -> None:
     local = Path(sys.executable).with_name("bentoml")
     bentoml = str(local) if local.exists() else "bentoml"  # else: from PATH
     args = argv or ["--port", "3000"]
+    port = args[args.index("--port") + 1] if "--port" in args else "3000"
+    champion = json.loads(layout.champion.read_text()) if layout.champion.exists() else {}
+    tag = os.environ.get("RECFORGE_MODEL_TAG") or champion.get("bento_tag")
+    print(f"Serving {tag} at http://127.0.0.1:{port} (no login; stop with Ctrl-C). Try:")
+    print(
+        f"  curl -s -X POST http://127.0.0.1:{port}/recommend -H 'content-type: application/json' "
+        """-d '{"user_id": "196", "k": 5}'""",
+        flush=True,
+    )
     os.chdir(REPO_ROOT)  # the service is imported as serving.service from the repo root
     os.execvpe(bentoml, [bentoml, "serve", "serving.service:Recommender", *args], env)
 

@@ -52,10 +52,12 @@ def pipeline_models() -> list[str]:
 
 def _register_builtin() -> None:
     # Imported here, not at module top, so each model module can import this registry's types.
-    from training.models import baselines
+    from training.models import baselines, bpr, sasrec
 
     register(ModelSpec("popularity", "baseline", baselines.Popularity, "most-interacted items", False))
     register(ModelSpec("itemknn", "baseline", baselines.ItemKNN, "item-based kNN, cosine", False))
-    # Learned models (training helper adds bpr, sasrec here).
+    register(ModelSpec("bpr", "general", bpr.BPR, "matrix factorisation, BPR pairwise loss"))
+    register(ModelSpec("sasrec", "sequential", sasrec.SASRec, "self-attentive next-item model"))
+
 
 _register_builtin()

@@ -1,0 +1,94 @@
+"""Shared fixtures: synthetic data in the pipeline's schemas, small enough for fast unit tests.
+
+``synthetic_examples(n_users, n_items, n_events, seed)`` builds an examples frame with the columns of
+``FeatureSet.examples`` (docs/architecture.md): point-in-time ``recent_items`` (events strictly before,
+in (time, event_id) order), ``user_interaction_count`` and ``item_interaction_count`` before the event.
+User behaviour has structure (each user prefers one item cluster and tends to move to the next item
+id), so models can learn something and tests can assert that they do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def synthetic_examples(
+    n_users: int = 40, n_items: int = 60, n_events: int = 1200, seed: int = 0, history_length: int = 50
+) -> pd.DataFrame:
+    """An examples frame (one row per interaction) with structured, reproducible behaviour."""
+    rng = np.random.default_rng(seed)
+    n_clusters = 4
+    user_cluster = rng.integers(0, n_clusters, size=n_users)
+    events_per_user = rng.multinomial(n_events - 3 * n_users, np.full(n_users, 1 / n_users)) + 3
+    rows = []
+    start = pd.Timestamp("2024-01-01", tz="UTC")
+    for user in range(n_users):
+        cluster_items = np.arange(user_cluster[user], n_items, n_clusters)
+        item = int(rng.choice(cluster_items))
+        t = start + pd.Timedelta(minutes=int(rng.integers(0, 10_000)))
+        for _ in range(events_per_user[user]):
+            rows.append((f"u{user:04d}", f"i{item:04d}", t, float(rng.integers(1, 6))))
+            # Mostly the next item of the user's cluster, sometimes a random item.
+            nxt = item + n_clusters if rng.random() < 0.8 else int(rng.integers(0, n_items))
+            item = nxt % n_items
+            t = t + pd.Timedelta(minutes=int(rng.integers(1, 600)))
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "event_timestamp", "rating"])
+    frame = frame.sample(frac=1.0, random_state=seed).reset_index(drop=True)  # input order != time order
+    frame.insert(0, "event_id", np.arange(len(frame), dtype=np.int64))
+    ordered = frame.sort_values(["user_id", "event_timestamp", "event_id"])
+    recent: dict[int, list[str]] = {}
+    for _, group in ordered.groupby("user_id", sort=False):
+        items = group["item_id"].tolist()
+        for j, event_id in enumerate(group["event_id"].tolist()):
+            recent[event_id] = items[max(0, j - history_length) : j]
+    frame["recent_items"] = frame["event_id"].map(recent)
+    frame["user_interaction_count"] = frame["recent_items"].map(len).astype("int64")
+    by_time = frame.sort_values(["event_timestamp", "event_id"])
+    frame["item_interaction_count"] = (
+        by_time.groupby("item_id").cumcount().reindex(frame.index).astype("int64")
+    )
+    return frame
+
+
+@pytest.fixture
+def make_examples() -> Callable[..., pd.DataFrame]:
+    """The ``synthetic_examples`` factory, for tests that need several sizes or seeds."""
+    return synthetic_examples
+
+
+@pytest.fixture
+def examples_parquet(tmp_path: Path) -> Path:
+    """A small examples Parquet file (40 users, 60 items, 1200 events)."""
+    path = tmp_path / "examples.parquet"
+    synthetic_examples().to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture
+def feature_set(examples_parquet: Path, tmp_path: Path):
+    """A ``FeatureSet`` manifest pointing at ``examples_parquet`` (no Feast involved)."""
+    from pipeline.artifacts import FeatureSet
+
+    return FeatureSet(
+        data_version="synthetic-v1",
+        feature_repo=tmp_path / "feature_repo",
+        examples=examples_parquet,
+        feature_views=[],
+        feature_service="recsys_training",
+        materialized_until="2024-12-31T00:00:00+00:00",
+    )
+
+
+@pytest.fixture
+def layout(tmp_path: Path):
+    from pipeline.layout import Layout
+
+    return Layout(home=tmp_path / "home")

@@ -1,0 +1,200 @@
+"""Models, data modules, training and evaluation on synthetic data: shapes, learning, round trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline.artifacts import Evaluation, FeatureSet, TrainResult
+from pipeline.config import EvaluationConfig, SplitConfig, TrainerConfig
+from pipeline.layout import Layout
+from training.artifact import load_model_artifact, save_model_artifact
+from training.data import GeneralDataModule, SequentialDataModule, build_eval_inputs
+from training.evaluate import evaluate_run
+from training.models import MODELS, build_model, pipeline_models
+from training.split import SplitIndex, make_split
+
+torch.set_num_threads(1)
+SMALL = {
+    "bpr": {"embedding_size": 16, "lr": 0.01, "batch_size": 256},
+    "sasrec": {
+        "hidden_size": 16,
+        "n_layers": 1,
+        "n_heads": 2,
+        "inner_size": 32,
+        "max_len": 10,
+        "dropout": 0.0,
+        "lr": 0.01,
+        "batch_size": 32,
+    },
+}
+
+
+@pytest.fixture
+def split(feature_set: FeatureSet, layout: Layout):
+    return make_split(feature_set, SplitConfig(protocol="leave_last_out"), layout)
+
+
+def test_registry_has_learned_models_and_baselines() -> None:
+    assert {"popularity", "itemknn", "bpr", "sasrec"} <= set(MODELS)
+    assert MODELS["sasrec"].kind == "sequential" and MODELS["bpr"].kind == "general"
+    assert set(pipeline_models()) >= {"bpr", "sasrec"} and "popularity" not in pipeline_models()
+
+
+@pytest.mark.parametrize("name", ["bpr", "sasrec", "popularity", "itemknn"])
+def test_full_sort_predict_shape(name: str) -> None:
+    module = build_model(name, 7, 12, **SMALL.get(name, {}))
+    if hasattr(module, "fit"):
+        import scipy.sparse as sp
+
+        module.fit(sp.random(7, 13, density=0.3, format="csr", random_state=0))
+    history = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0]])
+    scores = module.full_sort_predict(torch.tensor([0, 6, -1]), history)
+    assert scores.shape == (3, 13)
+    assert torch.isfinite(scores).all()
+
+
+def test_negatives_are_never_interacted(split) -> None:
+    dm = GeneralDataModule(split, batch_size=10_000)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    seen = dm.train_matrix
+    users, negatives = batch["users"].numpy().copy(), batch["negatives"].numpy().copy()
+    assert (negatives >= 1).all() and (negatives <= dm.n_items).all()
+    assert np.asarray(seen[users, negatives]).ravel().sum() == 0
+    assert np.asarray(seen[users, batch["positives"].numpy().copy()]).ravel().min() == 1
+
+
+def test_sequence_windows_cover_every_train_transition(split) -> None:
+    dm = SequentialDataModule(split, max_len=10, batch_size=10_000)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    history, targets = batch["history"], batch["targets"]
+    assert history.shape[1] == 10
+    # Each target is the next item after its input position; every train event but each user's first is a target.
+    assert int((targets > 0).sum()) == dm.n_train_interactions - dm.train_matrix.shape[0]
+    shifted = (history[:, 1:] == targets[:, :-1]) | (targets[:, :-1] == 0)
+    assert bool(shifted.all())
+
+
+def test_eval_inputs_follow_the_contract(split) -> None:
+    index = SplitIndex.load(split)
+    inputs = build_eval_inputs(split, "test", history_length=5)
+    test = pd.read_parquet(split.test)
+    assert inputs.n_users == test["user_id"].nunique()
+    row = 0
+    user_id = index.user_ids[int(inputs.users[row])]
+    event = test[test["user_id"] == user_id].sort_values(["event_timestamp", "event_id"]).iloc[0]
+    expected = [index.item_index[i] for i in event["recent_items"]][-5:]
+    assert inputs.history[row].tolist() == [0] * (5 - len(expected)) + expected
+    assert inputs.truth[row].indices.tolist() == [index.item_index[event["item_id"]]]
+    train_valid = pd.concat([pd.read_parquet(split.train), pd.read_parquet(split.valid)])
+    seen = sorted(
+        index.item_index[i] for i in set(train_valid.loc[train_valid["user_id"] == user_id, "item_id"])
+    )
+    assert sorted(inputs.exclude[row].indices.tolist()) == seen
+
+
+@pytest.mark.parametrize("name", ["bpr", "sasrec"])
+def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
+    torch.manual_seed(0)
+    dm_cls = SequentialDataModule if name == "sasrec" else GeneralDataModule
+    dm = dm_cls(split, batch_size=256, **({"max_len": 10} if name == "sasrec" else {}))
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])
+    optimizer = module.configure_optimizers()
+    module.train()
+    losses = []
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = module.calculate_loss(batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("name", ["bpr", "sasrec", "itemknn", "popularity"])
+def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: Path) -> None:
+    dm = GeneralDataModule(split)
+    module = build_model(name, dm.n_users, dm.n_items, **SMALL.get(name, {}))
+    if hasattr(module, "fit"):
+        module.fit(dm.train_matrix)
+    module.eval()
+    out = save_model_artifact(
+        tmp_path / "model",
+        name,
+        module,
+        SMALL.get(name, {}),
+        dm.index.item_ids,
+        dm.index.user_ids,
+        dm.train_matrix,
+        meta={"protocol": split.protocol},
+    )
+    artifact = load_model_artifact(out)
+    inputs = build_eval_inputs(split, "test", history_length=10)
+    with torch.no_grad():
+        expected = module.full_sort_predict(inputs.users, inputs.history)
+    actual = artifact.score(inputs.users, inputs.history)
+    assert torch.equal(actual[:, 1:], expected[:, 1:].float())
+    assert artifact.meta["protocol"] == "leave_last_out"
+    assert artifact.seen.shape == (dm.n_users, dm.n_items + 1)
+
+
+@pytest.mark.parametrize("name", ["bpr", "sasrec"])
+def test_train_and_evaluate_end_to_end(name: str, split, tmp_path: Path) -> None:
+    from training.train import train_model
+
+    cfg = TrainerConfig(max_epochs=3, patience=2, num_threads=1)
+    run_dir = tmp_path / "runs" / name / "r1"
+    result = train_model(name, split, SMALL[name], cfg, run_dir)
+    assert result.epochs == 3 and result.epoch_seconds > 0 and result.peak_rss_mb > 0
+    assert 0.0 <= result.best_valid_ndcg10 <= 1.0 and result.checkpoint.exists()
+    assert TrainResult.load(run_dir / "train.json") == result
+    assert (run_dir / "model" / "weights.pt").exists()
+
+    evaluation = evaluate_run(result, split, EvaluationConfig(ks=[10, 20], batch_users=16))
+    assert Evaluation.load(run_dir / "evaluation.json") == evaluation
+    assert set(evaluation.baselines) == {"popularity", "itemknn"}
+    assert (split.dir / "baselines" / "popularity.json").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n_users"] == split.counts["test_users"]
+    assert {"ndcg@10", "recall@20", "coverage@10"} <= set(metrics["metrics"])
+    board = (run_dir / "leaderboard.md").read_text()
+    assert f"| {name} |" in board and "| popularity |" in board and "| itemknn |" in board
+
+
+def test_baseline_run_trains_without_lightning(split, tmp_path: Path) -> None:
+    from training.train import train_model
+
+    result = train_model("itemknn", split, {"k": 20}, TrainerConfig(num_threads=1), tmp_path / "knn")
+    assert result.epochs == 0 and result.best_valid_ndcg10 > 0
+    assert load_model_artifact(tmp_path / "knn" / "model").name == "itemknn"
+
+
+def test_cold_users_are_not_evaluated(make_examples, tmp_path: Path) -> None:
+    examples = make_examples(n_users=30, n_items=40, n_events=600, seed=4)
+    # A user whose only events are the newest of all: under a temporal cut they have no train event.
+    late = examples.iloc[:3].copy()
+    late["user_id"] = "u_cold"
+    late["event_id"] = examples["event_id"].max() + 1 + np.arange(3)
+    late["event_timestamp"] = examples["event_timestamp"].max() + pd.Timedelta(days=1)
+    path = tmp_path / "ex.parquet"
+    pd.concat([examples, late]).to_parquet(path, index=False)
+    split = make_split(
+        FeatureSet("v", tmp_path, path, [], "s", ""),
+        SplitConfig(protocol="temporal"),
+        Layout(tmp_path / "home"),
+    )
+    index = SplitIndex.load(split)
+    inputs = build_eval_inputs(split, "test")
+    evaluated = {index.user_ids[int(u)] for u in inputs.users}
+    train_users = set(pd.read_parquet(split.train)["user_id"])
+    assert "u_cold" not in evaluated
+    assert evaluated == set(pd.read_parquet(split.test)["user_id"]) & train_users

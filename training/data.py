@@ -1,0 +1,299 @@
+"""Lightning data modules and the evaluation inputs shared by validation, test evaluation and the bench.
+
+Training batches:
+- general models (BPR): (user, positive, negative) triples; negatives drawn uniformly from the items
+  the user has not interacted with in train, freshly for every batch (so every epoch sees new ones).
+- sequential models (SASRec): whole per-user train sequences (time order), cut into windows of
+  ``max_len + 1`` items, right-aligned, with a next-item target at every position. One forward per
+  window per epoch, instead of one sample per prefix (which costs ~130 s/epoch on ML-100K here).
+
+Evaluation batches (``EvalInputs``), for every user with at least one event in the evaluated part and
+at least one train event (cold users are the service's fallback path, not the model's):
+ground truth = the user's items in that part; history = ``recent_items`` of the user's earliest
+example in that part (point-in-time, exactly what the feature store served at that moment), mapped to
+item indices and right-aligned; exclusions = the user's train items (+ valid items when testing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.artifacts import Split
+from training.split import SplitIndex, interaction_matrix, read_part
+
+EVAL_COLUMNS = ["event_id", "user_id", "item_id", "event_timestamp", "recent_items"]
+
+
+@dataclass
+class EvalInputs:
+    """Evaluation data of one split part: one row per evaluated user."""
+
+    users: torch.Tensor  # (U,) user indices
+    history: torch.Tensor  # (U, L) item indices, right-aligned, 0 = padding
+    truth: sp.csr_matrix  # (U, n_items + 1) ground-truth items
+    exclude: sp.csr_matrix  # (U, n_items + 1) items never to recommend (seen before)
+    n_items: int
+
+    @property
+    def n_users(self) -> int:
+        return int(self.users.shape[0])
+
+    def batches(self, batch_users: int) -> DataLoader:
+        return DataLoader(_EvalDataset(self), batch_size=batch_users, shuffle=False, collate_fn=_identity)
+
+
+def right_align(sequences: list[list[int]], length: int) -> torch.Tensor:
+    """(N, length) LongTensor: each sequence's last ``length`` items at the right, 0-padded on the left."""
+    out = np.zeros((len(sequences), length), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        tail = seq[-length:] if length > 0 else []
+        if tail:
+            out[row, length - len(tail) :] = tail
+    return torch.from_numpy(out)
+
+
+def build_eval_inputs(split: Split, part: str, history_length: int = 50) -> EvalInputs:
+    """Evaluation inputs for ``part`` ("valid" or "test") of ``split`` (see the module docstring)."""
+    if part not in ("valid", "test"):
+        raise ValueError(f"evaluate on 'valid' or 'test', not {part!r}")
+    index = SplitIndex.load(split)
+    train = read_part(split, "train", ["event_id", "user_id", "item_id", "event_timestamp"])
+    seen = interaction_matrix(train, index)
+    if part == "test":
+        valid = read_part(split, "valid", ["event_id", "user_id", "item_id", "event_timestamp"])
+        seen = ((seen + interaction_matrix(valid, index)) > 0).astype(np.float32).tocsr()
+    columns = EVAL_COLUMNS if _has_column(split, part, "recent_items") else EVAL_COLUMNS[:-1]
+    evaluated = read_part(split, part, columns)
+    users = index.users_of(evaluated)
+    has_train = np.diff(interaction_matrix(train, index).indptr) > 0
+    evaluated = evaluated[has_train[users]].reset_index(drop=True)
+    users = index.users_of(evaluated)
+    truth_all = interaction_matrix(evaluated, index)
+    user_list = np.unique(users)
+    # Earliest example of each user in this part: rows are sorted by (time, event_id), take the first.
+    first_rows = evaluated.drop_duplicates("user_id", keep="first")
+    first_rows = first_rows.assign(_u=index.users_of(first_rows)).set_index("_u").loc[user_list]
+    histories: list[list[int]] = []
+    for recent in first_rows["recent_items"] if "recent_items" in first_rows else [None] * len(user_list):
+        mapped = [index.item_index.get(str(i), 0) for i in (recent if recent is not None else [])]
+        histories.append([i for i in mapped if i > 0])
+    return EvalInputs(
+        users=torch.from_numpy(user_list.astype(np.int64)),
+        history=right_align(histories, history_length),
+        truth=truth_all[user_list].tocsr(),
+        exclude=seen[user_list].tocsr(),
+        n_items=index.n_items,
+    )
+
+
+def _has_column(split: Split, part: str, column: str) -> bool:
+    import pyarrow.parquet as pq
+
+    return column in pq.read_schema(getattr(split, part)).names
+
+
+def _identity(batch: Any) -> Any:
+    return batch
+
+
+class _EvalDataset(Dataset):
+    """Batched access (``__getitems__``) so one batch is a few sparse slices, not B Python calls."""
+
+    def __init__(self, inputs: EvalInputs) -> None:
+        self.inputs = inputs
+
+    def __len__(self) -> int:
+        return self.inputs.n_users
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(rows)
+        return {
+            "users": self.inputs.users[idx],
+            "history": self.inputs.history[idx],
+            "truth": torch.from_numpy(self.inputs.truth[idx].toarray() > 0),
+            "exclude": torch.from_numpy(self.inputs.exclude[idx].toarray() > 0),
+        }
+
+
+class _TripleDataset(Dataset):
+    """(user, positive) pairs of the train matrix; negatives sampled per batch in ``__getitems__``."""
+
+    def __init__(self, matrix: sp.csr_matrix, seed: int) -> None:
+        coo = matrix.tocoo()
+        order = np.lexsort((coo.col, coo.row))
+        self.users = coo.row[order].astype(np.int64)
+        self.items = coo.col[order].astype(np.int64)
+        self.n_items = matrix.shape[1] - 1
+        # Sorted keys user * (n_items + 1) + item: membership test by binary search.
+        self.keys = self.users * (self.n_items + 1) + self.items
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([i])
+
+    def sample_negatives(self, users: np.ndarray) -> np.ndarray:
+        """Uniform items in 1..n_items the user has not interacted with (rejection sampling)."""
+        negatives = self.rng.integers(1, self.n_items + 1, size=len(users))
+        todo = np.arange(len(users))
+        for _ in range(100):
+            keys = users[todo] * (self.n_items + 1) + negatives[todo]
+            pos = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
+            todo = todo[self.keys[pos] == keys]
+            if len(todo) == 0:
+                break
+            negatives[todo] = self.rng.integers(1, self.n_items + 1, size=len(todo))
+        return negatives
+
+    def __getitems__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(rows)
+        users = self.users[idx]
+        return {
+            "users": torch.from_numpy(users),
+            "positives": torch.from_numpy(self.items[idx]),
+            "negatives": torch.from_numpy(self.sample_negatives(users)),
+        }
+
+
+class _SequenceDataset(Dataset):
+    """Windows of ``max_len + 1`` consecutive train items per user: input = first max_len, target = next."""
+
+    def __init__(self, sequences: list[list[int]], max_len: int, n_items: int, seed: int) -> None:
+        inputs: list[list[int]] = []
+        targets: list[list[int]] = []
+        for seq in sequences:
+            # Windows end at the newest item and step back by max_len, so every item is a target once.
+            end = len(seq)
+            while end > 1:
+                start = max(0, end - max_len - 1)
+                window = seq[start:end]
+                inputs.append(window[:-1])
+                targets.append(window[1:])
+                end = start + 1
+        self.inputs = right_align(inputs, max_len)
+        self.targets = right_align(targets, max_len)
+        self.n_items = n_items
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, rows: list[int]) -> dict[str, torch.Tensor]:
+        idx = np.asarray(rows)
+        targets = self.targets[idx]
+        # One uniform negative per position (used by the BCE loss; the CE loss ignores it).
+        negatives = torch.from_numpy(self.rng.integers(1, self.n_items + 1, size=tuple(targets.shape)))
+        collide = negatives == targets
+        negatives[collide] = negatives[collide] % self.n_items + 1
+        return {"history": self.inputs[idx], "targets": targets, "negatives": negatives * (targets > 0)}
+
+
+class RecDataModule(L.LightningDataModule):
+    """Shared part: the split's index, train matrix and validation inputs."""
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int = 1024,
+        eval_batch_users: int = 512,
+        history_length: int = 50,
+        seed: int = 2026,
+    ) -> None:
+        super().__init__()
+        self.split = split
+        self.batch_size = batch_size
+        self.eval_batch_users = eval_batch_users
+        self.history_length = history_length
+        self.seed = seed
+        self.index = SplitIndex.load(split)
+        self.train_frame = read_part(split, "train", ["event_id", "user_id", "item_id", "event_timestamp"])
+        self.train_matrix = interaction_matrix(self.train_frame, self.index)
+        self._valid: EvalInputs | None = None
+
+    @property
+    def n_users(self) -> int:
+        return self.index.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.index.n_items
+
+    @property
+    def n_train_interactions(self) -> int:
+        return len(self.train_frame)
+
+    @property
+    def valid_inputs(self) -> EvalInputs:
+        if self._valid is None:
+            self._valid = build_eval_inputs(self.split, "valid", self.history_length)
+        return self._valid
+
+    def val_dataloader(self) -> DataLoader:
+        return self.valid_inputs.batches(self.eval_batch_users)
+
+
+class GeneralDataModule(RecDataModule):
+    """BPR-style triples with uniform negatives over non-interacted items, resampled every batch."""
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = _TripleDataset(self.train_matrix, self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=_identity)
+
+
+class SequentialDataModule(RecDataModule):
+    """Whole per-user sequences (windows of max_len + 1), loss at every position."""
+
+    def __init__(self, split: Split, max_len: int = 50, **kwargs: Any) -> None:
+        kwargs.setdefault("history_length", max_len)
+        super().__init__(split, **kwargs)
+        self.max_len = max_len
+
+    def setup(self, stage: str | None = None) -> None:
+        frame = pd.DataFrame(
+            {"u": self.index.users_of(self.train_frame), "i": self.index.items_of(self.train_frame)}
+        )
+        sequences = frame.groupby("u", sort=True)["i"].agg(list).tolist()  # train_frame is in time order
+        self.train_set = _SequenceDataset(sequences, self.max_len, self.n_items, self.seed)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=_identity)
+
+
+def build_datamodule(
+    kind: str, split: Split, params: dict[str, Any], seed: int, eval_batch_users: int = 512
+) -> RecDataModule:
+    """The data module for a model kind, sized from the model's hyperparameters."""
+    batch_size = int(params.get("batch_size", 1024))
+    if kind == "sequential":
+        return SequentialDataModule(
+            split,
+            max_len=int(params.get("max_len", 50)),
+            batch_size=batch_size,
+            eval_batch_users=eval_batch_users,
+            seed=seed,
+        )
+    return GeneralDataModule(
+        split,
+        batch_size=batch_size,
+        eval_batch_users=eval_batch_users,
+        history_length=int(params.get("history_length", 50)),
+        seed=seed,
+    )

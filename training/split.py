@@ -1,0 +1,219 @@
+"""Split the point-in-time examples into train / valid / test, once per (data version, protocol, seed).
+
+Every model and baseline of a run reads the same split, so the directory is keyed by content and
+written atomically; a second call finds the manifest and returns it (idempotent), which is what lets
+the DAGs of several models share it without coordination.
+
+Protocols (all deterministic for the same data, protocol and seed; ties in time broken by event_id):
+
+- ``temporal``: one global time cut. The last ``test_share`` of events (by time) is test, the
+  ``valid_share`` before it is valid, the rest train. Mirrors production: the future is unseen.
+- ``leave_last_out``: per user, by time, the last event is test and the second-to-last valid.
+  Users with fewer than 3 events keep everything in train (they could not be evaluated anyway).
+- ``random_holdout``: per user, a seeded shuffle split 8:1:1 (``1 - valid - test : valid : test``).
+  Users with fewer than 3 events keep everything in train; users with at least 3 get at least one
+  valid and one test event.
+
+The index space covers the whole catalogue of the examples (every item id seen as an event or in a
+``recent_items`` history), sorted, so item index ``i`` (1-based, 0 = padding) is stable for a data
+version regardless of which items happen to fall into train.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from pipeline.artifacts import FeatureSet, Split, atomic_path
+from pipeline.config import SplitConfig
+from pipeline.layout import Layout
+
+MANIFEST = "split.json"
+REQUIRED_COLUMNS = ("event_id", "user_id", "item_id", "event_timestamp")
+PARTS = ("train", "valid", "test")
+
+
+def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Split:
+    """Split ``feature_set.examples`` by ``cfg.protocol``; return the existing split if already made."""
+    out_dir = layout.split(feature_set.data_version, cfg.protocol, cfg.seed)
+    existing = _load_valid_manifest(out_dir)
+    if existing is not None:
+        return existing
+
+    examples = pd.read_parquet(feature_set.examples)
+    missing = [c for c in REQUIRED_COLUMNS if c not in examples.columns]
+    if missing:
+        raise ValueError(
+            f"{feature_set.examples}: examples lack columns {missing}; the features stage must write "
+            f"{list(REQUIRED_COLUMNS)} (see docs/architecture.md)"
+        )
+    if examples.empty:
+        raise ValueError(f"{feature_set.examples}: no examples to split")
+    examples = examples.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(drop=True)
+    part = assign_parts(examples, cfg)
+
+    item_ids = catalogue_items(examples)
+    user_ids = sorted(examples["user_id"].astype(str).unique().tolist())
+
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for name in PARTS:
+            examples[part == name].reset_index(drop=True).to_parquet(tmp / f"{name}.parquet", index=False)
+        (tmp / "item_ids.json").write_text(json.dumps(item_ids))
+        (tmp / "user_ids.json").write_text(json.dumps(user_ids))
+        counts = {
+            "events": len(examples),
+            "train": int((part == "train").sum()),
+            "valid": int((part == "valid").sum()),
+            "test": int((part == "test").sum()),
+            "users": len(user_ids),
+            "items": len(item_ids),
+            "valid_users": int(examples.loc[part == "valid", "user_id"].nunique()),
+            "test_users": int(examples.loc[part == "test", "user_id"].nunique()),
+        }
+        split = Split(
+            data_version=feature_set.data_version,
+            protocol=cfg.protocol,
+            seed=cfg.seed,
+            dir=out_dir,
+            train=out_dir / "train.parquet",
+            valid=out_dir / "valid.parquet",
+            test=out_dir / "test.parquet",
+            item_ids=out_dir / "item_ids.json",
+            user_ids=out_dir / "user_ids.json",
+            counts=counts,
+        )
+        split.save(tmp / MANIFEST)
+    return split
+
+
+def assign_parts(examples: pd.DataFrame, cfg: SplitConfig) -> np.ndarray:
+    """Part name ("train"/"valid"/"test") of every row; ``examples`` sorted by (time, event_id)."""
+    n = len(examples)
+    part = np.full(n, "train", dtype=object)
+    if cfg.protocol == "temporal":
+        n_test = int(round(n * cfg.test_share))
+        n_valid = int(round(n * cfg.valid_share))
+        part[n - n_test :] = "test"
+        part[n - n_test - n_valid : n - n_test] = "valid"
+        return part
+
+    users = examples["user_id"].astype(str).to_numpy()
+    if cfg.protocol == "leave_last_out":
+        # Rows are in time order, so "last by time" = highest position within the user's rows.
+        from_end = examples.groupby(users, sort=False).cumcount(ascending=False).to_numpy()
+        size = examples.groupby(users, sort=False)["event_id"].transform("size").to_numpy()
+        eligible = size >= 3
+        part[eligible & (from_end == 0)] = "test"
+        part[eligible & (from_end == 1)] = "valid"
+        return part
+
+    if cfg.protocol == "random_holdout":
+        rng = np.random.default_rng(cfg.seed)
+        # One random key per row drawn in a canonical order (user, time, event_id), so the result
+        # depends only on the data and the seed, not on the input row order.
+        canonical = np.lexsort((examples["event_id"].to_numpy(), np.arange(n), users))
+        keys = np.empty(n)
+        keys[canonical] = rng.random(n)
+        frame = pd.DataFrame({"user": users, "key": keys})
+        rank = frame.groupby("user", sort=False)["key"].rank(method="first").to_numpy().astype(int) - 1
+        size = frame.groupby("user", sort=False)["key"].transform("size").to_numpy()
+        n_test = np.maximum(1, np.floor(size * cfg.test_share + 0.5)).astype(int)
+        n_valid = np.maximum(1, np.floor(size * cfg.valid_share + 0.5)).astype(int)
+        eligible = size >= 3
+        part[eligible & (rank < n_test)] = "test"
+        part[eligible & (rank >= n_test) & (rank < n_test + n_valid)] = "valid"
+        return part
+
+    raise ValueError(
+        f"unknown split protocol {cfg.protocol!r}; use temporal, leave_last_out or random_holdout"
+    )
+
+
+def catalogue_items(examples: pd.DataFrame) -> list[str]:
+    """Every item id of the examples (events and histories), sorted: the model's item index space."""
+    items = set(examples["item_id"].astype(str).unique().tolist())
+    if "recent_items" in examples.columns:
+        for history in examples["recent_items"]:
+            if history is not None:
+                items.update(str(i) for i in history)
+    return sorted(items)
+
+
+def _load_valid_manifest(out_dir: Path) -> Split | None:
+    manifest = out_dir / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        split = Split.load(manifest)
+    except (ValueError, TypeError, KeyError):
+        return None
+    paths = (split.train, split.valid, split.test, split.item_ids, split.user_ids)
+    return split if all(Path(p).exists() for p in paths) else None
+
+
+@dataclass
+class SplitIndex:
+    """The id <-> index maps of a split (item index 1-based, 0 = padding; user index 0-based)."""
+
+    item_ids: list[str]
+    user_ids: list[str]
+
+    @classmethod
+    def load(cls, split: Split) -> SplitIndex:
+        return cls(json.loads(Path(split.item_ids).read_text()), json.loads(Path(split.user_ids).read_text()))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @cached_property
+    def item_index(self) -> dict[str, int]:
+        return {item: i + 1 for i, item in enumerate(self.item_ids)}
+
+    @cached_property
+    def user_index(self) -> dict[str, int]:
+        return {user: u for u, user in enumerate(self.user_ids)}
+
+    def items_of(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame["item_id"].astype(str).map(self.item_index).to_numpy(dtype=np.int64)
+
+    def users_of(self, frame: pd.DataFrame) -> np.ndarray:
+        return frame["user_id"].astype(str).map(self.user_index).to_numpy(dtype=np.int64)
+
+
+def read_part(split: Split, part: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """One part of the split, sorted by (time, event_id)."""
+    if part not in PARTS:
+        raise ValueError(f"unknown split part {part!r}; use one of {PARTS}")
+    frame = pd.read_parquet(getattr(split, part), columns=columns)
+    return frame.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(drop=True)
+
+
+def interaction_matrix(frame: pd.DataFrame, index: SplitIndex) -> sp.csr_matrix:
+    """Binary CSR (n_users, n_items + 1) of the rows of ``frame`` (column 0 = padding, always empty)."""
+    rows = index.users_of(frame)
+    cols = index.items_of(frame)
+    data = np.ones(len(rows), dtype=np.float32)
+    matrix = sp.csr_matrix((data, (rows, cols)), shape=(index.n_users, index.n_items + 1))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0  # duplicates (re-interactions) summed by the constructor: keep it binary
+    return matrix
+
+
+def train_matrix(split: Split) -> sp.csr_matrix:
+    """The training user x item matrix of ``split`` (n_users, n_items + 1), binary."""
+    index = SplitIndex.load(split)
+    return interaction_matrix(
+        read_part(split, "train", ["event_id", "user_id", "item_id", "event_timestamp"]), index
+    )
