@@ -167,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser.parse_args(argv)
     args.func(args)
+    # Skip interpreter finalisation: duckdb's bindings (Feast's offline store) print hundreds of
+    # "leaked instance" lines at exit, which would bury the summary path that must come last.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -142,7 +142,11 @@ def test_standalone_airflow_runs_a_dag_triggered_over_rest(tmp_path):
                 f"run {run_id} ended {state}: {[(t['task_id'], t['state']) for t in tasks['task_instances']]}"
                 f"\n{(tmp_path / 'standalone.log').read_text()[-4000:]}"
             )
-        assert json.loads((tmp_path / "summary.json").read_text())["models"]["bpr"]["metrics"]["ndcg@10"] > 0
+        bpr = json.loads((tmp_path / "summary.json").read_text())["models"]["bpr"]
+        assert 0.0 <= bpr["metrics"]["ndcg@10"] <= 1.0
+        run_dir = Path(bpr["run_dir"])
+        assert (run_dir / "model" / "model.json").is_file() and (run_dir / "drift.json").is_file()
+        assert bpr["run_id"].startswith("manual")  # the REST-triggered run, not some other one
     finally:
         server.terminate()
         try:

@@ -21,7 +21,9 @@ INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
 
 def write_recbole(directory: Path, inter_lines: list[str]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "ml-100k.inter").write_bytes(("\n".join([INTER_HEADER, *inter_lines]) + "\n").encode("utf-8"))
+    (directory / "ml-100k.inter").write_bytes(
+        ("\n".join([INTER_HEADER, *inter_lines]) + "\n").encode("utf-8")
+    )
     (directory / "ml-100k.user").write_text(
         "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
         "1\t24\tM\ttechnician\t85711\n2\t53\tF\tother\t94043\n3\tnot-a-number\tM\twriter\t32067\n"
@@ -103,7 +105,9 @@ def test_invalid_utf8_line_is_quarantined_not_fatal(tmp_path):
     path = raw / "ml-100k.inter"
     path.write_bytes(path.read_bytes() + b"1\t\xff\xfe\t4\t881250999\n")
     staging = ingest(SourceConfig(path=str(raw)), Layout(tmp_path / "home"), "r")
-    snapshot = validate(staging, ValidationConfig(max_rejected_share=1.0), Layout(tmp_path / "home"), "x", now=NOW)
+    snapshot = validate(
+        staging, ValidationConfig(max_rejected_share=1.0), Layout(tmp_path / "home"), "x", now=NOW
+    )
     quarantine = pd.read_parquet(snapshot.quarantine)
     assert quarantine["reason"].str.contains("not valid utf-8").sum() == 1
     assert int(quarantine["source_line"].iloc[0]) == len(GOOD) + 2
@@ -118,7 +122,9 @@ def test_missing_required_column_names_file(tmp_path):
 
 def test_truncated_gzip_fails_with_file_and_line(tmp_path):
     events = tmp_path / "events.csv.gz"
-    body = "user_id,item_id,timestamp\n" + "".join(f"{i % 7},{i % 11},{1_600_000_000 + i}\n" for i in range(20000))
+    body = "user_id,item_id,timestamp\n" + "".join(
+        f"{i % 7},{i % 11},{1_600_000_000 + i}\n" for i in range(20000)
+    )
     data = gzip.compress(body.encode())
     events.write_bytes(data[: len(data) // 2])
     with pytest.raises(IngestError, match=r"events.csv.gz: unreadable after line \d+"):
@@ -145,7 +151,11 @@ def test_generic_events_with_iso_timestamps_and_no_attributes(tmp_path):
     staging = ingest(SourceConfig(kind="events", path=str(events), name="shop"), layout, "r")
     snapshot = validate(staging, ValidationConfig(), layout, "shop", now=NOW)
     kept = pd.read_parquet(snapshot.interactions)
-    assert kept["timestamp"].dt.strftime("%Y-%m-%d %H").tolist() == ["2024-01-01 10", "2024-01-02 08", "2024-01-03 00"]
+    assert kept["timestamp"].dt.strftime("%Y-%m-%d %H").tolist() == [
+        "2024-01-01 10",
+        "2024-01-02 08",
+        "2024-01-03 00",
+    ]
     assert kept["rating"].isna().all()
     assert sorted(pd.read_parquet(snapshot.users)["user_id"]) == ["a", "b"]
     assert sorted(pd.read_parquet(snapshot.items)["item_id"]) == ["x", "y"]
@@ -162,5 +172,9 @@ def test_grouplens_layout(tmp_path):
     staging = ingest(SourceConfig(kind="grouplens_100k", path=str(raw)), layout, "r")
     snapshot = validate(staging, ValidationConfig(), layout, "ml-100k", now=NOW)
     item = pd.read_parquet(snapshot.items).iloc[0]
-    assert (item["title"], item["release_year"], list(item["genres"])) == ("Café Society", 1995, ["Action", "Comedy"])
+    assert (item["title"], item["release_year"], list(item["genres"])) == (
+        "Café Society",
+        1995,
+        ["Action", "Comedy"],
+    )
     assert snapshot.rows_kept == 2 + 2 + 1

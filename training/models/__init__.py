@@ -1,15 +1,19 @@
 """The model registry: the one list the trainer, the evaluator, the service and the DAG factory read.
 
 Adding a model = one module in this package + one ``register`` line below + ``configs/models/<name>.yaml``.
+
+Model classes are named by import path and imported on first use: the Airflow DAG processor reads
+this registry on every parse and must not pay for importing torch and Lightning each time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:
+    from torch import nn
 
 ModelKind = Literal["general", "sequential", "baseline"]
 
@@ -18,10 +22,15 @@ ModelKind = Literal["general", "sequential", "baseline"]
 class ModelSpec:
     name: str
     kind: ModelKind
-    # factory(n_users, n_items, **hparams) -> torch.nn.Module with full_sort_predict(users, history)
-    factory: Callable[..., torch.nn.Module]
+    # "module:Class"; Class(n_users, n_items, **hparams) is an nn.Module with full_sort_predict(users, history)
+    factory_path: str
     description: str
     trainable: bool = True  # False: fitted in closed form from the training matrix (baselines)
+
+    @property
+    def factory(self) -> Any:
+        module, _, attr = self.factory_path.partition(":")
+        return getattr(importlib.import_module(module), attr)
 
 
 MODELS: dict[str, ModelSpec] = {}
@@ -41,7 +50,7 @@ def get_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; registered: {sorted(MODELS)}") from None
 
 
-def build_model(name: str, n_users: int, n_items: int, **hparams) -> torch.nn.Module:
+def build_model(name: str, n_users: int, n_items: int, **hparams: Any) -> nn.Module:
     return get_spec(name).factory(n_users=n_users, n_items=n_items, **hparams)
 
 
@@ -50,14 +59,13 @@ def pipeline_models() -> list[str]:
     return [name for name, spec in MODELS.items() if spec.kind != "baseline"]
 
 
-def _register_builtin() -> None:
-    # Imported here, not at module top, so each model module can import this registry's types.
-    from training.models import baselines, bpr, sasrec
-
-    register(ModelSpec("popularity", "baseline", baselines.Popularity, "most-interacted items", False))
-    register(ModelSpec("itemknn", "baseline", baselines.ItemKNN, "item-based kNN, cosine", False))
-    register(ModelSpec("bpr", "general", bpr.BPR, "matrix factorisation, BPR pairwise loss"))
-    register(ModelSpec("sasrec", "sequential", sasrec.SASRec, "self-attentive next-item model"))
-
-
-_register_builtin()
+register(
+    ModelSpec(
+        "popularity", "baseline", "training.models.baselines:Popularity", "most-interacted items", False
+    )
+)
+register(
+    ModelSpec("itemknn", "baseline", "training.models.baselines:ItemKNN", "item-based kNN, cosine", False)
+)
+register(ModelSpec("bpr", "general", "training.models.bpr:BPR", "matrix factorisation, BPR pairwise loss"))
+register(ModelSpec("sasrec", "sequential", "training.models.sasrec:SASRec", "self-attentive next-item model"))

@@ -1,0 +1,99 @@
+"""The production profile against real servers: Feast with its SQL registry on PostgreSQL and its online
+store on Redis, and Airflow's metadata DB on PostgreSQL. Uses a throwaway database and Redis DB number.
+
+Needs PostgreSQL on 127.0.0.1:5432 (trust auth) and Redis on 127.0.0.1:6379, as on the project's
+machines; skipped with the reason when they are not reachable.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from features.store import build_features, feature_store, online_user_features
+from pipeline.config import FeatureConfig
+from pipeline.layout import Layout
+from tests.features_fixtures import write_snapshot
+
+pytestmark = pytest.mark.integration
+
+PG = {"host": "127.0.0.1", "port": 5432, "user": os.environ.get("RECFORGE_TEST_PG_USER", "postgres")}
+REDIS_DB = 11  # a Redis database of its own, flushed after the test
+
+
+def _reachable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+requires_servers = pytest.mark.skipif(
+    not (_reachable(5432) and _reachable(6379)), reason="needs PostgreSQL on :5432 and Redis on :6379"
+)
+
+
+@pytest.fixture
+def database():
+    import psycopg
+
+    name = f"recforge_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield name
+    with psycopg.connect(dbname="postgres", autocommit=True, **PG) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@requires_servers
+def test_feast_production_profile_on_postgres_and_redis(tmp_path, database, monkeypatch):
+    import redis
+
+    monkeypatch.setenv("RECFORGE_FEAST_PROFILE", "production")
+    monkeypatch.setenv("RECFORGE_REDIS", f"127.0.0.1:6379,db={REDIS_DB}")
+    for key, value in {
+        "USER": PG["user"],
+        "PASSWORD": "",
+        "HOST": PG["host"],
+        "PORT": str(PG["port"]),
+        "DB": database,
+    }.items():
+        monkeypatch.setenv(f"RECFORGE_PG_{key}", value)
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    client.flushdb()
+    try:
+        layout = Layout(tmp_path / "home")
+        snapshot = write_snapshot(layout.home / "data" / "synthetic")
+        feature_set = build_features(snapshot, FeatureConfig(history_length=2), layout)
+        store = feature_store(layout)
+        assert type(store.registry).__name__ == "SqlRegistry"
+        assert {fv.name for fv in store.list_feature_views()} >= set(feature_set.feature_views)
+        assert client.dbsize() > 0  # materialisation wrote to Redis
+        online = online_user_features(store, ["u1"])["u1"]
+        assert online["user_interaction_count"] == 5 and online["recent_items"] == ["i4", "i5"]
+        # Idempotent: a second build of the same snapshot reuses the registry state in Postgres.
+        assert build_features(snapshot, FeatureConfig(history_length=2), layout) == feature_set
+    finally:
+        client.flushdb()
+
+
+@requires_servers
+def test_airflow_metadata_db_on_postgres(tmp_path, database):
+    env = dict(os.environ)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(tmp_path / "airflow"),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"postgresql+psycopg://{PG['user']}@127.0.0.1:5432/{database}",
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        }
+    )
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    migrate = subprocess.run([airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    check = subprocess.run([airflow, "db", "check"], env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stderr[-3000:]
