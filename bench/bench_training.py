@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from pipeline.artifacts import FeatureSet  # noqa: E402
-from pipeline.config import EvaluationConfig, SplitConfig, TrainerConfig, load_model_params  # noqa: E402
+from pipeline.config import EvaluationConfig, SplitConfig, TrainerConfig, load_config, load_model_params  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
 from training.evaluate import evaluate_run  # noqa: E402
 from training.split import make_split  # noqa: E402
@@ -164,8 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--examples", required=True, help="examples Parquet (FeatureSet.examples)")
     parser.add_argument("--models", default="bpr,sasrec,popularity,itemknn")
     parser.add_argument("--protocols", default="random_holdout,leave_last_out")
-    parser.add_argument("--max-epochs", type=int, default=30)
-    parser.add_argument("--patience", type=int, default=3)
+    defaults = load_config().trainer  # the pipeline's own defaults, so bench and demo agree
+    parser.add_argument("--max-epochs", type=int, default=defaults.max_epochs)
+    parser.add_argument("--patience", type=int, default=defaults.patience)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--home", default="", help="RECFORGE_HOME for splits/runs (default: a temp dir)")

@@ -23,7 +23,6 @@ Why it is shaped like this:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import logging
 import os
@@ -44,7 +43,7 @@ from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.data_source import DataSource
 
 from features.tables import TS_TYPE, build_tables, read_snapshot, write_tables
-from pipeline.artifacts import FeatureSet, Snapshot, atomic_path, atomic_write_json
+from pipeline.artifacts import FeatureSet, Snapshot, atomic_path, atomic_write_json, file_lock
 from pipeline.config import REPO_ROOT, FeatureConfig
 from pipeline.layout import Layout
 
@@ -232,18 +231,6 @@ def _existing(layout: Layout, data_version: str, cfg: FeatureConfig) -> FeatureS
     return None
 
 
-@contextlib.contextmanager
-def _build_lock(layout: Layout) -> Iterator[None]:
-    """One builder at a time per home (the file registry and SQLite take one writer)."""
-    layout.feast.mkdir(parents=True, exist_ok=True)
-    with open(layout.feast / ".build.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _time_span(snapshot: Snapshot, interactions: pd.DataFrame) -> tuple[datetime, datetime]:
     """Materialisation window: from before the first event (profiles) to after the last one (+1 µs rows).
 
@@ -294,7 +281,9 @@ def build_features(snapshot: Snapshot, cfg: FeatureConfig, layout: Layout) -> Fe
     )
 
     try:
-        with _build_lock(layout):
+        with file_lock(
+            layout.feast / ".build.lock"
+        ):  # one builder per home: file registry and SQLite take one writer
             existing = _existing(layout, snapshot.data_version, cfg)  # another DAG may have finished it
             if existing is not None:
                 log.info("features %s: built concurrently by another run; reusing", snapshot.data_version)

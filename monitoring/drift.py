@@ -41,12 +41,10 @@ occupation among them), so ``drift_detected`` is true there.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import math
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -59,7 +57,7 @@ from evidently import DataDefinition, Dataset, Recsys, Report
 from evidently.presets import DataDriftPreset, RecsysPreset
 from evidently.ui.workspace import Workspace
 
-from pipeline.artifacts import Manifest, Split, atomic_write_text
+from pipeline.artifacts import Manifest, Split, atomic_write_text, file_lock
 from pipeline.config import MonitoringConfig
 from training.artifact import ModelArtifact, load_model_artifact
 
@@ -509,18 +507,6 @@ def _save(snapshot: Any, out_dir: Path, stem: str) -> tuple[Path, Path]:
     return html, js
 
 
-@contextmanager
-def _locked(workspace: Path) -> Iterator[None]:
-    """Serialise find-or-create of the project: two DAG runs must not both create it."""
-    workspace.mkdir(parents=True, exist_ok=True)
-    with open(workspace / ".recforge.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def add_to_workspace(
     workspace: Path, project: str, snapshots: dict[str, Any], description: str = ""
 ) -> tuple[str, dict[str, str]]:
@@ -529,7 +515,7 @@ def add_to_workspace(
     Returns (project id, {report name: run id}).
     """
     workspace = Path(workspace)
-    with _locked(workspace):
+    with file_lock(workspace / ".recforge.lock"):  # two DAG runs must not both create the project
         ws = Workspace.create(str(workspace))
         found = ws.search_project(project)
         proj = found[0] if found else ws.create_project(project, description=description or None)

@@ -69,7 +69,7 @@ class TrainerConfig(_Strict):
     devices: int | str = 1
     strategy: str = "auto"
     max_epochs: int = Field(30, ge=1)
-    patience: int = Field(3, ge=1)
+    patience: int = Field(6, ge=1)
     seed: int = 2026
     num_threads: int = 2
     deterministic: bool = True

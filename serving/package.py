@@ -10,9 +10,7 @@ The BentoML store lives under ``layout.bentoml_home``; we pass that store explic
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import logging
 import os
@@ -20,14 +18,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.artifacts import Evaluation, GateDecision, TrainResult, atomic_write_json
+from pipeline.artifacts import Evaluation, GateDecision, TrainResult, atomic_write_json, file_lock
 from pipeline.config import REPO_ROOT
 from pipeline.layout import Layout
 from serving.online import FEATURE_VIEWS, ONLINE_FEATURES
@@ -254,7 +251,7 @@ def package_model(
         "run_dir": str(train_result.run_dir),
         "bentoml_home": str(layout.bentoml_home),
     }
-    with _champion_lock(layout):
+    with file_lock(layout.home / ".champion.lock"):  # concurrent DAG runs swap one pointer
         overtaken = _overtaken_by(layout, decision, evaluation)
         if overtaken:
             log.warning("not promoting %s: %s", model_tag, overtaken)
@@ -264,18 +261,6 @@ def package_model(
         atomic_write_json(layout.champion, champion)
     log.info("champion is now %s (%s)", model_tag, bento_tag or "no bento built")
     return dataclasses.replace(decision, bento_tag=model_tag)
-
-
-@contextlib.contextmanager
-def _champion_lock(layout: Layout) -> Iterator[None]:
-    """Serialise champion swaps of concurrent DAG runs (e.g. recsys_bpr and recsys_sasrec)."""
-    layout.home.mkdir(parents=True, exist_ok=True)
-    with open(layout.home / ".champion.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _overtaken_by(layout: Layout, decision: GateDecision, evaluation: Evaluation) -> str | None:
