@@ -1,0 +1,86 @@
+"""The drift monitor end to end: a champion exists, `recsys_drift_monitor` runs under Airflow
+(`dag.test()`), re-checks drift on the newest data, and when drift is detected its retrain task
+emits the model's asset event (which schedules `recsys_<model>`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.airflow_env import airflow_env
+from pipeline.layout import Layout
+from tests.integration.pipeline_home import make_home
+
+pytestmark = pytest.mark.integration
+
+PROMOTE_BPR = """
+import dataclasses, json, sys
+from pipeline import stages
+from pipeline.artifacts import Evaluation, GateDecision, TrainResult
+from serving.package import package_model
+run_dir = stages.run_all("bpr", run_id="first").parent / "runs" / "bpr" / "first"
+_, layout = stages.context()
+decision = GateDecision.load(run_dir / "gate.json")
+# Whatever the tiny slice's gate said, make this candidate the champion through the real package stage.
+forced = dataclasses.replace(decision, promoted=True, reason="promoted by the test to have a champion")
+package_model(TrainResult.load(run_dir / "train.json"), Evaluation.load(run_dir / "evaluation.json"),
+              forced, layout, build_bento=False)
+print(json.dumps(json.loads(layout.champion.read_text())))
+"""
+
+RUN_MONITOR = """
+import json, os
+from airflow.dag_processing.dagbag import DagBag
+dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag("recsys_drift_monitor")
+run = dag.test()
+states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+from sqlalchemy import select
+from airflow.models.asset import AssetEvent, AssetModel
+from airflow.utils.session import create_session
+with create_session() as session:
+    events = session.scalars(select(AssetModel.uri).join(AssetEvent, AssetEvent.asset_id == AssetModel.id)).all()
+print(json.dumps({"state": str(run.state), "tasks": states, "asset_events": list(events)}))
+"""
+
+
+def test_monitor_rechecks_the_champion_and_requests_retraining(tmp_path):
+    # A ranking-quality floor no model reaches makes the verdict deterministic: drift is detected.
+    home = make_home(tmp_path, sample_users=80, max_epochs=1, monitoring={"min_current_ndcg10": 1.0})
+    env = airflow_env(Layout(tmp_path), base=home)
+    promote = subprocess.run(
+        [sys.executable, "-c", PROMOTE_BPR], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert promote.returncode == 0, promote.stderr[-4000:]
+    assert json.loads(promote.stdout.strip().splitlines()[-1])["model"] == "bpr"
+
+    migrate = subprocess.run(
+        [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    monitor = subprocess.run(
+        [sys.executable, "-c", RUN_MONITOR], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert monitor.returncode == 0, monitor.stderr[-4000:]
+    report = json.loads(monitor.stdout.strip().splitlines()[-1])
+    assert report["state"] == "success", report
+
+    # The monitor wrote a fresh drift manifest for the champion, below the quality floor.
+    manifests = sorted((tmp_path / "runs" / "bpr-monitor").glob("*/drift.json"))
+    assert len(manifests) == 1
+    drift = json.loads(manifests[0].read_text())
+    assert drift["drift_detected"] is True
+    assert any(reason.startswith("ranking quality") for reason in drift["reasons"]), drift["reasons"]
+    tasks = report["tasks"]
+    assert tasks["check_champion"] == "success"
+    assert tasks["request_retrain_bpr"] == "success"
+    assert report["asset_events"] == ["recforge://retrain/bpr"]  # what schedules recsys_bpr
+    # SASRec is not the champion: its branch is skipped and asks for nothing.
+    assert tasks["request_retrain_sasrec"] == "skipped"
