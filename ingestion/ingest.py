@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from ingestion.fetch import fetch_ml100k
-from ingestion.readers import read_events, read_grouplens_100k, read_recbole_atomic
+from ingestion.readers import read_events, read_grouplens_100k, read_movielens_dat, read_recbole_atomic
 from ingestion.schema import RawTables
 from pipeline.artifacts import atomic_path, atomic_write_json
 from pipeline.config import SourceConfig
@@ -27,6 +27,10 @@ def read_source(source: SourceConfig, layout: Layout) -> RawTables:
         if not source.path:
             raise ValueError("source.path must name the directory holding u.data, u.user, u.item, u.genre")
         return read_grouplens_100k(Path(source.path))
+    if source.kind == "movielens_dat":
+        if not source.path:
+            raise ValueError("source.path must name the directory holding ratings.dat, users.dat, movies.dat")
+        return read_movielens_dat(Path(source.path))
     if not source.path:
         raise ValueError("source.path must name the events file (CSV or Parquet)")
     return read_events(

@@ -182,6 +182,40 @@ def _grouplens_genres(path: Path) -> list[str]:
     return names
 
 
+# --- MovieLens 1M/10M layout (ratings.dat, users.dat, movies.dat; "::" separated) ------------
+
+
+def read_movielens_dat(directory: Path) -> RawTables:
+    """GroupLens ML-1M (and ML-10M, which lacks users.dat): ``UserID::MovieID::Rating::Timestamp``."""
+    directory = Path(directory)
+    inter, bad_inter = read_delimited(
+        directory / "ratings.dat", "::", ["user_id", "item_id", "rating", "timestamp"]
+    )
+    malformed = [bad_inter]
+    users = pd.DataFrame({"user_id": pd.Series(dtype="string")})
+    if (directory / "users.dat").is_file():
+        users, bad = read_delimited(
+            directory / "users.dat",
+            "::",
+            ["user_id", "gender", "age", "occupation", "zip_code"],
+            encoding="latin-1",
+        )
+        malformed.append(bad)
+    items, bad_items = read_delimited(
+        directory / "movies.dat", "::", ["item_id", "title", "genres"], encoding="latin-1"
+    )
+    malformed.append(bad_items)
+    # Titles carry the year ("Toy Story (1995)"): the year gets its own column.
+    items["release_year"] = items["title"].str.extract(r"\((\d{4})\)\s*$", expand=False)
+    items["title"] = items["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True)
+    return RawTables(
+        interactions=conform(inter, INTERACTION_COLUMNS),
+        users=conform(users, USER_COLUMNS),
+        items=conform(items, ITEM_COLUMNS),
+        malformed=pd.concat(malformed, ignore_index=True),
+    )
+
+
 # --- Generic events (what a shop brings) ---------------------------------------------------------
 
 

@@ -29,11 +29,12 @@ class SourceConfig(_Strict):
 
     ``recbole_ml100k``: MovieLens-100K atomic files from the recbole wheel (fetched offline by pip).
     ``grouplens_100k``: the official ``u.data``/``u.user``/``u.item`` layout in ``path``.
+    ``movielens_dat``: the GroupLens ML-1M/ML-10M layout (``ratings.dat``, ``users.dat``, ``movies.dat``).
     ``events``: a generic CSV/Parquet events file at ``path`` (user_id,item_id,timestamp[,rating]),
     with optional ``users`` and ``items`` attribute tables.
     """
 
-    kind: Literal["recbole_ml100k", "grouplens_100k", "events"] = "recbole_ml100k"
+    kind: Literal["recbole_ml100k", "grouplens_100k", "movielens_dat", "events"] = "recbole_ml100k"
     path: str | None = None
     users: str | None = None
     items: str | None = None

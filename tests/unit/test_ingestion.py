@@ -178,3 +178,33 @@ def test_grouplens_layout(tmp_path):
         ["Action", "Comedy"],
     )
     assert snapshot.rows_kept == 2 + 2 + 1
+
+
+def test_movielens_1m_layout(tmp_path):
+    """A synthetic file in the ML-1M layout (ML-1M itself is not available offline here)."""
+    raw = tmp_path / "ml-1m"
+    raw.mkdir()
+    (raw / "ratings.dat").write_text(
+        "1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n2::661\n"
+    )
+    (raw / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
+    (raw / "movies.dat").write_bytes(
+        "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n661::James and the Giant Peach (1996)::"
+        "Animation|Children's|Musical\n".encode("latin-1")
+    )
+    layout = Layout(tmp_path / "home")
+    staging = ingest(SourceConfig(kind="movielens_dat", path=str(raw), name="ml-1m"), layout, "r")
+    cfg = ValidationConfig(rating_min=1, rating_max=5, max_rejected_share=0.2)
+    snapshot = validate(staging, cfg, layout, "ml-1m", now=NOW)
+    assert snapshot.rows_quarantined == 1 and next(iter(snapshot.quarantine_reasons)).startswith(
+        "malformed_line"
+    )
+    items = pd.read_parquet(snapshot.items).set_index("item_id")
+    assert (items.loc["661", "title"], items.loc["661", "release_year"]) == (
+        "James and the Giant Peach",
+        1996,
+    )
+    assert list(items.loc["661", "genres"]) == ["Animation", "Children's", "Musical"]
+    users = pd.read_parquet(snapshot.users).set_index("user_id")
+    assert (users.loc["2", "gender"], users.loc["2", "age"]) == ("M", 56)
+    assert len(pd.read_parquet(snapshot.interactions)) == 3
