@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -110,13 +111,33 @@ def seed_password(env: dict[str, str]) -> None:
             json.dump({"admin": password}, handle)
 
 
+def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM a process started with ``start_new_session=True`` and all its children; SIGKILL stragglers."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            os.killpg(process.pid, signal.SIGKILL)  # children that outlived the parent
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+        return
+
+
 def cmd_airflow_ui(args: argparse.Namespace) -> None:
     _, layout = stages.context()
     port = args.port or free_port()
     env = airflow_env(layout, api_port=port)
     seed_password(env)
     airflow_bin = os.path.join(os.path.dirname(sys.executable), "airflow")
-    server = subprocess.Popen([airflow_bin, "standalone"], env=env)
+    # Own process group: standalone forks scheduler, API server and workers that must stop with it.
+    server = subprocess.Popen([airflow_bin, "standalone"], env=env, start_new_session=True)
+    # On SIGTERM (not only Ctrl-C) unwind through `finally`, so standalone does not outlive us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         password = airflow_password(env)
         print(f"\nAirflow UI: http://127.0.0.1:{port}  login: admin / {password}", flush=True)
@@ -126,7 +147,7 @@ def cmd_airflow_ui(args: argparse.Namespace) -> None:
         print("Stop with Ctrl-C.", flush=True)
         raise SystemExit(server.wait())
     finally:
-        server.terminate()
+        stop_process_group(server)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from pipeline.airflow_env import airflow_env, free_port
+from pipeline.cli import stop_process_group
 from pipeline.layout import Layout
 from tests.integration.pipeline_home import make_home
 
@@ -104,7 +105,9 @@ def test_standalone_airflow_runs_a_dag_triggered_over_rest(tmp_path):
     )
     env["AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL"] = "5"
     log = open(tmp_path / "standalone.log", "w")
-    server = subprocess.Popen([AIRFLOW, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [AIRFLOW, "standalone"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         password = _wait_for(lambda: _password(env), 240, "the admin password file")
@@ -148,11 +151,7 @@ def test_standalone_airflow_runs_a_dag_triggered_over_rest(tmp_path):
         assert (run_dir / "model" / "model.json").is_file() and (run_dir / "drift.json").is_file()
         assert bpr["run_id"].startswith("manual")  # the REST-triggered run, not some other one
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process_group(server)  # scheduler, API server and executor workers too
         log.close()
 
 
