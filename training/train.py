@@ -94,6 +94,8 @@ def train_model(
             f"{VALID_MONITOR} is impossible; use a protocol/shares that leave validation events"
         )
     module = build_model(model, index.n_users, index.n_items, **hparams)
+    if hasattr(module, "set_train_matrix"):  # models that need the training graph (LightGCN)
+        module.set_train_matrix(datamodule.train_matrix)
     timer = EpochTimer()
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",

@@ -68,4 +68,11 @@ register(
     ModelSpec("itemknn", "baseline", "training.models.baselines:ItemKNN", "item-based kNN, cosine", False)
 )
 register(ModelSpec("bpr", "general", "training.models.bpr:BPR", "matrix factorisation, BPR pairwise loss"))
+register(
+    ModelSpec("userknn", "baseline", "training.models.baselines:UserKNN", "user-based kNN, Pearson", False)
+)
+register(ModelSpec("neumf", "general", "training.models.neumf:NeuMF", "neural CF: GMF + MLP (NeuMF)"))
+register(ModelSpec("lightgcn", "general", "training.models.lightgcn:LightGCN", "graph CF, light propagation"))
 register(ModelSpec("sasrec", "sequential", "training.models.sasrec:SASRec", "self-attentive next-item model"))
+register(ModelSpec("gru4rec", "sequential", "training.models.gru4rec:GRU4Rec", "GRU session/sequence model"))
+register(ModelSpec("narm", "sequential", "training.models.narm:NARM", "attentive GRU encoder (NARM)"))

@@ -84,3 +84,105 @@ class ItemKNN(FittedBaseline):
             profile[unknown] = torch.zeros(rows.shape[0], self.n_items + 1).scatter_(1, rows, 1.0)
             profile[:, 0] = 0.0
         return profile @ self.similarity
+
+
+def pearson_similarity(binary: sp.csr_matrix, others: sp.csr_matrix | None = None) -> np.ndarray:
+    """Pearson correlation between the rows of ``binary`` and the rows of ``others`` (default: itself).
+
+    Rows are implicit-feedback vectors over the real items (column 0 is padding and never set), each
+    mean-centred over ALL items: with n items, a_u = |I_u| and c_uv = |I_u & I_v|,
+    r_uv = (n c_uv - a_u a_v) / sqrt((n a_u - a_u^2) (n a_v - a_v^2)). A row with zero variance (no
+    item, or every item) correlates 0 with everything. Dense (rows(binary), rows(others)) float64.
+    """
+    others = binary if others is None else others
+    n = binary.shape[1] - 1  # real items; column 0 is padding
+    a = np.asarray(binary.sum(axis=1)).ravel().astype(np.float64)
+    b = np.asarray(others.sum(axis=1)).ravel().astype(np.float64)
+    co = np.asarray((binary @ others.T).todense(), dtype=np.float64)
+    num = n * co - np.outer(a, b)
+    var_a = np.clip(n * a - a * a, 0.0, None)
+    var_b = np.clip(n * b - b * b, 0.0, None)
+    den = np.sqrt(np.outer(var_a, var_b))
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+class UserKNN(FittedBaseline):
+    """User-based collaborative filtering with Pearson correlation, keeping each user's ``k`` neighbours.
+
+    The training matrix is binary (training/split.py ``interaction_matrix`` sets every value to 1; the
+    examples' ``rating`` column never reaches it), so the similarity is the Pearson correlation of the
+    users' implicit binary vectors, mean-centred over all items (see ``pearson_similarity``); on binary
+    data "co-rated items" would leave only 1s, whose centred values are all 0. Neighbours: the ``k``
+    most correlated other users with a POSITIVE correlation (anti-correlated users are dropped rather
+    than subtracting their items); score(u, j) = sum over neighbours v of sim(u, v) * r_vj.
+    ``shrink`` damps similarities of users sharing few items: sim * c_uv / (c_uv + shrink).
+
+    Fitted state: ``neighbours`` / ``weights`` (n_users, k) and the binary ``user_items`` matrix. A user
+    unknown at training time (index -1) is correlated with the training users from the request's
+    ``history`` (the same profile ItemKNN builds) and scored from its own top-k neighbours.
+    """
+
+    scores_from_history = True  # serving: unknown users are scored from their online history
+
+    def __init__(self, n_users: int, n_items: int, k: int = 50, shrink: float = 0.0, **_: object) -> None:
+        super().__init__(n_users, n_items)
+        self.k = k
+        self.shrink = shrink
+        self.register_buffer("neighbours", torch.zeros(0, 0, dtype=torch.long))
+        self.register_buffer("weights", torch.zeros(0, 0))
+        self.register_buffer("user_items", torch.zeros(0, n_items + 1))
+
+    def _top_k(self, sim: np.ndarray, co: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        if self.shrink > 0 and co is not None:
+            sim = sim * co / (co + self.shrink)
+        k = min(self.k, sim.shape[1])
+        idx = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.argsort(-sim, axis=1)
+        vals = np.take_along_axis(sim, idx, axis=1)
+        vals = np.where(vals > 0, vals, 0.0)
+        return idx.astype(np.int64), vals.astype(np.float32)
+
+    def fit(self, train: sp.csr_matrix, chunk: int = 2048) -> UserKNN:
+        binary = (train > 0).astype(np.float32).tocsr()
+        n_users = binary.shape[0]
+        idx_parts, val_parts = [], []
+        for start in range(0, n_users, chunk):  # rows in chunks: never more than chunk x n_users dense
+            rows = binary[start : start + chunk]
+            sim = pearson_similarity(rows, binary)
+            sim[np.arange(sim.shape[0]), np.arange(start, start + sim.shape[0])] = -np.inf  # not itself
+            co = np.asarray((rows @ binary.T).todense()) if self.shrink > 0 else None
+            idx, vals = self._top_k(sim, co)
+            idx_parts.append(idx)
+            val_parts.append(vals)
+        self.neighbours = torch.from_numpy(
+            np.concatenate(idx_parts) if idx_parts else np.zeros((0, 0), np.int64)
+        )
+        self.weights = torch.from_numpy(
+            np.concatenate(val_parts) if val_parts else np.zeros((0, 0), np.float32)
+        )
+        self.user_items = torch.from_numpy(binary.toarray())
+        return self
+
+    def _history_neighbours(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        profile = torch.zeros(history.shape[0], self.n_items + 1).scatter_(1, history, 1.0)
+        profile[:, 0] = 0.0
+        rows = sp.csr_matrix(profile.numpy())
+        train = sp.csr_matrix(self.user_items.numpy())
+        sim = pearson_similarity(rows, train)
+        co = np.asarray((rows @ train.T).todense()) if self.shrink > 0 else None
+        idx, vals = self._top_k(sim, co)
+        return torch.from_numpy(idx), torch.from_numpy(vals)
+
+    def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        n_train = self.user_items.shape[0]
+        weights = torch.zeros(users.shape[0], n_train)
+        if n_train == 0:
+            return torch.zeros(users.shape[0], self.n_items + 1)
+        known = (users >= 0) & (users < n_train)
+        if known.any():
+            u = users[known]
+            weights[known] = weights[known].scatter_(1, self.neighbours[u], self.weights[u])
+        unknown = ~known
+        if unknown.any():
+            idx, vals = self._history_neighbours(history[unknown])
+            weights[unknown] = weights[unknown].scatter_(1, idx, vals)
+        return weights @ self.user_items

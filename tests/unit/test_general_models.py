@@ -1,0 +1,164 @@
+"""UserKNN, NeuMF and LightGCN: shapes, Pearson by hand, learning, artifact round trips, the graph hook."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from pipeline.artifacts import FeatureSet
+from pipeline.config import SplitConfig, TrainerConfig
+from pipeline.layout import Layout
+from training.artifact import load_model_artifact, save_model_artifact
+from training.data import GeneralDataModule, build_eval_inputs
+from training.models import MODELS, build_model
+from training.models.baselines import pearson_similarity
+from training.split import make_split
+
+torch.set_num_threads(1)
+SMALL = {
+    "userknn": {"k": 5},
+    "neumf": {"embedding_size": 8, "mlp_embedding_size": 8, "mlp_layers": [16, 8], "lr": 0.01},
+    "lightgcn": {"embedding_size": 16, "n_layers": 2, "lr": 0.01},
+}
+NAMES = list(SMALL)
+
+# 3 users x 4 items (column 0 = padding). Centred rows: u0 = [.25, .25, .25, -.75],
+# u1 = [.5, .5, -.5, -.5], u2 = [-.5, .5, -.5, .5] -> r01 = .5 / sqrt(.75) = 1/sqrt(3),
+# r02 = -.5 / sqrt(.75) = -1/sqrt(3), r12 = 0.
+HAND = np.array([[0, 1, 1, 1, 0], [0, 1, 1, 0, 0], [0, 0, 1, 0, 1]], dtype=np.float32)
+
+
+@pytest.fixture
+def split(feature_set: FeatureSet, layout: Layout):
+    return make_split(feature_set, SplitConfig(protocol="leave_last_out"), layout)
+
+
+def _prepare(name: str, module: torch.nn.Module, train: sp.csr_matrix) -> None:
+    if hasattr(module, "fit"):
+        module.fit(train)
+    if hasattr(module, "set_train_matrix"):
+        module.set_train_matrix(train)
+
+
+def test_registered_with_their_kinds() -> None:
+    assert MODELS["userknn"].kind == "baseline" and not MODELS["userknn"].trainable
+    assert MODELS["neumf"].kind == "general" and MODELS["lightgcn"].kind == "general"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_full_sort_predict_shape(name: str) -> None:
+    module = build_model(name, 7, 12, **SMALL[name])
+    train = sp.random(7, 13, density=0.3, format="csr", random_state=0)
+    train[:, 0] = 0
+    train.eliminate_zeros()
+    _prepare(name, module, train.tocsr())
+    module.eval()
+    history = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0]])
+    with torch.no_grad():
+        scores = module.full_sort_predict(torch.tensor([0, 6, -1]), history)
+    assert scores.shape == (3, 13)
+    assert torch.isfinite(scores).all()
+
+
+def test_pearson_similarity_matches_hand_computation() -> None:
+    sim = pearson_similarity(sp.csr_matrix(HAND))
+    r = 1 / math.sqrt(3)
+    expected = np.array([[1, r, -r], [r, 1, 0], [-r, 0, 1]])
+    np.testing.assert_allclose(sim, expected, atol=1e-6)
+    np.testing.assert_allclose(sim, np.corrcoef(HAND[:, 1:]), atol=1e-6)
+
+
+def test_userknn_scores_are_weighted_neighbour_rows() -> None:
+    knn = build_model("userknn", 3, 4, k=1).fit(sp.csr_matrix(HAND))
+    r = 1 / math.sqrt(3)
+    assert knn.neighbours[:2, 0].tolist() == [1, 0]
+    np.testing.assert_allclose(knn.weights[:, 0].numpy(), [r, r, 0.0], atol=1e-6)  # u2: no positive
+    scores = knn.full_sort_predict(torch.tensor([0, 1, 2]), torch.zeros(3, 2, dtype=torch.long))
+    np.testing.assert_allclose(scores[0].numpy(), r * HAND[1], atol=1e-6)
+    np.testing.assert_allclose(scores[1].numpy(), r * HAND[0], atol=1e-6)
+    assert float(scores[2].abs().sum()) == 0.0
+    # Unknown user with u1's items: correlates 1 with u1 -> scored from u1's row.
+    unknown = knn.full_sort_predict(torch.tensor([-1]), torch.tensor([[1, 2]]))
+    np.testing.assert_allclose(unknown[0].numpy(), HAND[1], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["neumf", "lightgcn"])
+def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
+    torch.manual_seed(0)
+    dm = GeneralDataModule(split, batch_size=256)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])
+    _prepare(name, module, dm.train_matrix)
+    optimizer = module.configure_optimizers()
+    module.train()
+    losses = []
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = module.calculate_loss(batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dm = GeneralDataModule(split, batch_size=256)
+    module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])
+    _prepare(name, module, dm.train_matrix)
+    if name != "userknn":  # a few steps, so weights (and LightGCN's propagated cache) are not the init
+        dm.setup("fit")
+        optimizer = module.configure_optimizers()
+        module.train()
+        for batch, _ in zip(dm.train_dataloader(), range(3), strict=False):
+            optimizer.zero_grad()
+            module.calculate_loss(batch).backward()
+            optimizer.step()
+    module.eval()
+    out = save_model_artifact(
+        tmp_path / "model", name, module, SMALL[name], dm.index.item_ids, dm.index.user_ids, dm.train_matrix
+    )
+    artifact = load_model_artifact(out)  # rebuilt from weights.pt alone: no training graph
+    assert getattr(artifact.module, "adjacency", None) is None
+    inputs = build_eval_inputs(split, "test", history_length=10)
+    users = torch.cat([inputs.users, torch.tensor([-1])])  # plus one unknown user
+    history = torch.cat([inputs.history, inputs.history[:1]])
+    with torch.no_grad():
+        expected = module.full_sort_predict(users, history)
+    actual = artifact.score(users, history)
+    assert torch.equal(actual[:, 1:], expected[:, 1:].float())
+
+
+def test_lightgcn_trains_through_the_graph_hook(split, tmp_path: Path) -> None:
+    from training.train import train_model
+
+    cfg = TrainerConfig(max_epochs=2, patience=2, num_threads=1)
+    result = train_model("lightgcn", split, SMALL["lightgcn"], cfg, tmp_path / "run")
+    assert result.epochs == 2 and 0.0 < result.best_valid_ndcg10 <= 1.0
+    artifact = load_model_artifact(tmp_path / "run" / "model")
+    assert bool(artifact.module.cache_ready)
+    # The saved propagated embeddings are those of the saved ego weights.
+    fresh = build_model("lightgcn", len(artifact.user_ids), artifact.n_items, **SMALL["lightgcn"])
+    fresh.load_state_dict(artifact.module.state_dict())
+    fresh.set_train_matrix(artifact.seen)
+    users, items = fresh.propagate()
+    torch.testing.assert_close(users, artifact.module.user_final)
+    torch.testing.assert_close(items, artifact.module.item_final)
+
+
+def test_neumf_full_sort_equals_pointwise_logits() -> None:
+    torch.manual_seed(0)
+    module = build_model("neumf", 5, 9, **SMALL["neumf"], predict_chunk=50).eval()  # several chunks
+    users = torch.tensor([0, 4, -1])
+    with torch.no_grad():
+        scores = module.full_sort_predict(users, torch.zeros(3, 2, dtype=torch.long))
+        idx = module._user_index(users)
+        pointwise = torch.stack([module._logit(idx[b].expand(10), torch.arange(10))[0] for b in range(3)])
+    torch.testing.assert_close(scores, pointwise)

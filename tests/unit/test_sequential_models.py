@@ -1,0 +1,162 @@
+"""GRU4Rec and NARM: registry, scoring contract, padding invariance, causality, learning, round trips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.artifacts import FeatureSet
+from pipeline.config import SplitConfig, TrainerConfig, load_model_params
+from pipeline.layout import Layout
+from training.artifact import load_model_artifact, save_model_artifact
+from training.data import SequentialDataModule, build_eval_inputs
+from training.models import MODELS, build_model, pipeline_models
+from training.split import make_split
+
+torch.set_num_threads(1)
+NAMES = ["gru4rec", "narm"]
+SMALL = {
+    "gru4rec": {"embedding_size": 16, "hidden_size": 24, "dropout": 0.0, "max_len": 10, "lr": 0.01},
+    "narm": {
+        "embedding_size": 16,
+        "hidden_size": 24,
+        "dropout": 0.0,
+        "ct_dropout": 0.0,
+        "max_len": 10,
+        "lr": 0.01,
+    },
+}
+
+
+@pytest.fixture
+def split(feature_set: FeatureSet, layout: Layout):
+    return make_split(feature_set, SplitConfig(protocol="leave_last_out"), layout)
+
+
+def small(name: str, **extra) -> torch.nn.Module:
+    torch.manual_seed(0)
+    module = build_model(name, 7, 12, **{**SMALL[name], **extra})
+    return module.eval()
+
+
+def test_registered_as_sequential_pipeline_models_with_configs() -> None:
+    for name in NAMES:
+        assert MODELS[name].kind == "sequential" and MODELS[name].trainable
+        assert name in pipeline_models()
+        params = load_model_params(name)
+        assert params["max_len"] == 50
+        module = build_model(name, 5, 9, **params)  # the yaml's keys are all accepted
+        assert module.full_sort_predict(torch.tensor([0]), torch.tensor([[0, 1, 2]])).shape == (1, 10)
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+@pytest.mark.parametrize("name", NAMES)
+def test_full_sort_predict_shape(name: str, n_layers: int) -> None:
+    module = small(name, n_layers=n_layers)
+    history = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0]])
+    with torch.no_grad():
+        scores = module.full_sort_predict(torch.tensor([0, 6, -1]), history)
+    assert scores.shape == (3, 13) and scores.dtype == torch.float32
+    assert torch.isfinite(scores).all()
+    # Histories longer than max_len are cut to their newest max_len items.
+    long = torch.randint(1, 13, (2, 25))
+    with torch.no_grad():
+        assert torch.equal(
+            module.full_sort_predict(torch.tensor([0, 1]), long),
+            module.full_sort_predict(torch.tensor([0, 1]), long[:, -10:]),
+        )
+
+
+@pytest.mark.parametrize("n_layers", [1, 2])
+@pytest.mark.parametrize("name", NAMES)
+def test_left_padding_and_batch_mates_do_not_change_scores(name: str, n_layers: int) -> None:
+    module = small(name, n_layers=n_layers)
+    histories = [[3, 4], [1, 2, 3, 4, 5, 6], [7], []]
+    width = 8
+    with torch.no_grad():
+        batch = torch.zeros(len(histories), width, dtype=torch.long)
+        for row, seq in enumerate(histories):
+            if seq:
+                batch[row, width - len(seq) :] = torch.tensor(seq)
+        together = module.full_sort_predict(torch.arange(4), batch)
+        for row, seq in enumerate(histories):
+            for pad in (0, 1, 3):
+                alone = torch.tensor([[0] * pad + (seq or [0])])
+                scores = module.full_sort_predict(torch.tensor([row]), alone)
+                torch.testing.assert_close(scores[0], together[row], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_training_states_are_causal_and_match_serving(name: str) -> None:
+    """Position t of a training window sees only items up to t and equals serving the prefix."""
+    module = small(name)
+    history = torch.tensor([[0, 0, 0, 5, 2, 9, 11, 3, 1, 7]])
+    with torch.no_grad():
+        states = module.encode(history)
+        changed = history.clone()
+        changed[0, -2:] = torch.tensor([4, 4])
+        assert torch.allclose(module.encode(changed)[0, :-2], states[0, :-2], atol=1e-6)
+        weights = module.item_embedding.weight
+        for t in range(3, 10):
+            served = module.full_sort_predict(torch.tensor([0]), history[:, : t + 1])
+            torch.testing.assert_close(served[0], states[0, t] @ weights.T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
+    torch.manual_seed(0)
+    dm = SequentialDataModule(split, max_len=10, batch_size=256)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])
+    optimizer = module.configure_optimizers()
+    module.train()
+    losses = []
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = module.calculate_loss(batch)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: Path) -> None:
+    dm = SequentialDataModule(split, max_len=10)
+    torch.manual_seed(0)
+    module = build_model(name, dm.n_users, dm.n_items, **SMALL[name]).eval()
+    out = save_model_artifact(
+        tmp_path / "model",
+        name,
+        module,
+        SMALL[name],
+        dm.index.item_ids,
+        dm.index.user_ids,
+        dm.train_matrix,
+        meta={"protocol": split.protocol},
+    )
+    artifact = load_model_artifact(out)
+    assert artifact.kind == "sequential"
+    inputs = build_eval_inputs(split, "test", history_length=10)
+    with torch.no_grad():
+        expected = module.full_sort_predict(inputs.users, inputs.history)
+    actual = artifact.score(inputs.users, inputs.history)
+    assert torch.equal(actual[:, 1:], expected[:, 1:].float())
+    assert actual[:, 0].eq(-torch.inf).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trains_with_lightning_and_writes_an_artifact(name: str, split, tmp_path: Path) -> None:
+    from training.train import train_model
+
+    params = {**SMALL[name], "batch_size": 32}
+    run_dir = tmp_path / "runs" / name
+    result = train_model(name, split, params, TrainerConfig(max_epochs=2, patience=2, num_threads=1), run_dir)
+    assert result.epochs == 2 and 0.0 <= result.best_valid_ndcg10 <= 1.0
+    artifact = load_model_artifact(run_dir / "model")
+    inputs = build_eval_inputs(split, "valid", history_length=10)
+    assert torch.isfinite(artifact.score(inputs.users, inputs.history)[:, 1:]).all()
