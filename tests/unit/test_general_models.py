@@ -13,6 +13,7 @@ import torch
 from pipeline.artifacts import FeatureSet
 from pipeline.config import SplitConfig, TrainerConfig
 from pipeline.layout import Layout
+from tests.model_helpers import overfit_losses
 from training.artifact import load_model_artifact, save_model_artifact
 from training.data import GeneralDataModule, build_eval_inputs
 from training.models import MODELS, build_model
@@ -95,15 +96,7 @@ def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
     batch = next(iter(dm.train_dataloader()))
     module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])
     _prepare(name, module, dm.train_matrix)
-    optimizer = module.configure_optimizers()
-    module.train()
-    losses = []
-    for _ in range(60):
-        optimizer.zero_grad()
-        loss = module.calculate_loss(batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = overfit_losses(module, batch)
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 

@@ -13,6 +13,7 @@ import torch
 from pipeline.artifacts import Evaluation, FeatureSet, TrainResult
 from pipeline.config import EvaluationConfig, SplitConfig, TrainerConfig
 from pipeline.layout import Layout
+from tests.model_helpers import overfit_losses
 from training.artifact import load_model_artifact, save_model_artifact
 from training.data import GeneralDataModule, SequentialDataModule, build_eval_inputs
 from training.evaluate import evaluate_run
@@ -108,15 +109,7 @@ def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])
-    optimizer = module.configure_optimizers()
-    module.train()
-    losses = []
-    for _ in range(60):
-        optimizer.zero_grad()
-        loss = module.calculate_loss(batch)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = overfit_losses(module, batch)
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 
