@@ -4,7 +4,9 @@
 ``FeatureSet.examples`` (docs/architecture.md): point-in-time ``recent_items`` (events strictly before,
 in (time, event_id) order), ``user_interaction_count`` and ``item_interaction_count`` before the event.
 User behaviour has structure (each user prefers one item cluster and tends to move to the next item
-id), so models can learn something and tests can assert that they do.
+id), so models can learn something and tests can assert that they do. Profile attributes carry the same
+structure: a user's age and occupation and an item's genre, release year and title word name their
+cluster, so feature-aware models can score users and items from attributes alone.
 """
 
 from __future__ import annotations
@@ -55,6 +57,22 @@ def synthetic_examples(
     frame["item_interaction_count"] = (
         by_time.groupby("item_id").cumcount().reindex(frame.index).astype("int64")
     )
+    user_no = frame["user_id"].str[1:].astype(int).to_numpy()
+    item_no = frame["item_id"].str[1:].astype(int).to_numpy()
+    cluster_of_user = user_cluster[user_no]
+    cluster_of_item = item_no % n_clusters
+    words = np.array(["alpha", "bravo", "charlie", "delta"])
+    frame["age"] = (15 + 12 * cluster_of_user).astype("int64")
+    frame["gender"] = np.where(user_no % 2 == 0, "F", "M")
+    frame["occupation"] = np.char.add("occupation", cluster_of_user.astype(str))
+    frame["title"] = [
+        f"{words[c].title()} Story {i} (199{c})" for c, i in zip(cluster_of_item, item_no, strict=True)
+    ]
+    frame["release_year"] = (1990 + 5 * cluster_of_item).astype("int64")
+    frame["genres"] = [
+        [f"genre{c}", "Drama"] if i % 3 == 0 else [f"genre{c}"]
+        for c, i in zip(cluster_of_item, item_no, strict=True)
+    ]
     return frame
 
 

@@ -19,6 +19,9 @@ import torch
 
 from pipeline.artifacts import atomic_path
 from training.models import build_model, get_spec
+from training.side_features import SideFeatures
+
+SIDE_FEATURES_DIR = "side_features"
 
 
 @dataclass
@@ -30,6 +33,7 @@ class ModelArtifact:
     popularity: np.ndarray  # (n_items + 1,) training interaction counts; index 0 = padding
     seen: sp.csr_matrix  # (n_users, n_items + 1) training interactions
     meta: dict[str, Any] = field(default_factory=dict)
+    side_features: SideFeatures | None = None  # attribute vocabularies of feature-aware models
 
     @property
     def kind(self) -> str:
@@ -65,6 +69,7 @@ def save_model_artifact(
     user_ids: list[str],
     train_matrix: sp.csr_matrix,
     meta: dict[str, Any] | None = None,
+    side_features: SideFeatures | None = None,
 ) -> Path:
     """Write the artifact directory atomically and return its path."""
     out_dir = Path(out_dir)
@@ -90,6 +95,8 @@ def save_model_artifact(
         popularity = np.asarray((train_matrix > 0).sum(axis=0)).ravel().astype(np.float32)
         np.save(tmp / "popularity.npy", popularity)
         sp.save_npz(tmp / "seen.npz", train_matrix.tocsr())
+        if side_features is not None:
+            side_features.save(tmp / SIDE_FEATURES_DIR)
     return out_dir
 
 
@@ -97,6 +104,11 @@ def load_model_artifact(path: Path | str) -> ModelArtifact:
     path = Path(path)
     info = json.loads((path / "model.json").read_text())
     module = build_model(info["name"], info["n_users"], info["n_items"], **info["hparams"])
+    side_features = (
+        SideFeatures.load(path / SIDE_FEATURES_DIR) if (path / SIDE_FEATURES_DIR).exists() else None
+    )
+    if side_features is not None and hasattr(module, "set_side_features"):
+        module.set_side_features(side_features)  # creates the attribute embedding tables before loading
     state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     # Fitted baselines size some buffers from data (e.g. the user x item matrix): adopt saved shapes.
     for key, value in state.items():
@@ -114,4 +126,5 @@ def load_model_artifact(path: Path | str) -> ModelArtifact:
         popularity=np.load(path / "popularity.npy"),
         seen=sp.load_npz(path / "seen.npz").tocsr(),
         meta=info.get("meta", {}),
+        side_features=side_features,
     )

@@ -1,7 +1,7 @@
 """Test-set evaluation of a trained model next to the baselines, on the same split and users.
 
 Full ranking over the whole catalogue (see training/metrics.py), users in batches. Baselines
-(Popularity, ItemKNN) are fitted on the same split's train part and their metrics cached in
+(Popularity, ItemKNN, UserKNN) are fitted on the same split's train part and their metrics cached in
 ``split.dir/baselines/<name>.json``, so every model of a run (and every run on that split) compares
 against identical numbers without refitting. Writes ``metrics.json``, ``leaderboard.md`` and the
 ``evaluation.json`` manifest into the run directory.
@@ -16,12 +16,12 @@ from typing import Any
 from pipeline.artifacts import Evaluation, Split, TrainResult, atomic_write_json, atomic_write_text
 from pipeline.config import EvaluationConfig
 from training.artifact import load_model_artifact
-from training.data import EvalInputs, build_eval_inputs
+from training.data import EvalInputs, build_eval_inputs, build_example_set
 from training.models import build_model
 from training.split import SplitIndex, train_matrix
 from training.train import evaluate_module
 
-BASELINES = ("popularity", "itemknn")
+BASELINES = ("popularity", "itemknn", "userknn")
 HISTORY_LENGTH = 50
 LEADERBOARD_COLUMNS = (
     "recall@10",
@@ -43,10 +43,18 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
     run_dir = Path(train_result.run_dir)
     artifact = load_model_artifact(run_dir / "model")
     history_length = int(
-        artifact.meta.get("history_length", train_result.hparams.get("max_len", HISTORY_LENGTH))
+        artifact.meta.get(
+            "history_length",
+            train_result.hparams.get("max_len", train_result.hparams.get("history_length", HISTORY_LENGTH)),
+        )
     )
     inputs = build_eval_inputs(split, "test", max(history_length, 1))
     metrics = evaluate_module(artifact.module, inputs, list(cfg.ks), cfg.batch_users)
+    if hasattr(artifact.module, "pointwise_metrics"):
+        # Rating error (MF), AUC/LogLoss (CTR rankers), off-policy reward (REINFORCE): each model
+        # computes its own from the test examples, with the user's history as of each event.
+        examples = build_example_set(split, "test", max(history_length, 1), num_negatives=1, seed=split.seed)
+        metrics.update(artifact.module.pointwise_metrics(examples))
     baselines = {name: baseline_metrics(name, split, cfg, inputs) for name in BASELINES}
 
     metrics_path = run_dir / "metrics.json"
@@ -104,6 +112,7 @@ def leaderboard_markdown(
     model: str, metrics: dict[str, float], baselines: dict[str, dict[str, float]], split: Split, n_users: int
 ) -> str:
     columns = [c for c in LEADERBOARD_COLUMNS if c in metrics]
+    columns += sorted(c for c in metrics if c not in LEADERBOARD_COLUMNS)  # model-specific (rmse, auc)
     lines = [
         f"# Leaderboard: {model}",
         "",

@@ -27,6 +27,7 @@ from training.data import build_datamodule, build_eval_inputs
 from training.metrics import RankingAccumulator
 from training.models import build_model, get_spec
 from training.models.base import VALID_MONITOR
+from training.side_features import side_features_for
 from training.split import SplitIndex, train_matrix
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,18 @@ def artifact_meta(split: Split) -> dict[str, Any]:
         "split_dir": str(split.dir),
         "split_seed": split.seed,
     }
+
+
+def attach_split_data(module: torch.nn.Module, split: Split, matrix: Any) -> None:
+    """Hand a model the data beyond ids it declares it needs, by the hooks it implements.
+
+    ``set_train_matrix(csr)``: the training user x item graph (LightGCN, content-based profiles).
+    ``set_side_features(SideFeatures)``: user/item attributes (two-tower, DeepFM, DIN, ...).
+    """
+    if hasattr(module, "set_train_matrix"):
+        module.set_train_matrix(matrix)
+    if hasattr(module, "set_side_features"):
+        module.set_side_features(side_features_for(split))
 
 
 def evaluate_module(
@@ -94,8 +107,7 @@ def train_model(
             f"{VALID_MONITOR} is impossible; use a protocol/shares that leave validation events"
         )
     module = build_model(model, index.n_users, index.n_items, **hparams)
-    if hasattr(module, "set_train_matrix"):  # models that need the training graph (LightGCN)
-        module.set_train_matrix(datamodule.train_matrix)
+    attach_split_data(module, split, datamodule.train_matrix)
     timer = EpochTimer()
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -122,6 +134,7 @@ def train_model(
     best_path = Path(checkpoint.best_model_path)
     state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
     best = build_model(model, index.n_users, index.n_items, **hparams)
+    attach_split_data(best, split, datamodule.train_matrix)
     best.load_state_dict(state)
     best.eval()
     save_model_artifact(
@@ -133,6 +146,7 @@ def train_model(
         index.user_ids,
         datamodule.train_matrix,
         meta=artifact_meta(split),
+        side_features=side_features_for(split) if hasattr(best, "set_side_features") else None,
     )
     epoch_seconds = sum(timer.seconds) / max(len(timer.seconds), 1)
     best_score = checkpoint.best_model_score
@@ -169,7 +183,9 @@ def _fit_baseline(
 ) -> TrainResult:
     matrix = train_matrix(split)
     start = time.perf_counter()
-    module = build_model(model, index.n_users, index.n_items, **hparams).fit(matrix)
+    module = build_model(model, index.n_users, index.n_items, **hparams)
+    attach_split_data(module, split, matrix)
+    module = module.fit(matrix)
     seconds = time.perf_counter() - start
     valid = build_eval_inputs(split, "valid", int(hparams.get("history_length", 50)))
     valid_ndcg = evaluate_module(module, valid, [10], 512)["ndcg@10"] if valid.n_users else 0.0
@@ -182,6 +198,7 @@ def _fit_baseline(
         index.user_ids,
         matrix,
         meta=artifact_meta(split),
+        side_features=side_features_for(split) if hasattr(module, "set_side_features") else None,
     )
     result = TrainResult(
         model=model,

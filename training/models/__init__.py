@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from torch import nn
 
-ModelKind = Literal["general", "sequential", "baseline"]
+# Which data module trains the model (training/data.py): "general" = (user, positive, negative)
+# triples, "sequential" = next-item windows, "example" = point-in-time examples with history, rating
+# and negatives; "baseline" = fitted in closed form and evaluated inside every run (no DAG of its own).
+ModelKind = Literal["general", "sequential", "example", "baseline"]
 
 
 @dataclass(frozen=True)
@@ -76,3 +79,17 @@ register(ModelSpec("lightgcn", "general", "training.models.lightgcn:LightGCN", "
 register(ModelSpec("sasrec", "sequential", "training.models.sasrec:SASRec", "self-attentive next-item model"))
 register(ModelSpec("gru4rec", "sequential", "training.models.gru4rec:GRU4Rec", "GRU session/sequence model"))
 register(ModelSpec("narm", "sequential", "training.models.narm:NARM", "attentive GRU encoder (NARM)"))
+register(ModelSpec("mf", "example", "training.models.mf:RatingMF", "latent factor model on explicit ratings"))
+register(
+    ModelSpec("content", "general", "training.models.content:ContentBased", "TF-IDF item attributes", False)
+)
+register(
+    ModelSpec("twotower", "example", "training.models.twotower:TwoTower", "two-tower with side features")
+)
+register(ModelSpec("deepfm", "example", "training.models.deepfm:DeepFM", "CTR ranker: FM + deep tower"))
+register(ModelSpec("din", "example", "training.models.din:DIN", "CTR ranker: attention over history"))
+register(ModelSpec("dien", "example", "training.models.dien:DIEN", "CTR ranker: GRU + attentional GRU"))
+register(ModelSpec("cke", "general", "training.models.cke:CKE", "knowledge-graph embedding CF (TransR)"))
+register(
+    ModelSpec("reinforce", "example", "training.models.reinforce:TopKReinforce", "off-policy top-K REINFORCE")
+)
