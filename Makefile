@@ -29,6 +29,13 @@ test-fast: $(BIN)/.installed  ## unit tests only
 airflow: $(BIN)/.installed  ## Airflow UI (standalone) on a free local port; prints URL and login
 	$(BIN)/recforge airflow-ui
 
+# Every registered model and baseline x {random_holdout, leave_last_out} on ML-100K, 2 processes x 1 thread
+# (under 60 min on 2 cores): bench/results/leaderboard.json + bench/leaderboard.md. Extra flags, e.g.
+# LEADERBOARD_ARGS="--models bpr,sasrec --max-epochs 5" or "--dataset ml-1m --data-path /data/ml-1m".
+LEADERBOARD_ARGS ?=
+leaderboard: $(BIN)/.installed  ## train + evaluate every model; leaderboard with target checks
+	$(BIN)/python bench/leaderboard.py $(LEADERBOARD_ARGS)
+
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 

@@ -7,6 +7,7 @@ breakdown (Feast read vs. scoring) so a regression can be placed.
 
     RECFORGE_HOME=.recforge .venv/bin/python bench/bench_serving.py            # the pipeline's champion
     .venv/bin/python bench/bench_serving.py --demo sasrec                      # synthetic ML-100K-sized home
+    .venv/bin/python bench/bench_serving.py --demo din --out /tmp/b            # DIN ranker + TwoTower retriever
 
 Writes ``bench/results/serving.json`` and ``bench/results/serving.md``. Loopback only; the client shares
 the machine's cores with the server, so numbers are a floor on what a separate client would see.
@@ -28,6 +29,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -36,7 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
-from serving.package import ARTIFACT_SUBDIR, bento_env  # noqa: E402
+from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, bento_env  # noqa: E402
 
 
 def _free_port() -> int:
@@ -142,8 +144,14 @@ def run_load(url: str, users: list[str], concurrency: int, n_requests: int, k: i
     }
 
 
-def breakdown(layout: Layout, model_dir: Path, users: list[str], n: int = 200) -> dict[str, float]:
-    """In-process cost of the two request stages: Feast online read, then scoring + top-k."""
+def breakdown(
+    layout: Layout, model_dir: Path, users: list[str], cold_users: list[str] | None = None, n: int = 200
+) -> dict[str, Any]:
+    """In-process cost of the request stages: Feast online read, then scoring + top-k.
+
+    Also the cold path (a user unknown to the model): the Feast profile read, then scoring from
+    attributes (``cold_users``: users in Feast but unknown to the model; else request attributes).
+    """
     os.environ["RECFORGE_HOME"] = str(layout.home)
     import torch
 
@@ -151,7 +159,9 @@ def breakdown(layout: Layout, model_dir: Path, users: list[str], n: int = 200) -
     from serving.recommender import load_recommender
 
     torch.set_num_threads(1)
-    rec = load_recommender(model_dir / ARTIFACT_SUBDIR, model_dir / "titles.json")
+    rec = load_recommender(
+        model_dir / ARTIFACT_SUBDIR, model_dir / "titles.json", retriever_dir=model_dir / RETRIEVER_SUBDIR
+    )
     online = OnlineHistory()
     online.health()
     feast_ms, score_ms = [], []
@@ -164,12 +174,34 @@ def breakdown(layout: Layout, model_dir: Path, users: list[str], n: int = 200) -
         t2 = time.perf_counter()
         feast_ms.append((t1 - t0) * 1000)
         score_ms.append((t2 - t1) * 1000)
-    return {
+    result = {
+        "stages": [f"{s['stage']}:{s['model']}" for s in rec.describe()["stages"]],
         "feast_read_p50_ms": round(_pct(feast_ms, 50), 3),
         "feast_read_p99_ms": round(_pct(feast_ms, 99), 3),
         "score_topk_p50_ms": round(_pct(score_ms, 50), 3),
         "score_topk_p99_ms": round(_pct(score_ms, 99), 3),
     }
+    if rec.wants_attributes("bench-cold-user"):
+        cold_users = [u for u in cold_users or [] if u not in rec.user_index] or ["bench-cold-user"]
+        given = {"age": 30, "gender": "M", "occupation": "engineer"}
+        profile_ms, cold_ms, strategies = [], [], set()
+        for i in range(n):
+            user = cold_users[i % len(cold_users)]
+            t0 = time.perf_counter()
+            hist = online.recent_items(user)
+            attributes = online.profile(user) or given
+            t1 = time.perf_counter()
+            strategies.add(rec.recommend(user, hist, 10, user_features=attributes).strategy)
+            t2 = time.perf_counter()
+            profile_ms.append((t1 - t0) * 1000)
+            cold_ms.append((t2 - t1) * 1000)
+        result.update(
+            cold_strategies=sorted(strategies),
+            cold_feast_reads_p50_ms=round(_pct(profile_ms, 50), 3),
+            cold_score_topk_p50_ms=round(_pct(cold_ms, 50), 3),
+            cold_score_topk_p99_ms=round(_pct(cold_ms, 99), 3),
+        )
+    return result
 
 
 def main() -> None:
@@ -191,17 +223,22 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.demo:
-        from tests.serving_fixtures import build_serving_home
+        from serving.package import is_ranker_model
+        from tests.serving_fixtures import build_ranker_serving_home, build_serving_home
 
         home = Path(tempfile.mkdtemp(prefix="recforge-bench-")) / "home"
         started = time.perf_counter()
-        build_serving_home(
-            home, model=args.demo, n_users=args.demo_users, n_items=args.demo_items, per_user=30
-        )
+        sizes = {"n_users": args.demo_users, "n_items": args.demo_items, "per_user": 30}
+        if is_ranker_model(args.demo):  # trained with its TwoTower retriever on the home's split
+            built = build_ranker_serving_home(home, ranker=args.demo, **sizes)
+        else:
+            built = build_serving_home(home, model=args.demo, **sizes)
+        cold_users = built.new_users
         print(f"built demo home {home} in {time.perf_counter() - started:.1f}s", flush=True)
         layout = Layout(home)
     else:
         layout = Layout(Path(args.home).resolve() if args.home else load_config().home_dir)
+        cold_users = []
     champion = json.loads(layout.champion.read_text())
     tag = champion["bento_tag"]
     model_dir = _model_dir(layout, tag)
@@ -245,7 +282,7 @@ def main() -> None:
         },
         "server": {"threads_per_worker": 4, "torch_threads": 1},
         "runs": runs,
-        "in_process_breakdown": breakdown(layout, model_dir, users),
+        "in_process_breakdown": breakdown(layout, model_dir, users, cold_users),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -277,11 +314,18 @@ def _markdown(report: dict) -> str:
     b = report["in_process_breakdown"]
     lines += [
         "",
-        f"In-process breakdown (no HTTP): Feast online read p50 {b['feast_read_p50_ms']} ms / p99 "
-        f"{b['feast_read_p99_ms']} ms; scoring + exclusion + top-k p50 {b['score_topk_p50_ms']} ms / p99 "
-        f"{b['score_topk_p99_ms']} ms.",
+        f"In-process breakdown (no HTTP), stages {' -> '.join(b.get('stages', []))}: Feast online read p50 "
+        f"{b['feast_read_p50_ms']} ms / p99 {b['feast_read_p99_ms']} ms; scoring + exclusion + top-k p50 "
+        f"{b['score_topk_p50_ms']} ms / p99 {b['score_topk_p99_ms']} ms.",
         "",
     ]
+    if "cold_score_topk_p50_ms" in b:
+        lines += [
+            f"Cold users ({', '.join(b['cold_strategies'])}): Feast history + profile reads p50 "
+            f"{b['cold_feast_reads_p50_ms']} ms; scoring p50 {b['cold_score_topk_p50_ms']} ms / p99 "
+            f"{b['cold_score_topk_p99_ms']} ms.",
+            "",
+        ]
     return "\n".join(lines)
 
 

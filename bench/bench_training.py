@@ -9,7 +9,7 @@ file, so the numbers are what the pipeline produces, and writes:
 Usage:
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python bench/bench_training.py --examples <examples.parquet> \
         [--models bpr,sasrec,popularity,itemknn] [--protocols random_holdout,leave_last_out] \
-        [--max-epochs 30] [--threads 2] [--set sasrec.loss_type=bce]
+        [--max-epochs 30] [--threads 2] [--set sasrec.loss_type=bce] [--knowledge-graph <kg.parquet>]
 The examples file is the features stage output (``FeatureSet.examples``); its data version here is
 the file's content hash, so splits are reused between bench runs on the same file.
 """
@@ -74,18 +74,47 @@ def parse_overrides(values: list[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def run_one(model: str, protocol: str, params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Split (reused when it exists), train and evaluate one model; runs in its own process."""
-    torch.set_num_threads(args.threads)
-    examples = Path(args.examples).resolve()
-    layout = Layout(Path(args.home))
-    feature_set = FeatureSet(
-        file_version(examples), Path(args.home) / "feature_repo", examples, [], "recsys_training", ""
-    )
-    split = make_split(feature_set, SplitConfig(protocol=protocol, seed=args.seed), layout)
-    trainer_cfg = TrainerConfig(max_epochs=args.max_epochs, patience=args.patience, num_threads=args.threads)
+def process_peak_rss_mb() -> float | None:
+    """This process's own RSS high-water mark (Linux ``VmHWM``), training and evaluation included.
+
+    ``getrusage``'s ``ru_maxrss`` survives fork + exec, so a worker spawned after the parent built the
+    features would report the parent's peak (~1 GB) instead of its own; ``VmHWM`` belongs to the
+    worker's fresh address space.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except OSError:
+        pass
+    return None
+
+
+def train_and_evaluate(
+    model: str,
+    protocol: str,
+    params: dict[str, Any],
+    feature_set: FeatureSet,
+    home: Path,
+    *,
+    seed: int,
+    max_epochs: int,
+    patience: int,
+    threads: int,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Split (reused when it exists), train and evaluate one model; the row the benches report.
+
+    Shared by this bench and bench/leaderboard.py, so both measure exactly the same thing. Meant to
+    run in its own process (peak RSS is the process's).
+    """
+    torch.set_num_threads(threads)
+    layout = Layout(Path(home))
+    split = make_split(feature_set, SplitConfig(protocol=protocol, seed=seed), layout)
+    trainer_cfg = TrainerConfig(max_epochs=max_epochs, patience=patience, num_threads=threads)
     start = time.perf_counter()
-    result = train_model(model, split, params, trainer_cfg, layout.run(model, f"bench-{protocol}"))
+    result = train_model(model, split, params, trainer_cfg, layout.run(model, run_id or f"bench-{protocol}"))
+    train_seconds = time.perf_counter() - start
     evaluation = evaluate_run(result, split, EvaluationConfig())
     wall = time.perf_counter() - start
     return {
@@ -99,9 +128,38 @@ def run_one(model: str, protocol: str, params: dict[str, Any], args: argparse.Na
         "interactions_per_second": result.interactions_per_second,
         "best_valid_ndcg10": result.best_valid_ndcg10,
         "peak_rss_mb": result.peak_rss_mb,
+        "train_seconds": round(train_seconds, 1),
         "wall_seconds": round(wall, 1),
         "popularity_ndcg10": evaluation.baselines["popularity"]["ndcg@10"],
+        "baselines": evaluation.baselines,
+        "split_dir": str(split.dir),
     }
+
+
+def run_one(model: str, protocol: str, params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """One (model, protocol) of this bench: the examples file's content hash is its data version."""
+    examples = Path(args.examples).resolve()
+    knowledge_graph = Path(args.knowledge_graph).resolve() if args.knowledge_graph else None
+    feature_set = FeatureSet(
+        file_version(examples),
+        Path(args.home) / "feature_repo",
+        examples,
+        [],
+        "recsys_training",
+        "",
+        knowledge_graph=knowledge_graph,
+    )
+    return train_and_evaluate(
+        model,
+        protocol,
+        params,
+        feature_set,
+        Path(args.home),
+        seed=args.seed,
+        max_epochs=args.max_epochs,
+        patience=args.patience,
+        threads=args.threads,
+    )
 
 
 def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -171,6 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--home", default="", help="RECFORGE_HOME for splits/runs (default: a temp dir)")
     parser.add_argument("--set", action="append", default=[], help="model.param=value override")
+    parser.add_argument(
+        "--knowledge-graph",
+        default="",
+        help="item knowledge graph Parquet (Snapshot/FeatureSet.knowledge_graph) for knowledge-aware models "
+        "(cke); use a fresh --home, splits are keyed by the examples file only",
+    )
     parser.add_argument("--out", default=str(RESULTS), help="directory for training.json / training.md")
     args = parser.parse_args(argv)
     rows = run_bench(args)

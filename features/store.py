@@ -373,6 +373,7 @@ def _publish(
         feature_views=list(FEATURE_VIEWS),
         feature_service=TRAINING_SERVICE,
         materialized_until=until.isoformat(),
+        knowledge_graph=snapshot.knowledge_graph,
     )
     directory = _examples_dir(layout, snapshot.data_version)
     atomic_write_json(

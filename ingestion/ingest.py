@@ -17,6 +17,8 @@ from pipeline.layout import Layout
 log = logging.getLogger(__name__)
 
 STAGING_TABLES = ("interactions", "users", "items", "malformed")
+# Staged only when the source has item knowledge; validation reads them when present.
+OPTIONAL_STAGING_TABLES = ("knowledge_graph", "item_links")
 
 
 def read_source(source: SourceConfig, layout: Layout) -> RawTables:
@@ -49,6 +51,8 @@ def sample_users(raw: RawTables, n_users: int) -> RawTables:
         users=raw.users[raw.users["user_id"].isin(keep)].reset_index(drop=True),
         items=raw.items,
         malformed=raw.malformed,
+        knowledge_graph=raw.knowledge_graph,
+        item_links=raw.item_links,
     )
 
 
@@ -60,8 +64,10 @@ def ingest(source: SourceConfig, layout: Layout, run_id: str) -> Path:
     staging = layout.staging(run_id)
     with atomic_path(staging) as tmp:
         tmp.mkdir(parents=True)
-        for name in STAGING_TABLES:
-            getattr(raw, name).to_parquet(tmp / f"{name}.parquet", index=False)
+        for name in STAGING_TABLES + OPTIONAL_STAGING_TABLES:
+            table = getattr(raw, name)
+            if table is not None:
+                table.to_parquet(tmp / f"{name}.parquet", index=False)
         atomic_write_json(tmp / "source.json", source.model_dump())
     log.info(
         "staged %d interaction rows (%d malformed lines) in %s",

@@ -20,6 +20,8 @@ from ingestion.schema import (
     GENRE_SEPARATOR,
     INTERACTION_COLUMNS,
     ITEM_COLUMNS,
+    KG_COLUMNS,
+    LINK_COLUMNS,
     USER_COLUMNS,
     IngestError,
     RawTables,
@@ -132,11 +134,37 @@ def read_recbole_atomic(directory: Path, name: str = "ml-100k") -> RawTables:
     items = parts["item"].rename(columns={"movie_title": "title", "class": "genres"})
     if "genres" in items:
         items["genres"] = items["genres"].str.split().str.join(GENRE_SEPARATOR)
+    knowledge_graph = item_links = None
+    kg_path, link_path = directory / f"{name}.kg", directory / f"{name}.link"
+    if kg_path.is_file() or link_path.is_file():  # item knowledge is optional; half of it is an error
+        knowledge_graph, item_links, bad = read_knowledge_graph(kg_path, link_path)
+        malformed.append(bad)
     return RawTables(
         interactions=conform(parts["inter"], INTERACTION_COLUMNS),
         users=conform(parts["user"], USER_COLUMNS),
         items=conform(items, ITEM_COLUMNS),
         malformed=pd.concat(malformed, ignore_index=True),
+        knowledge_graph=knowledge_graph,
+        item_links=item_links,
+    )
+
+
+def read_knowledge_graph(kg_path: Path, link_path: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """RecBole ``.kg`` (head_id, relation_id, tail_id) and ``.link`` (item_id, entity_id) atomic files.
+
+    Tab-separated with typed headers (``head_id:token``). Returns (triples, links, malformed lines);
+    both files are required because triples without the link cannot be tied to any item.
+    """
+    triples, bad_triples = read_delimited(Path(kg_path), "\t", None)
+    links, bad_links = read_delimited(Path(link_path), "\t", None)
+    triples = triples.rename(columns=lambda column: column.split(":")[0])
+    links = links.rename(columns=lambda column: column.split(":")[0])
+    _require(triples, Path(kg_path), KG_COLUMNS)
+    _require(links, Path(link_path), LINK_COLUMNS)
+    return (
+        conform(triples, KG_COLUMNS),
+        conform(links, LINK_COLUMNS),
+        pd.concat([bad_triples, bad_links], ignore_index=True),
     )
 
 

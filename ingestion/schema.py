@@ -14,6 +14,9 @@ INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "rating"]
 USER_COLUMNS = ["user_id", "age", "gender", "occupation", "zip_code"]
 ITEM_COLUMNS = ["item_id", "title", "release_year", "genres"]
 PROVENANCE = ["source_file", "source_line"]
+# Optional item knowledge (RecBole ``.kg`` / ``.link``): entity triples and the item -> entity link.
+KG_COLUMNS = ["head_id", "relation_id", "tail_id"]
+LINK_COLUMNS = ["item_id", "entity_id"]
 
 # Genres inside a raw ``genres`` string are separated by this character.
 GENRE_SEPARATOR = "|"
@@ -32,6 +35,11 @@ class RawTables:
     items: pd.DataFrame
     # Rows the reader itself could not split into fields (wrong field count, bad encoding).
     malformed: pd.DataFrame
+    # Item knowledge, when the source has it (None otherwise): raw triples (KG_COLUMNS) and the
+    # item -> entity link (LINK_COLUMNS), both with provenance. Validation turns them into the
+    # snapshot's ``knowledge_graph.parquet``.
+    knowledge_graph: pd.DataFrame | None = None
+    item_links: pd.DataFrame | None = None
 
     @staticmethod
     def empty_malformed() -> pd.DataFrame:

@@ -17,13 +17,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ingestion.ingest import STAGING_TABLES
+from ingestion.ingest import OPTIONAL_STAGING_TABLES, STAGING_TABLES
 from ingestion.schema import GENRE_SEPARATOR
 from pipeline.artifacts import Snapshot, atomic_path
 from pipeline.config import ValidationConfig
 from pipeline.layout import Layout
 
 log = logging.getLogger(__name__)
+
+KNOWLEDGE_GRAPH_FILE = "knowledge_graph.parquet"
 
 
 class ValidationFailed(ValueError):
@@ -63,6 +65,10 @@ def validate(
     staging = Path(staging)
     tables = {name: pd.read_parquet(staging / f"{name}.parquet") for name in STAGING_TABLES}
     inter, users, items, malformed = (tables[n] for n in STAGING_TABLES)
+    triples, links = (
+        pd.read_parquet(staging / f"{n}.parquet") if (staging / f"{n}.parquet").exists() else None
+        for n in OPTIONAL_STAGING_TABLES
+    )
     now = now or datetime.now(UTC)
 
     users, user_reasons = _validate_attributes(users, "user_id")
@@ -91,23 +97,43 @@ def validate(
     duplicate = inter[["user_id", "item_id"]].assign(ts=timestamps)[candidate].duplicated(keep="first")
     _reject(reasons, duplicate.reindex(inter.index, fill_value=False), "duplicate_event")
 
-    quarantine = pd.concat(
-        [
-            _quarantine_rows(inter, reasons, "interactions"),
-            _quarantine_rows(users, user_reasons, "users"),
-            _quarantine_rows(items, item_reasons, "items"),
-            malformed.assign(table="unparsed"),
-        ],
-        ignore_index=True,
-    )
     kept_inter = _normalise_interactions(
         inter[reasons.isna()], timestamps[reasons.isna()], ratings[reasons.isna()]
     )
     kept_users = _normalise_users(users[user_reasons.isna()], kept_inter)
     kept_items = _normalise_items(items[item_reasons.isna()], kept_inter)
+    knowledge = None
+    knowledge_rows_in = knowledge_rows_kept = 0
+    knowledge_quarantine: list[pd.DataFrame] = []
+    if triples is not None and links is not None:
+        knowledge, triple_reasons, link_reasons = validate_knowledge_graph(
+            triples, links, set(kept_items["item_id"])
+        )
+        knowledge_rows_in = len(triples) + len(links)
+        knowledge_rows_kept = int(triple_reasons.isna().sum() + link_reasons.isna().sum())
+        knowledge_quarantine = [
+            _quarantine_rows(triples, triple_reasons, "knowledge_graph"),
+            _quarantine_rows(links, link_reasons, "item_links"),
+        ]
 
-    rows_in = len(inter) + len(users) + len(items) + len(malformed)
-    rows_kept = len(kept_inter) + int(user_reasons.isna().sum()) + int(item_reasons.isna().sum())
+    quarantine = pd.concat(
+        [
+            _quarantine_rows(inter, reasons, "interactions"),
+            _quarantine_rows(users, user_reasons, "users"),
+            _quarantine_rows(items, item_reasons, "items"),
+            *knowledge_quarantine,
+            malformed.assign(table="unparsed"),
+        ],
+        ignore_index=True,
+    )
+
+    rows_in = len(inter) + len(users) + len(items) + len(malformed) + knowledge_rows_in
+    rows_kept = (
+        len(kept_inter)
+        + int(user_reasons.isna().sum())
+        + int(item_reasons.isna().sum())
+        + knowledge_rows_kept
+    )
     if rows_in != rows_kept + len(quarantine):  # the no-data-loss invariant; a bug here must stop the run
         raise AssertionError(
             f"row accounting broken: {rows_in} in != {rows_kept} kept + {len(quarantine)} quarantined"
@@ -140,7 +166,10 @@ def validate(
     if kept_inter.empty:
         raise ValidationFailed(f"no valid interactions left in {staging}; see {staged_quarantine}")
 
-    data_version = content_hash(kept_inter, kept_users, kept_items)
+    # Like the other kept tables, the item knowledge is part of the data version (when there is any).
+    data_version = content_hash(
+        kept_inter, kept_users, kept_items, *([knowledge] if knowledge is not None else [])
+    )
     target = layout.snapshot(data_version)
     with atomic_path(target) as tmp:
         tmp.mkdir(parents=True)
@@ -148,6 +177,8 @@ def validate(
         kept_users.to_parquet(tmp / "users.parquet", index=False)
         kept_items.to_parquet(tmp / "items.parquet", index=False)
         quarantine.to_parquet(tmp / "quarantine.parquet", index=False)
+        if knowledge is not None:
+            knowledge.to_parquet(tmp / KNOWLEDGE_GRAPH_FILE, index=False)
         snapshot = Snapshot(
             data_version=data_version,
             dataset=dataset,
@@ -161,9 +192,60 @@ def validate(
             quarantine_reasons=counts,
             time_min=str(kept_inter["timestamp"].min()),
             time_max=str(kept_inter["timestamp"].max()),
+            knowledge_graph=target / KNOWLEDGE_GRAPH_FILE if knowledge is not None else None,
         )
         snapshot.save(tmp / "snapshot.json")
     return snapshot
+
+
+def validate_knowledge_graph(
+    triples: pd.DataFrame, links: pd.DataFrame, known_items: set[str]
+) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """Check the raw triples and item links; return (item-anchored triples, triple reasons, link reasons).
+
+    Links: a blank field, an item absent from the kept items (``unknown_item``) or a second link of
+    the same item (``duplicate_item_id``) is rejected. Triples: a blank field, a repeated triple or a
+    triple touching no linked entity (``unlinked_triple``: it cannot reach any item in one hop) is
+    rejected. Every kept triple is anchored at a linked item: ``(item, relation, tail)`` when the head is
+    the item's entity, ``(item, "~relation", head)`` (the inverse relation) when only the tail is. Triples
+    between two non-item entities (two hops from any item) are thus not kept; ML-100K has none.
+
+    Output columns: ``item_id``, ``item_entity`` (the item's own linked entity, so an item that is
+    another item's neighbour, e.g. a sequel, is the same node), ``relation``, ``entity`` (strings).
+    """
+    link_reasons = pd.Series(pd.NA, index=links.index, dtype="string")
+    _reject(link_reasons, _blank(links["item_id"]), "missing_item_id")
+    _reject(link_reasons, _blank(links["entity_id"]), "missing_entity_id")
+    link_items = links["item_id"].astype("string").str.strip()
+    _reject(link_reasons, ~link_items.isin(known_items), "unknown_item")
+    # Among the links still valid, a second link of the same item (rejected rows become NA first).
+    _reject(link_reasons, link_items.where(link_reasons.isna()).duplicated(keep="first"), "duplicate_item_id")
+    kept_links = pd.DataFrame(
+        {"item_id": link_items, "item_entity": links["entity_id"].astype("string").str.strip()}
+    )[link_reasons.isna()]
+
+    triple_reasons = pd.Series(pd.NA, index=triples.index, dtype="string")
+    clean = pd.DataFrame(
+        {c: triples[c].astype("string").str.strip() for c in ("head_id", "relation_id", "tail_id")}
+    )
+    for column in ("head_id", "relation_id", "tail_id"):
+        _reject(triple_reasons, _blank(triples[column]), f"missing_{column}")
+    _reject(triple_reasons, clean.duplicated(keep="first") & triple_reasons.isna(), "duplicate_triple")
+    linked = set(kept_links["item_entity"])
+    head_linked, tail_linked = clean["head_id"].isin(linked), clean["tail_id"].isin(linked)
+    _reject(triple_reasons, ~head_linked & ~tail_linked, "unlinked_triple")
+    ok = triple_reasons.isna()
+    forward = clean[ok & head_linked].rename(
+        columns={"head_id": "item_entity", "relation_id": "relation", "tail_id": "entity"}
+    )
+    inverse = clean[ok & ~head_linked].rename(
+        columns={"tail_id": "item_entity", "relation_id": "relation", "head_id": "entity"}
+    )
+    inverse["relation"] = "~" + inverse["relation"]
+    anchored = pd.concat([forward, inverse], ignore_index=True).merge(kept_links, on="item_entity")
+    anchored = anchored[["item_id", "item_entity", "relation", "entity"]].astype("string")
+    anchored = anchored.sort_values(["item_id", "relation", "entity"], kind="stable").reset_index(drop=True)
+    return anchored, triple_reasons, link_reasons
 
 
 def _quarantine_rows(frame: pd.DataFrame, reasons: pd.Series, table: str) -> pd.DataFrame:

@@ -146,6 +146,9 @@ class Snapshot(Manifest):
     quarantine_reasons: dict[str, int]
     time_min: str
     time_max: str
+    # Item knowledge graph (columns item_id, item_entity, relation, entity; see ingestion/validate.py)
+    # when the source has one; None for sources without it and for manifests written before it existed.
+    knowledge_graph: Path | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +161,7 @@ class FeatureSet(Manifest):
     feature_views: list[str]
     feature_service: str
     materialized_until: str
+    knowledge_graph: Path | None = None  # passed through from the snapshot (None: no item knowledge)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +183,7 @@ class Split(Manifest):
     item_ids: Path  # JSON list of item id strings
     user_ids: Path  # JSON list of user id strings
     counts: dict[str, int]
+    knowledge_graph: Path | None = None  # the split's copy of the snapshot's item knowledge graph
 
 
 @dataclasses.dataclass(frozen=True)

@@ -145,9 +145,39 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
     return PipelineConfig.model_validate(data)
 
 
-def load_model_params(model: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Hyperparameters of ``model``: ``configs/models/<model>.yaml`` plus overrides."""
+# Keys of configs/models/<model>.yaml that configure the pipeline around the model, not the model:
+# they are never passed to the model's constructor.
+TUNING_GRID_KEY = "tuning_grid"
+
+
+def _model_yaml(model: str) -> dict[str, Any]:
     path = CONFIG_DIR / "models" / f"{model}.yaml"
-    params = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    data = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of hyperparameter -> value, got {type(data).__name__}")
+    return data
+
+
+def load_model_params(model: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Hyperparameters of ``model``: ``configs/models/<model>.yaml`` plus overrides.
+
+    The ``tuning_grid`` key (the search space of ``recsys_tune_<model>``) is stripped: it describes the
+    search, not the model, and the model's constructor would reject it.
+    """
+    params = _model_yaml(model)
+    params.pop(TUNING_GRID_KEY, None)
     params.update(overrides or {})
     return params
+
+
+def load_tuning_grid(model: str) -> dict[str, list[Any]] | None:
+    """The ``tuning_grid:`` mapping (hyperparameter -> list of values) of the model's YAML, if any."""
+    grid = _model_yaml(model).get(TUNING_GRID_KEY)
+    if grid is None:
+        return None
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError(
+            f"configs/models/{model}.yaml: {TUNING_GRID_KEY} must be a non-empty mapping "
+            "hyperparameter -> list of values, e.g. {lr: [0.001, 0.002], embedding_size: [32, 64]}"
+        )
+    return {str(key): list(value) if isinstance(value, list) else [value] for key, value in grid.items()}

@@ -37,6 +37,10 @@ def main(argv: list[str]) -> None:
     print(
         f"  curl -s -X POST http://127.0.0.1:{port}/recommend -H 'content-type: application/json' "
         """-d '{"user_id": "196", "k": 5}'""",
+    )
+    print(  # a user the model has never seen, described by attributes (models with a cold-start path)
+        f"  curl -s -X POST http://127.0.0.1:{port}/recommend -H 'content-type: application/json' "
+        """-d '{"user_id": "new-user", "k": 5, "user_features": {"age": 30, "gender": "F", "occupation": "writer"}}'""",
         flush=True,
     )
     os.chdir(REPO_ROOT)  # the service is imported as serving.service from the repo root

@@ -36,6 +36,7 @@ BENTO_NAME = "recforge_recommender"
 GATE_METRIC = "ndcg@10"  # what training.gate compares; the champion file carries it under metrics
 ARTIFACT_SUBDIR = "artifact"  # the training artifact directory, copied verbatim
 TITLES_FILE = "titles.json"  # item id -> title, for human-readable responses
+RETRIEVER_SUBDIR = "retriever"  # a ranker's first stage: the best retrieval artifact on its split
 # Source the Bento needs at serve time (the service imports training/ for the model classes).
 BENTO_INCLUDE = [
     "serving/**/*.py",
@@ -83,6 +84,90 @@ def find_artifact_dir(train_result: TrainResult) -> Path:
     )
 
 
+def _run_artifact(run_dir: Path) -> Path | None:
+    """The artifact directory of a finished run directory, or None."""
+    if (run_dir / "model" / "model.json").is_file():
+        return run_dir / "model"
+    found = sorted(p.parent for p in run_dir.rglob("model.json"))
+    return found[0] if found else None
+
+
+def is_ranker_model(name: str) -> bool:
+    """Whether the registered model ``name`` is a candidate ranker (class attribute ``is_ranker``)."""
+    from training.models import get_spec
+
+    try:
+        return bool(getattr(get_spec(name).factory, "is_ranker", False))
+    except (KeyError, ImportError, AttributeError):  # unregistered, or its module is not written yet
+        return False
+
+
+def can_retrieve(name: str) -> bool:
+    """Retrieval-capable: a registered learned (non-baseline) model that ranks the full catalogue itself."""
+    from training.models import MODELS
+
+    spec = MODELS.get(name)
+    return spec is not None and spec.kind != "baseline" and not is_ranker_model(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrieverChoice:
+    """The run whose artifact serves as a ranker's retrieval stage, and why it was chosen."""
+
+    model: str
+    run_dir: Path
+    artifact_dir: Path
+    best_valid_ndcg10: float
+    split_dir: str
+
+    def to_metadata(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "run_dir": str(self.run_dir),
+            "best_valid_ndcg10": self.best_valid_ndcg10,
+            "split_dir": self.split_dir,
+        }
+
+
+def _split_dir_of(artifact_dir: Path) -> str | None:
+    try:
+        meta = json.loads((artifact_dir / "model.json").read_text()).get("meta") or {}
+    except (OSError, ValueError):
+        return None
+    split_dir = meta.get("split_dir")
+    return str(Path(split_dir).resolve()) if split_dir else None
+
+
+def choose_retriever(layout: Layout, ranker_artifact: Path) -> RetrieverChoice | None:
+    """The best retrieval run on the ranker's split: highest ``best_valid_ndcg10`` in its ``train.json``.
+
+    Candidates are the finished runs (``runs/<model>/<run id>/train.json`` plus an artifact) of
+    retrieval-capable models whose artifact was trained on the SAME split directory (artifact meta
+    ``split_dir``), so user and item indices agree with the ranker's. Chosen on validation NDCG, not
+    on test metrics, so the test set stays untouched. None when there is no such run.
+    """
+    split_dir = _split_dir_of(ranker_artifact)
+    if split_dir is None:
+        return None
+    best: RetrieverChoice | None = None
+    for manifest in sorted((layout.home / "runs").glob("*/*/train.json")):
+        model = manifest.parent.parent.name
+        if not can_retrieve(model):
+            continue
+        try:
+            result = TrainResult.load(manifest)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("skipping retriever candidate %s: %s", manifest, exc)
+            continue
+        artifact = _run_artifact(manifest.parent)
+        if artifact is None or _split_dir_of(artifact) != split_dir or result.model != model:
+            continue
+        choice = RetrieverChoice(model, manifest.parent, artifact, float(result.best_valid_ndcg10), split_dir)
+        if best is None or choice.best_valid_ndcg10 > best.best_valid_ndcg10:
+            best = choice
+    return best
+
+
 def _titles(layout: Layout, data_version: str) -> dict[str, str]:
     """Item titles from the snapshot's items table, if it has any (titles are optional)."""
     items = layout.snapshot(data_version) / "items.parquet"
@@ -126,6 +211,12 @@ def save_bento_model(
     artifact_dir = find_artifact_dir(train_result)
     commit = git_commit()
     metadata = _metadata(train_result, evaluation, decision, commit)
+    retriever = None
+    if is_ranker_model(train_result.model):
+        retriever = choose_retriever(layout, artifact_dir)
+        metadata["serving"] = _serving_plan(train_result.model, retriever, _split_dir_of(artifact_dir))
+    else:
+        metadata["serving"] = {"stages": [{"stage": "full_ranking", "model": train_result.model}]}
     labels = {
         "project": "recforge",
         "model": train_result.model,
@@ -133,6 +224,8 @@ def save_bento_model(
         "protocol": evaluation.protocol,
         "git_commit": commit,
     }
+    if retriever is not None:
+        labels["retriever"] = retriever.model
     store_dir = layout.bentoml_home / "models"
     store_dir.mkdir(parents=True, exist_ok=True)
     # ``_model_store``: the explicit store keeps packaging independent of when bentoml was imported.
@@ -144,9 +237,29 @@ def save_bento_model(
     ) as ref:
         target = Path(ref.path)
         shutil.copytree(artifact_dir, target / ARTIFACT_SUBDIR)
+        if retriever is not None:
+            shutil.copytree(retriever.artifact_dir, target / RETRIEVER_SUBDIR)
         (target / TITLES_FILE).write_text(json.dumps(_titles(layout, evaluation.data_version)))
         (target / "recforge.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
     return str(ref.tag)
+
+
+def _serving_plan(ranker: str, retriever: RetrieverChoice | None, split_dir: str | None) -> dict[str, Any]:
+    """How the packaged ranker serves: retrieve-then-rank, or full ranking when no retriever exists."""
+    if retriever is None:
+        return {
+            "stages": [
+                {"stage": "full_ranking", "model": ranker}
+            ],  # no "retriever": BentoML metadata has no None
+            "note": f"no finished retrieval run on split {split_dir}: the ranker scores the whole catalogue",
+        }
+    return {
+        "stages": [
+            {"stage": "retrieve", "model": retriever.model},
+            {"stage": "rank", "model": ranker},
+        ],
+        "retriever": retriever.to_metadata(),
+    }
 
 
 def bento_env(layout: Layout, model_tag: str | None = None) -> dict[str, str]:

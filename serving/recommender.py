@@ -1,9 +1,23 @@
 """Request-time recommendation logic, kept free of BentoML and Feast so it can be unit-tested directly.
 
 The BentoML service (``serving/service.py``) is a thin HTTP shell around :class:`Recommender`: it looks
-the user's recent history up in Feast and hands ids to this class. Everything the hot path needs
-(popularity ranking, seen-item rows, normalised item embeddings) is computed once in ``__init__``,
-so a request is one model forward pass (or one row lookup) plus a top-k.
+the user's recent history (and, for cold users, profile attributes) up in Feast and hands ids to this
+class. Everything the hot path needs (popularity ranking, seen-item rows, normalised item embeddings)
+is computed once in ``__init__``, so a request is one or two model forward passes plus a top-k.
+
+How a user is represented (``Recommendation.strategy``):
+
+- ``known_user``: the user was in the training data; the model's own scores.
+- ``history``: unknown user, scored from the online item history (sequential models, ItemKNN, BPR...).
+- ``attributes``: unknown user, scored from profile attributes (+ history) by a model implementing
+  ``full_sort_predict_from_attributes`` whose artifact carries side features.
+- ``popularity``: nothing usable; training popularity, flagged ``fallback``.
+
+Rankers (``is_ranker = True``: DeepFM, DIN, DIEN) packaged with a retriever serve in two stages: the
+retriever ranks the whole catalogue (with exclusions) and keeps the top ``n_candidates``; the ranker's
+``score_candidates`` orders them (the Merlin-style retrieve-then-rank of DESIGN.md). Without a
+retriever a ranker ranks the whole catalogue itself. Models with ``explain`` (DIN, DIEN) add, per
+returned item, the history items that drove its score (``because_you_interacted_with``).
 """
 
 from __future__ import annotations
@@ -22,10 +36,17 @@ from training.artifact import ModelArtifact, load_model_artifact
 # Hyperparameter names under which models record the length of the history they were trained on.
 _MAX_LEN_KEYS = ("max_seq_length", "max_seq_len", "max_len", "max_length", "history_length", "seq_len")
 DEFAULT_HISTORY_LENGTH = 50  # FeatureConfig.history_length: what the online store keeps at most
+DEFAULT_CANDIDATES = 200  # retrieval depth of two-stage serving
+EXPLAIN_TOP = 3  # history items named per recommended item
 # Non-sequential models that can score a user unknown at training time from an item history
 # (ItemKNN sums neighbours of the history; BPR folds the user in as the mean history embedding).
 # A model can also declare it with a class attribute ``scores_from_history = True``.
 _HISTORY_MODELS = {"itemknn", "bpr"}
+# Model kinds whose scores depend on the history tensor: a known user without an online history gets
+# the training items as context (unordered for "example" models, but better than an empty history).
+_HISTORY_KINDS = {"sequential", "example"}
+
+KNOWN_USER, HISTORY, ATTRIBUTES, POPULARITY = "known_user", "history", "attributes", "popularity"
 
 
 @dataclass(frozen=True)
@@ -33,6 +54,8 @@ class ScoredItem:
     item_id: str
     score: float
     title: str | None = None
+    # History item ids the ranker attended to most for this item (DIN/DIEN ``explain``); else None.
+    because_you_interacted_with: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +65,19 @@ class Recommendation:
     fallback: bool
     fallback_reason: str | None = None
     history_used: int = 0  # online history items that were known to the model
+    strategy: str = KNOWN_USER  # known_user | history | attributes | popularity (module docstring)
+    stages: list[str] = field(default_factory=list)  # e.g. ["retrieve:twotower@200", "rank:din"]
+    note: str | None = None  # what was skipped and why (e.g. the ranker cannot score unknown users)
+
+
+@dataclass(frozen=True)
+class _UserScores:
+    """Full-catalogue scores of one user by one model, with how the user was represented."""
+
+    scores: torch.Tensor  # (n_items + 1,), column 0 = -inf
+    strategy: str
+    reason: str | None = None  # why the popularity fallback was used
+    scored_by_model: bool = True  # False for the popularity fallback
 
 
 @dataclass
@@ -50,15 +86,20 @@ class Recommender:
 
     ``history_length`` is the number of columns of the history tensor handed to the model; sequential
     models were trained on right-aligned histories of this length (taken from the artifact's
-    hyperparameters when it records one).
+    hyperparameters when it records one). ``retriever`` (rankers only) is the first stage of
+    two-stage serving; it must index the same items (it was trained on the same split).
     """
 
     artifact: ModelArtifact
     history_length: int = DEFAULT_HISTORY_LENGTH
     titles: dict[str, str] = field(default_factory=dict)
+    retriever: Recommender | None = None
+    n_candidates: int = DEFAULT_CANDIDATES
 
     def __post_init__(self) -> None:
         art = self.artifact
+        module = art.module
+        module.eval()  # once: the request paths below do not switch modes (eval() walks every submodule)
         self.name = art.name
         self.kind = art.kind
         self.n_items = art.n_items
@@ -73,8 +114,27 @@ class Recommender:
         self.uses_history = (
             self.kind == "sequential"
             or self.name in _HISTORY_MODELS
-            or bool(getattr(art.module, "scores_from_history", False))
+            or bool(getattr(module, "scores_from_history", False))
         )
+        self.uses_attributes = art.side_features is not None and callable(
+            getattr(module, "full_sort_predict_from_attributes", None)
+        )
+        self.is_ranker = bool(getattr(module, "is_ranker", False)) and callable(
+            getattr(module, "score_candidates", None)
+        )
+        self.can_explain = callable(getattr(module, "explain", None))
+        if self.retriever is not None:
+            if not self.is_ranker:
+                raise ValueError(
+                    f"model {self.name!r} is not a ranker (is_ranker/score_candidates): no retriever"
+                )
+            if list(self.retriever.item_ids) != list(self.item_ids):
+                raise ValueError(
+                    f"retriever {self.retriever.name!r} indexes different items than ranker {self.name!r}: "
+                    "both must be trained on the same split (artifact meta split_dir)"
+                )
+            if self.n_candidates < 1:
+                raise ValueError(f"n_candidates must be >= 1, got {self.n_candidates}")
         self._item_vectors = _item_vectors(art)  # row-normalised (n_items + 1, d) or None
         self._item_similarity = _item_similarity(art)  # (n_items + 1, n_items + 1) or None
         if self._item_vectors is None and self._item_similarity is None:
@@ -98,11 +158,14 @@ class Recommender:
 
         Only the newest ``history_length`` known items are kept: that is what the model was trained on.
         """
+        return self._map_all(item_ids)[-self.history_length :]
+
+    def _map_all(self, item_ids: list[str] | None) -> list[int]:
+        """Every known item of ``item_ids`` (oldest first): all are excluded, the newest are model input."""
         if not item_ids:
             return []
         index = self.item_index
-        mapped = [index[i] for i in map(str, item_ids) if i in index]
-        return mapped[-self.history_length :]
+        return [index[i] for i in map(str, item_ids) if i in index]
 
     def history_tensor(self, indices: list[int]) -> torch.Tensor:
         """Right-aligned (newest item in the last column), zero-padded (1, history_length) tensor."""
@@ -118,45 +181,117 @@ class Recommender:
         start, end = self._seen.indptr[user_idx], self._seen.indptr[user_idx + 1]
         return self._seen.indices[start:end]
 
+    def wants_attributes(self, user_id: str) -> bool:
+        """Whether profile attributes would change the answer for ``user_id``.
+
+        True only for users unknown to the model when a stage can score from attributes: the service
+        reads the Feast profile row just then, so known users (the hot path) pay nothing for it.
+        """
+        if str(user_id) in self.user_index:
+            return False
+        return self.uses_attributes or (self.retriever is not None and self.retriever.uses_attributes)
+
+    def encode_attributes(self, user_features: dict[str, Any] | None) -> np.ndarray | None:
+        """(3,) age/gender/occupation codes in this model's vocabulary; None when none is known to it."""
+        if not user_features or self.artifact.side_features is None:
+            return None
+        codes = self.artifact.side_features.encode_user(user_features)
+        return codes if codes.any() else None
+
+    def describe(self) -> dict[str, Any]:
+        """The serving stages and cold-start paths, for ``/metadata``."""
+        if self.retriever is not None:
+            stages = [
+                {"stage": "retrieve", "model": self.retriever.name, "candidates": self.n_candidates},
+                {"stage": "rank", "model": self.name, "method": "score_candidates"},
+            ]
+        else:
+            stages = [{"stage": "full_ranking", "model": self.name}]
+        first = self.retriever or self
+        cold = [ATTRIBUTES] if first.uses_attributes else []
+        cold += [HISTORY] if first.uses_history else []
+        return {
+            "stages": stages,
+            "two_stage": self.retriever is not None,
+            "is_ranker": self.is_ranker,
+            "cold_start": [*cold, POPULARITY],
+            "ranks_unknown_users": self.retriever is None or self._ranks_unknown_users,
+            "explanations": self.can_explain,
+        }
+
     # ---- endpoints -------------------------------------------------------------------------------
 
     def recommend(
-        self, user_id: str, history: list[str] | None, k: int, exclude_seen: bool = True
+        self,
+        user_id: str,
+        history: list[str] | None,
+        k: int,
+        exclude_seen: bool = True,
+        user_features: dict[str, Any] | None = None,
+        candidates: int | None = None,
     ) -> Recommendation:
         """Top-``k`` items for ``user_id`` given its online ``history`` (item ids, oldest first).
 
-        Known user -> the model's scores. Unknown user with a history the model can use (sequential
-        models, ItemKNN) -> scores from that history. Otherwise -> training popularity, flagged as a
-        fallback. ``exclude_seen`` drops the user's training items and the online history.
+        Known user -> the model's scores. Unknown user -> scores from ``user_features`` (age, gender,
+        occupation) when the model supports attributes, else from the history when it can use one,
+        else training popularity, flagged as a fallback. ``exclude_seen`` drops the user's training
+        items and the online history. A ranker with a retriever re-ranks the retriever's top
+        ``candidates`` (default ``n_candidates``).
         """
         user_id = str(user_id)
-        hist = self.map_history(history)
+        online = self._map_all(history)
         user_idx = self.user_index.get(user_id)
-        fallback_reason: str | None = None
-        if user_idx is not None:
-            if self.kind == "sequential" and not hist:
-                # No online history (e.g. the store was reset): the training items are the best context.
-                hist = [int(i) for i in self.seen_indices(user_idx)][-self.history_length :]
-            scores = self._score(user_idx, hist)
-        elif hist and self.uses_history:
-            scores = self._score(-1, hist)
-        else:
-            fallback_reason = (
-                "unknown user without history"
-                if not hist
-                else f"unknown user; model {self.name!r} cannot score from history"
-            )
-            scores = self._popularity.clone()
+        if user_idx is not None and not online and self.kind in _HISTORY_KINDS:
+            # No online history (e.g. the store was reset): the training items are the best context.
+            online = [int(i) for i in self.seen_indices(user_idx)]
+        hist = online[-self.history_length :]  # this model's input; a retriever takes its own tail
+        drop: torch.Tensor | None = None
         if exclude_seen:
-            drop = np.concatenate([self.seen_indices(user_idx), np.asarray(hist, dtype=np.int64)])
-            if drop.size:
-                scores[torch.from_numpy(drop.astype(np.int64))] = -torch.inf
+            dropped = np.concatenate([self.seen_indices(user_idx), np.asarray(online, dtype=np.int64)])
+            drop = torch.from_numpy(dropped.astype(np.int64)) if dropped.size else None
+
+        note: str | None = None
+        if self.retriever is None:
+            scored = self._user_scores(user_id, hist, user_features)
+            scores = scored.scores
+            if drop is not None:
+                scores[drop] = -torch.inf
+            values, indices = _finite_top_k(scores, k)
+            stages = [f"full_ranking:{self.name}"]
+            ranked_by_self = scored.scored_by_model
+        else:
+            scored = self.retriever._user_scores(user_id, online, user_features)
+            scores = scored.scores
+            if drop is not None:
+                scores[drop] = -torch.inf
+            depth = max(int(candidates or self.n_candidates), k)
+            _, pool = _finite_top_k(scores, depth)
+            stages = [f"retrieve:{self.retriever.name}@{depth}"]
+            codes = None if user_idx is not None else self._ranker_codes(user_features)
+            if pool.numel() and (user_idx is not None or codes is not None or self._ranks_unknown_users):
+                rank_scores = self._score_candidates(-1 if user_idx is None else user_idx, hist, pool, codes)
+                values, order = _finite_top_k(rank_scores, k)
+                indices = pool[order]
+                stages.append(f"rank:{self.name}")
+                ranked_by_self = True
+            else:
+                values, indices = _finite_top_k(scores, k)
+                ranked_by_self = False
+                if pool.numel():
+                    note = f"ranker {self.name!r} cannot score users unknown to it: retrieval order"
+        explanations = None
+        may_explain = user_idx is not None or self._ranks_unknown_users  # index -1 only if declared
+        if ranked_by_self and may_explain and self.can_explain and hist and indices.numel():
+            explanations = self._explain(-1 if user_idx is None else user_idx, hist, indices)
         return Recommendation(
             user_id=user_id,
-            items=self._top_k(scores, k),
-            fallback=fallback_reason is not None,
-            fallback_reason=fallback_reason,
+            items=self._scored_items(values, indices, explanations),
+            fallback=scored.strategy == POPULARITY,
+            fallback_reason=scored.reason,
             history_used=len(hist),
+            strategy=scored.strategy,
+            stages=stages,
+            note=note,
         )
 
     def similar_items(self, item_id: str, k: int) -> list[ScoredItem]:
@@ -182,19 +317,114 @@ class Recommender:
 
     # ---- internals -------------------------------------------------------------------------------
 
+    @property
+    def _ranks_unknown_users(self) -> bool:
+        """A ranker may score index -1 only if it declares a cold path (``scores_from_history``)."""
+        return bool(getattr(self.artifact.module, "scores_from_history", False))
+
+    def _user_scores(
+        self, user_id: str, hist: list[int], user_features: dict[str, Any] | None
+    ) -> _UserScores:
+        """This model's full-catalogue scores for one user, by the best path the user allows."""
+        user_idx = self.user_index.get(user_id)
+        if user_idx is not None:
+            return _UserScores(self._score(user_idx, hist), KNOWN_USER)
+        codes = self.encode_attributes(user_features) if self.uses_attributes else None
+        if codes is not None:
+            return _UserScores(self._score_attributes(codes, hist), ATTRIBUTES)
+        if hist and self.uses_history:
+            return _UserScores(self._score(-1, hist), HISTORY)
+        if hist and self.uses_attributes:
+            # No attribute the model knows, but it scores a cold user's history through the same path.
+            return _UserScores(self._score_attributes(np.zeros(3, dtype=np.int64), hist), ATTRIBUTES)
+        if not hist:
+            reason = "unknown user without history" + (" or known attributes" if self.uses_attributes else "")
+        else:
+            reason = f"unknown user; model {self.name!r} cannot score from history"
+        return _UserScores(self._popularity.clone(), POPULARITY, reason, scored_by_model=False)
+
     def _score(self, user_idx: int, hist: list[int]) -> torch.Tensor:
         users = torch.tensor([user_idx], dtype=torch.long)
         scores = self.artifact.score(users, self.history_tensor(hist))[0]
         return scores.masked_fill(torch.isnan(scores), -torch.inf)  # nan_to_num would clip -inf
 
+    @torch.no_grad()
+    def _score_attributes(self, codes: np.ndarray, hist: list[int]) -> torch.Tensor:
+        module = self.artifact.module
+        user_codes = torch.as_tensor(codes, dtype=torch.long).reshape(1, -1)
+        scores = module.full_sort_predict_from_attributes(user_codes, self.history_tensor(hist))[0].float()
+        scores[0] = -torch.inf
+        return scores.masked_fill(torch.isnan(scores), -torch.inf)
+
+    def _ranker_codes(self, user_features: dict[str, Any] | None) -> np.ndarray | None:
+        """A cold user's codes for the ranker if it can rank from attributes (else None)."""
+        module = self.artifact.module
+        if not (self.uses_attributes or callable(getattr(module, "score_candidates_from_attributes", None))):
+            return None
+        return self.encode_attributes(user_features)
+
+    @torch.no_grad()
+    def _score_candidates(
+        self, user_idx: int, hist: list[int], pool: torch.Tensor, codes: np.ndarray | None = None
+    ) -> torch.Tensor:
+        """The ranker's scores (N,) of the candidate item indices ``pool`` (N,).
+
+        ``codes`` (a cold user's attribute codes) go to the optional hook
+        ``score_candidates_from_attributes(user_codes, history, candidates)`` when the model has it,
+        else to the contract's ``full_sort_predict_from_attributes``, read at the candidates (a
+        full-catalogue pass, paid on the cold path only). Without codes: ``score_candidates``.
+        """
+        module = self.artifact.module
+        history, candidates = self.history_tensor(hist), pool.reshape(1, -1)
+        if codes is not None:
+            user_codes = torch.as_tensor(codes, dtype=torch.long).reshape(1, -1)
+            if callable(getattr(module, "score_candidates_from_attributes", None)):
+                scores = module.score_candidates_from_attributes(user_codes, history, candidates)[0].float()
+            else:
+                scores = module.full_sort_predict_from_attributes(user_codes, history)[0, pool].float()
+        else:
+            users = torch.tensor([user_idx], dtype=torch.long)
+            scores = module.score_candidates(users, history, candidates)[0].float()
+        return scores.masked_fill(torch.isnan(scores), -torch.inf)
+
+    @torch.no_grad()
+    def _explain(self, user_idx: int, hist: list[int], items: torch.Tensor) -> list[list[str]]:
+        """Per item of ``items`` (k,), the ids of the history items the model attended to most."""
+        module = self.artifact.module
+        users = torch.tensor([user_idx], dtype=torch.long)
+        top = module.explain(users, self.history_tensor(hist), items.reshape(1, -1), top=EXPLAIN_TOP)[0]
+        out = []
+        for row in top.tolist():
+            picked = dict.fromkeys(int(i) for i in row if 0 < int(i) <= self.n_items)  # ordered, unique
+            out.append([str(x) for x in self._item_ids_arr[list(picked)]] if picked else [])
+        return out
+
     def _top_k(self, scores: torch.Tensor, k: int) -> list[ScoredItem]:
-        k = min(k, scores.shape[0])
-        values, indices = torch.topk(scores, k)
-        keep = torch.isfinite(values)
-        values, indices = values[keep].tolist(), indices[keep].tolist()
-        ids = self._item_ids_arr[indices] if indices else []
+        values, indices = _finite_top_k(scores, k)
+        return self._scored_items(values, indices, None)
+
+    def _scored_items(
+        self, values: torch.Tensor, indices: torch.Tensor, explanations: list[list[str]] | None
+    ) -> list[ScoredItem]:
+        if not indices.numel():
+            return []
+        ids = self._item_ids_arr[indices.tolist()]
         titles = self.titles
-        return [ScoredItem(item, float(v), titles.get(item)) for item, v in zip(ids, values, strict=True)]
+        reasons = explanations or [None] * len(ids)
+        return [
+            ScoredItem(item, float(v), titles.get(item), because)
+            for item, v, because in zip(ids, values.tolist(), reasons, strict=True)
+        ]
+
+
+def _finite_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` (values, indices) of a 1-D score vector, without the -inf (excluded) entries."""
+    k = min(k, scores.shape[0])
+    values, indices = torch.topk(scores, k)
+    keep = torch.isfinite(values)
+    if not bool(keep.all()):
+        values, indices = values[keep], indices[keep]
+    return values, indices
 
 
 def _item_vectors(art: ModelArtifact) -> torch.Tensor | None:
@@ -251,11 +481,30 @@ def load_titles(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items() if v is not None}
 
 
-def load_recommender(artifact_dir: Path, titles_path: Path | None = None) -> Recommender:
-    """Load an artifact directory into a ready :class:`Recommender` (done once per server process)."""
+def load_recommender(
+    artifact_dir: Path,
+    titles_path: Path | None = None,
+    retriever_dir: Path | None = None,
+    n_candidates: int = DEFAULT_CANDIDATES,
+) -> Recommender:
+    """Load an artifact directory into a ready :class:`Recommender` (done once per server process).
+
+    ``retriever_dir`` (a ranker's packaged retriever artifact, if any) becomes the first stage.
+    """
     artifact = load_model_artifact(artifact_dir)
     titles = load_titles(titles_path) if titles_path is not None else {}
-    return Recommender(artifact, history_length=history_length_of(artifact_dir), titles=titles)
+    retriever = None
+    if retriever_dir is not None and (Path(retriever_dir) / "model.json").is_file():
+        retriever = Recommender(
+            load_model_artifact(retriever_dir), history_length=history_length_of(retriever_dir), titles=titles
+        )
+    return Recommender(
+        artifact,
+        history_length=history_length_of(artifact_dir),
+        titles=titles,
+        retriever=retriever,
+        n_candidates=n_candidates,
+    )
 
 
 def seen_matrix_items(seen: sp.csr_matrix, user_idx: int) -> list[int]:

@@ -12,6 +12,11 @@ before ``bentoml`` starts, e.g.::
 
 Which feature store: ``RECFORGE_FEATURE_REPO`` (default ``<repo>/feature_repo``), see ``serving.online``.
 
+Two-stage serving: a ranker packaged with a retriever (``serving.package.choose_retriever``) re-ranks the
+retriever's top ``RECFORGE_CANDIDATES`` (default 200; a request may ask for another depth) items.
+Cold users: for a user unknown to the model, the Feast ``user_profile`` row (or the request's
+``user_features``, which take precedence) feeds models that score from attributes.
+
 Threads: PyTorch gets ``RECFORGE_TORCH_THREADS`` (default 1) intra-op threads: one request is a single
 small matrix-vector product, and on these shared 2-core machines more threads only add contention.
 Run with ``OMP_WAIT_POLICY=PASSIVE`` so idle OpenMP threads sleep instead of spinning (measured 10-30x
@@ -31,13 +36,13 @@ import anyio
 import bentoml
 from bentoml.exceptions import NotFound
 from fastapi import FastAPI
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 from starlette.responses import JSONResponse
 
 from pipeline.config import load_config
 from pipeline.layout import Layout
 from serving.online import FEATURE_VIEWS, ONLINE_FEATURES, OnlineHistory
-from serving.package import ARTIFACT_SUBDIR, TITLES_FILE
+from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, TITLES_FILE
 
 if TYPE_CHECKING:
     from serving.recommender import ScoredItem
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("recforge.serving")
 
 MAX_K = 1000
+MAX_CANDIDATES = 5000
 
 
 def resolve_model_tag() -> str:
@@ -74,6 +80,8 @@ class Item(BaseModel):
     item_id: str
     score: float
     title: str | None = None
+    # History item ids the ranker attended to most for this item (DIN/DIEN); null for other models.
+    because_you_interacted_with: list[str] | None = None
 
 
 class RecommendResponse(BaseModel):
@@ -83,6 +91,22 @@ class RecommendResponse(BaseModel):
     model_version: str
     fallback: bool
     fallback_reason: str | None = None
+    # How the user was represented: known_user | history | attributes | popularity (= fallback).
+    strategy: str
+    # What ran, in order: "full_ranking:<model>" or "retrieve:<model>@<candidates>", "rank:<model>".
+    stages: list[str]
+    history_used: int  # online history items known to the model
+    attributes_source: str | None = None  # "request", "feast" or "request+feast" when attributes were used
+    note: str | None = None
+
+
+class UserFeatures(BaseModel):
+    """Profile attributes of a user the model may not know (e.g. signed up seconds ago)."""
+
+    model_config = ConfigDict(extra="forbid")
+    age: Annotated[StrictInt, Field(ge=0, le=150, description="age in years")] | None = None
+    gender: Annotated[StrictStr, Field(max_length=64)] | None = None
+    occupation: Annotated[StrictStr, Field(max_length=128)] | None = None
 
 
 class SimilarItemsResponse(BaseModel):
@@ -95,10 +119,21 @@ class SimilarItemsResponse(BaseModel):
 
 UserId = Annotated[StrictStr | StrictInt, Field(description="user id (string or integer)")]
 K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"number of items, 1..{MAX_K}")]
+Candidates = Annotated[
+    StrictInt, Field(ge=1, le=MAX_CANDIDATES, description="retrieval depth of two-stage serving")
+]
 
 
 def _items(items: list[ScoredItem]) -> list[Item]:
-    return [Item(item_id=i.item_id, score=i.score, title=i.title) for i in items]
+    return [
+        Item(
+            item_id=i.item_id,
+            score=i.score,
+            title=i.title,
+            because_you_interacted_with=i.because_you_interacted_with,
+        )
+        for i in items
+    ]
 
 
 metadata_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -156,13 +191,19 @@ class Recommender:
         self.tag = str(stored.tag)
         self.info: dict[str, Any] = dict(stored.info.metadata)
         started = time.perf_counter()
-        self.rec = load_recommender(path / ARTIFACT_SUBDIR, path / TITLES_FILE)
+        self.rec = load_recommender(
+            path / ARTIFACT_SUBDIR,
+            path / TITLES_FILE,
+            retriever_dir=path / RETRIEVER_SUBDIR,
+            n_candidates=int(os.environ.get("RECFORGE_CANDIDATES", "200")),
+        )
         self.online = OnlineHistory()
         reachable, detail = self.online.health()  # connect once now, not on the first request
         log.info(
-            "loaded %s (%s, %d items, %d users, history %d) in %.2fs; feature store: %s",
+            "loaded %s (%s, stages %s, %d items, %d users, history %d) in %.2fs; feature store: %s",
             self.tag,
             self.rec.name,
+            self.rec.describe()["stages"],
             self.rec.n_items,
             len(self.rec.user_index),
             self.rec.history_length,
@@ -188,13 +229,30 @@ class Recommender:
     # ---- endpoints -----------------------------------------------------------------------------
 
     @bentoml.api
-    def recommend(self, user_id: UserId, k: K = 10, exclude_seen: StrictBool = True) -> RecommendResponse:
-        """Top-k items for a user, using the user's freshest history from Feast."""
+    def recommend(
+        self,
+        user_id: UserId,
+        k: K = 10,
+        exclude_seen: StrictBool = True,
+        user_features: UserFeatures | None = None,
+        candidates: Candidates | None = None,
+    ) -> RecommendResponse:
+        """Top-k items for a user, using the user's freshest history from Feast.
+
+        ``user_features`` (age, gender, occupation) describe a user the model does not know yet; they
+        override the Feast profile row field by field. ``candidates`` sets the retrieval depth of a
+        two-stage (retrieve-then-rank) model for this request.
+        """
         uid = str(user_id).strip()
         if not uid:
             raise bentoml.exceptions.InvalidArgument("user_id must be a non-empty string or integer")
         history = self.online.recent_items(uid)
-        result = self.rec.recommend(uid, history, k, exclude_seen=exclude_seen)
+        attributes, source = None, None
+        if self.rec.wants_attributes(uid):  # cold users only: known users skip the profile read
+            attributes, source = self._attributes(uid, user_features)
+        result = self.rec.recommend(
+            uid, history, k, exclude_seen=exclude_seen, user_features=attributes, candidates=candidates
+        )
         return RecommendResponse(
             user_id=uid,
             items=_items(result.items),
@@ -202,7 +260,24 @@ class Recommender:
             model_version=self.tag,
             fallback=result.fallback,
             fallback_reason=result.fallback_reason,
+            strategy=result.strategy,
+            stages=result.stages,
+            history_used=result.history_used,
+            attributes_source=source if result.strategy == "attributes" else None,
+            note=result.note,
         )
+
+    def _attributes(
+        self, uid: str, requested: UserFeatures | None
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """The cold user's attributes: the request's fields over the Feast profile row's."""
+        given = requested.model_dump(exclude_none=True) if requested is not None else {}
+        stored = {} if len(given) == 3 else (self.online.profile(uid) or {})
+        merged = {**stored, **given}
+        if not merged:
+            return None, None
+        source = "+".join(name for name, part in (("request", given), ("feast", stored)) if part)
+        return merged, source
 
     @bentoml.api
     def similar_items(self, item_id: StrictStr | StrictInt, k: K = 10) -> SimilarItemsResponse:
@@ -242,6 +317,9 @@ class Recommender:
             "history_length": self.rec.history_length,
             "similarity_method": self.rec.similarity_method,
             "feature_repo": str(self.online.repo_path),
+            # Serving stages (retrieve -> rank, or full ranking), cold-start paths, explanations; and
+            # the packaging decision (which retrieval run was chosen, or why there is none).
+            "serving": {**self.rec.describe(), "packaging": info.get("serving")},
         }
 
 

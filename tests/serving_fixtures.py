@@ -9,6 +9,7 @@ Nothing is faked: the server started on this home reads real Feast and BentoML s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,31 +73,10 @@ def build_serving_home(
     per_user: int = 12,
     build_bento: bool = False,
 ) -> ServingHome:
-    from features.store import build_features
     from serving.package import package_model
 
     layout = Layout(Path(home).resolve())
-    events = synthetic_events(n_users, n_items, per_user)
-    users = pd.DataFrame(
-        {
-            "user_id": [f"u{u}" for u in range(n_users)],
-            "age": pd.array([20 + u % 40 for u in range(n_users)], dtype="Int64"),
-            "gender": ["F" if u % 2 else "M" for u in range(n_users)],
-            "occupation": ["other"] * n_users,
-            "zip_code": ["00000"] * n_users,
-        }
-    )
-    items = pd.DataFrame(
-        {
-            "item_id": [f"i{j}" for j in range(1, n_items + 1)],
-            "title": [f"Title {j}" for j in range(1, n_items + 1)],
-            "release_year": pd.array([1990 + j % 30 for j in range(1, n_items + 1)], dtype="Int64"),
-            "genres": [["Drama"] if j % 2 else ["Comedy"] for j in range(1, n_items + 1)],
-        }
-    )
-    probe = write_snapshot(layout.home / "probe-snapshot", events, users, items)
-    snapshot = write_snapshot(layout.snapshot(probe.data_version), events, users, items)
-    build_features(snapshot, FeatureConfig(history_length=20), layout)
+    snapshot, _, events = _write_home_data(layout, n_users, n_items, per_user)
 
     # Training data: all but the last two events of each known user.
     history = {u: list(g["item_id"]) for u, g in events.groupby("user_id", sort=False)}
@@ -147,3 +127,109 @@ def build_serving_home(
     )
     decision = package_model(train_result, evaluation, decision, layout, build_bento=build_bento)
     return ServingHome(layout, decision, known, new_users, item_ids, seen, history)
+
+
+def _write_home_data(layout: Layout, n_users: int, n_items: int, per_user: int):
+    """Snapshot + the real features stage (Feast apply, materialise, point-in-time examples)."""
+    from features.store import build_features
+
+    events = synthetic_events(n_users, n_items, per_user)
+    users = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in range(n_users)],
+            "age": pd.array([20 + u % 40 for u in range(n_users)], dtype="Int64"),
+            "gender": ["F" if u % 2 else "M" for u in range(n_users)],
+            # Like gender, the occupation names the user's taste cluster (u % 2): attributes carry signal.
+            "occupation": ["artist" if u % 2 else "engineer" for u in range(n_users)],
+            "zip_code": ["00000"] * n_users,
+        }
+    )
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{j}" for j in range(1, n_items + 1)],
+            "title": [f"Title {j}" for j in range(1, n_items + 1)],
+            "release_year": pd.array([1990 + j % 30 for j in range(1, n_items + 1)], dtype="Int64"),
+            "genres": [["Drama"] if j % 2 else ["Comedy"] for j in range(1, n_items + 1)],
+        }
+    )
+    probe = write_snapshot(layout.home / "probe-snapshot", events, users, items)
+    snapshot = write_snapshot(layout.snapshot(probe.data_version), events, users, items)
+    feature_set = build_features(snapshot, FeatureConfig(history_length=20), layout)
+    return snapshot, feature_set, events
+
+
+RANKER_HPARAMS = {
+    "twotower": {
+        "embedding_size": 16,
+        "attribute_size": 8,
+        "hidden_sizes": [32],
+        "user_id_dropout": 0.5,
+        "lr": 0.01,
+        "num_negatives": 4,
+        "history_length": 20,
+        "batch_size": 128,
+    },
+    "din": {
+        "embedding_size": 8,
+        "attribute_size": 4,
+        "attention_size": 8,
+        "mlp_sizes": [16],
+        "history_length": 10,
+        "lr": 0.01,
+        "num_negatives": 4,
+        "batch_size": 128,
+    },
+}
+
+
+def build_ranker_serving_home(
+    home: Path,
+    ranker: str = "din",
+    retriever: str = "twotower",
+    n_users: int = 40,
+    n_items: int = 60,
+    per_user: int = 12,
+    max_epochs: int = 2,
+) -> ServingHome:
+    """A home whose champion is a ranker packaged with a retriever, both trained by ``train_model``.
+
+    The real pipeline path: features stage -> leave-last-out split -> train both on it (the retriever
+    first, so packaging finds its run on the same split) -> ``package_model`` of the ranker. The last
+    ``HELD_OUT_USERS`` users are removed from the examples before splitting: unknown to the models,
+    but their profile and history are in Feast (the cold-start-from-attributes path).
+    """
+    from pipeline.config import SplitConfig, TrainerConfig
+    from serving.package import package_model
+    from training.split import SplitIndex, make_split
+    from training.train import train_model
+
+    layout = Layout(Path(home).resolve())
+    snapshot, feature_set, events = _write_home_data(layout, n_users, n_items, per_user)
+    new_users = [f"u{u}" for u in range(n_users - HELD_OUT_USERS, n_users)]
+    examples = pd.read_parquet(feature_set.examples)
+    known_examples = layout.home / "examples-known-users.parquet"
+    examples[~examples["user_id"].isin(new_users)].to_parquet(known_examples, index=False)
+    split = make_split(
+        dataclasses.replace(feature_set, examples=known_examples),
+        SplitConfig(protocol="leave_last_out"),
+        layout,
+    )
+    cfg = TrainerConfig(max_epochs=max_epochs, patience=max_epochs, num_threads=1)
+    for model in (retriever, ranker):
+        result = train_model(model, split, RANKER_HPARAMS[model], cfg, layout.run(model, "serving-test"))
+    evaluation = Evaluation(
+        model=ranker,
+        metrics_path=result.run_dir / "metrics.json",
+        leaderboard_path=result.run_dir / "leaderboard.md",
+        metrics={"ndcg@10": 0.2},
+        baselines={"popularity": {"ndcg@10": 0.1}},
+        protocol="leave_last_out",
+        data_version=snapshot.data_version,
+    )
+    decision = GateDecision(ranker, True, "beats popularity (test)", 0.2, 0.1, None)
+    decision = package_model(result, evaluation, decision, layout, build_bento=False)
+    index = SplitIndex.load(split)
+    train = pd.read_parquet(split.train, columns=["user_id", "item_id"]).astype(str)
+    seen = {u: set(g["item_id"]) for u, g in train.groupby("user_id")}
+    history = {u: list(g["item_id"]) for u, g in events.groupby("user_id", sort=False)}
+    return ServingHome(layout, decision, list(index.user_ids), new_users, list(index.item_ids), seen, history)

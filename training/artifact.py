@@ -18,10 +18,12 @@ import scipy.sparse as sp
 import torch
 
 from pipeline.artifacts import atomic_path
+from training.knowledge_graph import KnowledgeGraph
 from training.models import build_model, get_spec
 from training.side_features import SideFeatures
 
 SIDE_FEATURES_DIR = "side_features"
+KNOWLEDGE_GRAPH_DIR = "knowledge_graph"
 
 
 @dataclass
@@ -97,6 +99,11 @@ def save_model_artifact(
         sp.save_npz(tmp / "seen.npz", train_matrix.tocsr())
         if side_features is not None:
             side_features.save(tmp / SIDE_FEATURES_DIR)
+        # A knowledge-aware model keeps the graph it was given (``set_knowledge_graph``); it sizes the
+        # entity tables, so it travels with the weights like the side features.
+        knowledge_graph = getattr(module, "knowledge_graph", None)
+        if isinstance(knowledge_graph, KnowledgeGraph):
+            knowledge_graph.save(tmp / KNOWLEDGE_GRAPH_DIR)
     return out_dir
 
 
@@ -109,6 +116,8 @@ def load_model_artifact(path: Path | str) -> ModelArtifact:
     )
     if side_features is not None and hasattr(module, "set_side_features"):
         module.set_side_features(side_features)  # creates the attribute embedding tables before loading
+    if (path / KNOWLEDGE_GRAPH_DIR).exists() and hasattr(module, "set_knowledge_graph"):
+        module.set_knowledge_graph(KnowledgeGraph.load(path / KNOWLEDGE_GRAPH_DIR))  # sizes entity tables
     state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     # Fitted baselines size some buffers from data (e.g. the user x item matrix): adopt saved shapes.
     for key, value in state.items():

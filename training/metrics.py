@@ -94,3 +94,28 @@ def ranking_metrics(
     acc = RankingAccumulator(scores.shape[1] - 1, ks)
     acc.update(scores, truth, exclude)
     return acc.compute()
+
+
+def binary_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """ROC AUC of ``scores`` against 0/1 ``labels`` (any shape, flattened), by the rank-sum formula.
+
+    AUC = (sum of the positives' ranks - n_pos (n_pos + 1) / 2) / (n_pos n_neg), ranks 1-based in
+    ascending score order with ties given their average rank (so a tie counts 1/2). NaN when one of
+    the two classes is empty. Shared by the CTR rankers' ``pointwise_metrics``.
+    """
+    from scipy.stats import rankdata
+
+    flat_scores = scores.detach().reshape(-1).double().cpu().numpy()
+    positive = labels.detach().reshape(-1).cpu().numpy() > 0.5
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(flat_scores, method="average")
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def binary_logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean binary cross-entropy of ``logits`` (pre-sigmoid) against 0/1 ``labels``."""
+    return float(
+        torch.nn.functional.binary_cross_entropy_with_logits(logits.double(), labels.double()).item()
+    )

@@ -22,6 +22,7 @@ version regardless of which items happen to fall into train.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -37,6 +38,7 @@ from pipeline.layout import Layout
 MANIFEST = "split.json"
 REQUIRED_COLUMNS = ("event_id", "user_id", "item_id", "event_timestamp")
 PARTS = ("train", "valid", "test")
+KNOWLEDGE_GRAPH = "knowledge_graph.parquet"
 
 
 def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Split:
@@ -67,6 +69,10 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
             examples[part == name].reset_index(drop=True).to_parquet(tmp / f"{name}.parquet", index=False)
         (tmp / "item_ids.json").write_text(json.dumps(item_ids))
         (tmp / "user_ids.json").write_text(json.dumps(user_ids))
+        knowledge_graph = None
+        if feature_set.knowledge_graph is not None:  # a copy keeps the split self-contained
+            shutil.copyfile(feature_set.knowledge_graph, tmp / KNOWLEDGE_GRAPH)
+            knowledge_graph = out_dir / KNOWLEDGE_GRAPH
         counts = {
             "events": len(examples),
             "train": int((part == "train").sum()),
@@ -88,6 +94,7 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
             item_ids=out_dir / "item_ids.json",
             user_ids=out_dir / "user_ids.json",
             counts=counts,
+            knowledge_graph=knowledge_graph,
         )
         split.save(tmp / MANIFEST)
     return split
@@ -155,6 +162,7 @@ def _load_valid_manifest(out_dir: Path) -> Split | None:
     except (ValueError, TypeError, KeyError):
         return None
     paths = (split.train, split.valid, split.test, split.item_ids, split.user_ids)
+    paths += (split.knowledge_graph,) if split.knowledge_graph is not None else ()
     return split if all(Path(p).exists() for p in paths) else None
 
 

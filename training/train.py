@@ -24,6 +24,7 @@ from pipeline.artifacts import Split, TrainResult
 from pipeline.config import TrainerConfig
 from training.artifact import save_model_artifact
 from training.data import build_datamodule, build_eval_inputs
+from training.knowledge_graph import knowledge_graph_for
 from training.metrics import RankingAccumulator
 from training.models import build_model, get_spec
 from training.models.base import VALID_MONITOR
@@ -65,11 +66,14 @@ def attach_split_data(module: torch.nn.Module, split: Split, matrix: Any) -> Non
 
     ``set_train_matrix(csr)``: the training user x item graph (LightGCN, content-based profiles).
     ``set_side_features(SideFeatures)``: user/item attributes (two-tower, DeepFM, DIN, ...).
+    ``set_knowledge_graph(KnowledgeGraph)``: item knowledge graph triples (CKE).
     """
     if hasattr(module, "set_train_matrix"):
         module.set_train_matrix(matrix)
     if hasattr(module, "set_side_features"):
         module.set_side_features(side_features_for(split))
+    if hasattr(module, "set_knowledge_graph"):
+        module.set_knowledge_graph(knowledge_graph_for(split))
 
 
 def evaluate_module(

@@ -38,13 +38,15 @@ def test_dagbag_has_every_model_dag_and_no_import_errors(tmp_path):
         """
 import json, os
 from airflow.dag_processing.dagbag import DagBag
-from training.models import pipeline_models
+from training.models import MODELS, pipeline_models
 bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 dags = {d: {"tasks": [t.task_id for t in bag.dags[d].tasks], "params": sorted(bag.dags[d].params),
-            "doc": bool(bag.dags[d].doc_md), "task_docs": all(t.doc_md for t in bag.dags[d].tasks)}
+            "doc": bool(bag.dags[d].doc_md), "task_docs": all(t.doc_md for t in bag.dags[d].tasks),
+            "mapped": [t.task_id for t in bag.dags[d].tasks if getattr(t, "_is_mapped", False)]}
         for d in bag.dag_ids}
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": dags,
-                  "models": pipeline_models()}))
+                  "models": pipeline_models(),
+                  "trainable": [m for m in pipeline_models() if MODELS[m].trainable]}))
 """,
         env,
         timeout=300,
@@ -71,6 +73,25 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
         assert {"split_protocol", "max_epochs", "hparams"} <= set(dag["params"])
         assert dag["doc"] and dag["task_docs"]
     assert "recsys_drift_monitor" in report["dags"]
+    # One tuning DAG per trainable model, with the grid as a dynamically mapped task.
+    tuning = {d for d in report["dags"] if d.startswith("recsys_tune_")}
+    assert tuning == {f"recsys_tune_{m}" for m in report["trainable"]}
+    assert len(report["dags"]) == len(report["models"]) + 1 + len(report["trainable"])
+    for dag_id in tuning:
+        dag = report["dags"][dag_id]
+        assert dag["tasks"] == [
+            "ingest",
+            "validate",
+            "features",
+            "split",
+            "grid",
+            "train_candidate",
+            "pick_best",
+            "evaluate_winner",
+        ]
+        assert dag["mapped"] == ["train_candidate"]
+        assert {"split_protocol", "max_candidates", "tuning_grid", "hparams"} <= set(dag["params"])
+        assert dag["doc"] and dag["task_docs"]
 
 
 def test_dag_test_runs_recsys_bpr_end_to_end(tmp_path):
@@ -96,6 +117,60 @@ print(json.dumps({"state": str(run.state)}))
     assert 0.0 < bpr["metrics"]["ndcg@10"] <= 1.0
     assert {"popularity", "itemknn"} <= set(summary["baselines"])
     assert bpr["drift_detected"] in (True, False)
+
+
+def test_dag_test_runs_a_tuning_dag_on_tiny_synthetic_data(tmp_path):
+    """recsys_tune_bpr end to end: two mapped candidates, winner by validation, test for the winner only."""
+    from tests.conftest import synthetic_examples
+
+    events = synthetic_examples(n_users=30, n_items=40, n_events=900, seed=3)
+    events = events[["user_id", "item_id", "event_timestamp", "rating"]].assign(
+        timestamp=lambda f: f["event_timestamp"].astype("int64") // 10**9
+    )
+    events.drop(columns="event_timestamp").to_csv(tmp_path / "events.csv", index=False)
+    source = {
+        "kind": "events",
+        "path": str(tmp_path / "events.csv"),
+        "name": "synthetic",
+        "sample_users": None,
+    }
+    env = airflow_env(Layout(tmp_path), base=make_home(tmp_path, source=source))
+    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    result = python(
+        """
+import json, os
+from airflow.dag_processing.dagbag import DagBag
+dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag("recsys_tune_bpr")
+run = dag.test(run_conf={"max_epochs": 2, "split_protocol": "random_holdout", "max_candidates": 2,
+                         "tuning_grid": {"lr": [0.0001, 0.01], "embedding_size": [16]}})
+mapped = [ti for ti in run.get_task_instances() if ti.task_id == "train_candidate"]
+print(json.dumps({"state": str(run.state), "mapped": sorted(ti.map_index for ti in mapped)}))
+""",
+        env,
+        timeout=600,
+    )
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["state"] == "success", result.stdout[-5000:]
+    assert report["mapped"] == [0, 1]  # one task instance per candidate
+    (tuning_json,) = (tmp_path / "runs" / "bpr").glob("tune-*/tuning.json")
+    tuning = json.loads(tuning_json.read_text())
+    assert [c["overrides"] for c in tuning["candidates"]] == [
+        {"lr": 0.0001, "embedding_size": 16},
+        {"lr": 0.01, "embedding_size": 16},
+    ]
+    assert all(Path(c["train_manifest"]).is_file() for c in tuning["candidates"])
+    best_valid = max(c["valid_ndcg@10"] for c in tuning["candidates"])
+    assert tuning["winner"]["valid_ndcg@10"] == best_valid and tuning["selected_on"] == "valid"
+    assert 0.0 <= tuning["winner_test_metrics"]["ndcg@10"] <= 1.0
+    assert (tuning_json.parent / "best_params.yaml").is_file()
+    assert (tuning_json.parent / "evaluation.json").is_file()
+    # Only the winner was evaluated on test.
+    evaluated = [
+        c["id"] for c in tuning["candidates"] if (Path(c["train_manifest"]).parent / "metrics.json").exists()
+    ]
+    assert evaluated == [tuning["winner"]["id"]]
 
 
 def test_standalone_airflow_runs_a_dag_triggered_over_rest(tmp_path):

@@ -176,3 +176,13 @@ def test_unreachable_feature_store_degrades_to_no_history(tmp_path: Path) -> Non
     ok, detail = online.health()
     assert not ok and "feature_store.yaml" in detail  # /healthz reports 503 with this detail
     assert online.recent_items("u0") is None  # requests still get an answer (without history)
+
+
+def test_whole_online_history_is_excluded_not_only_the_model_input(knn: Recommender) -> None:
+    """A model reading the newest 2 items must still never recommend the older online items."""
+    short = Recommender(knn.artifact, history_length=2)
+    rec = short.recommend("new-user", history=["i5", "i6", "i7", "i8"], k=10, exclude_seen=True)
+    assert rec.history_used == 2 and rec.strategy == "history"
+    assert not {"i5", "i6", "i7", "i8"} & {i.item_id for i in rec.items}
+    kept = short.recommend("new-user", history=["i5", "i6", "i7", "i8"], k=10, exclude_seen=False)
+    assert {"i5", "i6"} & {i.item_id for i in kept.items}  # only exclusion removed them

@@ -1,0 +1,139 @@
+"""One tuning DAG per trainable model (``recsys_tune_<model>``): a small grid as dynamically mapped tasks.
+
+Thin on purpose: every task calls one function of ``pipeline.stages`` / ``pipeline.tuning`` and passes
+manifest paths through XCom (the grid's candidates are small dicts of hyperparameters). One mapped
+``train_candidate`` task instance per candidate, so the executor runs candidates in parallel and a
+failed candidate can be retried alone.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from airflow.sdk import DAG, Param, get_current_context, task
+
+# The DAG processor runs this file from the dags folder; the stage packages live one level up.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.dag_params import PIPELINE_PARAMS, overrides_from_params  # noqa: E402
+from training.models import MODELS, pipeline_models  # noqa: E402
+
+DEFAULT_MAX_CANDIDATES = 6  # keep in step with pipeline.tuning (not imported: parse time)
+
+
+def tunable_models() -> list[str]:
+    """Models with hyperparameters learned by gradient descent (closed-form models have nothing to tune)."""
+    return [name for name in pipeline_models() if MODELS[name].trainable]
+
+
+def _ids() -> tuple[str, str]:
+    context = get_current_context()
+    return context["dag"].dag_id.removeprefix("recsys_tune_"), "tune-" + context["run_id"]
+
+
+def _overrides() -> dict:
+    return overrides_from_params(get_current_context()["params"])
+
+
+def build_tuning_dag(model: str) -> DAG:
+    spec = MODELS[model]
+    with DAG(
+        dag_id=f"recsys_tune_{model}",
+        description=f"grid search for {model} ({spec.description}), chosen on validation NDCG@10",
+        doc_md=f"""
+### recsys_tune_{model} — hyperparameter grid for {model}
+ingest → validate → features → split (the shared stages) → grid → **train_candidate** (one mapped
+task per candidate) → pick_best (validation NDCG@10; the test part is never used to choose) →
+evaluate_winner (test metrics of the winner only).
+
+The grid is `tuning_grid:` of `configs/models/{model}.yaml` when present (else learning rate × width
+around the defaults), or the `tuning_grid` parameter of the form, capped at `max_candidates`.
+Artifacts: `$RECFORGE_HOME/runs/{model}/tune-<run_id>/` (`tuning.json`, `best_params.yaml`, one
+directory per candidate). Apply the winner by triggering `recsys_{model}` with `best_params.yaml` as
+its `hparams`.
+""",
+        schedule=None,
+        catchup=False,
+        max_active_runs=1,
+        tags=["recforge", "tuning", model],
+        params={
+            **PIPELINE_PARAMS,
+            "max_candidates": Param(
+                DEFAULT_MAX_CANDIDATES, type="integer", minimum=1, description="Upper bound on the grid size."
+            ),
+            "tuning_grid": Param(
+                {},
+                type="object",
+                description=f"hyperparameter -> list of values; empty = configs/models/{model}.yaml's grid",
+            ),
+            "hparams": Param({}, type="object", description="fixed overrides applied to every candidate"),
+        },
+        default_args={"owner": "recforge"},
+    ) as dag:
+
+        @task(doc_md="Read the configured source into staging Parquet.")
+        def ingest() -> str:
+            from pipeline import stages
+
+            return stages.ingest(*_ids(), _overrides())
+
+        @task(doc_md="Validate and snapshot (bad rows to quarantine).")
+        def validate(staging: str) -> str:
+            from pipeline import stages
+
+            return stages.validate(*_ids(), staging, _overrides())
+
+        @task(doc_md="Feast features and point-in-time training examples (reused when up to date).")
+        def features(snapshot: str) -> str:
+            from pipeline import stages
+
+            return stages.features(*_ids(), snapshot, _overrides())
+
+        @task(doc_md="The run's split (shared with every model and baseline of that protocol).")
+        def split(feature_set: str) -> str:
+            from pipeline import stages
+
+            return stages.split(*_ids(), feature_set, _overrides())
+
+        @task(doc_md="Expand the grid into candidates (small dicts of hyperparameter overrides).")
+        def grid() -> list[dict]:
+            from pipeline import tuning
+
+            params = get_current_context()["params"]
+            return tuning.candidate_grid(
+                _ids()[0], int(params["max_candidates"]), params["tuning_grid"] or None, params["hparams"]
+            )
+
+        # The mapped argument is called `candidate`, not `params`: `params` is every operator's own
+        # argument (the DAG's trigger-form values) and cannot be a mapped task argument.
+        @task(
+            doc_md="Train one candidate; returns the path of its train.json.",
+            map_index_template="{{ candidate_id }}",  # the UI lists mapped instances as c00, c01, ...
+        )
+        def train_candidate(candidate: dict, split_manifest: str) -> str:
+            from pipeline import tuning
+
+            get_current_context()["candidate_id"] = candidate["id"]
+            return tuning.train_candidate(*_ids(), split_manifest, candidate, _overrides())
+
+        @task(doc_md="Pick the winner by validation NDCG@10; write tuning.json and best_params.yaml.")
+        def pick_best(train_manifests: list[str]) -> str:
+            from pipeline import tuning
+
+            return tuning.pick_best(*_ids(), list(train_manifests), _overrides())
+
+        @task(doc_md="Test-set evaluation of the winner only, next to the baselines.")
+        def evaluate_winner(tuning_manifest: str, split_manifest: str) -> str:
+            from pipeline import tuning
+
+            return tuning.evaluate_winner(*_ids(), tuning_manifest, split_manifest, _overrides())
+
+        split_manifest = split(features(validate(ingest())))
+        manifests = train_candidate.partial(split_manifest=split_manifest).expand(candidate=grid())
+        evaluate_winner(pick_best(manifests), split_manifest)
+    return dag
+
+
+for _model in tunable_models():
+    globals()[f"recsys_tune_{_model}"] = build_tuning_dag(_model)

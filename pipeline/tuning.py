@@ -1,0 +1,242 @@
+"""Hyperparameter tuning as pipeline stages: a small grid, one training per candidate, pick on VALIDATION.
+
+What ``recsys_tune_<model>`` (dags/recsys_tuning.py) runs, callable without Airflow
+(``python -m pipeline.tuning bpr --max-candidates 4``) and from tests:
+
+1. the shared ingest -> validate -> features -> split stages of ``pipeline.stages`` (the split is the
+   same one every model and baseline uses, so a tuned model stays comparable);
+2. ``candidate_grid``: the model YAML's ``tuning_grid:`` (hyperparameter -> values) or, without one, a
+   default grid of learning rate x model width around the YAML defaults; capped at ``max_candidates``;
+3. ``train_candidate`` (one Airflow mapped task per candidate): trains it under the tuning run
+   directory and returns the path of its ``train.json`` — paths through XCom, never data;
+4. ``pick_best``: the candidate with the best ``valid/ndcg@10`` (early-stopping score of its best
+   checkpoint). The test part is never read to choose: choosing on test would make the reported test
+   number an optimistic, selected one. Writes ``tuning.json`` (every candidate + the winner) and the
+   winner's hyperparameters as a YAML override file (``best_params.yaml``);
+5. ``evaluate_winner``: full-ranking test evaluation of the winner only, next to the baselines.
+
+Artifacts: ``$RECFORGE_HOME/runs/<model>/tune-<run id>/`` with ``candidates/<id>/`` (one training run
+each), ``tuning.json``, ``best_params.yaml``, ``evaluation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.artifacts import Split, TrainResult, atomic_write_json, atomic_write_text
+from pipeline.config import load_model_params, load_tuning_grid
+from pipeline.stages import _run_dir, context, new_run_id, safe_run_id
+
+log = logging.getLogger(__name__)
+
+SELECTION_METRIC = "valid/ndcg@10"
+DEFAULT_MAX_CANDIDATES = 6
+# Default search space where the YAML has no tuning_grid: learning rate and model width, each at
+# half / the default / double — the two knobs that matter most for every model here.
+LR_KEYS = ("lr", "learning_rate")
+WIDTH_KEYS = ("embedding_size", "hidden_size", "embed_dim", "embedding_dim", "factors")
+FACTORS = (1.0, 0.5, 2.0)
+
+
+def tuning_run_id(run_id: str) -> str:
+    """Tuning runs live beside the model's pipeline runs, prefixed so nobody mistakes one for the other."""
+    run_id = safe_run_id(run_id)
+    return run_id if run_id.startswith("tune-") else f"tune-{run_id}"
+
+
+def default_grid(params: dict[str, Any]) -> dict[str, list[Any]]:
+    """Learning rate x width around the model's defaults (only keys the model actually has)."""
+    grid: dict[str, list[Any]] = {}
+    lr_key = next((k for k in LR_KEYS if isinstance(params.get(k), int | float)), None)
+    if lr_key is not None:
+        grid[lr_key] = [float(f"{params[lr_key] * f:.6g}") for f in FACTORS]
+    width_key = next((k for k in WIDTH_KEYS if isinstance(params.get(k), int)), None)
+    if width_key is not None:
+        grid[width_key] = list(dict.fromkeys(max(1, int(params[width_key] * f)) for f in FACTORS))
+    return grid
+
+
+def candidate_grid(
+    model: str,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    grid: dict[str, list[Any]] | None = None,
+    base: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Candidates ``[{"id": "c00", "hparams": {...overrides...}}]`` of the grid, at most ``max_candidates``.
+
+    Grid precedence: ``grid`` (trigger form) > the YAML's ``tuning_grid`` > ``default_grid``. The
+    cartesian product is ordered by how many keys differ from the model's defaults (then product
+    order), so a cap keeps the defaults and the one-knob-at-a-time neighbours first, and the defaults
+    are always a candidate when the grid contains them. ``base`` = fixed overrides for every candidate.
+    """
+    if max_candidates < 1:
+        raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+    defaults = load_model_params(model, base)
+    grid = grid or load_tuning_grid(model) or default_grid(defaults)
+    keys = list(grid)
+    combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
+    combos = list({json.dumps(c, sort_keys=True): c for c in combos}.values())  # drop duplicates
+    combos.sort(key=lambda c: sum(defaults.get(k) != v for k, v in c.items()))  # stable: product order
+    return [
+        {"id": f"c{i:02d}", "hparams": {**(base or {}), **combo}}
+        for i, combo in enumerate(combos[:max_candidates])
+    ]
+
+
+def tuning_dir(model: str, run_id: str, overrides: dict[str, Any] | None = None) -> Path:
+    _, layout = context(overrides)
+    return _run_dir(layout, model, tuning_run_id(run_id))
+
+
+def train_candidate(
+    model: str,
+    run_id: str,
+    split_manifest: str,
+    candidate: dict[str, Any],
+    overrides: dict[str, Any] | None = None,
+) -> str:
+    """Train one candidate on the split; return the path of its ``train.json`` (what XCom carries)."""
+    from training.train import train_model
+
+    cfg, _ = context(overrides)
+    run_dir = tuning_dir(model, run_id, overrides) / "candidates" / candidate["id"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "candidate.json", candidate)
+    params = load_model_params(model, candidate["hparams"])
+    result = train_model(model, Split.load(split_manifest), params, cfg.trainer, run_dir)
+    log.info("candidate %s %s: %s %.4f", candidate["id"], candidate["hparams"], SELECTION_METRIC,
+             result.best_valid_ndcg10)  # fmt: skip
+    return str(run_dir / "train.json")
+
+
+def _candidate_record(train_manifest: str) -> dict[str, Any]:
+    result = TrainResult.load(train_manifest)
+    candidate = json.loads((Path(train_manifest).parent / "candidate.json").read_text())
+    valid = result.best_valid_ndcg10
+    return {
+        "id": candidate["id"],
+        "overrides": candidate["hparams"],
+        "hparams": result.hparams,
+        "valid_ndcg@10": valid if valid is not None and math.isfinite(valid) else float("-inf"),
+        "epochs": result.epochs,
+        "epoch_seconds": result.epoch_seconds,
+        "train_manifest": str(train_manifest),
+    }
+
+
+def pick_best(
+    model: str, run_id: str, train_manifests: list[str], overrides: dict[str, Any] | None = None
+) -> str:
+    """Choose the winner by validation NDCG@10 only; write ``tuning.json`` + ``best_params.yaml``.
+
+    Ties go to the earlier candidate (closer to the defaults, see ``candidate_grid``). Returns the
+    path of ``tuning.json``.
+    """
+    if not train_manifests:
+        raise ValueError(f"tuning {model}/{run_id}: no candidate finished training; nothing to pick from")
+    candidates = sorted((_candidate_record(path) for path in train_manifests), key=lambda c: c["id"])
+    winner = max(candidates, key=lambda c: c["valid_ndcg@10"])  # max keeps the first of equals
+    out = tuning_dir(model, run_id, overrides)
+    best_params = atomic_write_text(
+        out / "best_params.yaml",
+        f"# {model}: winner {winner['id']} of tuning run {tuning_run_id(run_id)} by {SELECTION_METRIC} "
+        f"= {winner['valid_ndcg@10']:.4f}\n"
+        f"# Overrides of configs/models/{model}.yaml: pass as the `hparams` trigger parameter of "
+        f"recsys_{model}, or `recforge run {model} --hparam KEY=VALUE` per key.\n"
+        + yaml.safe_dump(winner["overrides"], sort_keys=True),
+    )
+    tuning = {
+        "model": model,
+        "run_id": tuning_run_id(run_id),
+        "selection_metric": SELECTION_METRIC,
+        "selected_on": "valid",  # the test part is read only by evaluate_winner, for the winner only
+        "candidates": candidates,
+        "winner": winner,
+        "best_params": str(best_params),
+    }
+    log.info("tuning %s: winner %s %s (%s %.4f of %d candidates)", model, winner["id"], winner["overrides"],
+             SELECTION_METRIC, winner["valid_ndcg@10"], len(candidates))  # fmt: skip
+    return str(atomic_write_json(out / "tuning.json", tuning))
+
+
+def evaluate_winner(
+    model: str,
+    run_id: str,
+    tuning_manifest: str,
+    split_manifest: str,
+    overrides: dict[str, Any] | None = None,
+) -> str:
+    """Test-set evaluation of the winner only; adds its test metrics to ``tuning.json``.
+
+    Returns the path of the winner's ``evaluation.json`` (in the tuning run directory).
+    """
+    from training.evaluate import evaluate_run
+
+    cfg, _ = context(overrides)
+    tuning = json.loads(Path(tuning_manifest).read_text())
+    winner = TrainResult.load(tuning["winner"]["train_manifest"])
+    evaluation = evaluate_run(winner, Split.load(split_manifest), cfg.evaluation)
+    out = tuning_dir(model, run_id, overrides)
+    path = evaluation.save(out / "evaluation.json")
+    tuning["winner_test_metrics"] = evaluation.metrics
+    tuning["baselines_test_ndcg@10"] = {name: m["ndcg@10"] for name, m in evaluation.baselines.items()}
+    atomic_write_json(Path(tuning_manifest), tuning)
+    return str(path)
+
+
+def run_tuning(
+    model: str,
+    run_id: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    grid: dict[str, list[Any]] | None = None,
+    hparams: dict[str, Any] | None = None,
+) -> Path:
+    """The whole tuning run in-process (the DAG runs the same functions as tasks); returns tuning.json."""
+    from pipeline import stages
+
+    run_id = tuning_run_id(run_id or new_run_id())
+    staging = stages.ingest(model, run_id, overrides)
+    snapshot = stages.validate(model, run_id, staging, overrides)
+    feature_set = stages.features(model, run_id, snapshot, overrides)
+    split_manifest = stages.split(model, run_id, feature_set, overrides)
+    manifests = [
+        train_candidate(model, run_id, split_manifest, candidate, overrides)
+        for candidate in candidate_grid(model, max_candidates, grid, hparams)
+    ]
+    tuning = pick_best(model, run_id, manifests, overrides)
+    evaluate_winner(model, run_id, tuning, split_manifest, overrides)
+    return Path(tuning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("model")
+    parser.add_argument("--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pipeline override")
+    parser.add_argument("--run-id", default=None)
+    args = parser.parse_args(argv)
+    overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    path = run_tuning(args.model, args.run_id, overrides or None, args.max_candidates)
+    tuning = json.loads(path.read_text())
+    for c in tuning["candidates"]:
+        mark = "*" if c["id"] == tuning["winner"]["id"] else " "
+        print(f"{mark} {c['id']} {c['overrides']} valid ndcg@10={c['valid_ndcg@10']:.4f}")
+    print(f"winner test ndcg@10={tuning['winner_test_metrics']['ndcg@10']:.4f}")
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

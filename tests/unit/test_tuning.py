@@ -1,0 +1,154 @@
+"""pipeline/tuning.py without Airflow: grid expansion, training candidates, choosing on validation only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import pipeline.config as config
+from pipeline import tuning
+from pipeline.artifacts import TrainResult
+from pipeline.config import SplitConfig, load_model_params, load_tuning_grid
+from training.evaluate import evaluate_run
+from training.split import make_split
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def model_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A configs/ directory of our own, so tests can write model YAMLs with a ``tuning_grid``."""
+    root = tmp_path / "configs"
+    (root / "models").mkdir(parents=True)
+    monkeypatch.setattr(config, "CONFIG_DIR", root)
+    return root / "models"
+
+
+def test_tuning_grid_key_is_stripped_from_model_params(model_configs: Path):
+    (model_configs / "bpr.yaml").write_text(
+        "embedding_size: 64\nlr: 0.002\ntuning_grid:\n  lr: [0.001, 0.004]\n  embedding_size: [32, 64]\n"
+    )
+    assert load_model_params("bpr") == {"embedding_size": 64, "lr": 0.002}
+    assert load_model_params("bpr", {"lr": 0.01}) == {"embedding_size": 64, "lr": 0.01}
+    assert load_tuning_grid("bpr") == {"lr": [0.001, 0.004], "embedding_size": [32, 64]}
+    (model_configs / "bad.yaml").write_text("tuning_grid: [1, 2]\n")
+    with pytest.raises(ValueError, match="bad.yaml: tuning_grid must be a non-empty mapping"):
+        load_tuning_grid("bad")
+
+
+def test_yaml_grid_expands_to_the_cartesian_product_defaults_first(model_configs: Path):
+    (model_configs / "bpr.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "embedding_size": 64,
+                "lr": 0.002,
+                "tuning_grid": {"lr": [0.001, 0.002], "embedding_size": [32, 64]},
+            }
+        )
+    )
+    candidates = tuning.candidate_grid("bpr", max_candidates=10)
+    assert [c["id"] for c in candidates] == ["c00", "c01", "c02", "c03"]
+    combos = [c["hparams"] for c in candidates]
+    assert combos[0] == {"lr": 0.002, "embedding_size": 64}  # the defaults come first
+    assert sorted(json.dumps(c, sort_keys=True) for c in combos) == sorted(
+        json.dumps({"lr": lr, "embedding_size": e}, sort_keys=True) for lr in (0.001, 0.002) for e in (32, 64)
+    )
+    assert combos[-1] == {"lr": 0.001, "embedding_size": 32}  # both knobs moved: last
+    assert len(tuning.candidate_grid("bpr", max_candidates=3)) == 3
+    # the trigger form's grid wins over the YAML's; fixed overrides go into every candidate
+    form = tuning.candidate_grid("bpr", 5, grid={"reg_weight": [0.0, 0.1]}, base={"batch_size": 64})
+    assert [c["hparams"] for c in form] == [
+        {"batch_size": 64, "reg_weight": 0.0},
+        {"batch_size": 64, "reg_weight": 0.1},
+    ]
+    with pytest.raises(ValueError, match="max_candidates"):
+        tuning.candidate_grid("bpr", 0)
+
+
+def test_default_grid_is_lr_times_width_around_the_defaults(model_configs: Path):
+    (model_configs / "bpr.yaml").write_text("embedding_size: 64\nlr: 0.002\nreg_weight: 0.0001\n")
+    candidates = tuning.candidate_grid("bpr", max_candidates=9)
+    combos = [c["hparams"] for c in candidates]
+    assert len(combos) == 9 and combos[0] == {"lr": 0.002, "embedding_size": 64}
+    assert {c["lr"] for c in combos} == {0.001, 0.002, 0.004}
+    assert {c["embedding_size"] for c in combos} == {32, 64, 128}
+    # capped: the defaults and the one-knob-at-a-time neighbours survive
+    capped = [c["hparams"] for c in tuning.candidate_grid("bpr", max_candidates=5)]
+    assert all((c["lr"] == 0.002) or (c["embedding_size"] == 64) for c in capped)
+    (model_configs / "nothing.yaml").write_text("dropout: 0.1\n")
+    assert [c["hparams"] for c in tuning.candidate_grid("nothing", 4)] == [{}]  # only the defaults
+
+
+def test_pick_best_chooses_on_validation_even_when_test_disagrees(feature_set, tmp_path: Path):
+    home = tmp_path / "home"
+    overrides = {
+        "home": str(home),
+        "split.protocol": "random_holdout",
+        "trainer.max_epochs": 2,
+        "trainer.patience": 2,
+        "trainer.num_threads": 1,
+    }
+    cfg, layout = tuning.context(overrides)
+    split = make_split(feature_set, SplitConfig(protocol="random_holdout"), layout)
+    candidates = [
+        {"id": "c00", "hparams": {"lr": 0.05, "embedding_size": 16, "batch_size": 256}},
+        {"id": "c01", "hparams": {"lr": 0.00001, "embedding_size": 16, "batch_size": 256}},
+    ]
+    manifests = [
+        tuning.train_candidate("bpr", "t1", str(split.dir / "split.json"), c, overrides) for c in candidates
+    ]
+    assert all(Path(m).name == "train.json" and Path(m).is_file() for m in manifests)
+    assert Path(manifests[0]).parent == home / "runs" / "bpr" / "tune-t1" / "candidates" / "c00"
+    test_ndcg = [
+        evaluate_run(TrainResult.load(m), split, cfg.evaluation).metrics["ndcg@10"] for m in manifests
+    ]
+    assert test_ndcg[0] != test_ndcg[1]
+    test_loser = manifests[test_ndcg.index(min(test_ndcg))]
+    # Make validation disagree with test: the candidate that is worse on TEST is best on VALID.
+    for path in manifests:
+        data = json.loads(Path(path).read_text())
+        data["best_valid_ndcg10"] = 0.9 if path == test_loser else 0.1
+        Path(path).write_text(json.dumps(data))
+    # Choosing must not need the test part at all.
+    hidden = split.test.with_suffix(".hidden")
+    split.test.rename(hidden)
+    tuning_json = Path(tuning.pick_best("bpr", "t1", manifests, overrides))
+    hidden.rename(split.test)
+
+    result = json.loads(tuning_json.read_text())
+    assert result["winner"]["train_manifest"] == test_loser
+    assert result["selected_on"] == "valid" and len(result["candidates"]) == 2
+    assert "winner_test_metrics" not in result
+    best = yaml.safe_load((tuning_json.parent / "best_params.yaml").read_text())
+    assert best == json.loads((Path(test_loser).parent / "candidate.json").read_text())["hparams"]
+
+    evaluation = json.loads(
+        Path(
+            tuning.evaluate_winner("bpr", "t1", str(tuning_json), str(split.dir / "split.json"), overrides)
+        ).read_text()
+    )
+    assert evaluation["metrics"]["ndcg@10"] == pytest.approx(min(test_ndcg))
+    assert json.loads(tuning_json.read_text())["winner_test_metrics"]["ndcg@10"] == pytest.approx(
+        min(test_ndcg)
+    )
+
+
+def test_pick_best_breaks_ties_towards_the_earlier_candidate(tmp_path: Path):
+    overrides = {"home": str(tmp_path / "home")}
+    manifests = []
+    for cid, valid in (("c01", 0.2), ("c00", 0.2), ("c02", 0.1)):
+        run_dir = tmp_path / cid
+        run_dir.mkdir()
+        (run_dir / "candidate.json").write_text(json.dumps({"id": cid, "hparams": {"lr": cid}}))
+        TrainResult("bpr", run_dir, run_dir / "x.ckpt", {}, 1, 0.1, 1.0, valid, 1.0).save(
+            run_dir / "train.json"
+        )
+        manifests.append(str(run_dir / "train.json"))
+    result = json.loads(Path(tuning.pick_best("bpr", "t2", manifests, overrides)).read_text())
+    assert result["winner"]["id"] == "c00"
+    with pytest.raises(ValueError, match="no candidate finished"):
+        tuning.pick_best("bpr", "t3", [], overrides)

@@ -1,0 +1,268 @@
+"""Two-tower and DeepFM: shapes, padding, learning, artifact round trips, cold start, AUC/LogLoss."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from pipeline.artifacts import FeatureSet
+from pipeline.config import SplitConfig, TrainerConfig
+from pipeline.layout import Layout
+from tests.model_helpers import overfit_losses
+from training.artifact import load_model_artifact, save_model_artifact
+from training.data import ExampleDataModule, build_eval_inputs, build_example_set
+from training.metrics import binary_auc, binary_logloss
+from training.models import MODELS, build_model
+from training.side_features import side_features_for
+from training.split import make_split
+from training.train import evaluate_module
+
+torch.set_num_threads(1)
+SMALL = {
+    "twotower": {
+        "embedding_size": 16,
+        "attribute_size": 8,
+        "hidden_sizes": [32],
+        "dropout": 0.0,
+        "temperature": 0.1,
+        "lr": 0.01,
+        "num_negatives": 4,
+        "history_length": 10,
+        "batch_size": 128,
+    },
+    "deepfm": {
+        "embedding_size": 8,
+        "hidden_sizes": [32, 16],
+        "dropout": 0.0,
+        "lr": 0.01,
+        "num_negatives": 4,
+        "history_length": 10,
+        "batch_size": 128,
+    },
+}
+NAMES = list(SMALL)
+N_CLUSTERS = 4  # tests/conftest.py: item i and users preferring cluster c have i % 4 == c
+
+
+@pytest.fixture
+def split(feature_set: FeatureSet, layout: Layout):
+    return make_split(feature_set, SplitConfig(protocol="leave_last_out"), layout)
+
+
+def _module(name: str, dm: ExampleDataModule, split, matrix: sp.csr_matrix | None = None):
+    module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])
+    module.set_side_features(side_features_for(split))
+    module.set_train_matrix(dm.train_matrix if matrix is None else matrix)
+    return module
+
+
+def _datamodule(name: str, split) -> ExampleDataModule:
+    params = SMALL[name]
+    dm = ExampleDataModule(
+        split,
+        num_negatives=params["num_negatives"],
+        batch_size=params["batch_size"],
+        history_length=params["history_length"],
+    )
+    dm.setup("fit")
+    return dm
+
+
+def _train(module, dm: ExampleDataModule, rows: np.ndarray, epochs: int) -> None:
+    """A plain loop over the given example rows (lets a test hold users/items out of training)."""
+    optimizer = module.configure_optimizers()
+    generator = np.random.default_rng(0)
+    module.train()
+    for _ in range(epochs):
+        order = generator.permutation(rows)
+        for start in range(0, len(order), dm.batch_size):
+            optimizer.zero_grad()
+            module.calculate_loss(dm.examples.batch(order[start : start + dm.batch_size])).backward()
+            optimizer.step()
+    module.eval()
+
+
+def test_registered_as_example_models() -> None:
+    assert MODELS["twotower"].kind == "example" and MODELS["deepfm"].kind == "example"
+    assert MODELS["deepfm"].factory.is_ranker and MODELS["twotower"].factory.scores_from_history
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_output_shapes(name: str, split) -> None:
+    dm = _datamodule(name, split)
+    module = _module(name, dm, split).eval()
+    history = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0]])
+    with torch.no_grad():
+        scores = module.full_sort_predict(torch.tensor([0, dm.n_users - 1, -1]), history)
+        cold = module.full_sort_predict_from_attributes(
+            torch.tensor([[1, 1, 1], [0, 0, 0], [2, 1, 3]]), history
+        )
+        items = module.item_embeddings()
+    assert scores.shape == cold.shape == (3, dm.n_items + 1)
+    assert torch.isfinite(scores).all() and torch.isfinite(cold).all()
+    assert items.shape[0] == dm.n_items + 1
+    if name == "deepfm":
+        candidates = torch.tensor([[1, 2, 5], [7, 7, 9], [3, 1, 2]])
+        with torch.no_grad():
+            picked = module.score_candidates(torch.tensor([0, dm.n_users - 1, -1]), history, candidates)
+        assert picked.shape == (3, 3)
+        # Full ranking (chunked, split first layer) is the same function as candidate scoring.
+        torch.testing.assert_close(picked, scores.gather(1, candidates), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_extra_left_padding_does_not_change_scores(name: str, split) -> None:
+    dm = _datamodule(name, split)
+    module = _module(name, dm, split).eval()
+    users = torch.tensor([0, 1])
+    short = torch.tensor([[0, 5, 6], [0, 0, 0]])
+    long = torch.tensor([[0, 0, 0, 0, 0, 5, 6], [0, 0, 0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            module.full_sort_predict(users, short), module.full_sort_predict(users, long)
+        )
+
+
+def test_twotower_history_pooling_ignores_padding_rows(split) -> None:
+    dm = _datamodule("twotower", split)
+    module = _module("twotower", dm, split).eval()
+    with torch.no_grad():
+        module.history_item.weight[0].fill_(100.0)  # padding must never be read, whatever its row holds
+        a = module.full_sort_predict(torch.tensor([0]), torch.tensor([[0, 0, 5, 6]]))
+        b = module.full_sort_predict(torch.tensor([0]), torch.tensor([[5, 6]]))
+    torch.testing.assert_close(a, b)
+
+
+def test_twotower_without_history_input_ignores_history(split) -> None:
+    dm = _datamodule("twotower", split)
+    module = build_model("twotower", dm.n_users, dm.n_items, **{**SMALL["twotower"], "pool_history": False})
+    module.set_side_features(side_features_for(split))
+    module.eval()
+    assert not module.scores_from_history
+    with torch.no_grad():
+        a = module.full_sort_predict(torch.tensor([0, -1]), torch.tensor([[0, 5, 6], [1, 2, 3]]))
+        b = module.full_sort_predict(torch.tensor([0, -1]), torch.zeros(2, 3, dtype=torch.long))
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
+    torch.manual_seed(0)
+    dm = _datamodule(name, split)
+    batch = next(iter(dm.train_dataloader()))
+    module = _module(name, dm, split)
+    module.user_id_dropout = module.item_id_dropout = 0.0  # a fixed objective
+    losses = overfit_losses(module, batch)
+    assert losses[-1] < 0.5 * losses[0], losses[::10]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    dm = _datamodule(name, split)
+    module = _module(name, dm, split)
+    _train(module, dm, np.arange(len(dm.examples)), epochs=1)
+    out = save_model_artifact(
+        tmp_path / "model",
+        name,
+        module,
+        SMALL[name],
+        dm.index.item_ids,
+        dm.index.user_ids,
+        dm.train_matrix,
+        side_features=side_features_for(split),
+    )
+    artifact = load_model_artifact(out)
+    inputs = build_eval_inputs(split, "test", history_length=10)
+    users = torch.cat([inputs.users, torch.tensor([-1])])  # plus one unknown user
+    history = torch.cat([inputs.history, inputs.history[:1]])
+    with torch.no_grad():
+        expected = module.full_sort_predict(users, history)
+        codes = torch.tensor([[1, 2, 1]])
+        cold_expected = module.full_sort_predict_from_attributes(codes, history[:1])
+        cold_actual = artifact.module.full_sort_predict_from_attributes(codes, history[:1])
+    assert torch.equal(artifact.score(users, history)[:, 1:], expected[:, 1:].float())
+    assert torch.equal(cold_actual, cold_expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_model_beats_popularity(name: str, split, tmp_path: Path) -> None:
+    from training.train import train_model
+
+    cfg = TrainerConfig(max_epochs=8, patience=8, num_threads=1)
+    result = train_model(name, split, SMALL[name], cfg, tmp_path / "run")
+    valid = build_eval_inputs(split, "valid", history_length=10)
+    dm = _datamodule(name, split)
+    popularity = build_model("popularity", dm.n_users, dm.n_items).fit(dm.train_matrix)
+    baseline = evaluate_module(popularity, valid, [10], 64)["ndcg@10"]
+    assert result.best_valid_ndcg10 > baseline + 0.05, (result.best_valid_ndcg10, baseline)
+    if name == "deepfm":
+        artifact = load_model_artifact(tmp_path / "run" / "model")
+        metrics = artifact.module.pointwise_metrics(build_example_set(split, "test", 10, 1, seed=0))
+        assert metrics["auc"] > 0.6 and math.isfinite(metrics["logloss"]), metrics
+
+
+def _clusters(ids: list[str]) -> np.ndarray:
+    return np.asarray([int(i[1:]) % N_CLUSTERS for i in ids])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cold_users_and_items_are_scored_from_attributes(name: str, split) -> None:
+    """Users and items removed from training are placed by their attributes alone."""
+    torch.manual_seed(0)
+    dm = _datamodule(name, split)
+    item_cluster = np.concatenate([[-1], _clusters(dm.index.item_ids)])
+    # conftest: a user's occupation is "occupation<c>" for the cluster c their behaviour starts in
+    # (random jumps then spread it, so about 40 % of their events stay in c vs 20 % per other cluster).
+    features = side_features_for(split)
+    occupations = np.asarray([int(v[-1]) for v in features.vocab["occupation"]])
+    user_cluster = occupations[features.user_codes[:, 2] - 1]
+    cold_users = np.concatenate([np.flatnonzero(user_cluster == c)[:2] for c in range(N_CLUSTERS)])
+    cold_items = np.asarray([np.flatnonzero(item_cluster == c)[0] for c in range(N_CLUSTERS)])
+    examples = dm.examples
+    keep = ~np.isin(examples.users, cold_users) & ~np.isin(examples.items, cold_items)
+    train_matrix = dm.train_matrix.tocsr().copy()
+    train_matrix[cold_users] = 0
+    train_matrix[:, cold_items] = 0
+    train_matrix.eliminate_zeros()
+    module = _module(name, dm, split, train_matrix)
+    # Heavier id dropout than the defaults: ~36 training users give few "unknown user" rows otherwise.
+    module.user_id_dropout = module.item_id_dropout = 0.5
+    _train(module, dm, np.flatnonzero(keep), epochs=20)
+
+    codes = torch.from_numpy(features.user_codes[cold_users])
+    with torch.no_grad():
+        scores = module.full_sort_predict_from_attributes(
+            codes, torch.zeros(len(cold_users), 1, dtype=torch.long)
+        )
+    wins = []
+    for row, cluster in enumerate(user_cluster[cold_users]):
+        own = scores[row, 1:][item_cluster[1:] == cluster]
+        other = scores[row, 1:][item_cluster[1:] != cluster]
+        wins.append(float((own.unsqueeze(1) > other.unsqueeze(0)).float().mean()))
+    assert np.mean(wins) > 0.6, wins  # chance = 0.5; attributes explain ~40 % of behaviour here
+
+    if name == "twotower":
+        with torch.no_grad():
+            vectors = module.item_embeddings()
+        for item in cold_items:
+            similarity = vectors[1:] @ vectors[item]
+            mates = (item_cluster[1:] == item_cluster[item]) & (np.arange(1, dm.n_items + 1) != item)
+            assert similarity[mates].mean() > similarity[item_cluster[1:] != item_cluster[item]].mean() + 0.2
+
+
+def test_auc_and_logloss_match_hand_computation() -> None:
+    # Positives 0.35 and 0.8 vs negatives 0.1 and 0.4: 3 of the 4 pairs ordered correctly.
+    scores = torch.tensor([0.1, 0.4, 0.35, 0.8])
+    labels = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    assert binary_auc(scores, labels) == pytest.approx(0.75)
+    assert binary_auc(torch.tensor([[0.5, 0.5]]), torch.tensor([[1.0, 0.0]])) == pytest.approx(0.5)  # tie
+    assert math.isnan(binary_auc(scores, torch.ones(4)))
+    # logit 0 -> p = 1/2 -> log 2 per row, whatever the label; logit log(3) -> p = 3/4.
+    assert binary_logloss(torch.zeros(4), labels) == pytest.approx(math.log(2))
+    assert binary_logloss(torch.tensor([math.log(3)]), torch.tensor([1.0])) == pytest.approx(-math.log(0.75))

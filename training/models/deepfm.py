@@ -1,0 +1,236 @@
+"""DeepFM (Guo et al., 2017): a CTR ranker, FM interactions + a deep MLP over shared field embeddings.
+
+Fields (each an embedding of ``embedding_size`` plus a scalar first-order weight, stored as one row
+of ``embedding_size + 1``):
+- request side: user id, age, gender, occupation, and two CONTEXT fields derived from the request's
+  history tensor, so they exist at serving time without a feature lookup: the most recent history
+  item (what the user is looking at now) and the bucketed history length (activity level);
+- item side: item id, release-year bin, genres (mean of the genre embeddings), title words (mean).
+logit = bias + sum of first-order weights + FM second order (sum over field pairs of <v_a, v_b>) +
+MLP(concat of field vectors). Trained with BCE: each example's positive vs ``num_negatives`` uniform
+negatives.
+
+Full ranking would cost one MLP pass per (user, item) pair; the first MLP layer is linear in the
+concatenation, so it is split into a request part and an item part (computed once per user and once
+per item) and only the upper layers run per pair. The FM term splits the same way:
+sum_{a<b} <v_a, v_b> = (|S|^2 - Q) / 2 with S = S_request + S_item and Q the summed squared norms.
+Both paths compute the same function as the plain concatenation.
+
+Cold start: as in the two-tower model, user and item ids are replaced by a shared "unknown" row with
+probability ``user_id_dropout`` / ``item_id_dropout`` while training; users unknown to the model
+(index -1, or ``full_sort_predict_from_attributes``) and items without a training interaction use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.metrics import binary_auc, binary_logloss
+from training.models.base import RecommenderModule
+from training.models.twotower import _empty_side_features, mlp
+from training.side_features import SideFeatures
+
+HISTORY_BUCKETS = 8  # 0 items, 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+
+USER_FIELDS = 6  # user id, age, gender, occupation, last history item, history-length bucket
+ITEM_FIELDS = 4  # item id, year, genres, title
+
+
+def history_length_bucket(history: torch.Tensor) -> torch.Tensor:
+    """(B,) activity level: 0 for no history, else floor(log2(length)) + 1, capped."""
+    length = (history > 0).sum(dim=1)
+    bucket = torch.floor(torch.log2(length.clamp(min=1).float())).long() + 1
+    return torch.where(length > 0, bucket, torch.zeros_like(bucket)).clamp(max=HISTORY_BUCKETS - 1)
+
+
+class DeepFM(RecommenderModule):
+    is_ranker = True
+    scores_from_history = True
+
+    def __init__(
+        self,
+        n_users: int,
+        n_items: int,
+        embedding_size: int = 16,
+        hidden_sizes: list[int] | None = None,
+        dropout: float = 0.2,
+        user_id_dropout: float = 0.1,
+        item_id_dropout: float = 0.1,
+        score_chunk_items: int = 256,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        **training_params: Any,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.n_users, self.n_items = n_users, n_items
+        self.k = embedding_size
+        self.hidden_sizes = list(hidden_sizes if hidden_sizes is not None else [128, 64])
+        self.user_id_dropout, self.item_id_dropout = user_id_dropout, item_id_dropout
+        self.score_chunk_items = score_chunk_items
+        self.lr, self.weight_decay = lr, weight_decay
+        self.unknown_user, self.unknown_item = n_users, n_items + 1
+        width = embedding_size + 1  # field vector + first-order weight
+        self.user_id = nn.Embedding(n_users + 1, width)
+        self.item_id = nn.Embedding(n_items + 2, width, padding_idx=0)
+        self.last_item = nn.Embedding(n_items + 1, width, padding_idx=0)
+        self.history_bucket = nn.Embedding(HISTORY_BUCKETS, width)
+        self.bias = nn.Parameter(torch.zeros(1))
+        first, *rest = self.hidden_sizes
+        self.deep_user = nn.Linear(USER_FIELDS * embedding_size, first)
+        self.deep_item = nn.Linear(ITEM_FIELDS * embedding_size, first, bias=False)
+        self.deep_top = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), mlp([first, *rest, 1], dropout))
+        self.register_buffer("item_in_train", torch.zeros(n_items + 1, dtype=torch.bool))
+        self.set_side_features(_empty_side_features(n_users, n_items))
+        self._init_embeddings()
+
+    def _init_embeddings(self) -> None:
+        for table in (self.user_id, self.item_id, self.last_item, self.history_bucket):
+            nn.init.normal_(table.weight, std=0.01)
+        with torch.no_grad():
+            self.item_id.weight[0].zero_()
+            self.last_item.weight[0].zero_()
+
+    # ---- hooks ----------------------------------------------------------------------------------
+    def set_side_features(self, features: SideFeatures) -> None:
+        """Attribute field tables sized from the vocabularies; codes kept as buffers."""
+        card, width = features.cardinalities, self.k + 1
+        self.age = nn.Embedding(card["age"], width)
+        self.gender = nn.Embedding(card["gender"], width)
+        self.occupation = nn.Embedding(card["occupation"], width)
+        self.year = nn.Embedding(card["year"], width)
+        self.title_word = nn.Embedding(card["title"], width, padding_idx=0)
+        self.genre = nn.Embedding(features.item_genres.shape[1], width)
+        for table in (self.age, self.gender, self.occupation, self.year, self.title_word, self.genre):
+            nn.init.normal_(table.weight, std=0.01)
+        with torch.no_grad():
+            self.title_word.weight[0].zero_()
+        user_codes = np.concatenate([features.user_codes, np.zeros((1, 3), dtype=np.int64)])
+        genres = features.item_genres.astype(np.float32)
+        genres = genres / np.clip(genres.sum(axis=1, keepdims=True), 1.0, None)  # mean over genres
+        self.register_buffer("user_codes", torch.from_numpy(user_codes.astype(np.int64)))
+        self.register_buffer("item_genre_weights", torch.from_numpy(genres))
+        self.register_buffer("item_year", torch.from_numpy(features.item_year.astype(np.int64)))
+        self.register_buffer("item_title", torch.from_numpy(features.item_title.astype(np.int64)))
+
+    def set_train_matrix(self, matrix: sp.csr_matrix) -> None:
+        """Items with training interactions keep their id row; the others use the unknown row."""
+        self.item_in_train.copy_(torch.from_numpy(np.asarray((matrix > 0).sum(axis=0)).ravel() > 0))
+
+    # ---- fields ---------------------------------------------------------------------------------
+    def _drop_ids(self, ids: torch.Tensor, rate: float, unknown: int) -> torch.Tensor:
+        if not self.training or rate <= 0:
+            return ids
+        drop = torch.rand(ids.shape, device=ids.device) < rate
+        return torch.where(drop, torch.full_like(ids, unknown), ids)
+
+    def _request_fields(
+        self, user_rows: torch.Tensor, user_codes: torch.Tensor, history: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, USER_FIELDS, k + 1) request-side field rows."""
+        last = history[:, -1] if history.shape[1] > 0 else torch.zeros_like(user_rows)
+        return torch.stack(
+            [
+                self.user_id(user_rows),
+                self.age(user_codes[:, 0]),
+                self.gender(user_codes[:, 1]),
+                self.occupation(user_codes[:, 2]),
+                self.last_item(last),
+                self.history_bucket(history_length_bucket(history)),
+            ],
+            dim=-2,
+        )
+
+    def _item_fields(self, items: torch.Tensor) -> torch.Tensor:
+        """(..., ITEM_FIELDS, k + 1) item-side field rows of item indices ``items``."""
+        known = self.item_in_train[items] | (items == 0) | ~self.item_in_train.any()
+        rows = torch.where(known, items, torch.full_like(items, self.unknown_item))
+        rows = self._drop_ids(rows, self.item_id_dropout, self.unknown_item)
+        titles = self.item_title[items]
+        title_mask = (titles > 0).unsqueeze(-1).float()
+        title = (self.title_word(titles) * title_mask).sum(-2) / title_mask.sum(-2).clamp(min=1.0)
+        genre = self.item_genre_weights[items] @ self.genre.weight
+        return torch.stack([self.item_id(rows), self.year(self.item_year[items]), genre, title], dim=-2)
+
+    def _user_rows(self, users: torch.Tensor) -> torch.Tensor:
+        valid = (users >= 0) & (users < self.n_users)
+        rows = torch.where(valid, users, torch.full_like(users, self.unknown_user))
+        return self._drop_ids(rows, self.user_id_dropout, self.unknown_user)
+
+    # ---- scoring --------------------------------------------------------------------------------
+    def _logits(self, request: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Logits (B, N) of request fields (B, Fu, k+1) x item fields (B or 1, N, Fi, k+1)."""
+        k = self.k
+        u_vec, u_first = request[..., :k], request[..., k].sum(-1)  # (B, Fu, k), (B,)
+        i_vec, i_first = items[..., :k], items[..., k].sum(-1)  # (., N, Fi, k), (., N)
+        u_sum, i_sum = u_vec.sum(-2), i_vec.sum(-2)  # (B, k), (., N, k)
+        u_sq, i_sq = (u_vec**2).sum((-2, -1)), (i_vec**2).sum((-2, -1))
+        total = u_sum.unsqueeze(1) + i_sum
+        fm = 0.5 * ((total**2).sum(-1) - u_sq.unsqueeze(1) - i_sq)
+        hidden = self.deep_user(u_vec.flatten(-2)).unsqueeze(1) + self.deep_item(i_vec.flatten(-2))
+        deep = self.deep_top(hidden).squeeze(-1)
+        return self.bias + u_first.unsqueeze(1) + i_first + fm + deep
+
+    def score_candidates(
+        self, users: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (B, N) of candidate items (B, N) for each request."""
+        rows = self._user_rows(users)
+        return self._logits(
+            self._request_fields(rows, self.user_codes[rows], history), self._item_fields(candidates)
+        )
+
+    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        candidates = torch.cat([batch["items"].unsqueeze(1), batch["negatives"]], dim=1)
+        logits = self.score_candidates(batch["users"], batch["history"], candidates)
+        labels = torch.zeros_like(logits)
+        labels[:, 0] = 1.0
+        return F.binary_cross_entropy_with_logits(logits, labels)
+
+    def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        rows = self._user_rows(users)
+        return self._score_all(self._request_fields(rows, self.user_codes[rows], history))
+
+    def full_sort_predict_from_attributes(
+        self, user_codes: torch.Tensor, history: torch.Tensor
+    ) -> torch.Tensor:
+        """Scores for users never seen in training: attribute codes (B, 3) + optional history (B, L)."""
+        rows = torch.full((user_codes.shape[0],), self.unknown_user, device=user_codes.device)
+        return self._score_all(self._request_fields(rows, user_codes.long(), history))
+
+    def _score_all(self, request: torch.Tensor) -> torch.Tensor:
+        """All items' logits; item fields computed once, pairs scored in item chunks to bound memory."""
+        items = self._item_fields(torch.arange(self.n_items + 1, device=request.device)).unsqueeze(0)
+        step = max(1, self.score_chunk_items)
+        chunks = [self._logits(request, items[:, s : s + step]) for s in range(0, items.shape[1], step)]
+        return torch.cat(chunks, dim=1)
+
+    def item_embeddings(self) -> torch.Tensor:
+        """(n_items + 1, ITEM_FIELDS * k): concatenated item-side field vectors (for /similar_items)."""
+        items = torch.arange(self.n_items + 1, device=self.item_id.weight.device)
+        return self._item_fields(items)[..., : self.k].flatten(-2)
+
+    # ---- pointwise metrics ----------------------------------------------------------------------
+    @torch.no_grad()
+    def pointwise_metrics(self, examples: Any, chunk: int = 4096) -> dict[str, float]:
+        """AUC and LogLoss of test positives vs one sampled negative each (CTR-style evaluation)."""
+        self.eval()
+        data = examples.all()
+        negatives = data["negatives"][:, :1]
+        logits = []
+        for s in range(0, data["users"].shape[0], chunk):
+            candidates = torch.cat([data["items"][s : s + chunk].unsqueeze(1), negatives[s : s + chunk]], 1)
+            logits.append(
+                self.score_candidates(
+                    data["users"][s : s + chunk], data["history"][s : s + chunk], candidates
+                )
+            )
+        scores = torch.cat(logits)
+        labels = torch.zeros_like(scores)
+        labels[:, 0] = 1.0
+        return {"auc": binary_auc(scores, labels), "logloss": binary_logloss(scores, labels)}
