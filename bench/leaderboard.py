@@ -50,6 +50,7 @@ from training.models import MODELS  # noqa: E402
 RESULTS_JSON = BENCH / "results" / "leaderboard.json"
 REPORT_MD = BENCH / "leaderboard.md"
 PLOT_SVG = BENCH / "leaderboard_quality_vs_time.svg"
+NOTES_MD = BENCH / "leaderboard_notes.md"  # evidence for failing targets, kept by hand
 RUN_PREFIX = "leaderboard"
 HEADLINE = ("ndcg@10", "recall@10", "hr@10", "mrr@10", "coverage@10")
 # Model-specific metrics (pointwise_metrics of rating / CTR / RL models) shown in their own column.
@@ -320,6 +321,22 @@ def _cell(text: str, limit: int = 300) -> str:
     return " ".join(text.split()).replace("|", "\\|")[:limit]
 
 
+def read_notes(path: Path) -> dict[tuple[str, str], str]:
+    """``{(model, protocol): text}`` from the ``## <model> <protocol>`` sections of the notes file."""
+    if not path.exists():
+        return {}
+    notes: dict[tuple[str, str], str] = {}
+    key: tuple[str, str] | None = None
+    for line in path.read_text().splitlines():
+        parts = line[3:].split() if line.startswith("## ") else []
+        if len(parts) == 2:
+            key = (parts[0], parts[1])
+            notes[key] = ""
+        elif key is not None:
+            notes[key] += line + "\n"
+    return {k: v.strip() for k, v in notes.items()}
+
+
 def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Leaderboard",
@@ -395,17 +412,22 @@ def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: 
         "",
     ]
     failing = [c for c in checks if c["result"] == "FAIL"]
-    lines += ["## Notes on failing targets", ""]
+    notes = read_notes(NOTES_MD)
+    lines += [
+        "## Notes on failing targets",
+        "",
+        f"Evidence is kept in `{NOTES_MD.name}` (one `## <model> <protocol>` section each) and copied here, "
+        "so regenerating the leaderboard never loses it.",
+        "",
+    ]
     if not failing:
         lines += ["None: every target that could be evaluated passes.", ""]
     for c in failing:
+        note = notes.get((c["model"], c["protocol"]))
         lines += [
             f"### {c['model']} {c['target']} under {c['protocol']}: {c['detail']}",
             "",
-            "<!-- MAINTAINER: replace the placeholder below with evidence (what was tried: tuning grid, "
-            "epochs, loss, references), then remove this comment. -->",
-            "> **TODO (maintainer) — placeholder, not yet filled:** evidence for why this target fails and "
-            "what was tried.",
+            note or f"**No evidence recorded yet** in `{NOTES_MD.name}` for {c['model']} {c['protocol']}.",
             "",
         ]
     lines += [
@@ -519,7 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hparam", action="append", default=[], metavar="MODEL.KEY=VALUE")
     parser.add_argument("--out-json", default=str(RESULTS_JSON))
     parser.add_argument("--out-md", default=str(REPORT_MD))
+    parser.add_argument(
+        "--render-only", action="store_true", help="re-render the markdown from --out-json (no training)"
+    )
     args = parser.parse_args(argv)
+    if args.render_only:
+        return render_only(Path(args.out_json), Path(args.out_md))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spawned workers inherit it
     started = time.perf_counter()
 
@@ -564,6 +591,10 @@ def main(argv: list[str] | None = None) -> int:
                     "threads": args.threads,
                 }
             )
+    # Longest jobs first (per-example models and sequence models cost 5-20x a BPR epoch), so the two
+    # workers finish together instead of one running DIEN alone at the end.
+    cost_rank = {"example": 0, "sequential": 1, "general": 2, "baseline": 3}
+    jobs.sort(key=lambda job: cost_rank.get(MODELS[job["model"]].kind, 2))
     records += run_all(jobs, args.workers)
     order = {m: i for i, m in enumerate(MODELS)}
     records.sort(key=lambda r: (protocols.index(r["protocol"]), order[r["model"]]))
@@ -598,11 +629,29 @@ def main(argv: list[str] | None = None) -> int:
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(records, indent=2, sort_keys=False) + "\n")
+    meta_path(out_json).write_text(json.dumps(meta, indent=2) + "\n")
     (out_md.parent / PLOT_SVG.name).write_text(svg_scatter(records, protocols))
     out_md.write_text(markdown(records, checks, meta))
     for c in checks:
         print(f"{c['result']:4s} {c['target']:18s} {c['model']:9s} {c['protocol']:15s} {c['detail']}")
     print(f"total wall time {wall / 60:.1f} min; wrote {out_json}, {out_md}, {out_md.parent / PLOT_SVG.name}")
+    return 0
+
+
+def meta_path(out_json: Path) -> Path:
+    """Run facts (machine, wall time, command) beside the records, for ``--render-only``."""
+    return out_json.with_name(out_json.stem + ".meta.json")
+
+
+def render_only(out_json: Path, out_md: Path) -> int:
+    """Rewrite the markdown and plot from saved records (e.g. after adding notes), without training."""
+    records = json.loads(out_json.read_text())
+    meta = json.loads(meta_path(out_json).read_text())
+    models = list(dict.fromkeys(r["model"] for r in records))
+    checks = target_checks(records, models, meta["protocols"])
+    (out_md.parent / PLOT_SVG.name).write_text(svg_scatter(records, meta["protocols"]))
+    out_md.write_text(markdown(records, checks, meta))
+    print(f"re-rendered {out_md} from {out_json}")
     return 0
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from pipeline.artifacts import Evaluation, GateDecision, TrainResult
 from pipeline.layout import Layout
-from serving.package import RETRIEVER_SUBDIR, choose_retriever, package_model
+from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, choose_retriever, package_model
 from serving.recommender import Recommender, load_recommender
 from training.artifact import save_model_artifact
 from training.models import MODELS, ModelSpec
@@ -487,3 +487,15 @@ def test_every_registered_model_serves(name: str, synthetic_split) -> None:
         assert all(i.because_you_interacted_with is None for i in known.items)
     similar = rec.similar_items(history[0], 3)
     assert history[0] not in {i.item_id for i in similar}
+
+    # The BentoML model store round trip, loaded exactly as the service loads it: identical scores.
+    evaluation = Evaluation(
+        name, result.run_dir / "m.json", result.run_dir / "l.md", {"ndcg@10": 0.5}, {}, "leave_last_out", "v"
+    )
+    decision = GateDecision(name, False, "round-trip test", 0.5, 0.1, None)
+    tag = package_model(result, evaluation, decision, layout, build_bento=False).bento_tag
+    stored = layout.bentoml_home / "models" / Path(*tag.split(":"))
+    served = load_recommender(stored / ARTIFACT_SUBDIR, retriever_dir=stored / RETRIEVER_SUBDIR)
+    users = torch.arange(min(4, len(rec.artifact.user_ids)))
+    hist = rec.history_tensor([2, 6]).expand(len(users), -1)
+    assert torch.equal(served.artifact.score(users, hist), rec.artifact.score(users, hist))
