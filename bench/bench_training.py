@@ -113,7 +113,13 @@ def train_and_evaluate(
     split = make_split(feature_set, SplitConfig(protocol=protocol, seed=seed), layout)
     trainer_cfg = TrainerConfig(max_epochs=max_epochs, patience=patience, num_threads=threads)
     start = time.perf_counter()
-    result = train_model(model, split, params, trainer_cfg, layout.run(model, run_id or f"bench-{protocol}"))
+    # Keyed by the configuration: two benches of different hyperparameters in one home never share
+    # (and overwrite) a checkpoint directory.
+    config_key = hashlib.sha256(
+        json.dumps([params, seed, max_epochs, patience], sort_keys=True, default=str).encode()
+    ).hexdigest()[:8]
+    run_dir = layout.run(model, run_id or f"bench-{protocol}-{config_key}")
+    result = train_model(model, split, params, trainer_cfg, run_dir)
     train_seconds = time.perf_counter() - start
     evaluation = evaluate_run(result, split, EvaluationConfig())
     wall = time.perf_counter() - start
