@@ -506,17 +506,10 @@ def svg_scatter(
 
 
 def parse_hparams(values: list[str]) -> dict[str, dict[str, Any]]:
-    """``["sasrec.loss_type=bce"]`` -> ``{"sasrec": {"loss_type": "bce"}}`` (JSON values where parseable)."""
-    out: dict[str, dict[str, Any]] = {}
-    for item in values:
-        key, _, raw = item.partition("=")
-        model, _, param = key.partition(".")
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        out.setdefault(model, {})[param] = value
-    return out
+    """``["sasrec.loss_type=bce"]`` -> ``{"sasrec": {"loss_type": "bce"}}`` (bench_training's parser)."""
+    from bench_training import parse_overrides
+
+    return parse_overrides(values)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from pipeline.artifacts import Evaluation, GateDecision, TrainResult
 from pipeline.layout import Layout
 from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, choose_retriever, package_model
 from serving.recommender import Recommender, load_recommender
+from tests.serving_fixtures import RANKER_HPARAMS
 from training.artifact import save_model_artifact
 from training.models import MODELS, ModelSpec
 from training.side_features import SideFeatures
@@ -339,28 +340,8 @@ def test_packaging_a_ranker_without_retrieval_runs_says_so(tmp_path: Path) -> No
 
 # ---- the real models -----------------------------------------------------------------------------
 
-REAL_HPARAMS = {
-    "twotower": {
-        "embedding_size": 16,
-        "attribute_size": 8,
-        "hidden_sizes": [32],
-        "user_id_dropout": 0.5,
-        "lr": 0.01,
-        "num_negatives": 4,
-        "history_length": 20,
-        "batch_size": 128,
-    },
-    "din": {
-        "embedding_size": 8,
-        "attribute_size": 4,
-        "attention_size": 8,
-        "mlp_sizes": [16],
-        "history_length": 10,
-        "lr": 0.01,
-        "num_negatives": 4,
-        "batch_size": 128,
-    },
-}
+# The small but real hyperparameters the serving fixtures train with (tests/serving_fixtures.py).
+REAL_HPARAMS = RANKER_HPARAMS
 
 
 def test_trained_twotower_and_din_serve_two_stage_with_explanations(
