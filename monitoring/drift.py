@@ -96,7 +96,6 @@ DATA_NUMERICAL = [
 DATA_CATEGORICAL = ["gender", "occupation", "day_of_week", "primary_genre"]
 PREDICTION_NUMERICAL = ["score", "item_popularity", "item_release_year"]
 PREDICTION_CATEGORICAL = ["item_genre"]
-HISTORY_HPARAMS = ("max_len", "max_seq_len", "max_seq_length", "history_length")
 SAMPLE_SEED = 2026
 # Drift methods fixed by us, not chosen by Evidently from the row count: Evidently's defaults switch from
 # p-value tests (K-S, chi-square) to distances at 1000 rows, so the same shift would be judged
@@ -232,16 +231,6 @@ def _usable_columns(
 
 
 # ------------------------------------------------------------------------------------------ scoring
-
-
-def _history_limit(artifact: ModelArtifact, default: int) -> int:
-    """History length the model was built for (sequential models truncate to it), else ``default``."""
-    hparams = artifact.meta.get("hparams") or {}
-    for key in HISTORY_HPARAMS:
-        value = getattr(artifact.module, key, None) or hparams.get(key)
-        if isinstance(value, int) and value > 0:
-            return value
-    return default
 
 
 def _map_history(artifact: ModelArtifact, items: list[Any]) -> list[int]:
@@ -573,7 +562,8 @@ def run_drift(
     lap("data_drift")
 
     # 2. Prediction drift.
-    history_length = _history_limit(artifact, default=_max_history(reference, current))
+    # The length the model was trained on (sequential models truncate to it), else the data's longest.
+    history_length = artifact.history_length or _max_history(reference, current)
     timeline = pd.concat([reference, current], ignore_index=True)
     years, genres = _item_attributes(timeline, artifact)
     ref_recs = recommendations_at_window_end(

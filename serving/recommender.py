@@ -31,17 +31,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from training.artifact import ModelArtifact, load_model_artifact
+from training.artifact import (
+    DEFAULT_HISTORY_LENGTH,
+    ModelArtifact,
+    load_model_artifact,
+    trained_history_length,
+)
 
-# Hyperparameter names under which models record the length of the history they were trained on.
-_MAX_LEN_KEYS = ("max_seq_length", "max_seq_len", "max_len", "max_length", "history_length", "seq_len")
-DEFAULT_HISTORY_LENGTH = 50  # FeatureConfig.history_length: what the online store keeps at most
 DEFAULT_CANDIDATES = 200  # retrieval depth of two-stage serving
 EXPLAIN_TOP = 3  # history items named per recommended item
-# Non-sequential models that can score a user unknown at training time from an item history
-# (ItemKNN sums neighbours of the history; BPR folds the user in as the mean history embedding).
-# A model can also declare it with a class attribute ``scores_from_history = True``.
-_HISTORY_MODELS = {"itemknn", "bpr"}
 # Model kinds whose scores depend on the history tensor: a known user without an online history gets
 # the training items as context (unordered for "example" models, but better than an empty history).
 _HISTORY_KINDS = {"sequential", "example"}
@@ -112,9 +110,9 @@ class Recommender:
         self._popularity = pop
         self._seen = art.seen.tocsr()
         self.uses_history = (
-            self.kind == "sequential"
-            or self.name in _HISTORY_MODELS
-            or bool(getattr(module, "scores_from_history", False))
+            # Non-sequential models that can score a user unknown at training time from an item
+            # history say so with ``scores_from_history`` (ItemKNN, BPR, LightGCN, ...).
+            self.kind == "sequential" or bool(getattr(module, "scores_from_history", False))
         )
         self.uses_attributes = art.side_features is not None and callable(
             getattr(module, "full_sort_predict_from_attributes", None)
@@ -459,17 +457,12 @@ def _item_similarity(art: ModelArtifact) -> torch.Tensor | None:
 
 
 def history_length_of(artifact_dir: Path) -> int:
-    """The history length the model was trained with (from model.json hyperparameters), else the default."""
+    """The history length the model was trained with (``model.json``), else the default."""
     try:
         info: dict[str, Any] = json.loads((Path(artifact_dir) / "model.json").read_text())
     except (OSError, ValueError):
         return DEFAULT_HISTORY_LENGTH
-    for source in (info.get("hparams") or {}, info.get("meta") or {}):
-        for key in _MAX_LEN_KEYS:
-            value = source.get(key)
-            if isinstance(value, int) and value > 0:
-                return value
-    return DEFAULT_HISTORY_LENGTH
+    return trained_history_length(info) or DEFAULT_HISTORY_LENGTH
 
 
 def load_titles(path: Path) -> dict[str, str]:
@@ -495,12 +488,15 @@ def load_recommender(
     titles = load_titles(titles_path) if titles_path is not None else {}
     retriever = None
     if retriever_dir is not None and (Path(retriever_dir) / "model.json").is_file():
+        retrieval_artifact = load_model_artifact(retriever_dir)
         retriever = Recommender(
-            load_model_artifact(retriever_dir), history_length=history_length_of(retriever_dir), titles=titles
+            retrieval_artifact,
+            history_length=retrieval_artifact.history_length or DEFAULT_HISTORY_LENGTH,
+            titles=titles,
         )
     return Recommender(
         artifact,
-        history_length=history_length_of(artifact_dir),
+        history_length=artifact.history_length or DEFAULT_HISTORY_LENGTH,
         titles=titles,
         retriever=retriever,
         n_candidates=n_candidates,

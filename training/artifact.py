@@ -23,6 +23,9 @@ from training.models import build_model, get_spec
 from training.side_features import SideFeatures
 
 SIDE_FEATURES_DIR = "side_features"
+# Hyperparameter names under which models record the length of the history they were trained on.
+HISTORY_LENGTH_KEYS = ("max_seq_length", "max_seq_len", "max_len", "max_length", "history_length", "seq_len")
+DEFAULT_HISTORY_LENGTH = 50  # FeatureConfig.history_length: what the feature store keeps at most
 KNOWLEDGE_GRAPH_DIR = "knowledge_graph"
 
 
@@ -36,6 +39,7 @@ class ModelArtifact:
     seen: sp.csr_matrix  # (n_users, n_items + 1) training interactions
     meta: dict[str, Any] = field(default_factory=dict)
     side_features: SideFeatures | None = None  # attribute vocabularies of feature-aware models
+    history_length: int | None = None  # history columns the model was trained on, if it records one
 
     @property
     def kind(self) -> str:
@@ -136,4 +140,19 @@ def load_model_artifact(path: Path | str) -> ModelArtifact:
         seen=sp.load_npz(path / "seen.npz").tocsr(),
         meta=info.get("meta", {}),
         side_features=side_features,
+        history_length=trained_history_length(info),
     )
+
+
+def trained_history_length(info: dict[str, Any]) -> int | None:
+    """The history length a model was trained with, from its ``model.json`` (hparams, then meta).
+
+    One rule for the evaluator, the service and the drift monitor, so a model is tested, served and
+    monitored on the same context. None when the model records none (its callers pick a default).
+    """
+    for source in (info.get("hparams") or {}, info.get("meta") or {}):
+        for key in HISTORY_LENGTH_KEYS:
+            value = source.get(key)
+            if isinstance(value, int) and value > 0:
+                return value
+    return None

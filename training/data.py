@@ -152,16 +152,7 @@ class _TripleDataset(Dataset):
 
     def sample_negatives(self, users: np.ndarray) -> np.ndarray:
         """Uniform items in 1..n_items the user has not interacted with (rejection sampling)."""
-        negatives = self.rng.integers(1, self.n_items + 1, size=len(users))
-        todo = np.arange(len(users))
-        for _ in range(100):
-            keys = users[todo] * (self.n_items + 1) + negatives[todo]
-            pos = np.searchsorted(self.keys, keys).clip(max=len(self.keys) - 1)
-            todo = todo[self.keys[pos] == keys]
-            if len(todo) == 0:
-                break
-            negatives[todo] = self.rng.integers(1, self.n_items + 1, size=len(todo))
-        return negatives
+        return sample_negatives(self.rng, users, 1, self.n_items, self.keys)[:, 0]
 
     def __getitems__(self, rows: list[int]) -> dict[str, torch.Tensor]:
         idx = np.asarray(rows)
@@ -332,18 +323,8 @@ class ExampleSet:
         return out
 
     def sample_negatives(self, users: np.ndarray, count: int) -> np.ndarray:
-        """(len(users), count) uniform items outside each user's ``exclusions`` row (rejection sampling)."""
-        negatives = self.rng.integers(1, self.n_items + 1, size=(len(users), count))
-        flat_users = np.repeat(users, count)
-        flat = negatives.reshape(-1)
-        todo = np.arange(len(flat))
-        for _ in range(100):
-            keys = flat_users[todo] * (self.n_items + 1) + flat[todo]
-            todo = todo[_member(self.exclusion_keys, keys)]
-            if len(todo) == 0:
-                break
-            flat[todo] = self.rng.integers(1, self.n_items + 1, size=len(todo))
-        return flat.reshape(len(users), count)
+        """(len(users), count) uniform items outside each user's ``exclusions`` row."""
+        return sample_negatives(self.rng, users, count, self.n_items, self.exclusion_keys)
 
     def batch(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
         users = self.users[rows]
@@ -398,6 +379,22 @@ def build_example_set(
     columns = EXAMPLE_COLUMNS if _has_column(split, part, "recent_items") else EXAMPLE_COLUMNS[:-1]
     frame = read_part(split, part, columns)
     return ExampleSet(frame, index, history_items, exclusions, history_length, num_negatives, seed)
+
+
+def sample_negatives(
+    rng: np.random.Generator, users: np.ndarray, count: int, n_items: int, exclusion_keys: np.ndarray
+) -> np.ndarray:
+    """(len(users), count) uniform items in 1..n_items whose key ``user * (n_items + 1) + item`` is not
+    in the sorted ``exclusion_keys`` (rejection sampling; at most 100 rounds)."""
+    flat_users = np.repeat(users, count)
+    flat = rng.integers(1, n_items + 1, size=len(flat_users))
+    todo = np.arange(len(flat))
+    for _ in range(100):
+        todo = todo[_member(exclusion_keys, flat_users[todo] * (n_items + 1) + flat[todo])]
+        if len(todo) == 0:
+            break
+        flat[todo] = rng.integers(1, n_items + 1, size=len(todo))
+    return flat.reshape(len(users), count)
 
 
 def _sorted_keys(matrix: sp.csr_matrix) -> np.ndarray:

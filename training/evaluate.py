@@ -15,14 +15,13 @@ from typing import Any
 
 from pipeline.artifacts import Evaluation, Split, TrainResult, atomic_write_json, atomic_write_text
 from pipeline.config import EvaluationConfig
-from training.artifact import load_model_artifact
+from training.artifact import DEFAULT_HISTORY_LENGTH, load_model_artifact
 from training.data import EvalInputs, build_eval_inputs, build_example_set
 from training.models import build_model
 from training.split import SplitIndex, train_matrix
 from training.train import evaluate_module
 
 BASELINES = ("popularity", "itemknn", "userknn")
-HISTORY_LENGTH = 50
 LEADERBOARD_COLUMNS = (
     "recall@10",
     "ndcg@10",
@@ -42,18 +41,13 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
     """Evaluate the run's model artifact on ``split``'s test part; write metrics and the leaderboard."""
     run_dir = Path(train_result.run_dir)
     artifact = load_model_artifact(run_dir / "model")
-    history_length = int(
-        artifact.meta.get(
-            "history_length",
-            train_result.hparams.get("max_len", train_result.hparams.get("history_length", HISTORY_LENGTH)),
-        )
-    )
-    inputs = build_eval_inputs(split, "test", max(history_length, 1))
+    history_length = artifact.history_length or DEFAULT_HISTORY_LENGTH
+    inputs = build_eval_inputs(split, "test", history_length)
     metrics = evaluate_module(artifact.module, inputs, list(cfg.ks), cfg.batch_users)
     if hasattr(artifact.module, "pointwise_metrics"):
         # Rating error (MF), AUC/LogLoss (CTR rankers), off-policy reward (REINFORCE): each model
         # computes its own from the test examples, with the user's history as of each event.
-        examples = build_example_set(split, "test", max(history_length, 1), num_negatives=1, seed=split.seed)
+        examples = build_example_set(split, "test", history_length, num_negatives=1, seed=split.seed)
         metrics.update(artifact.module.pointwise_metrics(examples))
     baselines = {name: baseline_metrics(name, split, cfg, inputs) for name in BASELINES}
 
@@ -102,7 +96,7 @@ def baseline_metrics(
             return cached["metrics"]
     index = SplitIndex.load(split)
     module = build_model(name, index.n_users, index.n_items, **(params or {})).fit(train_matrix(split))
-    inputs = inputs if inputs is not None else build_eval_inputs(split, "test", HISTORY_LENGTH)
+    inputs = inputs if inputs is not None else build_eval_inputs(split, "test", DEFAULT_HISTORY_LENGTH)
     metrics = evaluate_module(module, inputs, list(cfg.ks), cfg.batch_users)
     atomic_write_json(cache, {"key": key, "model": name, "n_users": inputs.n_users, "metrics": metrics})
     return metrics

@@ -11,8 +11,9 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
-from training.metrics import per_user_metrics
+from training.metrics import binary_auc, binary_logloss, per_user_metrics
 
 VALID_MONITOR = "valid/ndcg@10"
 
@@ -60,3 +61,48 @@ class RecommenderModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+class CandidateRanker(RecommenderModule):
+    """CTR rankers (DeepFM, DIN, DIEN): trained and judged on (positive, sampled negatives) candidates.
+
+    Subclasses implement ``score_candidates(users, history, candidates (B, N)) -> (B, N)`` logits; the
+    service uses it as the second stage behind a retrieval model (``is_ranker``).
+    """
+
+    is_ranker = True
+    POINTWISE_CHUNK = 2048  # test examples scored per call in ``pointwise_metrics``
+
+    def score_candidates(
+        self, users: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor
+    ) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def candidate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """BCE of the positive item (label 1) against the sampled negatives (label 0)."""
+        candidates = torch.cat([batch["items"].unsqueeze(1), batch["negatives"]], dim=1)
+        logits = self.score_candidates(batch["users"], batch["history"], candidates)
+        labels = torch.zeros_like(logits)
+        labels[:, 0] = 1.0
+        return F.binary_cross_entropy_with_logits(logits, labels)
+
+    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.candidate_loss(batch)
+
+    @torch.no_grad()
+    def pointwise_metrics(self, examples: Any) -> dict[str, float]:
+        """AUC and log loss of the test positives vs one sampled negative each (CTR view of the model)."""
+        self.eval()
+        data = examples.all()
+        negatives = data.get("negatives")
+        if negatives is None:
+            negatives = torch.from_numpy(examples.sample_negatives(data["users"].numpy(), 1))
+        candidates = torch.cat([data["items"].unsqueeze(1), negatives[:, :1]], dim=1)
+        logits = []
+        for start in range(0, candidates.shape[0], self.POINTWISE_CHUNK):
+            rows = slice(start, start + self.POINTWISE_CHUNK)
+            logits.append(self.score_candidates(data["users"][rows], data["history"][rows], candidates[rows]))
+        scores = torch.cat(logits).float()
+        labels = torch.zeros_like(scores)
+        labels[:, 0] = 1.0
+        return {"auc": binary_auc(scores, labels), "logloss": binary_logloss(scores, labels)}

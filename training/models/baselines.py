@@ -51,6 +51,8 @@ class ItemKNN(FittedBaseline):
     evaluator agree; for a user unknown at training time the history from the feature store is used).
     """
 
+    scores_from_history = True  # serving: an unknown user is scored from the neighbours of its history
+
     def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 0.0, **_: object) -> None:
         super().__init__(n_users, n_items)
         self.k = k

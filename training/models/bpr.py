@@ -19,6 +19,8 @@ from training.models.base import RecommenderModule
 
 
 class BPR(RecommenderModule):
+    scores_from_history = True  # serving: an unknown user is folded in as the mean history embedding
+
     def __init__(
         self,
         n_users: int,

@@ -28,11 +28,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from training.metrics import binary_auc, binary_logloss
-from training.models.base import RecommenderModule
+from training.models.base import CandidateRanker
 from training.models.twotower import _empty_side_features, mlp
 from training.side_features import SideFeatures
 
@@ -48,8 +46,7 @@ def history_length_bucket(history: torch.Tensor) -> torch.Tensor:
     return torch.where(length > 0, bucket, torch.zeros_like(bucket)).clamp(max=HISTORY_BUCKETS - 1)
 
 
-class DeepFM(RecommenderModule):
-    is_ranker = True
+class DeepFM(CandidateRanker):
     scores_from_history = True
 
     def __init__(
@@ -185,13 +182,6 @@ class DeepFM(RecommenderModule):
             self._request_fields(rows, self.user_codes[rows], history), self._item_fields(candidates)
         )
 
-    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        candidates = torch.cat([batch["items"].unsqueeze(1), batch["negatives"]], dim=1)
-        logits = self.score_candidates(batch["users"], batch["history"], candidates)
-        labels = torch.zeros_like(logits)
-        labels[:, 0] = 1.0
-        return F.binary_cross_entropy_with_logits(logits, labels)
-
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         rows = self._user_rows(users)
         return self._score_all(self._request_fields(rows, self.user_codes[rows], history))
@@ -214,23 +204,3 @@ class DeepFM(RecommenderModule):
         """(n_items + 1, ITEM_FIELDS * k): concatenated item-side field vectors (for /similar_items)."""
         items = torch.arange(self.n_items + 1, device=self.item_id.weight.device)
         return self._item_fields(items)[..., : self.k].flatten(-2)
-
-    # ---- pointwise metrics ----------------------------------------------------------------------
-    @torch.no_grad()
-    def pointwise_metrics(self, examples: Any, chunk: int = 4096) -> dict[str, float]:
-        """AUC and LogLoss of test positives vs one sampled negative each (CTR-style evaluation)."""
-        self.eval()
-        data = examples.all()
-        negatives = data["negatives"][:, :1]
-        logits = []
-        for s in range(0, data["users"].shape[0], chunk):
-            candidates = torch.cat([data["items"][s : s + chunk].unsqueeze(1), negatives[s : s + chunk]], 1)
-            logits.append(
-                self.score_candidates(
-                    data["users"][s : s + chunk], data["history"][s : s + chunk], candidates
-                )
-            )
-        scores = torch.cat(logits)
-        labels = torch.zeros_like(scores)
-        labels[:, 0] = 1.0
-        return {"auc": binary_auc(scores, labels), "logloss": binary_logloss(scores, labels)}

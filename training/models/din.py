@@ -38,8 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.metrics import binary_auc, binary_logloss
-from training.models.base import RecommenderModule
+from training.models.base import CandidateRanker
 from training.side_features import SideFeatures
 
 USER_FIELDS = ("age", "gender", "occupation")
@@ -149,10 +148,9 @@ def top_history_items(
     return items
 
 
-class CTRRanker(RecommenderModule):
-    """Shared plumbing of DIN and DIEN: BCE loss, full ranking by chunks, pointwise metrics."""
+class CTRRanker(CandidateRanker):
+    """Shared plumbing of DIN and DIEN: attribute encoder, full ranking and explanations by chunks."""
 
-    is_ranker = True
     ROW_BLOCK = 64  # users per full-ranking block (see ``_score``)
     scores_from_history = True  # no user-id embedding: an unknown user (-1) is scored from its history
     max_len: int
@@ -241,32 +239,6 @@ class CTRRanker(RecommenderModule):
         """
         all_items = torch.arange(self.encoder.n_items + 1, device=history.device).unsqueeze(0)
         return self._score(user_codes, history, all_items)
-
-    def candidate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """BCE of the positive item (label 1) against the sampled negatives (label 0)."""
-        candidates = torch.cat([batch["items"].unsqueeze(1), batch["negatives"]], dim=1)
-        logits = self.score_candidates(batch["users"], batch["history"], candidates)
-        labels = torch.zeros_like(logits)
-        labels[:, 0] = 1.0
-        return F.binary_cross_entropy_with_logits(logits, labels)
-
-    @torch.no_grad()
-    def pointwise_metrics(self, examples: Any) -> dict[str, float]:
-        """AUC and log loss of the test positives vs one sampled negative each (CTR view of the model)."""
-        self.eval()
-        data = examples.all()
-        negatives = data.get("negatives")
-        if negatives is None:
-            negatives = torch.from_numpy(examples.sample_negatives(data["users"].numpy(), 1))
-        candidates = torch.cat([data["items"].unsqueeze(1), negatives[:, :1]], dim=1)
-        logits = []
-        for start in range(0, candidates.shape[0], 2048):
-            rows = slice(start, start + 2048)
-            logits.append(self.score_candidates(data["users"][rows], data["history"][rows], candidates[rows]))
-        scores = torch.cat(logits).float()
-        labels = torch.zeros_like(scores)
-        labels[:, 0] = 1.0
-        return {"auc": binary_auc(scores, labels), "logloss": binary_logloss(scores, labels)}
 
 
 class DIN(CTRRanker):
@@ -388,6 +360,3 @@ class DIN(CTRRanker):
         w_cand = self.mlp_in.weight[:, d : 2 * d]
         hidden = interest + cand_vecs @ w_cand.T + context["per_user"].unsqueeze(1)
         return self.mlp_rest(hidden).squeeze(-1), weights
-
-    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.candidate_loss(batch)
