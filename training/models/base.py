@@ -7,6 +7,7 @@ validation ranks the whole catalogue for each validation user (never sampled neg
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -26,6 +27,31 @@ class RecommenderModule(L.LightningModule):
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def eval_cache(self, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``compute()``, memoised while the module is in eval mode with gradients off.
+
+        For per-catalogue work that does not depend on the request (item tower outputs, item field
+        embeddings): computed once per validation pass or per server process instead of per batch or
+        per request. Any mode switch (``train()``/``eval()``), weight load or attribute change clears it.
+        """
+        if self.training or torch.is_grad_enabled():
+            return compute()
+        cache = self.__dict__.setdefault("_eval_cache", {})
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
+
+    def clear_eval_cache(self) -> None:
+        self.__dict__.pop("_eval_cache", None)
+
+    def train(self, mode: bool = True) -> RecommenderModule:
+        self.clear_eval_cache()
+        return super().train(mode)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self.clear_eval_cache()
+        return super().load_state_dict(*args, **kwargs)
 
     def full_sort_predict(
         self, users: torch.Tensor, history: torch.Tensor

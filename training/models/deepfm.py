@@ -96,6 +96,7 @@ class DeepFM(CandidateRanker):
     # ---- hooks ----------------------------------------------------------------------------------
     def set_side_features(self, features: SideFeatures) -> None:
         """Attribute field tables sized from the vocabularies; codes kept as buffers."""
+        self.clear_eval_cache()  # cached item vectors were built from the old attributes
         card, width = features.cardinalities, self.k + 1
         self.age = nn.Embedding(card["age"], width)
         self.gender = nn.Embedding(card["gender"], width)
@@ -195,7 +196,10 @@ class DeepFM(CandidateRanker):
 
     def _score_all(self, request: torch.Tensor) -> torch.Tensor:
         """All items' logits; item fields computed once, pairs scored in item chunks to bound memory."""
-        items = self._item_fields(torch.arange(self.n_items + 1, device=request.device)).unsqueeze(0)
+        items = self.eval_cache(
+            "item_fields",
+            lambda: self._item_fields(torch.arange(self.n_items + 1, device=request.device)).unsqueeze(0),
+        )
         step = max(1, self.score_chunk_items)
         chunks = [self._logits(request, items[:, s : s + step]) for s in range(0, items.shape[1], step)]
         return torch.cat(chunks, dim=1)

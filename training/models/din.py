@@ -158,6 +158,7 @@ class CTRRanker(CandidateRanker):
     score_budget: int
 
     def set_side_features(self, features: SideFeatures) -> None:
+        self.clear_eval_cache()  # cached item vectors were built from the old attributes
         self.encoder.set_side_features(features)
 
     def item_embeddings(self) -> torch.Tensor:
@@ -195,7 +196,7 @@ class CTRRanker(CandidateRanker):
     ) -> torch.Tensor:
         """Scores (B, N) of candidates (B, N) or, shared by every row, (1, N); by chunks of candidates."""
         history = self._cut(history)
-        items = self.encoder.item_vectors()
+        items = self.eval_cache("item_vectors", self.encoder.item_vectors)
         # Full ranking (candidates shared by all rows) goes by blocks of ``ROW_BLOCK`` users x a few
         # dozen candidates, so the (rows, L, a, N) activation tensor stays cache-sized (measured ~2x
         # faster than one block of 512 users); per-row candidates (training, pointwise) go in one block.

@@ -114,6 +114,7 @@ class TwoTower(RecommenderModule):
     # ---- hooks ----------------------------------------------------------------------------------
     def set_side_features(self, features: SideFeatures) -> None:
         """Attribute tables sized from the vocabularies; codes kept as buffers (row n_users = unknown)."""
+        self.clear_eval_cache()  # cached item vectors were built from the old attributes
         card, a = features.cardinalities, self.attribute_size
         self.age = nn.Embedding(card["age"], a)
         self.gender = nn.Embedding(card["gender"], a)
@@ -224,7 +225,7 @@ class TwoTower(RecommenderModule):
         return self._score_all(self._user_vectors(rows, user_codes.long(), history))
 
     def _score_all(self, user_vectors: torch.Tensor) -> torch.Tensor:
-        return user_vectors @ self.item_embeddings().T / self.temperature
+        return user_vectors @ self.eval_cache("item_embeddings", self.item_embeddings).T / self.temperature
 
 
 def _empty_side_features(n_users: int, n_items: int) -> SideFeatures:
