@@ -13,10 +13,53 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from training.metrics import binary_auc, binary_logloss, per_user_metrics
 
 VALID_MONITOR = "valid/ndcg@10"
+
+
+def latent_factor_tables(n_users: int, n_items: int, size: int) -> tuple[nn.Embedding, nn.Embedding]:
+    """User and item embedding tables of the MF family (BPR, LightGCN, CKE): N(0, 0.1), item row 0
+    (padding) zero."""
+    users = nn.Embedding(n_users, size)
+    items = nn.Embedding(n_items + 1, size, padding_idx=0)
+    nn.init.normal_(users.weight, std=0.1)
+    nn.init.normal_(items.weight, std=0.1)
+    with torch.no_grad():
+        items.weight[0].zero_()
+    return users, items
+
+
+def bpr_loss(
+    user: torch.Tensor,
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    reg_terms: tuple[torch.Tensor, ...],
+    reg_weight: float,
+) -> torch.Tensor:
+    """BPR: -log sigmoid(u.p - u.n), plus ``reg_weight`` x the squared norm of ``reg_terms`` (the
+    embeddings the batch touched, as in the paper) per batch row."""
+    margin = (user * pos).sum(-1) - (user * neg).sum(-1)
+    reg = sum(term.pow(2).sum() for term in reg_terms) / user.shape[0]
+    return -F.logsigmoid(margin).mean() + reg_weight * reg
+
+
+def fold_in_users(
+    user_table: torch.Tensor, item_table: torch.Tensor, users: torch.Tensor, history: torch.Tensor
+) -> torch.Tensor:
+    """Rows of ``user_table`` for known users; a user unknown at training time (index -1) is folded in
+    as the mean of its history items' rows of ``item_table`` (padding 0 ignored)."""
+    n_users = user_table.shape[0]
+    known = (users >= 0) & (users < n_users)
+    vectors = user_table[users.clamp(min=0, max=n_users - 1)]
+    if not bool(known.all()):
+        mask = history > 0
+        items = item_table[history] * mask.unsqueeze(-1)
+        count = mask.sum(dim=1, keepdim=True).clamp(min=1)
+        vectors = torch.where(known.unsqueeze(1), vectors, items.sum(dim=1) / count)
+    return vectors
 
 
 class RecommenderModule(L.LightningModule):

@@ -12,10 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from training.models.base import RecommenderModule
+from training.models.base import RecommenderModule, bpr_loss, fold_in_users, latent_factor_tables
 
 
 class BPR(RecommenderModule):
@@ -34,30 +32,16 @@ class BPR(RecommenderModule):
         self.save_hyperparameters()
         self.n_users, self.n_items = n_users, n_items
         self.lr, self.reg_weight = lr, reg_weight
-        self.user_embedding = nn.Embedding(n_users, embedding_size)
-        self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
-        nn.init.normal_(self.user_embedding.weight, std=0.1)
-        nn.init.normal_(self.item_embedding.weight, std=0.1)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
+        self.user_embedding, self.item_embedding = latent_factor_tables(n_users, n_items, embedding_size)
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         user = self.user_embedding(batch["users"])
         pos = self.item_embedding(batch["positives"])
         neg = self.item_embedding(batch["negatives"])
-        margin = (user * pos).sum(-1) - (user * neg).sum(-1)
-        reg = (user.pow(2).sum() + pos.pow(2).sum() + neg.pow(2).sum()) / user.shape[0]
-        return -F.logsigmoid(margin).mean() + self.reg_weight * reg
+        return bpr_loss(user, pos, neg, (user, pos, neg), self.reg_weight)
 
     def user_vectors(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        known = (users >= 0) & (users < self.n_users)
-        vectors = self.user_embedding(users.clamp(min=0, max=self.n_users - 1))
-        if not bool(known.all()):
-            items = self.item_embedding(history)  # padding rows are zero
-            count = (history > 0).sum(dim=1, keepdim=True).clamp(min=1)
-            folded = items.sum(dim=1) / count
-            vectors = torch.where(known.unsqueeze(1), vectors, folded)
-        return vectors
+        return fold_in_users(self.user_embedding.weight, self.item_embedding.weight, users, history)
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         return self.user_vectors(users, history) @ self.item_embedding.weight.T

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.knowledge_graph import KnowledgeGraph
-from training.models.base import RecommenderModule
+from training.models.base import RecommenderModule, bpr_loss, fold_in_users, latent_factor_tables
 
 
 class CKE(RecommenderModule):
@@ -48,12 +48,7 @@ class CKE(RecommenderModule):
         self.embedding_size, self.kg_embedding_size = embedding_size, kg_embedding_size
         self.lr, self.reg_weight = lr, reg_weight
         self.kg_weight, self.kg_reg_weight, self.kg_batch_size = kg_weight, kg_reg_weight, kg_batch_size
-        self.user_embedding = nn.Embedding(n_users, embedding_size)
-        self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
-        nn.init.normal_(self.user_embedding.weight, std=0.1)
-        nn.init.normal_(self.item_embedding.weight, std=0.1)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
+        self.user_embedding, self.item_embedding = latent_factor_tables(n_users, n_items, embedding_size)
         # Usable (as BPR-MF) before a graph is attached; attach_split_data replaces this one.
         self.set_knowledge_graph(KnowledgeGraph.empty(n_items))
 
@@ -131,19 +126,11 @@ class CKE(RecommenderModule):
         pos_id, neg_id = self.item_embedding(batch["positives"]), self.item_embedding(batch["negatives"])
         pos = pos_id + self.entity_embedding(self.item_entity[batch["positives"]])
         neg = neg_id + self.entity_embedding(self.item_entity[batch["negatives"]])
-        margin = (user * pos).sum(-1) - (user * neg).sum(-1)
-        reg = (user.pow(2).sum() + pos_id.pow(2).sum() + neg_id.pow(2).sum()) / user.shape[0]
-        rec_loss = -F.logsigmoid(margin).mean() + self.reg_weight * reg
+        rec_loss = bpr_loss(user, pos, neg, (user, pos_id, neg_id), self.reg_weight)
         return rec_loss + self.kg_weight * self.kg_loss()
 
     def user_vectors(self, users: torch.Tensor, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        known = (users >= 0) & (users < self.n_users)
-        vectors = self.user_embedding(users.clamp(min=0, max=self.n_users - 1))
-        if not bool(known.all()):
-            count = (history > 0).sum(dim=1, keepdim=True).clamp(min=1)
-            folded = items[history].sum(dim=1) / count  # row 0 (padding) is zero
-            vectors = torch.where(known.unsqueeze(1), vectors, folded)
-        return vectors
+        return fold_in_users(self.user_embedding.weight, items, users, history)
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         items = self.item_embeddings()

@@ -29,10 +29,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from training.models.base import RecommenderModule
+from training.models.base import RecommenderModule, bpr_loss, fold_in_users, latent_factor_tables
 
 
 def normalized_adjacency(train: sp.csr_matrix) -> torch.Tensor:
@@ -83,12 +81,7 @@ class LightGCN(RecommenderModule):
         self.save_hyperparameters()
         self.n_users, self.n_items, self.n_layers = n_users, n_items, n_layers
         self.lr, self.reg_weight = lr, reg_weight
-        self.user_embedding = nn.Embedding(n_users, embedding_size)
-        self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
-        nn.init.normal_(self.user_embedding.weight, std=0.1)
-        nn.init.normal_(self.item_embedding.weight, std=0.1)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
+        self.user_embedding, self.item_embedding = latent_factor_tables(n_users, n_items, embedding_size)
         self.register_buffer("user_final", torch.zeros(n_users, embedding_size))
         self.register_buffer("item_final", torch.zeros(n_items + 1, embedding_size))
         self.register_buffer("cache_ready", torch.tensor(False))
@@ -121,10 +114,8 @@ class LightGCN(RecommenderModule):
         users_all, items_all = self.propagate()
         u, p, n = batch["users"], batch["positives"], batch["negatives"]
         user, pos, neg = users_all[u], items_all[p], items_all[n]
-        margin = (user * pos).sum(-1) - (user * neg).sum(-1)
-        ego_u, ego_p, ego_n = self.user_embedding(u), self.item_embedding(p), self.item_embedding(n)
-        reg = (ego_u.pow(2).sum() + ego_p.pow(2).sum() + ego_n.pow(2).sum()) / u.shape[0]
-        return -F.logsigmoid(margin).mean() + self.reg_weight * reg
+        ego = (self.user_embedding(u), self.item_embedding(p), self.item_embedding(n))
+        return bpr_loss(user, pos, neg, ego, self.reg_weight)  # L2 on the layer-0 (ego) embeddings
 
     @torch.no_grad()
     def refresh_cache(self) -> None:
@@ -149,13 +140,7 @@ class LightGCN(RecommenderModule):
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         user_emb, item_emb = self.final_embeddings()
-        known = (users >= 0) & (users < self.n_users)
-        vectors = user_emb[users.clamp(min=0, max=self.n_users - 1)]
-        if not bool(known.all()):
-            items = item_emb[history] * (history > 0).unsqueeze(-1)
-            count = (history > 0).sum(dim=1, keepdim=True).clamp(min=1)
-            vectors = torch.where(known.unsqueeze(1), vectors, items.sum(dim=1) / count)
-        return vectors @ item_emb.T
+        return fold_in_users(user_emb, item_emb, users, history) @ item_emb.T
 
     def item_embeddings(self) -> torch.Tensor:
         """Propagated item vectors (the service's similar-items path)."""
