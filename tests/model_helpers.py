@@ -17,3 +17,41 @@ def overfit_losses(module: torch.nn.Module, batch, steps: int = 60) -> list[floa
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def artifact_round_trip(
+    module: torch.nn.Module,
+    name: str,
+    hparams: dict,
+    split,
+    out_dir,
+    *,
+    side_features=None,
+    meta: dict | None = None,
+    unknown_user: bool = False,
+):
+    """Save ``module`` (in eval mode) as a model artifact of ``split`` and load it back.
+
+    Returns ``(artifact, users, history, expected)``: the loaded artifact, the split's test users and
+    histories (plus one unknown user, index -1, when ``unknown_user``) and ``module``'s own scores for
+    them, which the loaded artifact must reproduce exactly.
+    """
+    from training.artifact import load_model_artifact, save_model_artifact
+    from training.data import build_eval_inputs
+    from training.split import SplitIndex, train_matrix
+
+    index = SplitIndex.load(split)
+    module.eval()
+    path = save_model_artifact(
+        out_dir, name, module, hparams, index.item_ids, index.user_ids, train_matrix(split),
+        meta=meta, side_features=side_features,
+    )  # fmt: skip
+    artifact = load_model_artifact(path)
+    inputs = build_eval_inputs(split, "test", history_length=10)
+    users, history = inputs.users, inputs.history
+    if unknown_user:
+        users = torch.cat([users, torch.tensor([-1])])
+        history = torch.cat([history, history[:1]])
+    with torch.no_grad():
+        expected = module.full_sort_predict(users, history)
+    return artifact, users, history, expected

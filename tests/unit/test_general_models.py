@@ -13,9 +13,9 @@ import torch
 from pipeline.artifacts import FeatureSet
 from pipeline.config import SplitConfig, TrainerConfig
 from pipeline.layout import Layout
-from tests.model_helpers import overfit_losses
-from training.artifact import load_model_artifact, save_model_artifact
-from training.data import GeneralDataModule, build_eval_inputs
+from tests.model_helpers import artifact_round_trip, overfit_losses
+from training.artifact import load_model_artifact
+from training.data import GeneralDataModule
 from training.models import MODELS, build_model
 from training.models.baselines import pearson_similarity
 from training.split import make_split
@@ -114,17 +114,10 @@ def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: 
             optimizer.zero_grad()
             module.calculate_loss(batch).backward()
             optimizer.step()
-    module.eval()
-    out = save_model_artifact(
-        tmp_path / "model", name, module, SMALL[name], dm.index.item_ids, dm.index.user_ids, dm.train_matrix
-    )
-    artifact = load_model_artifact(out)  # rebuilt from weights.pt alone: no training graph
+    artifact, users, history, expected = artifact_round_trip(
+        module, name, SMALL[name], split, tmp_path / "model", unknown_user=True
+    )  # rebuilt from weights.pt alone: no training graph
     assert getattr(artifact.module, "adjacency", None) is None
-    inputs = build_eval_inputs(split, "test", history_length=10)
-    users = torch.cat([inputs.users, torch.tensor([-1])])  # plus one unknown user
-    history = torch.cat([inputs.history, inputs.history[:1]])
-    with torch.no_grad():
-        expected = module.full_sort_predict(users, history)
     actual = artifact.score(users, history)
     assert torch.equal(actual[:, 1:], expected[:, 1:].float())
 

@@ -13,8 +13,8 @@ import torch
 from pipeline.artifacts import Evaluation, FeatureSet, TrainResult
 from pipeline.config import EvaluationConfig, SplitConfig, TrainerConfig
 from pipeline.layout import Layout
-from tests.model_helpers import overfit_losses
-from training.artifact import load_model_artifact, save_model_artifact
+from tests.model_helpers import artifact_round_trip, overfit_losses
+from training.artifact import load_model_artifact
 from training.data import GeneralDataModule, SequentialDataModule, build_eval_inputs
 from training.evaluate import evaluate_run
 from training.models import MODELS, build_model, pipeline_models
@@ -119,22 +119,10 @@ def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: 
     module = build_model(name, dm.n_users, dm.n_items, **SMALL.get(name, {}))
     if hasattr(module, "fit"):
         module.fit(dm.train_matrix)
-    module.eval()
-    out = save_model_artifact(
-        tmp_path / "model",
-        name,
-        module,
-        SMALL.get(name, {}),
-        dm.index.item_ids,
-        dm.index.user_ids,
-        dm.train_matrix,
-        meta={"protocol": split.protocol},
+    artifact, users, history, expected = artifact_round_trip(
+        module, name, SMALL.get(name, {}), split, tmp_path / "model", meta={"protocol": split.protocol}
     )
-    artifact = load_model_artifact(out)
-    inputs = build_eval_inputs(split, "test", history_length=10)
-    with torch.no_grad():
-        expected = module.full_sort_predict(inputs.users, inputs.history)
-    actual = artifact.score(inputs.users, inputs.history)
+    actual = artifact.score(users, history)
     assert torch.equal(actual[:, 1:], expected[:, 1:].float())
     assert artifact.meta["protocol"] == "leave_last_out"
     assert artifact.seen.shape == (dm.n_users, dm.n_items + 1)

@@ -13,8 +13,8 @@ import torch
 from pipeline.artifacts import FeatureSet
 from pipeline.config import SplitConfig, TrainerConfig
 from pipeline.layout import Layout
-from tests.model_helpers import overfit_losses
-from training.artifact import load_model_artifact, save_model_artifact
+from tests.model_helpers import artifact_round_trip, overfit_losses
+from training.artifact import load_model_artifact
 from training.data import ExampleDataModule, build_eval_inputs
 from training.models import MODELS, build_model
 from training.models.reinforce import snips, topk_correction, topk_inclusion
@@ -92,23 +92,15 @@ def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: 
     else:
         module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])
         overfit_losses(module, batch, steps=3)  # weights (and MF's rating buffers) are not the init
-    module.eval()
-    out = save_model_artifact(
-        tmp_path / "model",
-        name,
+    artifact, users, history, expected = artifact_round_trip(
         module,
+        name,
         SMALL[name],
-        dm.index.item_ids,
-        dm.index.user_ids,
-        dm.train_matrix,
+        split,
+        tmp_path / "model",
         side_features=features if hasattr(module, "set_side_features") else None,
+        unknown_user=True,
     )
-    artifact = load_model_artifact(out)
-    inputs = build_eval_inputs(split, "test", history_length=10)
-    users = torch.cat([inputs.users, torch.tensor([-1])])  # plus one unknown user
-    history = torch.cat([inputs.history, inputs.history[:1]])
-    with torch.no_grad():
-        expected = module.full_sort_predict(users, history)
     actual = artifact.score(users, history)
     assert torch.equal(actual[:, 1:], expected[:, 1:].float())
 

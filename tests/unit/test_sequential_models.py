@@ -10,8 +10,8 @@ import torch
 from pipeline.artifacts import FeatureSet
 from pipeline.config import SplitConfig, TrainerConfig, load_model_params
 from pipeline.layout import Layout
-from tests.model_helpers import overfit_losses
-from training.artifact import load_model_artifact, save_model_artifact
+from tests.model_helpers import artifact_round_trip, overfit_losses
+from training.artifact import load_model_artifact
 from training.data import SequentialDataModule, build_eval_inputs
 from training.models import MODELS, build_model, pipeline_models
 from training.split import make_split
@@ -122,22 +122,11 @@ def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: 
     dm = SequentialDataModule(split, max_len=10)
     torch.manual_seed(0)
     module = build_model(name, dm.n_users, dm.n_items, **SMALL[name]).eval()
-    out = save_model_artifact(
-        tmp_path / "model",
-        name,
-        module,
-        SMALL[name],
-        dm.index.item_ids,
-        dm.index.user_ids,
-        dm.train_matrix,
-        meta={"protocol": split.protocol},
+    artifact, users, history, expected = artifact_round_trip(
+        module, name, SMALL[name], split, tmp_path / "model", meta={"protocol": split.protocol}
     )
-    artifact = load_model_artifact(out)
     assert artifact.kind == "sequential"
-    inputs = build_eval_inputs(split, "test", history_length=10)
-    with torch.no_grad():
-        expected = module.full_sort_predict(inputs.users, inputs.history)
-    actual = artifact.score(inputs.users, inputs.history)
+    actual = artifact.score(users, history)
     assert torch.equal(actual[:, 1:], expected[:, 1:].float())
     assert actual[:, 0].eq(-torch.inf).all()
 

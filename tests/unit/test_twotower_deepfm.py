@@ -13,8 +13,8 @@ import torch
 from pipeline.artifacts import FeatureSet
 from pipeline.config import SplitConfig, TrainerConfig
 from pipeline.layout import Layout
-from tests.model_helpers import overfit_losses
-from training.artifact import load_model_artifact, save_model_artifact
+from tests.model_helpers import artifact_round_trip, overfit_losses
+from training.artifact import load_model_artifact
 from training.data import ExampleDataModule, build_eval_inputs, build_example_set
 from training.metrics import binary_auc, binary_logloss
 from training.models import MODELS, build_model
@@ -167,22 +167,16 @@ def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: 
     dm = _datamodule(name, split)
     module = _module(name, dm, split)
     _train(module, dm, np.arange(len(dm.examples)), epochs=1)
-    out = save_model_artifact(
-        tmp_path / "model",
-        name,
+    artifact, users, history, expected = artifact_round_trip(
         module,
+        name,
         SMALL[name],
-        dm.index.item_ids,
-        dm.index.user_ids,
-        dm.train_matrix,
+        split,
+        tmp_path / "model",
         side_features=side_features_for(split),
+        unknown_user=True,
     )
-    artifact = load_model_artifact(out)
-    inputs = build_eval_inputs(split, "test", history_length=10)
-    users = torch.cat([inputs.users, torch.tensor([-1])])  # plus one unknown user
-    history = torch.cat([inputs.history, inputs.history[:1]])
     with torch.no_grad():
-        expected = module.full_sort_predict(users, history)
         codes = torch.tensor([[1, 2, 1]])
         cold_expected = module.full_sort_predict_from_attributes(codes, history[:1])
         cold_actual = artifact.module.full_sort_predict_from_attributes(codes, history[:1])
