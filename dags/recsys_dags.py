@@ -7,7 +7,6 @@ through XCom. Adding a model to ``training.models`` gives it a DAG here with no 
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 from airflow.sdk import DAG, Asset, Param, get_current_context, task
@@ -15,10 +14,9 @@ from airflow.sdk import DAG, Asset, Param, get_current_context, task
 # The DAG processor runs this file from the dags folder; the stage packages live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.dag_params import PIPELINE_PARAMS, overrides_from_params  # noqa: E402
+from pipeline.dag_params import PIPELINE_PARAMS  # noqa: E402
+from pipeline.dag_tasks import run_overrides, split_tasks  # noqa: E402
 from training.models import MODELS, pipeline_models  # noqa: E402
-
-IO_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10)}
 
 
 def retrain_asset(model: str) -> Asset:
@@ -31,10 +29,6 @@ def _ids() -> tuple[str, str]:
     return context["dag"].dag_id.removeprefix("recsys_"), context["run_id"]
 
 
-def _overrides() -> dict:
-    return overrides_from_params(get_current_context()["params"])
-
-
 def build_model_dag(model: str) -> DAG:
     spec = MODELS[model]
     with DAG(
@@ -43,7 +37,7 @@ def build_model_dag(model: str) -> DAG:
         doc_md=f"""
 ### recsys_{model} — {spec.description}
 ingest → validate → features (Feast, point-in-time) → split → train (Lightning) → evaluate
-(full ranking vs. Popularity and ItemKNN) → gate → package (BentoML) → drift (Evidently) → finish.
+(full ranking vs. Popularity, ItemKNN and UserKNN) → gate → package (BentoML) → drift (Evidently) → finish.
 
 Triggered by hand (the form takes the parameters below) or by the drift monitor when drift is
 detected in this model's data (asset `recforge://retrain/{model}`). Artifacts land under
@@ -60,71 +54,45 @@ detected in this model's data (asset `recforge://retrain/{model}`). Artifacts la
         default_args={"owner": "recforge"},
     ) as dag:
 
-        @task(doc_md="Read the configured source into staging Parquet (strings + provenance).", **IO_RETRIES)
-        def ingest() -> str:
-            from pipeline import stages
-
-            return stages.ingest(*_ids(), _overrides())
-
-        @task(doc_md="Validate types, ranges, duplicates, unknown entities; quarantine bad rows; snapshot.")
-        def validate(staging: str) -> str:
-            from pipeline import stages
-
-            return stages.validate(*_ids(), staging, _overrides())
-
-        @task(
-            doc_md="Feast apply + materialise; training examples via get_historical_features.", **IO_RETRIES
-        )
-        def features(snapshot: str) -> str:
-            from pipeline import stages
-
-            return stages.features(*_ids(), snapshot, _overrides())
-
-        @task(doc_md="Split by the run's protocol (temporal / leave_last_out / random_holdout).")
-        def split(feature_set: str) -> str:
-            from pipeline import stages
-
-            return stages.split(*_ids(), feature_set, _overrides())
-
         @task(doc_md=f"Train {model} with Lightning; early stopping on validation NDCG@10.")
         def train(split_manifest: str) -> str:
             from pipeline import stages
 
             return stages.train(
-                *_ids(), split_manifest, _overrides(), get_current_context()["params"]["hparams"]
+                *_ids(), split_manifest, run_overrides(), get_current_context()["params"]["hparams"]
             )
 
         @task(doc_md="Full-ranking evaluation against the baselines on the same split.")
         def evaluate(train_manifest: str, split_manifest: str) -> str:
             from pipeline import stages
 
-            return stages.evaluate(*_ids(), train_manifest, split_manifest, _overrides())
+            return stages.evaluate(*_ids(), train_manifest, split_manifest, run_overrides())
 
         @task(doc_md="Promote only if the candidate beats Popularity by the margin and the champion.")
         def gate(evaluation: str) -> str:
             from pipeline import stages
 
-            return stages.gate(*_ids(), evaluation, _overrides())
+            return stages.gate(*_ids(), evaluation, run_overrides())
 
         @task(doc_md="Save the BentoML model; if promoted, swap the champion pointer and build the Bento.")
         def package(train_manifest: str, evaluation: str, decision: str) -> str:
             from pipeline import stages
 
-            return stages.package(*_ids(), train_manifest, evaluation, decision, _overrides())
+            return stages.package(*_ids(), train_manifest, evaluation, decision, run_overrides())
 
         @task(doc_md="Evidently data, prediction and ranking-quality drift: HTML + JSON + workspace.")
         def drift(split_manifest: str, train_manifest: str) -> str:
             from pipeline import stages
 
-            return stages.drift(*_ids(), split_manifest, train_manifest, _overrides())
+            return stages.drift(*_ids(), split_manifest, train_manifest, run_overrides())
 
         @task(doc_md="Mark the run complete; refresh summary.json and the leaderboard.")
         def finish(_packaged: str, _drift: str) -> str:
             from pipeline import stages
 
-            return stages.finish(*_ids(), _overrides())
+            return stages.finish(*_ids(), run_overrides())
 
-        split_manifest = split(features(validate(ingest())))
+        split_manifest = split_tasks(_ids)
         train_manifest = train(split_manifest)
         evaluation = evaluate(train_manifest, split_manifest)
         packaged = package(train_manifest, evaluation, gate(evaluation))
@@ -153,7 +121,7 @@ schedules `recsys_<model>`. Reports land in the run directory and the Evidently 
         def check_champion() -> dict:
             from pipeline.monitor import check_champion_drift
 
-            return check_champion_drift(overrides_from_params(get_current_context()["params"]))
+            return check_champion_drift(run_overrides())
 
         result = check_champion()
         for model in pipeline_models():

@@ -16,7 +16,8 @@ from airflow.sdk import DAG, Param, get_current_context, task
 # The DAG processor runs this file from the dags folder; the stage packages live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.dag_params import PIPELINE_PARAMS, overrides_from_params  # noqa: E402
+from pipeline.dag_params import PIPELINE_PARAMS  # noqa: E402
+from pipeline.dag_tasks import run_overrides, split_tasks  # noqa: E402
 from training.models import MODELS, pipeline_models  # noqa: E402
 
 DEFAULT_MAX_CANDIDATES = 6  # keep in step with pipeline.tuning (not imported: parse time)
@@ -30,10 +31,6 @@ def tunable_models() -> list[str]:
 def _ids() -> tuple[str, str]:
     context = get_current_context()
     return context["dag"].dag_id.removeprefix("recsys_tune_"), "tune-" + context["run_id"]
-
-
-def _overrides() -> dict:
-    return overrides_from_params(get_current_context()["params"])
 
 
 def build_tuning_dag(model: str) -> DAG:
@@ -72,30 +69,6 @@ its `hparams`.
         default_args={"owner": "recforge"},
     ) as dag:
 
-        @task(doc_md="Read the configured source into staging Parquet.")
-        def ingest() -> str:
-            from pipeline import stages
-
-            return stages.ingest(*_ids(), _overrides())
-
-        @task(doc_md="Validate and snapshot (bad rows to quarantine).")
-        def validate(staging: str) -> str:
-            from pipeline import stages
-
-            return stages.validate(*_ids(), staging, _overrides())
-
-        @task(doc_md="Feast features and point-in-time training examples (reused when up to date).")
-        def features(snapshot: str) -> str:
-            from pipeline import stages
-
-            return stages.features(*_ids(), snapshot, _overrides())
-
-        @task(doc_md="The run's split (shared with every model and baseline of that protocol).")
-        def split(feature_set: str) -> str:
-            from pipeline import stages
-
-            return stages.split(*_ids(), feature_set, _overrides())
-
         @task(doc_md="Expand the grid into candidates (small dicts of hyperparameter overrides).")
         def grid() -> list[dict]:
             from pipeline import tuning
@@ -115,21 +88,21 @@ its `hparams`.
             from pipeline import tuning
 
             get_current_context()["candidate_id"] = candidate["id"]
-            return tuning.train_candidate(*_ids(), split_manifest, candidate, _overrides())
+            return tuning.train_candidate(*_ids(), split_manifest, candidate, run_overrides())
 
         @task(doc_md="Pick the winner by validation NDCG@10; write tuning.json and best_params.yaml.")
         def pick_best(train_manifests: list[str]) -> str:
             from pipeline import tuning
 
-            return tuning.pick_best(*_ids(), list(train_manifests), _overrides())
+            return tuning.pick_best(*_ids(), list(train_manifests), run_overrides())
 
         @task(doc_md="Test-set evaluation of the winner only, next to the baselines.")
         def evaluate_winner(tuning_manifest: str, split_manifest: str) -> str:
             from pipeline import tuning
 
-            return tuning.evaluate_winner(*_ids(), tuning_manifest, split_manifest, _overrides())
+            return tuning.evaluate_winner(*_ids(), tuning_manifest, split_manifest, run_overrides())
 
-        split_manifest = split(features(validate(ingest())))
+        split_manifest = split_tasks(_ids)
         manifests = train_candidate.partial(split_manifest=split_manifest).expand(candidate=grid())
         evaluate_winner(pick_best(manifests), split_manifest)
     return dag
