@@ -48,6 +48,10 @@ clean:  ## remove every artifact (data cache, stores, runs); keeps the venv
 drift-ui: $(BIN)/.installed  ## Evidently UI over the drift reports on a free local port (prints the URL)
 	$(BIN)/python -m monitoring.ui
 
+# The champion of RECFORGE_DEPLOYMENT (default: the config's deployment), following promotions and
+# rollbacks live. Binds 127.0.0.1; HOST=0.0.0.0 exposes it, then also set RECFORGE_API_KEY. Checks the
+# model before it starts; Ctrl-C or killing make stops every server process (no orphan holds the port).
 PORT ?= 3000
-serve: $(BIN)/.installed  ## the promoted model as a BentoML service on 127.0.0.1:$(PORT) (prints a curl)
-	$(BIN)/python -m serving --port $(PORT)
+HOST ?= 127.0.0.1
+serve: $(BIN)/.installed  ## the deployment's champion as a BentoML service on $(HOST):$(PORT) (prints a curl)
+	$(BIN)/python -m serving --host $(HOST) --port $(PORT)

@@ -1,11 +1,11 @@
-"""Serving benchmark: the real ``bentoml serve`` on the promoted model, ``POST /recommend`` over loopback HTTP.
+"""Serving benchmark: the real ``bentoml serve`` on a deployment's champion, ``POST /recommend`` over loopback HTTP.
 
 Every request does what production does: a Feast online read of the user's history, the model's
 full-catalogue scores, exclusion of seen items and a top-k. We report client-observed p50/p99 latency
 and requests/s at 1 and 8 concurrent clients (a bounded number of requests each), plus an in-process
 breakdown (Feast read vs. scoring) so a regression can be placed.
 
-    RECFORGE_HOME=.recforge .venv/bin/python bench/bench_serving.py            # the pipeline's champion
+    RECFORGE_HOME=.recforge .venv/bin/python bench/bench_serving.py            # deployment "default"'s champion
     .venv/bin/python bench/bench_serving.py --demo sasrec                      # synthetic ML-100K-sized home
     .venv/bin/python bench/bench_serving.py --demo din --out /tmp/b            # DIN ranker + TwoTower retriever
 
@@ -19,10 +19,7 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,64 +35,14 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
-from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, bento_env  # noqa: E402
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from pipeline.run_index import RunIndex  # noqa: E402
+from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, stored_model_dir  # noqa: E402
+from tests.serving_fixtures import serve  # noqa: E402
 
 
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def _model_dir(layout: Layout, tag: str) -> Path:
-    name, version = tag.split(":")
-    return layout.bentoml_home / "models" / name / version
-
-
-class Server:
-    """``bentoml serve`` in its own process group, stopped (group only) on exit."""
-
-    def __init__(self, layout: Layout, omp_policy: str, log_path: Path, workers: int = 1) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = bento_env(layout)
-        env["OMP_WAIT_POLICY"] = omp_policy
-        env["RECFORGE_SERVE_WORKERS"] = str(workers)
-        cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "serving.service:Recommender"]
-        cmd += ["-p", str(self.port), "--host", "127.0.0.1"]
-        self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def wait_ready(self, timeout_s: float = 180) -> float:
-        started = time.perf_counter()
-        while time.perf_counter() - started < timeout_s:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log.name}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return time.perf_counter() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"server not ready after {timeout_s}s; see {self.log.name}")
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.log.close()
 
 
 def run_load(url: str, users: list[str], concurrency: int, n_requests: int, k: int) -> dict[str, float]:
@@ -145,7 +92,12 @@ def run_load(url: str, users: list[str], concurrency: int, n_requests: int, k: i
 
 
 def breakdown(
-    layout: Layout, model_dir: Path, users: list[str], cold_users: list[str] | None = None, n: int = 200
+    layout: Layout,
+    model_dir: Path,
+    namespace: str,
+    users: list[str],
+    cold_users: list[str] | None = None,
+    n: int = 200,
 ) -> dict[str, Any]:
     """In-process cost of the request stages: Feast online read, then scoring + top-k.
 
@@ -162,7 +114,7 @@ def breakdown(
     rec = load_recommender(
         model_dir / ARTIFACT_SUBDIR, model_dir / "titles.json", retriever_dir=model_dir / RETRIEVER_SUBDIR
     )
-    online = OnlineHistory()
+    online = OnlineHistory(namespace, home=layout.home)
     online.health()
     feast_ms, score_ms = [], []
     for i in range(n):
@@ -209,6 +161,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--home", help="RECFORGE_HOME with a champion (default: $RECFORGE_HOME / config)")
+    parser.add_argument("--deployment", default="default", help="whose champion to serve")
     parser.add_argument("--demo", metavar="MODEL", help="build a synthetic home with this model instead")
     parser.add_argument("--demo-users", type=int, default=943)
     parser.add_argument("--demo-items", type=int, default=1682)
@@ -239,9 +192,11 @@ def main() -> None:
     else:
         layout = Layout(Path(args.home).resolve() if args.home else load_config().home_dir)
         cold_users = []
-    champion = json.loads(layout.champion.read_text())
-    tag = champion["bento_tag"]
-    model_dir = _model_dir(layout, tag)
+    champion = RunIndex.for_layout(layout, load_config().run_index.url).champion(args.deployment)
+    if champion is None:
+        sys.exit(f"deployment {args.deployment!r} has no champion in {layout.home}: run the pipeline first")
+    tag = champion.model_tag
+    model_dir = stored_model_dir(layout, tag)
     users = json.loads((model_dir / ARTIFACT_SUBDIR / "user_ids.json").read_text())
     n_items = len(json.loads((model_dir / ARTIFACT_SUBDIR / "item_ids.json").read_text()))
 
@@ -249,17 +204,21 @@ def main() -> None:
     for workers in args.workers:
         for policy in args.omp:
             log_path = Path(tempfile.mkdtemp(prefix="recforge-bench-log-")) / "bentoml.log"
-            server = Server(layout, policy, log_path, workers)
-            try:
-                startup_s = server.wait_ready()
+            env = {
+                "OMP_WAIT_POLICY": policy,
+                "RECFORGE_SERVE_WORKERS": str(workers),
+                "RECFORGE_DEPLOYMENT": args.deployment,
+            }
+            with serve(layout, log_path, env=env) as server:  # `bentoml serve`, own process group
+                started = time.perf_counter()
+                server.wait_ready(timeout_s=180)
+                startup_s = time.perf_counter() - started
                 run_load(server.url, users, 1, 30, args.k)  # warm-up: first calls, registry cache
                 for c in args.concurrency:
                     result = run_load(server.url, users, c, args.requests, args.k)
                     result.update(omp_wait_policy=policy, workers=workers, startup_s=round(startup_s, 1))
                     print(json.dumps(result), flush=True)
                     runs.append(result)
-            finally:
-                server.stop()
 
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -269,8 +228,9 @@ def main() -> None:
             "python": platform.python_version(),
             "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
         },
-        "model": champion["model"],
+        "model": champion.model,
         "model_tag": tag,
+        "deployment": args.deployment,
         "n_users": len(users),
         "n_items": n_items,
         "demo": bool(args.demo),
@@ -282,7 +242,7 @@ def main() -> None:
         },
         "server": {"threads_per_worker": 4, "torch_threads": 1},
         "runs": runs,
-        "in_process_breakdown": breakdown(layout, model_dir, users, cold_users),
+        "in_process_breakdown": breakdown(layout, model_dir, champion.feature_namespace, users, cold_users),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -101,7 +101,9 @@ def prepare_data(overrides: dict[str, Any]) -> tuple[FeatureSet, Path]:
     """fetch -> ingest -> validate -> features with the pipeline's stages (idempotent: reuses the data)."""
     from pipeline import stages
 
-    run_id = f"{RUN_PREFIX}-data"
+    # A fresh run id each time: a run's settings are fixed when it starts (run_config.json), and this
+    # invocation's --dataset/--data-path may differ from the last one's.
+    run_id = f"{RUN_PREFIX}-data-{stages.new_run_id()}"
     started = time.perf_counter()
     staging = stages.ingest(RUN_PREFIX, run_id, overrides)
     snapshot = stages.validate(RUN_PREFIX, run_id, staging, overrides)

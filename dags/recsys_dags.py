@@ -37,7 +37,13 @@ def build_model_dag(model: str) -> DAG:
         doc_md=f"""
 ### recsys_{model} — {spec.description}
 ingest → validate → features (Feast, point-in-time) → split → train (Lightning) → evaluate
-(full ranking vs. Popularity, ItemKNN and UserKNN) → gate → package (BentoML) → drift (Evidently) → finish.
+(full ranking vs. Popularity, ItemKNN and UserKNN) → gate → package (BentoML) → promote → drift
+(Evidently) → finish.
+
+The run competes for one **deployment** (`deployment` below; its data source, split protocol and
+metric are fixed in the pipeline config). The gate re-scores the deployment's champion on this run's
+split when it was judged on other data. **promote** succeeds only when this run became the champion;
+it is *skipped* otherwise, and the run's note says why (promoted / not promoted, with the numbers).
 
 Triggered by hand (the form takes the parameters below) or by the drift monitor when drift is
 detected in this model's data (asset `recforge://retrain/{model}`). Artifacts land under
@@ -68,17 +74,36 @@ detected in this model's data (asset `recforge://retrain/{model}`). Artifacts la
 
             return stages.evaluate(*_ids(), train_manifest, split_manifest, run_overrides())
 
-        @task(doc_md="Promote only if the candidate beats Popularity by the margin and the champion.")
-        def gate(evaluation: str) -> str:
+        @task(
+            doc_md="Decide: the run matches its deployment's key, beats Popularity by the margin and "
+            "beats the champion (re-scored on this split when it was judged on other data)."
+        )
+        def gate(evaluation: str, split_manifest: str) -> str:
             from pipeline import stages
 
-            return stages.gate(*_ids(), evaluation, run_overrides())
+            return stages.gate(*_ids(), evaluation, split_manifest, run_overrides())
 
-        @task(doc_md="Save the BentoML model; if promoted, swap the champion pointer and build the Bento.")
+        @task(doc_md="Save the BentoML model (every run); build the service Bento when the gate passed it.")
         def package(train_manifest: str, evaluation: str, decision: str) -> str:
             from pipeline import stages
 
             return stages.package(*_ids(), train_manifest, evaluation, decision, run_overrides())
+
+        @task(
+            doc_md="Make the candidate its deployment's champion (atomic swap in the run index; the "
+            "running service follows). Skipped when it was not promoted: the run note says why."
+        )
+        def promote(packaged: str) -> str:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from pipeline import stages
+            from pipeline.artifacts import GateDecision
+
+            final = stages.promote(*_ids(), packaged, run_overrides())
+            decision = GateDecision.load(final)
+            if not decision.promoted:
+                raise AirflowSkipException(decision.headline())
+            return final
 
         @task(doc_md="Evidently data, prediction and ranking-quality drift: HTML + JSON + workspace.")
         def drift(split_manifest: str, train_manifest: str) -> str:
@@ -86,8 +111,11 @@ detected in this model's data (asset `recforge://retrain/{model}`). Artifacts la
 
             return stages.drift(*_ids(), split_manifest, train_manifest, run_overrides())
 
-        @task(doc_md="Mark the run complete; refresh summary.json and the leaderboard.")
-        def finish(_packaged: str, _drift: str) -> str:
+        @task(
+            doc_md="Mark the run complete; refresh summary.json and the leaderboard.",
+            trigger_rule="none_failed",  # also after a skipped (not promoted) promote task
+        )
+        def finish(_drift: str) -> str:
             from pipeline import stages
 
             return stages.finish(*_ids(), run_overrides())
@@ -95,8 +123,9 @@ detected in this model's data (asset `recforge://retrain/{model}`). Artifacts la
         split_manifest = split_tasks(_ids)
         train_manifest = train(split_manifest)
         evaluation = evaluate(train_manifest, split_manifest)
-        packaged = package(train_manifest, evaluation, gate(evaluation))
-        finish(packaged, drift(split_manifest, train_manifest))
+        packaged = package(train_manifest, evaluation, gate(evaluation, split_manifest))
+        # Ordered after promote without reading its XCom: a skipped promote has none.
+        promote(packaged) >> finish(drift(split_manifest, train_manifest))
     return dag
 
 
@@ -107,8 +136,8 @@ def build_drift_monitor_dag() -> DAG:
         description="Evidently drift check of the promoted model; drift triggers retraining",
         doc_md="""
 ### recsys_drift_monitor
-Reads the champion pointer, re-runs the Evidently drift checks of its latest run against the
-newest data, and when drift is over the thresholds emits `recforge://retrain/<model>`, which
+Reads the deployment's champion from the run index, re-runs the Evidently drift checks of its run
+against the newest data, and when drift is over the thresholds emits `recforge://retrain/<model>`, which
 schedules `recsys_<model>`. Reports land in the run directory and the Evidently workspace.
 """,
         schedule="@daily",

@@ -2,8 +2,9 @@
 
 Only definitions live in this repo, because Feast imports every ``.py`` file in it on ``feast apply``.
 The tables behind the sources are written by ``features.store.build_features`` into
-``$RECFORGE_HOME/feast/offline/<view>.parquet``; the path is read from the environment when this
-module is imported, so the CLI, the pipeline and the service all point at the same files.
+``$RECFORGE_FEAST_DIR/offline/<view>.parquet`` (one directory per Feast namespace, i.e. per data
+version); the path is read from the environment when this module is imported, so the CLI, the
+pipeline and the service all point at the same files.
 
 Every view has ``ttl=timedelta(0)``, which Feast reads as "never expires": profiles are static, and
 the activity/popularity rows hold the full state as of their timestamp (the latest one stays valid
@@ -24,7 +25,7 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueT
 from feast.types import Array, Float64, Int64, String
 
 RECFORGE_HOME = Path(os.environ.get("RECFORGE_HOME") or Path(__file__).resolve().parent.parent / ".recforge")
-OFFLINE_DIR = RECFORGE_HOME / "feast" / "offline"
+OFFLINE_DIR = Path(os.environ.get("RECFORGE_FEAST_DIR") or RECFORGE_HOME / "feast") / "offline"
 NEVER_EXPIRES = timedelta(0)
 
 

@@ -5,16 +5,23 @@
 reach the same Feast store.
 
 Why it is shaped like this:
-- The Feast repo (``feature_repo/``) holds only definitions. They read ``RECFORGE_HOME`` when imported,
-  and ``feature_store.yaml`` expands ``${RECFORGE_HOME}``, so this module points both at the layout's
-  home while it loads them (and loads the definitions afresh each time, never from ``sys.modules``,
-  so two homes in one process do not bleed into each other).
-- Two DAGs (recsys_bpr, recsys_sasrec) build features for the same data version. A file lock
-  serialises them (the file registry cannot take concurrent writers) and the second one finds the
+- Every data version (with its feature config) gets a Feast *namespace* of its own: a Feast project
+  ``recforge_<data version>_h<history length>`` with its own registry, online store and offline tables
+  under ``$RECFORGE_HOME/feast/<namespace>/`` (in the production profile: its own Redis keys and SQL
+  registry entries). A run on new or different data therefore never rewrites the online values that a
+  deployment's service reads: the service reads its champion's namespace, and a namespace, once
+  built, is never rebuilt with other data.
+- The Feast repo (``feature_repo/``) holds only definitions. They read ``RECFORGE_FEAST_DIR`` when
+  imported, and ``feature_store.yaml`` expands ``${RECFORGE_FEAST_PROJECT}``/``${RECFORGE_FEAST_DIR}``,
+  so this module sets both while it loads them (and loads the definitions afresh each time, never from
+  ``sys.modules``, so two namespaces in one process do not bleed into each other).
+- Two DAGs (recsys_bpr, recsys_sasrec) build features for the same data version. A file lock per
+  namespace serialises them (the file registry cannot take concurrent writers) and the second one finds the
   manifest, the registry tags and the materialisation record of the first and returns at once.
 - A failed build leaves the previous state alone: tables are written to a temporary directory; they
   replace the live ones only when complete; examples are drawn before anything is materialised; on
-  any error the previous tables and registry entries are put back.
+  any error the previous tables and registry entries are put back. Temporary directories left by a
+  killed build are removed by the next build of the namespace.
 - Feast collapses duplicate (entity key, timestamp) rows of an entity frame, so the entity frame holds
   each distinct (user, item, timestamp) once with a row number, and every interaction takes its
   features back by that number — one example per event, always.
@@ -26,6 +33,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -50,6 +58,8 @@ from pipeline.layout import Layout
 log = logging.getLogger(__name__)
 
 PROFILE_ENV = "RECFORGE_FEAST_PROFILE"  # "production" selects profiles/production/feature_store.yaml
+PROJECT_ENV = "RECFORGE_FEAST_PROJECT"  # the namespace (Feast project) feature_store.yaml expands
+DIR_ENV = "RECFORGE_FEAST_DIR"  # the namespace's directory (registry, SQLite online store, offline tables)
 FEATURE_VIEWS = ("user_profile", "user_activity", "item_profile", "item_popularity")
 TRAINING_SERVICE = "recsys_training"
 ONLINE_SERVICE = "recsys_online"
@@ -128,24 +138,39 @@ def store_yaml(repo: Path, profile: str | None = None) -> Path:
     return path
 
 
+def namespace_for(data_version: str, cfg: FeatureConfig) -> str:
+    """The Feast namespace of a data version built with ``cfg``: ``recforge_<data version>_h<history>``.
+
+    The history length is part of it because it changes the online values (``recent_items``).
+    """
+    version = re.sub(r"[^A-Za-z0-9_]", "_", data_version)
+    return f"recforge_{version}_h{cfg.history_length}"
+
+
 @contextlib.contextmanager
-def _recforge_home(home: Path) -> Iterator[None]:
-    """Point ``RECFORGE_HOME`` at ``home`` while Feast config and definitions are read, then restore it."""
-    old = os.environ.get("RECFORGE_HOME")
-    os.environ["RECFORGE_HOME"] = str(home)
+def _feast_env(home: Path, namespace: str) -> Iterator[None]:
+    """Set what ``feature_store.yaml`` and the definitions expand while Feast reads them; restore after."""
+    values = {
+        "RECFORGE_HOME": str(home),
+        PROJECT_ENV: namespace,
+        DIR_ENV: str(Layout(home).feast_namespace(namespace)),
+    }
+    old = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop("RECFORGE_HOME", None)
-        else:
-            os.environ["RECFORGE_HOME"] = old
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
-def load_definitions(repo: Path, home: Path) -> list[Any]:
-    """Every Feast object defined in ``repo``'s ``.py`` files, imported afresh with ``RECFORGE_HOME=home``."""
+def load_definitions(repo: Path, home: Path, namespace: str) -> list[Any]:
+    """Every Feast object defined in ``repo``'s ``.py`` files, imported afresh for ``namespace``."""
     objects: list[Any] = []
-    with _recforge_home(home):
+    with _feast_env(home, namespace):
         for file in sorted(repo.rglob("*.py")):
             if any(part.startswith(".") or part == "__pycache__" for part in file.relative_to(repo).parts):
                 continue
@@ -170,10 +195,11 @@ def load_definitions(repo: Path, home: Path) -> list[Any]:
 
 def feature_store(
     where: Layout | Path | str,
+    namespace: str,
     feature_repo: FeatureConfig | str | Path | None = None,
     profile: str | None = None,
 ) -> FeatureStore:
-    """A ``FeatureStore`` on the layout's home (``Layout``) or on a Feast repo directory (``Path``).
+    """A ``FeatureStore`` of ``namespace`` on the layout's home (``Layout``) or a Feast repo directory.
 
     With a repo directory, ``RECFORGE_HOME`` (or ``<repo root>/.recforge``) is the home. The profile
     comes from ``profile`` or ``$RECFORGE_FEAST_PROFILE`` (default: the embedded SQLite/DuckDB one).
@@ -186,16 +212,35 @@ def feature_store(
     else:
         home, repo = Path(where), repo_path(feature_repo)
     home = home.resolve()
-    (home / "feast").mkdir(parents=True, exist_ok=True)
-    with _recforge_home(home):
+    Layout(home).feast_namespace(namespace).mkdir(parents=True, exist_ok=True)
+    with _feast_env(home, namespace):
         return FeatureStore(repo_path=str(repo), fs_yaml_file=store_yaml(repo, profile))
 
 
 # --------------------------------------------------------------------------- the stage
 
 
-def _examples_dir(layout: Layout, data_version: str) -> Path:
-    return layout.features(data_version)
+def _examples_dir(layout: Layout, namespace: str) -> Path:
+    return layout.features(namespace)
+
+
+def _clean_leftovers(namespace_dir: Path) -> None:
+    """Remove temporary table directories of builds whose process is gone (killed mid-build)."""
+    for path in namespace_dir.glob(".offline.*"):
+        match = re.match(r"\.offline\.(?:tmp|prev)-(\d+)", path.name)
+        if match and not _alive(int(match.group(1))):
+            log.info("features: removing %s, left by an interrupted build", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _state_matches(store: FeatureStore, layout: Layout, feature_set: FeatureSet) -> bool:
@@ -204,7 +249,7 @@ def _state_matches(store: FeatureStore, layout: Layout, feature_set: FeatureSet)
         return False
     until = datetime.fromisoformat(feature_set.materialized_until)
     for name in FEATURE_VIEWS:
-        if not (layout.feast_offline / f"{name}.parquet").exists():
+        if not (layout.feast_offline(feature_set.namespace) / f"{name}.parquet").exists():
             return False
         try:
             view = store.get_feature_view(name)
@@ -220,14 +265,16 @@ def _state_matches(store: FeatureStore, layout: Layout, feature_set: FeatureSet)
     return True
 
 
-def _existing(layout: Layout, data_version: str, cfg: FeatureConfig) -> FeatureSet | None:
-    manifest = _examples_dir(layout, data_version) / MANIFEST
+def _existing(layout: Layout, namespace: str, cfg: FeatureConfig) -> FeatureSet | None:
+    manifest = _examples_dir(layout, namespace) / MANIFEST
     if not manifest.exists():
         return None
     feature_set = FeatureSet.load(manifest)
-    if _state_matches(feature_store(layout, cfg), layout, feature_set):
+    if feature_set.namespace == namespace and _state_matches(
+        feature_store(layout, namespace, cfg), layout, feature_set
+    ):
         return feature_set
-    log.info("features %s: manifest found but Feast state differs; rebuilding", data_version)
+    log.info("features %s: manifest found but Feast state differs; rebuilding", namespace)
     return None
 
 
@@ -257,16 +304,20 @@ def build_features(snapshot: Snapshot, cfg: FeatureConfig, layout: Layout) -> Fe
     tags, materialisation record, offline tables), it returns the manifest without work.
     """
     timings: dict[str, float] = {}
-    existing = _existing(layout, snapshot.data_version, cfg)
+    namespace = namespace_for(snapshot.data_version, cfg)
+    namespace_dir = layout.feast_namespace(namespace)
+    namespace_dir.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(namespace_dir)
+    existing = _existing(layout, namespace, cfg)
     if existing is not None:
-        log.info("features %s: up to date, reusing %s", snapshot.data_version, existing.examples)
+        log.info("features %s: up to date, reusing %s", namespace, existing.examples)
         return existing
 
     # 1. Tables, outside the lock and away from the live ones (a failure here touches nothing).
     started = time.perf_counter()
     frames = read_snapshot(snapshot.interactions, snapshot.users, snapshot.items)
     tables = build_tables(frames, cfg.history_length)
-    staging = layout.feast / f".offline.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = namespace_dir / f".offline.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         write_tables(tables, staging)
     except BaseException:
@@ -281,14 +332,13 @@ def build_features(snapshot: Snapshot, cfg: FeatureConfig, layout: Layout) -> Fe
     )
 
     try:
-        with file_lock(
-            layout.feast / ".build.lock"
-        ):  # one builder per home: file registry and SQLite take one writer
-            existing = _existing(layout, snapshot.data_version, cfg)  # another DAG may have finished it
+        # One builder per namespace: the file registry and SQLite take one writer.
+        with file_lock(namespace_dir / ".build.lock"):
+            existing = _existing(layout, namespace, cfg)  # another DAG may have finished it
             if existing is not None:
-                log.info("features %s: built concurrently by another run; reusing", snapshot.data_version)
+                log.info("features %s: built concurrently by another run; reusing", namespace)
                 return existing
-            return _publish(snapshot, cfg, layout, frames.interactions, staging, timings)
+            return _publish(snapshot, cfg, layout, namespace, frames.interactions, staging, timings)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -297,25 +347,27 @@ def _publish(
     snapshot: Snapshot,
     cfg: FeatureConfig,
     layout: Layout,
+    namespace: str,
     interactions: pd.DataFrame,
     staging: Path,
     timings: dict[str, float],
 ) -> FeatureSet:
     """Swap the tables in, apply, retrieve, materialise; put the previous tables/registry back on error."""
     repo = repo_path(cfg)
-    store = feature_store(layout, cfg)
+    store = feature_store(layout, namespace, cfg)
     previous: list[Any] = []
     with contextlib.suppress(Exception):  # first build: nothing registered yet
         previous = [store.get_feature_view(name) for name in FEATURE_VIEWS]
 
-    offline, backup = layout.feast_offline, layout.feast / f".offline.prev-{os.getpid()}"
+    offline = layout.feast_offline(namespace)
+    backup = layout.feast_namespace(namespace) / f".offline.prev-{os.getpid()}"
     shutil.rmtree(backup, ignore_errors=True)
     if offline.exists():
         os.replace(offline, backup)
     os.replace(staging, offline)
     try:
         started = time.perf_counter()
-        objects = load_definitions(repo, layout.home)
+        objects = load_definitions(repo, layout.home, namespace)
         for obj in objects:
             if isinstance(obj, FeatureView):
                 obj.tags = {**obj.tags, DATA_VERSION_TAG: snapshot.data_version}
@@ -329,7 +381,7 @@ def _publish(
         )
 
         started = time.perf_counter()
-        examples_path = _examples_dir(layout, snapshot.data_version) / EXAMPLES
+        examples_path = _examples_dir(layout, namespace) / EXAMPLES
         n_examples = _write_examples(store, interactions, examples_path)
         timings["historical_s"] = time.perf_counter() - started
         log.info(
@@ -374,8 +426,9 @@ def _publish(
         feature_service=TRAINING_SERVICE,
         materialized_until=until.isoformat(),
         knowledge_graph=snapshot.knowledge_graph,
+        namespace=namespace,
     )
-    directory = _examples_dir(layout, snapshot.data_version)
+    directory = _examples_dir(layout, namespace)
     atomic_write_json(
         directory / "build_stats.json",
         {"timings_s": timings, "examples": n_examples, "profile": os.environ.get(PROFILE_ENV, "")},
@@ -481,7 +534,7 @@ def online_user_features(store: FeatureStore, user_ids: list[str]) -> dict[str, 
 def online_item_features(store: FeatureStore, item_ids: list[str]) -> dict[str, dict[str, Any]]:
     """``{item_id: {title, release_year, genres, item_interaction_count, item_mean_rating}}`` (online).
 
-    Meant for refreshing an in-memory item table in the service, not per request (see STACK.md).
+    Meant for refreshing an in-memory item table in the service, not per request (docs/architecture.md, "Performance notes").
     """
     if not item_ids:
         return {}

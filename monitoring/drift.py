@@ -40,7 +40,6 @@ occupation among them), so ``drift_detected`` is true there.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -57,7 +56,7 @@ from evidently import DataDefinition, Dataset, Recsys, Report
 from evidently.presets import DataDriftPreset, RecsysPreset
 from evidently.ui.workspace import Workspace
 
-from pipeline.artifacts import Manifest, Split, atomic_write_text, file_lock
+from pipeline.artifacts import DriftResult, Split, atomic_write_text, file_lock
 from pipeline.config import MonitoringConfig
 from training.artifact import ModelArtifact, load_model_artifact
 
@@ -103,54 +102,6 @@ SAMPLE_SEED = 2026
 # large n. Distances measure effect size: normed Wasserstein (in reference standard deviations) for
 # numbers, Jensen-Shannon for categories; drift when the distance reaches the threshold.
 NUM_METHOD, CAT_METHOD, DRIFT_DISTANCE_THRESHOLD = "wasserstein", "jensenshannon", 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class DriftResult(Manifest):
-    """Outcome of one drift run; saved as ``out_dir/drift.json`` and read by the drift DAG.
-
-    ``drift_detected`` is the one bit the DAG acts on; ``reasons`` says which check fired and with
-    which numbers, so an on-call reader need not open the HTML to know why retraining started.
-    """
-
-    drift_detected: bool
-    reasons: list[str]
-    model: str
-    data_version: str
-    created_at: str
-    # Windows: row counts and [first, last] event timestamps (ISO, UTC).
-    reference_rows: int
-    current_rows: int
-    reference_window: list[str]
-    current_window: list[str]
-    # Data drift (DataDriftPreset over user/item features and interaction statistics).
-    data_drift_share: float
-    data_drifted_columns: list[str]
-    data_columns: list[str]
-    # Prediction drift (DataDriftPreset over the top-10 recommendations of sampled users).
-    prediction_drift_share: float
-    prediction_drifted_columns: list[str]
-    prediction_columns: list[str]
-    prediction_users: dict[str, int]
-    # Ranking quality on the current window (RecsysPreset, k=10).
-    current_ndcg10: float
-    ranking_metrics: dict[str, float]
-    ranking_users: int
-    thresholds: dict[str, float]
-    # Artifacts.
-    out_dir: Path
-    data_drift_html: Path
-    data_drift_json: Path
-    prediction_drift_html: Path
-    prediction_drift_json: Path
-    ranking_html: Path | None  # None when ranking quality was not measurable
-    ranking_json: Path | None
-    workspace: Path
-    project: str
-    project_id: str
-    run_ids: dict[str, str]
-    seconds: float
-    timings: dict[str, float]  # seconds per step: load, data_drift, prediction_drift, ranking, save
 
 
 # --------------------------------------------------------------------------------------------- windows

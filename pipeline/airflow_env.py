@@ -30,6 +30,8 @@ def airflow_env(
         "AIRFLOW_HOME": str(layout.airflow_home),
         "RECFORGE_HOME": str(layout.home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        # recforge's plugin: writes each model run's gate outcome as the run's note (grid view).
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         # LocalExecutor forks this many workers up front (default 32): 4 suit a small machine.
@@ -46,6 +48,10 @@ def airflow_env(
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # Task processes import the stage packages from the repo (also without an editable install).
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    # Bind the API server (UI) to this machine only; a container sets AIRFLOW__API__HOST=0.0.0.0.
+    env.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
+    # The scheduler's health-check server is off, but if enabled it should not listen on every interface.
+    env.setdefault("AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST", "127.0.0.1")
     if api_port is not None:
         env["AIRFLOW__API__PORT"] = str(api_port)
         env["AIRFLOW__API__BASE_URL"] = f"http://127.0.0.1:{api_port}"

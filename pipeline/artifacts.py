@@ -1,7 +1,11 @@
-"""Typed manifests that stages hand to each other.
+"""Typed, versioned records that cross a stage boundary: manifests, run records, deployment history.
 
 Every stage writes its outputs under a directory and describes them in a small JSON manifest.
 Airflow tasks pass only the manifest path through XCom; tests and the CLI use the dataclasses.
+The run index (``pipeline.run_index``) stores ``RunRecord`` and ``DeploymentEvent`` rows in the same
+shapes. Each class is a pydantic dataclass (fields are validated when a record is built or loaded)
+with a ``SCHEMA_VERSION``; the JSON carries ``kind`` and ``schema_version`` so a reader can refuse a
+record written by a newer recforge instead of misreading it.
 All writes go to a temporary file first and are renamed into place, so a crash never leaves a
 half-written artifact where the next stage (or the previous champion) would read it.
 """
@@ -17,7 +21,10 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
+
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -100,33 +107,53 @@ def _encode(value: Any) -> Any:
     return value
 
 
+class ManifestError(ValueError):
+    """A record cannot be read: wrong kind, or written by a newer schema than this code knows."""
+
+
 class Manifest:
-    """Mixin for dataclasses: JSON round trip with ``Path`` fields restored."""
+    """Mixin for the record dataclasses: versioned JSON round trip.
+
+    Unknown keys are ignored on load (a field added within a schema version is optional by rule);
+    a missing ``schema_version`` reads as 1 (records written before versioning).
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        body = {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {"kind": type(self).__name__, "schema_version": self.SCHEMA_VERSION, **body}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        kwargs = {}
-        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if field.name not in data:
-                continue
-            value = data[field.name]
-            if value is not None and "Path" in str(field.type) and "dict" not in str(field.type):
-                value = Path(value)
-            kwargs[field.name] = value
-        return cls(**kwargs)
+        kind = data.get("kind", cls.__name__)
+        version = int(data.get("schema_version", 1))
+        if kind != cls.__name__:
+            raise ManifestError(f"expected a {cls.__name__} record, got a {kind}")
+        if version > cls.SCHEMA_VERSION:
+            raise ManifestError(
+                f"{cls.__name__} record has schema_version {version}; this recforge reads up to "
+                f"{cls.SCHEMA_VERSION} (written by a newer version?)"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     def save(self, path: Path) -> Path:
         return atomic_write_json(Path(path), self.to_dict())
 
     @classmethod
     def load(cls, path: Path | str) -> Self:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except ManifestError as exc:
+            raise ManifestError(f"{path}: {exc}") from None
 
 
-@dataclasses.dataclass(frozen=True)
+# Records hold paths and numbers; numpy scalars are accepted where floats are expected.
+RECORD = ConfigDict(arbitrary_types_allowed=True)
+
+
+@dataclass(frozen=True, config=RECORD)
 class Snapshot(Manifest):
     """A validated, normalised copy of the input data (the offline source of truth).
 
@@ -151,7 +178,7 @@ class Snapshot(Manifest):
     knowledge_graph: Path | None = None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True, config=RECORD)
 class FeatureSet(Manifest):
     """Feast state for one snapshot plus the training examples drawn from it point-in-time."""
 
@@ -162,9 +189,12 @@ class FeatureSet(Manifest):
     feature_service: str
     materialized_until: str
     knowledge_graph: Path | None = None  # passed through from the snapshot (None: no item knowledge)
+    # The Feast project this feature set lives in (one per data version and feature config, see
+    # features.store.namespace_for); "" for example sets built without Feast (tests, benchmarks).
+    namespace: str = ""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True, config=RECORD)
 class Split(Manifest):
     """One split of the examples, shared by every model and baseline of a run.
 
@@ -184,9 +214,10 @@ class Split(Manifest):
     user_ids: Path  # JSON list of user id strings
     counts: dict[str, int]
     knowledge_graph: Path | None = None  # the split's copy of the snapshot's item knowledge graph
+    feature_namespace: str = ""  # FeatureSet.namespace of the examples this split was cut from
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True, config=RECORD)
 class TrainResult(Manifest):
     model: str
     run_dir: Path
@@ -199,7 +230,7 @@ class TrainResult(Manifest):
     peak_rss_mb: float
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True, config=RECORD)
 class Evaluation(Manifest):
     model: str
     metrics_path: Path  # metrics.json of the candidate
@@ -210,12 +241,167 @@ class Evaluation(Manifest):
     data_version: str
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclass(frozen=True, config=RECORD)
 class GateDecision(Manifest):
+    """What the promotion gate decided for one run, with every number it decided on.
+
+    ``eligible`` is False when the run's data source, split protocol or metric differ from its
+    deployment's key: such a run is never promoted, whatever its numbers. ``champion_judged`` says
+    where the champion's number comes from: ``"recorded"`` (judged on this very split) or
+    ``"rescored"`` (re-scored by the gate on this run's split: same test users, same exclusions).
+    """
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+
     model: str
+    deployment: str
+    eligible: bool
     promoted: bool
     reason: str
-    candidate_ndcg10: float
-    popularity_ndcg10: float
-    champion_ndcg10: float | None
+    metric: str
+    candidate_value: float | None = None
+    popularity_value: float | None = None
+    champion_tag: str | None = None
+    champion_value: float | None = None
+    champion_judged: str | None = None
+    champion_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    bento_tag: str | None = None  # the candidate's BentoML model (set by the package stage)
+    bento: str | None = None  # the service Bento built for a promoted candidate
+
+    def headline(self) -> str:
+        """One line for people: the CLI's last line, the Airflow run note."""
+        verdict = "PROMOTED" if self.promoted else "NOT PROMOTED"
+        return f"{verdict} {self.model} into deployment {self.deployment!r}: {self.reason}"
+
+
+@dataclass(frozen=True, config=RECORD)
+class RunConfig(Manifest):
+    """A run's resolved settings, written once when the run starts (``run_config.json``).
+
+    Every later stage of the run (and every retry of a stage) reads its settings from here, so an edit
+    of a YAML file while a run is in flight cannot give one run two configurations.
+    """
+
+    model: str
+    run_id: str
+    created_at: str
+    config: dict[str, Any]  # PipelineConfig.model_dump(), overrides applied
+    hparams: dict[str, Any]  # the model's hyperparameters (its YAML plus overrides)
+    config_hash: str  # sha256 of config + hparams (canonical JSON), first 16 hex digits
+    code_commit: str  # git commit of the code, "+dirty" when the work tree had changes
+    deployment: str
+    eligible: bool
+    eligibility: str  # why (not) eligible for the deployment, one line
+
+
+@dataclass(frozen=True, config=RECORD)
+class RunRecord(Manifest):
+    """One row of the run index: what a run is, how far it got and what it decided."""
+
+    run_uid: str  # "<model>/<run id>"
+    model: str
+    run_id: str
+    deployment: str
+    status: str  # running | completed | failed
+    started_at: str
+    run_dir: str
+    config_hash: str
+    code_commit: str
+    protocol: str
+    seed: int
+    eligible: bool
+    eligibility: str
+    data_version: str | None = None
+    finished_at: str | None = None
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    baselines: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    split_dir: str | None = None
+    feature_namespace: str | None = None
+    artifact_dir: str | None = None
     bento_tag: str | None = None
+    gate: dict[str, Any] | None = None  # GateDecision.to_dict()
+    promoted: bool = False
+    error: str | None = None
+
+    @property
+    def run_key(self) -> str:
+        """(model, data version, protocol, seed, config hash, code commit): equal keys, equal runs."""
+        parts = (self.model, self.data_version, self.protocol, self.seed, self.config_hash, self.code_commit)
+        return "/".join(str(p) for p in parts)
+
+
+@dataclass(frozen=True, config=RECORD)
+class DeploymentEvent(Manifest):
+    """One entry of a deployment's history; the newest entry is the deployment's champion.
+
+    ``action`` is ``promote`` (a run passed the gate) or ``rollback`` (a person restored an earlier
+    champion). Everything the service needs to serve the champion is here: the BentoML model tag and
+    the Feast namespace whose online store holds the features it was judged with.
+    """
+
+    deployment: str
+    action: str
+    at: str
+    run_uid: str
+    model: str
+    model_tag: str  # BentoML model the service loads
+    feature_namespace: str
+    data_version: str
+    protocol: str
+    split_dir: str
+    artifact_dir: str  # the training artifact inside the stored BentoML model (the gate re-scores it)
+    metric: str
+    value: float
+    reason: str
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    bento: str | None = None  # the built service Bento, when one was built
+    previous_tag: str | None = None
+    id: int | None = None  # position in the history (assigned by the run index)
+
+
+@dataclass(frozen=True, config=RECORD)
+class DriftResult(Manifest):
+    """Outcome of one drift run; saved as ``out_dir/drift.json`` and read by the drift DAG.
+
+    ``drift_detected`` is the one bit the DAG acts on; ``reasons`` says which check fired and with
+    which numbers, so an on-call reader need not open the HTML to know why retraining started.
+    """
+
+    drift_detected: bool
+    reasons: list[str]
+    model: str
+    data_version: str
+    created_at: str
+    # Windows: row counts and [first, last] event timestamps (ISO, UTC).
+    reference_rows: int
+    current_rows: int
+    reference_window: list[str]
+    current_window: list[str]
+    # Data drift (DataDriftPreset over user/item features and interaction statistics).
+    data_drift_share: float
+    data_drifted_columns: list[str]
+    data_columns: list[str]
+    # Prediction drift (DataDriftPreset over the top-10 recommendations of sampled users).
+    prediction_drift_share: float
+    prediction_drifted_columns: list[str]
+    prediction_columns: list[str]
+    prediction_users: dict[str, int]
+    # Ranking quality on the current window (RecsysPreset, k=10).
+    current_ndcg10: float
+    ranking_metrics: dict[str, float]
+    ranking_users: int
+    thresholds: dict[str, float]
+    # Artifacts.
+    out_dir: Path
+    data_drift_html: Path
+    data_drift_json: Path
+    prediction_drift_html: Path
+    prediction_drift_json: Path
+    ranking_html: Path | None  # None when ranking quality was not measurable
+    ranking_json: Path | None
+    workspace: Path
+    project: str
+    project_id: str
+    run_ids: dict[str, str]
+    seconds: float
+    timings: dict[str, float]  # seconds per step: load, data_drift, prediction_drift, ranking, save

@@ -1,8 +1,12 @@
 """``recforge`` command line: the same stages as the DAGs, plus the demo and the local UIs.
 
 recforge demo                      # the main job: both DAGs end to end through Airflow, then the summary
-recforge run bpr --set split.protocol=random_holdout --hparam epochs=5
+recforge run bpr --set split.protocol=random_holdout --hparam embedding_size=128
 recforge summary                   # leaderboard + the path of summary.json (last line)
+recforge runs --model bpr          # the run index: every run, its key, status and gate decision
+recforge history                   # promotions and rollbacks of a deployment (default: "default")
+recforge rollback [--to TAG]       # the previous (or named) champion back, atomically
+recforge feast feature-views list  # the feast CLI on the champion's Feast namespace
 recforge airflow dags list         # the airflow CLI with recforge's environment
 recforge airflow-ui                # Airflow UI on a free port
 """
@@ -23,6 +27,7 @@ import yaml
 
 from pipeline import stages
 from pipeline.airflow_env import airflow_env, free_port
+from pipeline.config import ConfigError
 from pipeline.summary import write_summary
 
 log = logging.getLogger("recforge")
@@ -50,13 +55,81 @@ def _airflow(args: list[str], env: dict[str, str], check: bool = True) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    summary = stages.run_all(args.model, args.run_id, _pairs(args.set), _pairs(args.hparam))
-    print_summary(summary)
+    overrides = _pairs(args.set)
+    run_id = args.run_id or stages.new_run_id()
+    print(
+        stages.run_context(args.model, run_id, overrides, _pairs(args.hparam)).run_config.eligibility,
+        flush=True,
+    )
+    summary, decision = stages.run_all(args.model, run_id, overrides, _pairs(args.hparam))
+    print_summary(summary, last_line=False)
+    print(decision.headline())
+
+
+def _index(deployment: str | None = None) -> tuple[Any, str]:
+    cfg, layout = stages.context()
+    from pipeline.run_index import RunIndex
+
+    return RunIndex.for_layout(layout, cfg.run_index.url), deployment or cfg.deployment
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    index, _ = _index()
+    records = index.runs(model=args.model, limit=args.limit)
+    if not records:
+        print(f"no runs in the run index {index.describe()}")
+        return
+    print(f"{'run':48} {'status':9} {'data':16} {'protocol':15} {'ndcg@10':>8}  decision")
+    for r in records:
+        gate = r.gate or {}
+        verdict = "promoted" if r.promoted else ("not eligible" if not r.eligible else "not promoted")
+        if not gate:
+            verdict = "-"
+        ndcg = r.metrics.get("ndcg@10")
+        print(
+            f"{r.run_uid[:48]:48} {r.status:9} {str(r.data_version)[:16]:16} {r.protocol:15} "
+            f"{'-' if ndcg is None else f'{ndcg:.4f}':>8}  {verdict} [{r.deployment}] {r.code_commit[:12]}"
+        )
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    index, deployment = _index(args.deployment)
+    events = index.history(deployment)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in events], indent=2))
+        return
+    if not events:
+        print(f"deployment {deployment!r}: no champion yet ({index.describe()})")
+        return
+    print(f"deployment {deployment!r} ({len(events)} entries, newest last; the last one is live):")
+    for e in events:
+        print(
+            f"#{e.id:<4} {e.at[:19]}  {e.action:8} {e.model_tag:44} {e.metric} {e.value:.4f}  "
+            f"data {e.data_version}  run {e.run_uid}"
+        )
+        print(f"       {e.reason}")
+
+
+def cmd_rollback(args: argparse.Namespace) -> None:
+    from serving.package import RollbackError, rollback
+
+    index, deployment = _index(args.deployment)
+    _, layout = stages.context()
+    started = time.perf_counter()
+    try:
+        event = rollback(index, layout, deployment, args.to)
+    except RollbackError as exc:
+        raise SystemExit(f"recforge rollback: {exc}") from None
+    print(
+        f"deployment {deployment!r}: champion is now {event.model_tag} ({event.model}, {event.metric} "
+        f"{event.value:.4f}, features {event.feature_namespace}); was {event.previous_tag}. "
+        f"Took {time.perf_counter() - started:.2f} s; a running service follows within its poll interval."
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """Run the model DAGs through Airflow (``airflow dags test``: real tasks, SQLite metadata DB)."""
-    _, layout = stages.context()
+    cfg, layout = stages.context()
     env = airflow_env(layout)
     started = time.perf_counter()
     _airflow(["db", "migrate"], env)
@@ -66,10 +139,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
         log.info("running DAG recsys_%s through Airflow", model)
         _airflow(["dags", "test", f"recsys_{model}", "--conf", conf], env)
     log.info("demo finished in %.0f s", time.perf_counter() - started)
-    print_summary(write_summary(layout))
+    print_summary(write_summary(layout, cfg))
 
 
-def print_summary(summary_path) -> None:
+def print_summary(summary_path, last_line: bool = True) -> None:
+    """The leaderboard, each model's newest gate outcome, and (last) the path of summary.json."""
     summary = json.loads(open(summary_path).read())
     print()
     print(open(summary["leaderboard"]).read())
@@ -78,12 +152,34 @@ def print_summary(summary_path) -> None:
         print(f"{name}: {verdict} - {record['reason']} (bento: {record['bento_tag']})")
         if record.get("drift_detected") is not None:
             print(f"{name}: drift detected={record['drift_detected']} {record.get('drift_reasons') or ''}")
-    print(summary_path)
+    if last_line:
+        print(summary_path)
 
 
 def cmd_summary(_: argparse.Namespace) -> None:
-    _, layout = stages.context()
-    print_summary(write_summary(layout))
+    cfg, layout = stages.context()
+    print_summary(write_summary(layout, cfg))
+
+
+def cmd_feast(args: argparse.Namespace) -> None:
+    """The feast CLI on one namespace (default: the namespace the deployment's champion serves from)."""
+    from features.store import DIR_ENV, PROJECT_ENV, repo_path, store_yaml
+
+    cfg, layout = stages.context()
+    namespace = args.namespace
+    if namespace is None:
+        index, deployment = _index()
+        champion = index.champion(deployment)
+        if champion is None:
+            known = sorted(p.name for p in layout.feast.glob("recforge_*"))
+            raise SystemExit(f"deployment {deployment!r} has no champion; pass --namespace, one of {known}")
+        namespace = champion.feature_namespace
+    env = dict(os.environ, RECFORGE_HOME=str(layout.home), **{PROJECT_ENV: namespace})
+    env[DIR_ENV] = str(layout.feast_namespace(namespace))
+    repo = repo_path(cfg.features)
+    feast_bin = os.path.join(os.path.dirname(sys.executable), "feast")
+    cmd = [feast_bin, "-c", str(repo), "-f", str(store_yaml(repo)), *args.feast_args]
+    raise SystemExit(subprocess.call(cmd, env=env))
 
 
 def cmd_airflow(args: argparse.Namespace) -> None:
@@ -130,21 +226,37 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
 
 def cmd_airflow_ui(args: argparse.Namespace) -> None:
     _, layout = stages.context()
-    port = args.port or free_port()
+    port = args.port or int(os.environ.get("RECFORGE_AIRFLOW_PORT") or 0) or free_port()
     env = airflow_env(layout, api_port=port)
+    host = env["AIRFLOW__API__HOST"]
     seed_password(env)
     airflow_bin = os.path.join(os.path.dirname(sys.executable), "airflow")
     # Own process group: standalone forks scheduler, API server and workers that must stop with it.
-    server = subprocess.Popen([airflow_bin, "standalone"], env=env, start_new_session=True)
+    # Its chatter goes to a log file, so the URL and the login stay on screen.
+    log_path = layout.airflow_home / "standalone.log"
+    with open(log_path, "a") as log_file:
+        server = subprocess.Popen(
+            [airflow_bin, "standalone"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     # On SIGTERM (not only Ctrl-C) unwind through `finally`, so standalone does not outlive us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         password = airflow_password(env)
-        print(f"\nAirflow UI: http://127.0.0.1:{port}  login: admin / {password}", flush=True)
+        password_file = os.path.join(env["AIRFLOW_HOME"], "simple_auth_manager_passwords.json.generated")
+        os.chmod(password_file, 0o600)
+        from training.models import pipeline_models
+
+        shown = "localhost" if host in ("127.0.0.1", "::1") else host
+        print(f"\nAirflow UI: http://{shown}:{port} (listening on {host}:{port})  login: admin / {password}")
         print(
-            "DAGs: recsys_bpr, recsys_sasrec, recsys_drift_monitor (Trigger -> the form takes the parameters)."
+            f"DAGs: recsys_<model> for {len(pipeline_models())} models, recsys_tune_<model>, recsys_drift_monitor "
+            "(Trigger -> the form takes the parameters). Each run's note says whether it promoted its model."
         )
-        print("Stop with Ctrl-C.", flush=True)
+        print(f"Log: {log_path}. Stop with Ctrl-C.", flush=True)
         raise SystemExit(server.wait())
     finally:
         stop_process_group(server)
@@ -178,16 +290,39 @@ def main(argv: list[str] | None = None) -> None:
 
     sub.add_parser("summary", help="rewrite and print the run summary").set_defaults(func=cmd_summary)
 
+    runs = sub.add_parser("runs", help="the run index: runs, newest first")
+    runs.add_argument("--model")
+    runs.add_argument("--limit", type=int, default=30)
+    runs.set_defaults(func=cmd_runs)
+
+    history = sub.add_parser("history", help="promotions and rollbacks of a deployment")
+    history.add_argument("--deployment", help="default: the config's deployment")
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(func=cmd_history)
+
+    rollback = sub.add_parser("rollback", help="restore the previous (or a named) champion, atomically")
+    rollback.add_argument("--deployment", help="default: the config's deployment")
+    rollback.add_argument("--to", metavar="TAG", help="a BentoML model tag from `recforge history`")
+    rollback.set_defaults(func=cmd_rollback)
+
     airflow = sub.add_parser("airflow", help="the airflow CLI with recforge's environment")
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=cmd_airflow)
 
+    feast = sub.add_parser("feast", help="the feast CLI on one Feast namespace (data version)")
+    feast.add_argument("--namespace", help="default: the namespace of the deployment's champion")
+    feast.add_argument("feast_args", nargs=argparse.REMAINDER, help="e.g. feature-views list")
+    feast.set_defaults(func=cmd_feast)
+
     ui = sub.add_parser("airflow-ui", help="airflow standalone (UI + scheduler) on a free port")
-    ui.add_argument("--port", type=int)
+    ui.add_argument("--port", type=int, help="default: $RECFORGE_AIRFLOW_PORT, else a free port")
     ui.set_defaults(func=cmd_airflow_ui)
 
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except ConfigError as exc:
+        raise SystemExit(f"recforge {args.command}: {exc}") from None
     # Skip interpreter finalisation: duckdb's bindings (Feast's offline store) print hundreds of
     # "leaked instance" lines at exit, which would bury the summary path that must come last.
     sys.stdout.flush()

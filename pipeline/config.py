@@ -8,11 +8,12 @@ Every path the pipeline writes lives under ``RECFORGE_HOME`` (default: ``<repo>/
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -89,6 +90,30 @@ class GateConfig(_Strict):
     build_bento: bool = True
 
 
+class DeploymentConfig(_Strict):
+    """A named serving slot and the fixed key its champion is judged by.
+
+    A run competes for one deployment (``PipelineConfig.deployment``). It can be promoted into it only
+    when the run's data source (every field of ``source``, the ``sample_users`` slice included), split
+    protocol and selection metric equal the deployment's; other runs are trained, evaluated and
+    recorded, never promoted there. ``source`` and ``protocol`` left empty mean the config *file*'s
+    ``source`` section and ``split.protocol`` (before any per-run override), so a
+    ``--set source.path=...`` never matches by accident.
+    """
+
+    protocol: SplitProtocol | None = None
+    metric: str = Field("ndcg@10", pattern=r"^[a-z_]+@\d+$")
+    source: SourceConfig | None = None
+    description: str = ""
+
+
+class RunIndexConfig(_Strict):
+    # SQLAlchemy URL of the run index; empty = ``sqlite:///$RECFORGE_HOME/run_index.db``. The
+    # environment variable RECFORGE_RUN_INDEX_URL wins (secrets stay out of the repo), e.g.
+    # postgresql+psycopg://user@127.0.0.1:5432/recforge for the production profile.
+    url: str = ""
+
+
 class MonitoringConfig(_Strict):
     # Share of drifted columns in a report above which the report counts as drift.
     drift_share_threshold: float = Field(0.5, ge=0.0, le=1.0)
@@ -108,6 +133,21 @@ class PipelineConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     gate: GateConfig = GateConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    # The deployment this run competes for, and every deployment's judging key.
+    deployment: str = "default"
+    deployments: dict[str, DeploymentConfig] = Field(default_factory=lambda: {"default": DeploymentConfig()})
+
+    @field_validator("deployments")
+    @classmethod
+    def _deployment_names(cls, value: dict[str, DeploymentConfig]) -> dict[str, DeploymentConfig]:
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name)]
+        if bad:
+            raise ValueError(f"deployment names may hold letters, digits, '_', '.', '-' (1-64): {bad}")
+        if not value:
+            raise ValueError("declare at least one deployment")
+        return value
+
+    run_index: RunIndexConfig = RunIndexConfig()
 
     @property
     def home_dir(self) -> Path:
@@ -136,13 +176,42 @@ def dotted_to_nested(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+class ConfigError(ValueError):
+    """A config file or override is wrong; the message says which key and what would fix it."""
+
+
+# Deployment keys are fixed by the config file: a run may choose *which* deployment it competes for
+# (``deployment=...``) but may not redefine what a deployment judges on.
+FROZEN_OVERRIDE_PREFIXES = ("deployments", "run_index")
+
+
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Load ``configs/pipeline.yaml`` (or ``path``, or ``$RECFORGE_CONFIG``) and apply dotted overrides."""
+    """Load ``configs/pipeline.yaml`` (or ``path``, or ``$RECFORGE_CONFIG``) and apply dotted overrides.
+
+    Deployments without a ``source`` get the file's ``source`` section, resolved before the overrides.
+    """
     path = Path(path or os.environ.get("RECFORGE_CONFIG") or CONFIG_DIR / "pipeline.yaml")
     data = yaml.safe_load(path.read_text()) or {} if path.exists() else {}
-    if overrides:
-        data = _deep_update(data, dotted_to_nested(overrides))
-    return PipelineConfig.model_validate(data)
+    frozen = sorted(k for k in overrides or {} if k.split(".")[0] in FROZEN_OVERRIDE_PREFIXES)
+    if frozen:
+        raise ConfigError(
+            f"{', '.join(frozen)}: deployments and the run index are fixed in the config file ({path}); "
+            "edit it there, or pick another deployment with deployment=NAME"
+        )
+    base = PipelineConfig.model_validate(data)
+    merged = _deep_update(data, dotted_to_nested(overrides)) if overrides else data
+    cfg = PipelineConfig.model_validate(merged)
+    deployments = {
+        name: d.model_copy(
+            update={"source": d.source or base.source, "protocol": d.protocol or base.split.protocol}
+        )
+        for name, d in cfg.deployments.items()
+    }
+    if cfg.deployment not in deployments:
+        raise ConfigError(
+            f"deployment={cfg.deployment!r} is not declared; declared in {path}: {sorted(deployments)}"
+        )
+    return cfg.model_copy(update={"deployments": deployments})
 
 
 # Keys of configs/models/<model>.yaml that configure the pipeline around the model, not the model:

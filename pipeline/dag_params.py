@@ -13,6 +13,7 @@ from pipeline.config import load_config
 
 # form field -> dotted key in configs/pipeline.yaml
 PARAM_TO_CONFIG = {
+    "deployment": "deployment",
     "split_protocol": "split.protocol",
     "max_epochs": "trainer.max_epochs",
     "patience": "trainer.patience",
@@ -28,6 +29,12 @@ PARAM_TO_CONFIG = {
 _defaults = load_config()
 
 PIPELINE_PARAMS: dict[str, Param] = {
+    "deployment": Param(
+        _defaults.deployment,
+        enum=sorted(_defaults.deployments),
+        description="The deployment this run competes for (its data source, protocol and metric are "
+        "fixed in the pipeline config; a run that does not match them is never promoted there).",
+    ),
     "split_protocol": Param(
         _defaults.split.protocol,
         enum=["temporal", "leave_last_out", "random_holdout"],

@@ -23,17 +23,26 @@ def run_overrides() -> dict[str, Any]:
     return overrides_from_params(get_current_context()["params"])
 
 
+def run_hparams() -> dict[str, Any]:
+    """The model hyperparameter overrides of the trigger form (model DAGs have an ``hparams`` field)."""
+    return dict(get_current_context()["params"].get("hparams") or {})
+
+
 def split_tasks(run_ids: Callable[[], tuple[str, str]]) -> Any:
     """ingest -> validate -> features -> split inside the DAG being defined; the split manifest's XComArg.
 
     ``run_ids()`` gives ``(model, run_id)`` of the running task, which names the run directory.
     """
 
-    @task(doc_md="Read the configured source into staging Parquet (strings + provenance).", **IO_RETRIES)
+    @task(
+        doc_md="Write the run's resolved config (run_config.json, read by every later task); read the "
+        "configured source into staging Parquet (strings + provenance).",
+        **IO_RETRIES,
+    )
     def ingest() -> str:
         from pipeline import stages
 
-        return stages.ingest(*run_ids(), run_overrides())
+        return stages.ingest(*run_ids(), run_overrides(), run_hparams())
 
     @task(doc_md="Validate types, ranges, duplicates, unknown entities; quarantine bad rows; snapshot.")
     def validate(staging: str) -> str:

@@ -26,25 +26,32 @@ class Layout:
         return self.home / "data" / data_version
 
     @property
-    def feast(self) -> Path:  # registry, online store and offline feature tables
+    def feast(self) -> Path:  # one directory per Feast namespace (see feast_namespace)
         return self.home / "feast"
 
-    @property
-    def feast_offline(self) -> Path:
-        return self.feast / "offline"
+    def feast_namespace(self, namespace: str) -> Path:
+        """Registry, SQLite online store and offline tables of one Feast namespace (embedded profile).
+
+        A namespace holds the features of one data version and feature config; runs on other data
+        build their own, so the namespace a deployment's champion was judged with is never rewritten.
+        """
+        return self.feast / namespace
+
+    def feast_offline(self, namespace: str) -> Path:
+        return self.feast_namespace(namespace) / "offline"
 
     def features(self, data_version: str) -> Path:
         return self.home / "features" / data_version
 
-    def split(self, data_version: str, protocol: str, seed: int) -> Path:
-        return self.home / "splits" / data_version / f"{protocol}-seed{seed}"
+    def split(self, feature_namespace: str, split_name: str) -> Path:
+        return self.home / "splits" / feature_namespace / split_name
 
     def run(self, model: str, run_id: str) -> Path:
         return self.home / "runs" / model / run_id
 
     @property
-    def champion(self) -> Path:  # the promoted-model pointer, swapped atomically
-        return self.home / "champion.json"
+    def run_index(self) -> Path:  # the embedded run index (SQLite): runs and deployment histories
+        return self.home / "run_index.db"
 
     @property
     def bentoml_home(self) -> Path:

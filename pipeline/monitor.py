@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from pipeline import stages
-from pipeline.summary import latest_completed_runs
+from pipeline.run_index import RunIndex
 
 log = logging.getLogger(__name__)
 
@@ -15,23 +15,24 @@ log = logging.getLogger(__name__)
 def check_champion_drift(
     overrides: dict[str, Any] | None = None, run_id: str | None = None
 ) -> dict[str, Any]:
-    """Re-read the newest data and run the drift checks for the champion's latest completed run.
+    """Re-read the newest data and run the drift checks for the deployment's champion.
 
     Ingest, validation, features and split are content-addressed, so unchanged data costs little.
     Returns ``{"model", "drift_detected", "drift_manifest", "reasons"}``; no champion -> no drift.
     """
-    _, layout = stages.context(overrides)
-    if not layout.champion.is_file():
-        log.info("no champion promoted yet: nothing to monitor")
+    cfg, layout = stages.context(overrides)
+    champion = RunIndex.for_layout(layout, cfg.run_index.url).champion(cfg.deployment)
+    if champion is None:
+        log.info("deployment %r has no champion yet: nothing to monitor", cfg.deployment)
         return {"model": None, "drift_detected": False, "drift_manifest": "", "reasons": []}
-    model = json.loads(layout.champion.read_text())["model"]
-    runs = latest_completed_runs(layout)
-    if model not in runs:
+    model = champion.model
+    train_manifest = layout.home / "runs" / champion.run_uid / "train.json"
+    if not train_manifest.is_file():
         return {
             "model": model,
             "drift_detected": False,
             "drift_manifest": "",
-            "reasons": ["no completed run"],
+            "reasons": [f"the champion's run directory is gone ({train_manifest.parent})"],
         }
     run_id = f"monitor-{run_id or stages.new_run_id()}"
     monitor_model = f"{model}-monitor"
@@ -39,7 +40,7 @@ def check_champion_drift(
     snapshot = stages.validate(monitor_model, run_id, staging, overrides)
     feature_set = stages.features(monitor_model, run_id, snapshot, overrides)
     split_manifest = stages.split(monitor_model, run_id, feature_set, overrides)
-    manifest = stages.drift(monitor_model, run_id, split_manifest, str(runs[model] / "train.json"), overrides)
+    manifest = stages.drift(monitor_model, run_id, split_manifest, str(train_manifest), overrides)
     result = json.loads(open(manifest).read())
     return {
         "model": model,

@@ -2,12 +2,15 @@
 
 Each function loads its inputs' manifests, calls the stage's plain-Python implementation, saves the
 result's manifest under the run directory and returns that path (a string, so it fits in XCom).
+Every stage of a run takes its settings from the run's ``run_config.json`` (written by the first
+stage that runs, see ``pipeline.runs``), so a retried task uses the settings the run started with.
 Heavy libraries are imported inside the functions: the DAG processor imports this module's callers
 on every parse and must stay fast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import json
@@ -23,13 +26,17 @@ from pipeline.artifacts import (
     Evaluation,
     FeatureSet,
     GateDecision,
+    RunConfig,
+    RunRecord,
     Snapshot,
     Split,
     TrainResult,
     atomic_write_json,
 )
-from pipeline.config import PipelineConfig, load_config, load_model_params
+from pipeline.config import PipelineConfig, load_config
 from pipeline.layout import Layout
+from pipeline.run_index import RunIndex, now_iso
+from pipeline.runs import ensure_run_config, pipeline_config
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,7 @@ STAGES = (
     "evaluate",
     "gate",
     "package",
+    "promote",
     "drift",
     "finish",
 )
@@ -57,6 +65,7 @@ def safe_run_id(run_id: str) -> str:
 
 
 def context(overrides: dict[str, Any] | None = None) -> tuple[PipelineConfig, Layout]:
+    """The current configuration (YAML + overrides) and its layout: for work outside a run."""
     cfg = load_config(overrides=overrides)
     return cfg, Layout(cfg.home_dir)
 
@@ -65,6 +74,33 @@ def _run_dir(layout: Layout, model: str, run_id: str) -> Path:
     path = layout.run(model, safe_run_id(run_id))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What a stage of one run works with: the run's own settings, where they live, its index."""
+
+    cfg: PipelineConfig
+    layout: Layout
+    run_config: RunConfig
+    run_dir: Path
+
+    @property
+    def run_uid(self) -> str:
+        return f"{self.run_config.model}/{self.run_dir.name}"
+
+    def index(self) -> RunIndex:
+        return RunIndex.for_layout(self.layout, self.cfg.run_index.url)
+
+
+def run_context(
+    model: str, run_id: str, overrides: dict[str, Any] | None = None, hparams: dict[str, Any] | None = None
+) -> RunContext:
+    """The run's context; the first stage of a run resolves and writes its ``run_config.json``."""
+    fresh, layout = context(overrides)
+    run_dir = _run_dir(layout, model, run_id)
+    run_config = ensure_run_config(run_dir, model, safe_run_id(run_id), fresh, hparams)
+    return RunContext(pipeline_config(run_config), layout, run_config, run_dir)
 
 
 def timed(stage: Callable[..., str]) -> Callable[..., str]:
@@ -86,38 +122,40 @@ def timed(stage: Callable[..., str]) -> Callable[..., str]:
 
 
 @timed
-def ingest(model: str, run_id: str, overrides: dict[str, Any] | None = None) -> str:
+def ingest(
+    model: str, run_id: str, overrides: dict[str, Any] | None = None, hparams: dict[str, Any] | None = None
+) -> str:
     from ingestion.ingest import ingest as ingest_source
 
-    cfg, layout = context(overrides)
-    return str(ingest_source(cfg.source, layout, f"{model}-{safe_run_id(run_id)}"))
+    run = run_context(model, run_id, overrides, hparams)
+    return str(ingest_source(run.cfg.source, run.layout, f"{model}-{run.run_dir.name}"))
 
 
 @timed
 def validate(model: str, run_id: str, staging: str, overrides: dict[str, Any] | None = None) -> str:
     from ingestion.validate import validate as validate_staging
 
-    cfg, layout = context(overrides)
-    snapshot = validate_staging(Path(staging), cfg.validation, layout, cfg.source.name)
-    return str(snapshot.save(_run_dir(layout, model, run_id) / "snapshot.json"))
+    run = run_context(model, run_id, overrides)
+    snapshot = validate_staging(Path(staging), run.cfg.validation, run.layout, run.cfg.source.name)
+    return str(snapshot.save(run.run_dir / "snapshot.json"))
 
 
 @timed
 def features(model: str, run_id: str, snapshot: str, overrides: dict[str, Any] | None = None) -> str:
     from features.store import build_features
 
-    cfg, layout = context(overrides)
-    feature_set = build_features(Snapshot.load(snapshot), cfg.features, layout)
-    return str(feature_set.save(_run_dir(layout, model, run_id) / "features.json"))
+    run = run_context(model, run_id, overrides)
+    feature_set = build_features(Snapshot.load(snapshot), run.cfg.features, run.layout)
+    return str(feature_set.save(run.run_dir / "features.json"))
 
 
 @timed
 def split(model: str, run_id: str, feature_set: str, overrides: dict[str, Any] | None = None) -> str:
     from training.split import make_split
 
-    cfg, layout = context(overrides)
-    result = make_split(FeatureSet.load(feature_set), cfg.split, layout)
-    return str(result.save(_run_dir(layout, model, run_id) / "split.json"))
+    run = run_context(model, run_id, overrides)
+    result = make_split(FeatureSet.load(feature_set), run.cfg.split, run.layout)
+    return str(result.save(run.run_dir / "split.json"))
 
 
 @timed
@@ -128,13 +166,39 @@ def train(
     overrides: dict[str, Any] | None = None,
     hparams: dict[str, Any] | None = None,
 ) -> str:
+    """Train the model; from here on the run is a record of the run index."""
     from training.train import train_model
 
-    cfg, layout = context(overrides)
-    run_dir = _run_dir(layout, model, run_id)
-    params = load_model_params(model, hparams)
-    result = train_model(model, Split.load(split_manifest), params, cfg.trainer, run_dir)
-    return str(result.save(run_dir / "train.json"))
+    run = run_context(model, run_id, overrides, hparams)
+    split_result = Split.load(split_manifest)
+    _register(run, split_result)
+    result = train_model(model, split_result, run.run_config.hparams, run.cfg.trainer, run.run_dir)
+    run.index().update_run(run.run_uid, artifact_dir=str(result.run_dir / "model"))
+    return str(result.save(run.run_dir / "train.json"))
+
+
+def _register(run: RunContext, split_result: Split) -> None:
+    rc = run.run_config
+    run.index().save_run(
+        RunRecord(
+            run_uid=run.run_uid,
+            model=rc.model,
+            run_id=rc.run_id,
+            deployment=rc.deployment,
+            status="running",
+            started_at=rc.created_at,
+            run_dir=str(run.run_dir),
+            config_hash=rc.config_hash,
+            code_commit=rc.code_commit,
+            protocol=split_result.protocol,
+            seed=split_result.seed,
+            eligible=rc.eligible,
+            eligibility=rc.eligibility,
+            data_version=split_result.data_version,
+            split_dir=str(split_result.dir),
+            feature_namespace=split_result.feature_namespace,
+        )
+    )
 
 
 @timed
@@ -143,19 +207,34 @@ def evaluate(
 ) -> str:
     from training.evaluate import evaluate_run
 
-    cfg, layout = context(overrides)
-    evaluation = evaluate_run(TrainResult.load(train_manifest), Split.load(split_manifest), cfg.evaluation)
-    return str(evaluation.save(_run_dir(layout, model, run_id) / "evaluation.json"))
+    run = run_context(model, run_id, overrides)
+    evaluation = evaluate_run(
+        TrainResult.load(train_manifest), Split.load(split_manifest), run.cfg.evaluation
+    )
+    run.index().update_run(run.run_uid, metrics=evaluation.metrics, baselines=evaluation.baselines)
+    return str(evaluation.save(run.run_dir / "evaluation.json"))
 
 
 @timed
-def gate(model: str, run_id: str, evaluation: str, overrides: dict[str, Any] | None = None) -> str:
+def gate(
+    model: str, run_id: str, evaluation: str, split_manifest: str, overrides: dict[str, Any] | None = None
+) -> str:
+    """Decide: eligible for the deployment, beats Popularity, beats the champion on this run's split."""
     from training.gate import decide
 
-    cfg, layout = context(overrides)
-    decision = decide(Evaluation.load(evaluation), cfg.gate, layout.champion)
-    log.info("gate for %s: %s", model, decision.reason)
-    return str(decision.save(_run_dir(layout, model, run_id) / "gate.json"))
+    run = run_context(model, run_id, overrides)
+    index = run.index()
+    decision = decide(
+        Evaluation.load(evaluation),
+        Split.load(split_manifest),
+        run.run_config,
+        run.cfg,
+        index.champion(run.run_config.deployment),
+        run.run_dir / "model",
+    )
+    log.info("gate for %s: %s", model, decision.headline())
+    index.update_run(run.run_uid, gate=decision.to_dict())
+    return str(decision.save(run.run_dir / "gate.json"))
 
 
 @timed
@@ -167,17 +246,40 @@ def package(
     decision: str,
     overrides: dict[str, Any] | None = None,
 ) -> str:
+    """Store the candidate as a BentoML model (every run); build the service Bento when it passed the gate."""
     from serving.package import package_model
 
-    cfg, layout = context(overrides)
+    run = run_context(model, run_id, overrides)
     packaged = package_model(
         TrainResult.load(train_manifest),
         Evaluation.load(evaluation),
         GateDecision.load(decision),
-        layout,
-        cfg.gate.build_bento,
+        run.layout,
+        run.cfg.gate.build_bento,
     )
-    return str(packaged.save(_run_dir(layout, model, run_id) / "package.json"))
+    run.index().update_run(run.run_uid, bento_tag=packaged.bento_tag, gate=packaged.to_dict())
+    return str(packaged.save(run.run_dir / "package.json"))
+
+
+@timed
+def promote(model: str, run_id: str, decision: str, overrides: dict[str, Any] | None = None) -> str:
+    """Make a candidate that passed the gate its deployment's champion (compare-and-swap in the run index).
+
+    Returns the path of ``promotion.json``: the final decision, which says ``promoted=False`` (and why)
+    when the champion changed after the gate judged, or when the gate rejected the run.
+    """
+    from serving.package import promote_candidate
+
+    run = run_context(model, run_id, overrides)
+    packaged = GateDecision.load(decision)
+    index = run.index()
+    record = index.run(run.run_uid)
+    if record is None:
+        raise RuntimeError(f"run {run.run_uid} is not in the run index {index.describe()}; was it trained?")
+    final = promote_candidate(packaged, record, run.layout, index) if packaged.promoted else packaged
+    index.update_run(run.run_uid, gate=final.to_dict(), promoted=final.promoted)
+    log.info("%s", final.headline())
+    return str(final.save(run.run_dir / "promotion.json"))
 
 
 @timed
@@ -186,17 +288,16 @@ def drift(
 ) -> str:
     from monitoring.drift import run_drift
 
-    cfg, layout = context(overrides)
-    run_dir = _run_dir(layout, model, run_id)
+    run = run_context(model, run_id, overrides)
     result = run_drift(
         Split.load(split_manifest),
         TrainResult.load(train_manifest).run_dir / "model",
-        cfg.monitoring,
-        run_dir / "drift",
-        layout.evidently_workspace,
+        run.cfg.monitoring,
+        run.run_dir / "drift",
+        run.layout.evidently_workspace,
         f"recforge-{model}",
     )
-    return str(result.save(run_dir / "drift.json"))
+    return str(result.save(run.run_dir / "drift.json"))
 
 
 def run_all(
@@ -204,29 +305,51 @@ def run_all(
     run_id: str | None = None,
     overrides: dict[str, Any] | None = None,
     hparams: dict[str, Any] | None = None,
-) -> Path:
+) -> tuple[Path, GateDecision]:
     """Run every stage in-process (the CLI path; Airflow runs the same functions as tasks).
 
-    Returns the path of the refreshed summary.json.
+    Returns the path of the refreshed summary.json and the run's final gate decision. A failure marks
+    the run ``failed`` in the run index and is raised; the deployment's champion is untouched.
     """
     run_id = run_id or new_run_id()
-    staging = ingest(model, run_id, overrides)
-    snapshot = validate(model, run_id, staging, overrides)
-    feature_set = features(model, run_id, snapshot, overrides)
-    split_manifest = split(model, run_id, feature_set, overrides)
-    train_manifest = train(model, run_id, split_manifest, overrides, hparams)
-    evaluation = evaluate(model, run_id, train_manifest, split_manifest, overrides)
-    decision = gate(model, run_id, evaluation, overrides)
-    package(model, run_id, train_manifest, evaluation, decision, overrides)
-    drift(model, run_id, split_manifest, train_manifest, overrides)
-    return Path(finish(model, run_id, overrides))
+    try:
+        staging = ingest(model, run_id, overrides, hparams)
+        snapshot = validate(model, run_id, staging, overrides)
+        feature_set = features(model, run_id, snapshot, overrides)
+        split_manifest = split(model, run_id, feature_set, overrides)
+        train_manifest = train(model, run_id, split_manifest, overrides, hparams)
+        evaluation = evaluate(model, run_id, train_manifest, split_manifest, overrides)
+        decision = gate(model, run_id, evaluation, split_manifest, overrides)
+        packaged = package(model, run_id, train_manifest, evaluation, decision, overrides)
+        final = promote(model, run_id, packaged, overrides)
+        drift(model, run_id, split_manifest, train_manifest, overrides)
+        summary = Path(finish(model, run_id, overrides))
+    except BaseException as exc:
+        mark_failed(model, run_id, f"{type(exc).__name__}: {exc}", overrides)
+        raise
+    return summary, GateDecision.load(final)
+
+
+def mark_failed(model: str, run_id: str, error: str, overrides: dict[str, Any] | None = None) -> None:
+    """Record a failed run in the run index (when it got far enough to be there); never raises."""
+    try:
+        run = run_context(model, run_id, overrides)
+        index = run.index()
+        if index.run(run.run_uid) is not None:
+            index.update_run(run.run_uid, status="failed", finished_at=now_iso(), error=error[:2000])
+    except Exception:  # noqa: BLE001 - reporting a failure must not hide the failure itself
+        log.exception("could not record the failure of %s/%s in the run index", model, run_id)
 
 
 def finish(model: str, run_id: str, overrides: dict[str, Any] | None = None) -> str:
     """Mark the run complete and refresh summary.json + leaderboard.md; returns the summary path."""
     from pipeline.summary import write_summary
 
-    _, layout = context(overrides)
-    run_dir = _run_dir(layout, model, run_id)
-    atomic_write_json(run_dir / "completed.json", {"model": model, "run_id": run_id, "at": datetime.now(UTC)})
-    return str(write_summary(layout))
+    run = run_context(model, run_id, overrides)
+    atomic_write_json(
+        run.run_dir / "completed.json", {"model": model, "run_id": run_id, "at": datetime.now(UTC)}
+    )
+    index = run.index()
+    if index.run(run.run_uid) is not None:
+        index.update_run(run.run_uid, status="completed", finished_at=now_iso())
+    return str(write_summary(run.layout, run.cfg))

@@ -33,7 +33,7 @@ import yaml
 
 from pipeline.artifacts import Split, TrainResult, atomic_write_json, atomic_write_text
 from pipeline.config import load_model_params, load_tuning_grid
-from pipeline.stages import _run_dir, context, new_run_id, safe_run_id
+from pipeline.stages import _run_dir, context, new_run_id, run_context, safe_run_id
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def train_candidate(
     """Train one candidate on the split; return the path of its ``train.json`` (what XCom carries)."""
     from training.train import train_model
 
-    cfg, _ = context(overrides)
+    cfg = run_context(model, run_id, overrides).cfg  # the settings the tuning run started with
     run_dir = tuning_dir(model, run_id, overrides) / "candidates" / candidate["id"]
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "candidate.json", candidate)
@@ -180,7 +180,7 @@ def evaluate_winner(
     """
     from training.evaluate import evaluate_run
 
-    cfg, _ = context(overrides)
+    cfg = run_context(model, run_id, overrides).cfg
     tuning = json.loads(Path(tuning_manifest).read_text())
     winner = TrainResult.load(tuning["winner"]["train_manifest"])
     evaluation = evaluate_run(winner, Split.load(split_manifest), cfg.evaluation)

@@ -1,13 +1,16 @@
-"""Request-time reads of a user's recent history from Feast's online store.
+"""Request-time reads of a user's recent history (and profile) from one Feast namespace's online store.
 
 The service needs one thing per request: ``user_activity:recent_items`` (item id strings, oldest first)
-for one user, so that sequential models see events newer than their training data. The features
-package owns the Feast repo; its ``features.store.feature_store`` opens the store (profile selection via
-``RECFORGE_FEAST_PROFILE``, ``RECFORGE_HOME`` expansion), with ``feast.FeatureStore`` as the fallback.
-The read asks Feast for that single feature only (see ``OnlineHistory._read`` for why).
+for one user, so that sequential models see events newer than their training data. Feast state is
+namespaced per data version (``features.store``): a reader is bound to the namespace its model was
+judged with (``DeploymentEvent.feature_namespace``), so a newer run's features never leak into an older
+champion's requests, and a swap to another champion brings its own reader. The read asks Feast for that
+single feature only (see ``OnlineHistory._read`` for why). Reading never writes: a namespace that was
+never built is reported as unreachable, not created.
 
 Which store: ``RECFORGE_FEATURE_REPO`` (a directory with ``feature_store.yaml``) if set, else
-``<repo>/feature_repo``; that YAML expands ``${RECFORGE_HOME}`` for the registry and online store paths.
+``<repo>/feature_repo``; the home (registry, SQLite online store under ``feast/<namespace>/``) is the
+given one, else ``RECFORGE_HOME``. ``RECFORGE_FEAST_PROFILE`` selects another profile (production: Redis).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import REPO_ROOT
+from pipeline.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -31,44 +35,62 @@ PROFILE_FIELDS = ("age", "gender", "occupation")  # what cold-start-from-attribu
 PROFILE_FEATURES = [f"{PROFILE_VIEW}:{name}" for name in PROFILE_FIELDS]
 # Feature views of the Feast project (docs/architecture.md); recorded in the Bento model's metadata.
 FEATURE_VIEWS = ["user_profile", "user_activity", "item_profile", "item_popularity"]
+HEALTHCHECK_USER = "__recforge_healthcheck__"
 
 
 def feature_repo_path() -> Path:
     return Path(os.environ.get("RECFORGE_FEATURE_REPO") or REPO_ROOT / "feature_repo").resolve()
 
 
+def default_home() -> Path:
+    return Path(os.environ.get("RECFORGE_HOME") or REPO_ROOT / ".recforge").resolve()
+
+
 class OnlineHistory:
-    """Thread-safe, lazily connected reader of users' recent items from the Feast online store.
+    """Thread-safe, lazily connected, read-only reader of one Feast namespace's online store.
 
     BentoML runs sync endpoints in a thread pool; the SQLite online store shares one connection, so
     reads are serialised with a lock (each is a single-row primary-key lookup, well under a millisecond
     of SQLite time). Failures are reported, not raised: the service then serves without history.
     """
 
-    def __init__(self, repo_path: Path | None = None, health_ttl_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        namespace: str,
+        repo_path: Path | None = None,
+        home: Path | None = None,
+        health_ttl_s: float = 5.0,
+    ) -> None:
+        self.namespace = namespace
         self.repo_path = Path(repo_path) if repo_path else feature_repo_path()
+        self.home = Path(home).resolve() if home else default_home()
         self._store: Any = None
         self._lock = threading.Lock()
         self._health_ttl_s = health_ttl_s
         self._health: tuple[float, bool, str] = (0.0, False, "not checked")
 
+    def describe(self) -> str:
+        return f"feast namespace {self.namespace} (repo {self.repo_path}, home {self.home})"
+
     def connect(self) -> None:
         """Open the store once (imports Feast, reads the registry); callers hold the lock."""
         if self._store is not None:
             return
+        from features.store import PROFILE_ENV, feature_store
+
+        if not self.namespace:
+            raise LookupError("no Feast namespace: the served model's deployment event names none")
         if not (self.repo_path / "feature_store.yaml").exists():
             raise FileNotFoundError(
                 f"no feature_store.yaml in {self.repo_path}; set RECFORGE_FEATURE_REPO to the Feast repo "
                 "(and RECFORGE_HOME to the home that holds its registry and online store)"
             )
-        try:  # the features package's helper, when present, resolves the profile and RECFORGE_HOME
-            from features.store import feature_store
-        except ImportError:
-            from feast import FeatureStore
-
-            self._store = FeatureStore(repo_path=str(self.repo_path))
-        else:
-            self._store = feature_store(self.repo_path)
+        if os.environ.get(PROFILE_ENV, "") in ("", "embedded", "default"):
+            # Embedded profile: the namespace is a directory; opening a missing one would create it.
+            online_db = Layout(self.home).feast_namespace(self.namespace) / "online.db"
+            if not online_db.is_file():
+                raise FileNotFoundError(f"Feast namespace {self.namespace} was never built: no {online_db}")
+        self._store = feature_store(self.home, self.namespace, feature_repo=self.repo_path)
 
     def recent_items(self, user_id: str) -> list[str] | None:
         """The user's recent item ids (oldest first); None when the store is unreachable or has no row."""
@@ -77,7 +99,7 @@ class OnlineHistory:
                 self.connect()
                 row = self._read(str(user_id))
         except Exception as exc:  # noqa: BLE001 - degrade to no history, but say so in the logs
-            log.warning("feast online read failed for user %s: %s", user_id, exc)
+            log.warning("feast online read failed for user %.100s: %s", user_id, exc)
             return None
         value = row.get(HISTORY_FEATURE)
         if value is None:
@@ -97,7 +119,7 @@ class OnlineHistory:
                 self.connect()
                 row = self._read(str(user_id), PROFILE_FEATURES)
         except Exception as exc:  # noqa: BLE001 - degrade to no attributes, but say so in the logs
-            log.warning("feast profile read failed for user %s: %s", user_id, exc)
+            log.warning("feast profile read failed for user %.100s: %s", user_id, exc)
             return None
         found = {}
         for name in PROFILE_FIELDS:
@@ -120,8 +142,8 @@ class OnlineHistory:
         try:
             with self._lock:
                 self.connect()
-                self._read("__recforge_healthcheck__")
-            ok, detail = True, f"feast repo {self.repo_path}"
+                self._read(HEALTHCHECK_USER)
+            ok, detail = True, self.describe()
         except Exception as exc:  # noqa: BLE001 - any failure means "not reachable"
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         self._health = (time.monotonic(), ok, detail)

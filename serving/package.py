@@ -1,39 +1,54 @@
-"""Package stage: store the candidate as a BentoML model; when promoted, swap the champion and build a Bento.
+"""Package stage: store every candidate as a BentoML model; promote stage: make it a deployment's champion.
 
-Every candidate is saved (so a rejected model can still be inspected or served by tag), but only a
-promoted one moves the champion pointer (``layout.champion``, written atomically) and gets a Bento.
+Every candidate is saved (so a rejected model can still be inspected or served by tag); a candidate
+that passed the gate also gets a service Bento. Promotion is a separate step (``promote_candidate``):
+one compare-and-swap in the run index appends a ``DeploymentEvent`` to the deployment's history,
+which the running service follows (``serving.service``). Built before the swap, so a failed build
+never leaves a deployment on a model without a Bento.
 The BentoML store lives under ``layout.bentoml_home``; we pass that store explicitly to
 ``bentoml.models.create`` (so the process-wide ``BENTOML_HOME`` does not matter here) and set
 ``BENTOML_HOME`` for the ``bentoml build`` subprocess. The service must run with the same
-``BENTOML_HOME`` (see ``serving/service.py``).
+``BENTOML_HOME`` (see ``serving/service.py``). Each stored model carries ``SHA256SUMS`` of its files,
+so a server refuses a truncated or altered model with a message naming the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipeline.artifacts import Evaluation, GateDecision, TrainResult, atomic_write_json, file_lock
+from pipeline.artifacts import (
+    DeploymentEvent,
+    Evaluation,
+    GateDecision,
+    RunRecord,
+    Split,
+    TrainResult,
+    file_lock,
+)
 from pipeline.config import REPO_ROOT
 from pipeline.layout import Layout
+from pipeline.run_index import ChampionChanged, RunIndex, now_iso
+from pipeline.runs import code_commit
 from serving.online import FEATURE_VIEWS, ONLINE_FEATURES
 
 log = logging.getLogger(__name__)
 
 SERVICE = "serving.service:Recommender"
 BENTO_NAME = "recforge_recommender"
-GATE_METRIC = "ndcg@10"  # what training.gate compares; the champion file carries it under metrics
+CHECKSUMS_FILE = "SHA256SUMS"  # sha256 of every file of the stored model, checked before loading
 ARTIFACT_SUBDIR = "artifact"  # the training artifact directory, copied verbatim
 TITLES_FILE = "titles.json"  # item id -> title, for human-readable responses
 RETRIEVER_SUBDIR = "retriever"  # a ranker's first stage: the best retrieval artifact on its split
@@ -50,16 +65,6 @@ BENTO_INCLUDE = [
 
 def bento_model_name(model: str) -> str:
     return f"recforge-{model}"
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
 def find_artifact_dir(train_result: TrainResult) -> Path:
@@ -138,6 +143,15 @@ def _split_dir_of(artifact_dir: Path) -> str | None:
     return str(Path(split_dir).resolve()) if split_dir else None
 
 
+def _feature_namespace_of(artifact_dir: Path) -> str:
+    """``Split.feature_namespace`` of the split the artifact was trained on ("" when unknown)."""
+    split_dir = _split_dir_of(artifact_dir)
+    manifest = Path(split_dir) / "split.json" if split_dir else None
+    if manifest is None or not manifest.is_file():
+        return ""
+    return Split.load(manifest).feature_namespace
+
+
 def choose_retriever(layout: Layout, ranker_artifact: Path) -> RetrieverChoice | None:
     """The best retrieval run on the ranker's split: highest ``best_valid_ndcg10`` in its ``train.json``.
 
@@ -209,8 +223,11 @@ def save_bento_model(
     from bentoml._internal.models import ModelStore
 
     artifact_dir = find_artifact_dir(train_result)
-    commit = git_commit()
+    commit = code_commit()
     metadata = _metadata(train_result, evaluation, decision, commit)
+    # The Feast namespace it was trained and judged with: what a pinned service (a Bento in a
+    # container, no run index) reads its online features from.
+    metadata["feature_namespace"] = _feature_namespace_of(artifact_dir)
     retriever = None
     if is_ranker_model(train_result.model):
         retriever = choose_retriever(layout, artifact_dir)
@@ -241,7 +258,59 @@ def save_bento_model(
             shutil.copytree(retriever.artifact_dir, target / RETRIEVER_SUBDIR)
         (target / TITLES_FILE).write_text(json.dumps(_titles(layout, evaluation.data_version)))
         (target / "recforge.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
+        write_checksums(target)
     return str(ref.tag)
+
+
+def write_checksums(model_dir: Path) -> Path:
+    """``SHA256SUMS`` (``<hex>  <relative path>`` per file, like sha256sum) of everything in ``model_dir``."""
+    lines = [
+        f"{_sha256(path)}  {path.relative_to(model_dir).as_posix()}"
+        for path in sorted(model_dir.rglob("*"))
+        if path.is_file() and path.name != CHECKSUMS_FILE
+    ]
+    out = model_dir / CHECKSUMS_FILE
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+class CorruptModel(RuntimeError):
+    """A stored model's files do not match their checksums; the message names the file."""
+
+
+def verify_checksums(model_dir: Path) -> None:
+    """Raise ``CorruptModel`` naming the first missing, truncated or altered file of a stored model.
+
+    Models stored before checksums existed (no ``SHA256SUMS``) pass unchecked.
+    """
+    sums = Path(model_dir) / CHECKSUMS_FILE
+    if not sums.is_file():
+        return
+    for line in sums.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        path = Path(model_dir) / name
+        if not path.is_file():
+            raise CorruptModel(f"{path}: missing (listed in {sums})")
+        if _sha256(path) != digest:
+            raise CorruptModel(f"{path}: content differs from its checksum in {sums} (truncated or altered)")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stored_model_dir(layout: Layout, model_tag: str) -> Path:
+    """Directory of a BentoML model in the layout's store (``models/<name>/<version>``)."""
+    name, _, version = model_tag.partition(":")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not re.fullmatch(r"[A-Za-z0-9_.-]+", version):
+        raise ValueError(f"not a BentoML model tag: {model_tag!r}")
+    return layout.bentoml_home / "models" / name / version
 
 
 def _serving_plan(ranker: str, retriever: RetrieverChoice | None, split_dir: str | None) -> dict[str, Any]:
@@ -295,7 +364,13 @@ def build_service_bento(model_tag: str, layout: Layout, timeout_s: int = 600) ->
             {"name": "OMP_WAIT_POLICY", "value": "PASSIVE"},
         ],
     }
-    with tempfile.TemporaryDirectory(prefix="recforge-bentofile-") as tmp:
+    # One build at a time per home, so what is left in BentoML's temp directory belongs to a build that
+    # was interrupted (killed task, full disk) and can be removed before this one starts.
+    with (
+        file_lock(layout.bentoml_home / ".build.lock"),
+        tempfile.TemporaryDirectory(prefix="recforge-bentofile-") as tmp,
+    ):
+        _remove_build_leftovers(layout)
         path = Path(tmp) / "bentofile.yaml"
         path.write_text(yaml.safe_dump(bentofile, sort_keys=False))
         bentoml_cli = Path(sys.executable).with_name("bentoml")
@@ -320,6 +395,13 @@ def build_service_bento(model_tag: str, layout: Layout, timeout_s: int = 600) ->
     return tag
 
 
+def _remove_build_leftovers(layout: Layout) -> None:
+    """Delete ``$BENTOML_HOME/tmp/bentoml_bento_*`` directories (``bentoml build`` staging) of earlier builds."""
+    for path in (layout.bentoml_home / "tmp").glob("bentoml_bento_*"):
+        log.info("removing %s, left by an interrupted bentoml build", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _parse_bento_tag(stdout: str) -> str:
     """``bentoml build -o tag`` prints ``__tag__:<name>:<version>`` (the last line)."""
     for line in reversed(stdout.strip().splitlines()):
@@ -338,66 +420,121 @@ def package_model(
     layout: Layout,
     build_bento: bool = True,
 ) -> GateDecision:
-    """Save the candidate as a BentoML model; if promoted, swap the champion pointer (and build a Bento).
+    """Save the candidate as a BentoML model; when it passed the gate, also build its service Bento.
 
-    Returns ``decision`` with ``bento_tag`` set to the BentoML *model* tag. The built Bento's tag (when
-    built) is recorded in the champion file as ``bento``. A rejected candidate leaves the champion
-    file and earlier Bentos untouched. The swap re-checks the champion under a file lock: if another
-    run promoted a better model on the same data since the gate looked, the returned decision says
-    ``promoted=False`` and why.
+    Returns ``decision`` with ``bento_tag`` (the BentoML *model* tag) and ``bento`` (the built Bento's
+    tag, when built). Nothing here changes what any deployment serves: see ``promote_candidate``.
     """
     model_tag = save_bento_model(train_result, evaluation, decision, layout)
     log.info("saved %s as BentoML model %s", train_result.model, model_tag)
     if not decision.promoted:
         return dataclasses.replace(decision, bento_tag=model_tag)
-    # Built before the swap: a failed build never leaves the pointer on a model without a Bento.
-    bento_tag = build_service_bento(model_tag, layout) if build_bento else None
-    champion = {
-        "model": train_result.model,
-        "bento_tag": model_tag,  # the BentoML model the service loads
-        "bento": bento_tag,  # the built service Bento (None when not built)
-        "metrics": dict(evaluation.metrics),
-        "data_version": evaluation.data_version,
-        "protocol": evaluation.protocol,
-        "promoted_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "reason": decision.reason,
-        "run_dir": str(train_result.run_dir),
-        "bentoml_home": str(layout.bentoml_home),
-    }
-    with file_lock(layout.home / ".champion.lock"):  # concurrent DAG runs swap one pointer
-        overtaken = _overtaken_by(layout, decision, evaluation)
-        if overtaken:
-            log.warning("not promoting %s: %s", model_tag, overtaken)
-            return dataclasses.replace(
-                decision, promoted=False, reason=f"{decision.reason}; then {overtaken}", bento_tag=model_tag
-            )
-        atomic_write_json(layout.champion, champion)
-    log.info("champion is now %s (%s)", model_tag, bento_tag or "no bento built")
-    return dataclasses.replace(decision, bento_tag=model_tag)
+    bento = build_service_bento(model_tag, layout) if build_bento else None
+    return dataclasses.replace(decision, bento_tag=model_tag, bento=bento)
 
 
-def _overtaken_by(layout: Layout, decision: GateDecision, evaluation: Evaluation) -> str | None:
-    """Why the gate's decision is stale, or None.
+def promote_candidate(
+    decision: GateDecision, record: RunRecord, layout: Layout, index: RunIndex
+) -> GateDecision:
+    """Append the candidate to its deployment's history if the champion is still the one it beat.
 
-    The gate compared the candidate with the champion of its time; another run may have promoted a
-    better model on the same data and protocol since. Then this candidate must not replace it.
+    Returns the final decision: promoted, or not promoted because the champion changed between the
+    gate's judgement and this swap (then the run must be judged again against the new champion).
+    A retry of an already completed promotion finds itself champion and reports it as promoted.
     """
-    if not layout.champion.exists():
-        return None
-    try:
-        current = json.loads(layout.champion.read_text())
-        score = float(current["metrics"][GATE_METRIC])
-    except (ValueError, KeyError, TypeError):
-        return None
-    same_data = (current.get("data_version"), current.get("protocol")) == (
-        evaluation.data_version,
-        evaluation.protocol,
+    if not decision.promoted or not decision.bento_tag:
+        return decision
+    event = DeploymentEvent(
+        deployment=decision.deployment,
+        action="promote",
+        at=now_iso(),
+        run_uid=record.run_uid,
+        model=record.model,
+        model_tag=decision.bento_tag,
+        feature_namespace=record.feature_namespace or "",
+        data_version=record.data_version or "",
+        protocol=record.protocol,
+        split_dir=record.split_dir or "",
+        artifact_dir=str(stored_model_dir(layout, decision.bento_tag) / ARTIFACT_SUBDIR),
+        metric=decision.metric,
+        value=float(decision.candidate_value or 0.0),
+        reason=decision.reason,
+        metrics=dict(record.metrics),
+        bento=decision.bento,
+        previous_tag=decision.champion_tag,
     )
-    seen_by_gate = decision.champion_ndcg10 is not None and abs(score - decision.champion_ndcg10) < 1e-12
-    candidate = float(evaluation.metrics.get(GATE_METRIC, decision.candidate_ndcg10))
-    if same_data and not seen_by_gate and score > candidate:
-        return (
-            f"champion {current.get('bento_tag')} promoted meanwhile has {GATE_METRIC} {score:.4f} "
-            f"> candidate {candidate:.4f}"
+    try:
+        index.append_event(event, expected_tag=decision.champion_tag)
+    except ChampionChanged as exc:
+        current = index.champion(decision.deployment)
+        if current is not None and current.model_tag == decision.bento_tag:
+            return decision  # a retried task: this candidate already is the champion
+        log.warning("not promoting %s: %s", decision.bento_tag, exc)
+        return dataclasses.replace(
+            decision,
+            promoted=False,
+            reason=f"{decision.reason}; but {exc} (another run was promoted meanwhile): run it again "
+            "to be judged against the new champion",
         )
-    return None
+    log.info("deployment %r: champion is now %s", decision.deployment, decision.bento_tag)
+    return decision
+
+
+class RollbackError(RuntimeError):
+    """A rollback cannot be done; the message says why and what is possible instead."""
+
+
+def rollback(
+    index: RunIndex, layout: Layout, deployment: str, to_tag: str | None = None, reason: str = ""
+) -> DeploymentEvent:
+    """Make an earlier champion of ``deployment`` its champion again, in one atomic step.
+
+    Without ``to_tag``: the champion that was live before the current one. With it: the newest
+    history entry of that BentoML model tag. The model's files (checksums) and its Feast namespace
+    are checked first, so a rollback never points the service at something it cannot serve. The
+    namespace is the one the model was judged with; nothing rewrites it, so its online values are
+    the ones that model served.
+    """
+    history = index.history(deployment)
+    if not history:
+        raise RollbackError(f"deployment {deployment!r} has no champion yet: nothing to roll back")
+    current = history[-1]
+    tags = list(dict.fromkeys(e.model_tag for e in reversed(history)))
+    if to_tag is None:
+        earlier = [e for e in reversed(history[:-1]) if e.model_tag != current.model_tag]
+        if not earlier:
+            raise RollbackError(
+                f"deployment {deployment!r} has had one champion only ({current.model_tag}): nothing to roll back to"
+            )
+        target = earlier[0]
+    else:
+        matches = [e for e in reversed(history) if e.model_tag == to_tag]
+        if not matches:
+            raise RollbackError(
+                f"{to_tag} was never champion of deployment {deployment!r}; its champions: {tags}"
+            )
+        target = matches[0]
+        if target.model_tag == current.model_tag:
+            raise RollbackError(f"{to_tag} already is the champion of deployment {deployment!r}")
+    model_dir = stored_model_dir(layout, target.model_tag)
+    if not model_dir.is_dir():
+        raise RollbackError(f"{target.model_tag}: not in the BentoML store {layout.bentoml_home} (deleted?)")
+    try:
+        verify_checksums(model_dir)
+    except CorruptModel as exc:
+        raise RollbackError(f"{target.model_tag} cannot be served: {exc}") from None
+    online = layout.feast_namespace(target.feature_namespace) / "online.db"
+    embedded = os.environ.get("RECFORGE_FEAST_PROFILE", "") in ("", "embedded", "default")  # features.store
+    if embedded and not online.is_file():
+        raise RollbackError(
+            f"{target.model_tag}: its Feast namespace {target.feature_namespace} is gone ({online})"
+        )
+    event = dataclasses.replace(
+        target,
+        action="rollback",
+        at=now_iso(),
+        reason=reason or f"rollback from {current.model_tag} to {target.model_tag}",
+        previous_tag=current.model_tag,
+        id=None,
+    )
+    return index.append_event(event, expected_tag=current.model_tag)

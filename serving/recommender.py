@@ -15,7 +15,7 @@ How a user is represented (``Recommendation.strategy``):
 
 Rankers (``is_ranker = True``: DeepFM, DIN, DIEN) packaged with a retriever serve in two stages: the
 retriever ranks the whole catalogue (with exclusions) and keeps the top ``n_candidates``; the ranker's
-``score_candidates`` orders them (the Merlin-style retrieve-then-rank of DESIGN.md). Without a
+``score_candidates`` orders them (Merlin-style retrieve-then-rank). Without a
 retriever a ranker ranks the whole catalogue itself. Models with ``explain`` (DIN, DIEN) add, per
 returned item, the history items that drove its score (``because_you_interacted_with``).
 """

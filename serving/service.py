@@ -1,16 +1,43 @@
-"""The BentoML service: the champion recommender behind HTTP, with Feast history read per request.
+"""The BentoML service: a deployment's champion recommender behind HTTP, following promotions without a restart.
 
-Which model: ``RECFORGE_MODEL_TAG`` (a BentoML model tag, e.g. ``recforge-bpr:abc``) if set, else the
-``bento_tag`` of ``$RECFORGE_HOME/champion.json``. It is resolved when this module is imported, because
-BentoML packages into a Bento only models declared as class attributes (``bentoml.models.BentoModel``);
-a Bento built by ``serving.package`` bakes ``RECFORGE_MODEL_TAG`` into its environment.
-Where the model store is: ``BENTOML_HOME`` (``$RECFORGE_HOME/bentoml`` for this project) must be set
-before ``bentoml`` starts, e.g.::
+Which deployment: ``RECFORGE_DEPLOYMENT``, else the pipeline config's ``deployment`` ("default").
+Which model:
+- following (the normal mode): the deployment's champion in the run index (``RunIndex.champion``:
+  its ``model_tag`` in the BentoML store, its ``feature_namespace`` in Feast). A watcher thread in
+  each worker polls the run index every ``RECFORGE_SWAP_POLL_S`` seconds (default 2); when the champion
+  changes (a promotion or ``recforge rollback``), it loads the new model, verifies its checksums,
+  opens a Feast reader on the new namespace and checks that it answers, and only then swaps, in one
+  attribute assignment, the immutable ``LiveModel`` bundle that requests read. A request reads
+  ``self.live`` once, so it never mixes two models (or one model with another's features). A swap that
+  fails keeps the old bundle serving, logs one ERROR line per bad champion (not per poll; it is retried
+  quietly every ``RECFORGE_SWAP_RETRY_S``, default 30) and shows in ``/healthz`` as ``pending``.
+  Every response names the ``model_tag`` that produced it and the ``deployment``. With several workers
+  (``RECFORGE_SERVE_WORKERS``) each one switches on its own poll, so for up to one poll interval
+  answers may come from either model; one worker (the default) switches at a single instant.
+- pinned: ``RECFORGE_MODEL_TAG`` (a BentoML model tag); no following. A Bento built by
+  ``serving.package`` bakes it into its environment. Its Feast namespace: ``RECFORGE_FEATURE_NAMESPACE``,
+  else the model's metadata, else the newest deployment event of that tag in the run index.
 
-    RECFORGE_HOME=.recforge BENTOML_HOME=.recforge/bentoml OMP_WAIT_POLICY=PASSIVE \
-        bentoml serve serving.service:Recommender -p 3000
+The tag is also resolved when this module is imported, because BentoML packages into a Bento only
+models declared as class attributes (``bentoml.models.BentoModel``); an unresolvable tag (no champion,
+nothing pinned) is an import error that says what to do.
 
-Which feature store: ``RECFORGE_FEATURE_REPO`` (default ``<repo>/feature_repo``), see ``serving.online``.
+Where things are: ``BENTOML_HOME`` (``$RECFORGE_HOME/bentoml``) must be set before ``bentoml`` starts;
+``RECFORGE_HOME`` holds the run index (``RECFORGE_RUN_INDEX_URL`` wins) and the Feast namespaces
+(``RECFORGE_FEATURE_REPO``: the Feast repo, see ``serving.online``). ``python -m serving`` sets all
+of that, checks the model before starting, and binds 127.0.0.1 unless told otherwise::
+
+    python -m serving --port 3000            # or: make serve
+
+Failing safely (see also ``serving.http_safety`` for the HTTP side):
+- a model that cannot be loaded when a worker starts (truncated ``weights.pt``: checksum mismatch)
+  stops the WHOLE server: the worker logs one line, tells the ``bentoml serve`` supervisor to stop
+  (SIGTERM) and exits; the supervisor then exits with status 1 (``_exit_nonzero_if_a_worker_failed``).
+  Without this (seen with bentoml 1.4.39), the supervisor restarts the failing worker in a loop, a
+  traceback each time, with the port open; inside a container, where BentoML does not respawn
+  workers, the port stays open with no worker at all, and requests queue on it unanswered.
+- each worker asks the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), so a killed
+  supervisor (even SIGKILL) never leaves a worker holding the port.
 
 Two-stage serving: a ranker packaged with a retriever (``serving.package.choose_retriever``) re-ranks the
 retriever's top ``RECFORGE_CANDIDATES`` (default 200; a request may ask for another depth) items.
@@ -20,60 +47,395 @@ Cold users: for a user unknown to the model, the Feast ``user_profile`` row (or 
 Threads: PyTorch gets ``RECFORGE_TORCH_THREADS`` (default 1) intra-op threads: one request is a single
 small matrix-vector product, and on these shared 2-core machines more threads only add contention.
 Run with ``OMP_WAIT_POLICY=PASSIVE`` so idle OpenMP threads sleep instead of spinning (measured 10-30x
-slowdowns of neighbouring processes otherwise, see STACK.md).
+slowdowns of neighbouring processes otherwise, docs/architecture.md "Performance notes").
 """
 
 from __future__ import annotations
 
-import json
+import atexit
+import ctypes
+import dataclasses
 import logging
 import os
+import signal
+import sys
+import tempfile
+import threading
 import time
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import anyio
 import bentoml
-from bentoml.exceptions import NotFound
+from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
-from starlette.responses import JSONResponse
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from pipeline.artifacts import DeploymentEvent
 from pipeline.config import load_config
 from pipeline.layout import Layout
+from pipeline.run_index import RunIndex, index_url, now_iso
+from serving.http_safety import ServingSafety, clip
 from serving.online import FEATURE_VIEWS, ONLINE_FEATURES, OnlineHistory
-from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, TITLES_FILE
+from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, TITLES_FILE, verify_checksums
 
 if TYPE_CHECKING:
+    from serving.recommender import Recommender as Model
     from serving.recommender import ScoredItem
 
 log = logging.getLogger("recforge.serving")
 
+
+def _quiet_bentoml_deprecation() -> None:
+    """BentoML 1.4.39 reads ``model_fields`` from an instance on every request; pydantic's warning about
+    it is BentoML's to fix and says nothing about this service. Called after the heavy imports of a
+    worker, because some of them reset the warning filters."""
+    warnings.filterwarnings(
+        "ignore", message="Accessing the 'model_fields' attribute", module="_bentoml_impl"
+    )
+
+
 MAX_K = 1000
 MAX_CANDIDATES = 5000
+MAX_ID_LENGTH = 256
+DEPLOYMENT_ENV = "RECFORGE_DEPLOYMENT"
+MODEL_TAG_ENV = "RECFORGE_MODEL_TAG"
+NAMESPACE_ENV = "RECFORGE_FEATURE_NAMESPACE"
+POLL_ENV = "RECFORGE_SWAP_POLL_S"
+RETRY_ENV = "RECFORGE_SWAP_RETRY_S"
 
 
-def resolve_model_tag() -> str:
-    """The BentoML model tag to serve: ``RECFORGE_MODEL_TAG``, else the champion pointer's ``bento_tag``."""
-    tag = os.environ.get("RECFORGE_MODEL_TAG", "").strip()
-    if tag:
-        return tag
-    champion = Layout(load_config().home_dir).champion
-    if not champion.exists():
-        raise RuntimeError(
-            f"no model to serve: RECFORGE_MODEL_TAG is unset and there is no champion pointer at {champion}. "
-            "Run the pipeline until a model is promoted, set RECFORGE_HOME to its home, or set "
-            "RECFORGE_MODEL_TAG to a model in the BentoML store (BENTOML_HOME)."
+class ServingConfigError(RuntimeError):
+    """Nothing to serve, or the settings disagree; the message says what to set."""
+
+
+# ---- what this process serves --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingTarget:
+    """The deployment this service follows (or the model it is pinned to) and where its state lives."""
+
+    layout: Layout
+    deployment: str
+    index_url: str
+    pinned_tag: str | None  # RECFORGE_MODEL_TAG: serve this model and follow nothing
+
+    @property
+    def mode(self) -> str:
+        return "pinned" if self.pinned_tag else "following"
+
+    def index(self) -> RunIndex:
+        return RunIndex(self.index_url)
+
+
+def serving_target() -> ServingTarget:
+    """Resolve the target from the environment and the pipeline config (cheap: no model is loaded)."""
+    cfg = load_config()
+    layout = Layout(cfg.home_dir)
+    deployment = os.environ.get(DEPLOYMENT_ENV, "").strip() or cfg.deployment
+    pinned = os.environ.get(MODEL_TAG_ENV, "").strip() or None
+    return ServingTarget(layout, deployment, index_url(layout, cfg.run_index.url), pinned)
+
+
+def champion_of(target: ServingTarget) -> DeploymentEvent:
+    index = target.index()
+    event = index.champion(target.deployment)
+    if event is None:
+        raise ServingConfigError(
+            f"deployment {target.deployment!r} has no champion in the run index {index.describe()}: run the "
+            f"pipeline until a model is promoted into it, point {DEPLOYMENT_ENV}/RECFORGE_HOME at one that has, "
+            f"or pin a model of the BentoML store with {MODEL_TAG_ENV}"
         )
+    return event
+
+
+def model_tag_to_serve(target: ServingTarget) -> str:
+    return target.pinned_tag or champion_of(target).model_tag
+
+
+def pinned_namespace(
+    target: ServingTarget, tag: str, metadata: dict[str, Any]
+) -> tuple[str, DeploymentEvent | None]:
+    """The Feast namespace of a pinned model (and the deployment event it comes from, if any)."""
+    if os.environ.get(NAMESPACE_ENV, "").strip():
+        return os.environ[NAMESPACE_ENV].strip(), None
+    if metadata.get("feature_namespace"):
+        return str(metadata["feature_namespace"]), None
     try:
-        return str(json.loads(champion.read_text())["bento_tag"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise RuntimeError(f"champion pointer {champion} has no 'bento_tag': {exc}") from exc
+        index = target.index()
+        for deployment in [target.deployment, *index.deployments()]:
+            for event in reversed(index.history(deployment)):
+                if event.model_tag == tag:
+                    return event.feature_namespace, event
+    except Exception as exc:  # noqa: BLE001 - a pinned model may run where the run index is not reachable
+        log.warning("pinned %s: run index not readable (%s); set %s", tag, one_line(exc), NAMESPACE_ENV)
+    return "", None
 
 
-MODEL_TAG = resolve_model_tag()
+def one_line(exc: BaseException) -> str:
+    """An exception as one log/health line: its type named, whitespace folded, at most 500 characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return clip(text if type(exc).__name__ in text else f"{type(exc).__name__}: {text}", 500)
+
+
+# ---- the bundle a request reads --------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveModel:
+    """Everything one request uses, loaded together and replaced together (never mutated)."""
+
+    tag: str  # BentoML model tag
+    rec: Model
+    online: OnlineHistory  # reader of the namespace this model was judged with
+    metadata: dict[str, Any]  # the stored model's metadata (metrics, data version, packaging plan)
+    feature_namespace: str
+    event: dict[str, Any] | None  # the deployment event that made it live (None when pinned by tag only)
+    loaded_at: str
+    load_seconds: float
+
+
+def load_live_model(
+    tag: str,
+    namespace: str,
+    home: Path,
+    event: DeploymentEvent | None = None,
+    require_store: bool = False,
+) -> LiveModel:
+    """Load ``tag`` from the BentoML store, verified, with a Feast reader of ``namespace``.
+
+    Raises with a message naming the cause (``CorruptModel`` names the file). ``require_store``: the
+    feature store must answer too (a swap must not trade a working model for one without features).
+    """
+    from serving.recommender import load_recommender
+
+    started = time.perf_counter()
+    try:
+        stored = bentoml.models.get(tag)
+    except NotFound:
+        raise ServingConfigError(
+            f"{tag} is not in the BentoML store (BENTOML_HOME={os.environ.get('BENTOML_HOME')})"
+        ) from None
+    path = Path(stored.path)
+    verify_checksums(path)
+    rec = load_recommender(
+        path / ARTIFACT_SUBDIR,
+        path / TITLES_FILE,
+        retriever_dir=path / RETRIEVER_SUBDIR,
+        n_candidates=int(os.environ.get("RECFORGE_CANDIDATES", "200")),
+    )
+    online = OnlineHistory(namespace, home=home)
+    reachable, detail = online.health()  # connect now, not on the first request
+    if require_store and not reachable:
+        raise ConnectionError(f"the feature store of {tag} does not answer: {detail}")
+    if not reachable:
+        log.warning("serving %s without features for now: feature store DOWN: %s", tag, detail)
+    return LiveModel(
+        tag=str(stored.tag),
+        rec=rec,
+        online=online,
+        metadata=dict(stored.info.metadata),
+        feature_namespace=namespace,
+        event=None if event is None else event.to_dict(),
+        loaded_at=now_iso(),
+        load_seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+class ChampionFollower:
+    """Keeps a service on its deployment's champion: polls the run index, loads and checks, then swaps."""
+
+    def __init__(self, service: Recommender, target: ServingTarget, poll_s: float, retry_s: float) -> None:
+        self.service = service
+        self.target = target
+        self.poll_s = poll_s
+        self.retry_s = retry_s
+        self.pending: dict[str, Any] | None = None  # the champion we could not switch to, and why
+        self.index_error: str | None = None
+        self.last_poll_at: str | None = None
+        self._index = target.index()
+        self._failed: dict[tuple[str, str], tuple[float, str]] = {}  # (tag, namespace) -> (when, error)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="recforge-champion-follower", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.poll_once()
+            except Exception:  # never let the watcher die: the service would silently stop following
+                log.exception("champion follower: unexpected error (still serving %s)", self.service.live.tag)
+
+    def poll_once(self) -> bool:
+        """One look at the run index; True when the service now serves a new champion."""
+        deployment = self.target.deployment
+        try:
+            event = self._index.champion(deployment)
+        except Exception as exc:  # noqa: BLE001 - keep serving what we have; say so once
+            error = one_line(exc)
+            if error != self.index_error:
+                log.error(
+                    "deployment %r: run index %s not readable: %s", deployment, self._index.describe(), error
+                )
+            self.index_error = error
+            return False
+        self.last_poll_at = now_iso()
+        if self.index_error is not None:
+            log.info("deployment %r: run index readable again", deployment)
+            self.index_error = None
+        live = self.service.live
+        if event is None:
+            return False
+        key = (event.model_tag, event.feature_namespace)
+        if key == (live.tag, live.feature_namespace):
+            self.pending = None  # e.g. rolled back from a champion we could not load
+            return False
+        failed = self._failed.get(key)
+        if failed is not None and time.monotonic() - failed[0] < self.retry_s:
+            return False
+        try:
+            bundle = load_live_model(
+                event.model_tag, event.feature_namespace, self.target.layout.home, event, require_store=True
+            )
+        except Exception as exc:  # noqa: BLE001 - any load failure keeps the old model serving
+            error = one_line(exc)
+            if failed is None or failed[1] != error:
+                log.error(
+                    "deployment %r: NOT switching to %s (event %s, %s); still serving %s: %s",
+                    deployment,
+                    event.model_tag,
+                    event.id,
+                    event.action,
+                    live.tag,
+                    error,
+                )
+            self._failed[key] = (time.monotonic(), error)
+            self.pending = {
+                "model_tag": event.model_tag,
+                "feature_namespace": event.feature_namespace,
+                "event_id": event.id,
+                "action": event.action,
+                "error": error,
+                "since": self.pending["since"]
+                if self.pending and self.pending["model_tag"] == event.model_tag
+                else now_iso(),
+            }
+            return False
+        self._failed.pop(key, None)
+        # The swap: one attribute assignment. Requests in flight finish on the bundle they read.
+        self.service.live = bundle
+        self.pending = None
+        log.info(
+            "deployment %r: now serving %s (%s, event %s: %s), was %s; loaded in %.2fs",
+            deployment,
+            bundle.tag,
+            bundle.rec.name,
+            event.id,
+            event.action,
+            live.tag,
+            bundle.load_seconds,
+        )
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "poll_s": self.poll_s,
+            "last_poll_at": self.last_poll_at,
+            "run_index_error": self.index_error,
+        }
+
+
+# ---- process lifetime ------------------------------------------------------------------------------
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> bool:
+    """Ask Linux to send ``signum`` to this process when its parent dies (``PR_SET_PDEATHSIG``)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, signum, 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return False
+
+
+def _in_bentoml_worker() -> bool:
+    """True in a worker process started by ``bentoml serve`` (its parent is the supervisor)."""
+    from bentoml._internal.context import server_context
+
+    return server_context.worker_index is not None
+
+
+def worker_failure_file(supervisor_pid: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"recforge-serve-{supervisor_pid}.failed"
+
+
+def stop_server(message: str) -> NoReturn:
+    """A worker cannot serve: log ONE line, stop the whole ``bentoml serve``, exit 1.
+
+    Outside a ``bentoml serve`` worker (an in-process test client) this raises instead.
+    """
+    log.error("%s", message)
+    if not _in_bentoml_worker():
+        raise ServingConfigError(message)
+    supervisor = os.getppid()
+    try:
+        worker_failure_file(supervisor).write_text(message + "\n")
+    except OSError:
+        pass
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stderr.flush()
+    try:
+        os.kill(supervisor, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    os._exit(1)
+
+
+def _exit_nonzero_if_a_worker_failed() -> None:
+    """In the ``bentoml serve`` supervisor, at exit: status 1 if a worker stopped the server.
+
+    BentoML's supervisor stops with status 0 on SIGTERM, whoever sent it; the worker leaves a note.
+    ``os._exit`` because an ``atexit`` handler cannot change the exit status otherwise.
+    """
+    marker = worker_failure_file(os.getpid())
+    if marker.is_file():
+        marker.unlink(missing_ok=True)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+TARGET = serving_target()
+MODEL_TAG = model_tag_to_serve(TARGET)
+if not _in_bentoml_worker():
+    atexit.register(_exit_nonzero_if_a_worker_failed)
 
 # ---- request/response schemas ------------------------------------------------------------------
+
+
+def _integral_float_to_int(value: Any) -> Any:
+    """JSON Schema's ``integer`` includes ``10.0``; pydantic's strict int does not. Accept those, and
+    nothing else strict mode refuses (no numeric strings, no booleans)."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def json_int(**bounds: int) -> Any:
+    """An integer as JSON Schema means it (10 or 10.0, never "10" or true), within ``bounds`` (ge/le).
+
+    The bounds sit inside the lenient-float step so that the OpenAPI schema states them as
+    ``minimum``/``maximum`` (pydantic writes constraints placed outside a validator as ``ge``/``le``,
+    which JSON Schema does not know).
+    """
+    return Annotated[StrictInt, Field(**bounds), BeforeValidator(_integral_float_to_int)]
 
 
 class Item(BaseModel):
@@ -88,7 +450,8 @@ class RecommendResponse(BaseModel):
     user_id: str
     items: list[Item]
     model: str
-    model_version: str
+    model_tag: str  # the BentoML model that produced this answer
+    deployment: str
     fallback: bool
     fallback_reason: str | None = None
     # How the user was represented: known_user | history | attributes | popularity (= fallback).
@@ -104,7 +467,7 @@ class UserFeatures(BaseModel):
     """Profile attributes of a user the model may not know (e.g. signed up seconds ago)."""
 
     model_config = ConfigDict(extra="forbid")
-    age: Annotated[StrictInt, Field(ge=0, le=150, description="age in years")] | None = None
+    age: Annotated[json_int(ge=0, le=150), Field(description="age in years")] | None = None
     gender: Annotated[StrictStr, Field(max_length=64)] | None = None
     occupation: Annotated[StrictStr, Field(max_length=128)] | None = None
 
@@ -113,15 +476,62 @@ class SimilarItemsResponse(BaseModel):
     item_id: str
     items: list[Item]
     model: str
-    model_version: str
+    model_tag: str
+    deployment: str
     method: str
 
 
-UserId = Annotated[StrictStr | StrictInt, Field(description="user id (string or integer)")]
-K = Annotated[StrictInt, Field(ge=1, le=MAX_K, description=f"number of items, 1..{MAX_K}")]
-Candidates = Annotated[
-    StrictInt, Field(ge=1, le=MAX_CANDIDATES, description="retrieval depth of two-stage serving")
+# Ids: a string with something besides whitespace, at most MAX_ID_LENGTH characters, or a 64-bit integer.
+_IdString = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=r"\S")]
+_IdInt = json_int(ge=-(2**63), le=2**63 - 1)
+UserId = Annotated[
+    _IdString | _IdInt,
+    Field(description=f"user id: a string of 1..{MAX_ID_LENGTH} characters, or an integer"),
 ]
+ItemId = Annotated[
+    _IdString | _IdInt,
+    Field(description=f"item id: a string of 1..{MAX_ID_LENGTH} characters, or an integer"),
+]
+K = Annotated[json_int(ge=1, le=MAX_K), Field(description=f"number of items, 1..{MAX_K}")]
+Candidates = Annotated[
+    json_int(ge=1, le=MAX_CANDIDATES), Field(description="retrieval depth of two-stage serving")
+]
+
+HEALTH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Readiness of the worker that answered: 200 when its model is loaded and its feature store answers.",
+    "required": ["status", "model_loaded"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded", "starting"]},
+        "model_loaded": {"type": "boolean"},
+        "model_tag": {"type": "string", "description": "the BentoML model tag being served"},
+        "model": {"type": "string"},
+        "deployment": {"type": "string"},
+        "mode": {"type": "string", "enum": ["following", "pinned"]},
+        "feature_namespace": {"type": "string"},
+        "loaded_at": {"type": "string"},
+        "feature_store": {
+            "type": "object",
+            "properties": {"reachable": {"type": "boolean"}, "detail": {"type": "string"}},
+        },
+        "pending": {
+            "type": ["object", "null"],
+            "description": "the deployment's champion this worker could NOT switch to (it keeps serving model_tag)",
+            "properties": {
+                "model_tag": {"type": "string"},
+                "feature_namespace": {"type": "string"},
+                "event_id": {"type": ["integer", "null"]},
+                "action": {"type": "string"},
+                "error": {"type": "string"},
+                "since": {"type": "string"},
+            },
+        },
+        "follow": {
+            "type": ["object", "null"],
+            "description": "following mode: how often the run index is polled, when it last answered, its error",
+        },
+    },
+}
 
 
 def _items(items: list[ScoredItem]) -> list[Item]:
@@ -136,31 +546,19 @@ def _items(items: list[ScoredItem]) -> list[Item]:
     ]
 
 
+def _health_probe() -> tuple[dict[str, Any], int]:
+    """``GET /healthz``: (body, status) of this worker's service instance."""
+    try:
+        service = bentoml.get_current_service()
+    except BentoMLException:  # not instantiated yet (or being shut down)
+        service = None
+    if service is None:
+        return {"status": "starting", "model_loaded": False}, 503
+    body = service.health()
+    return body, 200 if body["status"] == "ok" else 503
+
+
 metadata_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-
-
-class _HealthzMiddleware:
-    """Answers ``GET /healthz`` with a JSON body (model loaded, feature store reachable) and 200/503.
-
-    BentoML registers its own plain-text ``/healthz`` ahead of any mounted app, so a route cannot
-    replace it; an ASGI middleware sees the request first.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("type") == "http" and scope.get("path") == "/healthz" and scope.get("method") == "GET":
-            service = bentoml.get_current_service()
-            if service is None:
-                body, status = {"status": "starting", "model_loaded": False}, 503
-            else:
-                # Off the event loop: the probe may do a (normally sub-ms) Feast read that could block.
-                body = await anyio.to_thread.run_sync(service.health)
-                status = 200 if body["status"] == "ok" else 503
-            await JSONResponse(body, status_code=status)(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
 
 
 @bentoml.service(
@@ -174,57 +572,88 @@ class _HealthzMiddleware:
 )
 @bentoml.asgi_app(metadata_app, path="/")
 class Recommender:
-    """Top-k recommendations and similar items from the champion model."""
+    """Top-k recommendations and similar items from a deployment's champion model."""
 
-    bento_model = bentoml.models.BentoModel(MODEL_TAG)
+    bento_model = bentoml.models.BentoModel(MODEL_TAG)  # what `bentoml build` packages
 
     def __init__(self) -> None:
+        # First: a supervisor killed even with SIGKILL must take this worker (and its copy of the
+        # listening socket) down with it.
+        die_with_parent()
+        # BentoML's worker logging shows WARNING and up from other loggers; our INFO lines (what is
+        # served, every swap) belong in the server log too.
+        if logging.getLogger("recforge").level == logging.NOTSET:
+            logging.getLogger("recforge").setLevel(logging.INFO)
         # Heavy imports (torch, Lightning via the model registry, Feast) happen here, in the worker only:
         # the `bentoml serve` parent process imports this module too, just to read the service config.
         import torch
 
-        from serving.recommender import load_recommender
-
         torch.set_num_threads(int(os.environ.get("RECFORGE_TORCH_THREADS", "1")))
-        stored = self.bento_model
-        path = Path(stored.path)
-        self.tag = str(stored.tag)
-        self.info: dict[str, Any] = dict(stored.info.metadata)
-        started = time.perf_counter()
-        self.rec = load_recommender(
-            path / ARTIFACT_SUBDIR,
-            path / TITLES_FILE,
-            retriever_dir=path / RETRIEVER_SUBDIR,
-            n_candidates=int(os.environ.get("RECFORGE_CANDIDATES", "200")),
-        )
-        self.online = OnlineHistory()
-        reachable, detail = self.online.health()  # connect once now, not on the first request
+        self.target = TARGET
+        self.follower: ChampionFollower | None = None
+        tag = TARGET.pinned_tag or "the champion"
+        try:
+            if TARGET.pinned_tag:
+                metadata = dict(bentoml.models.get(tag).info.metadata)
+                namespace, event = pinned_namespace(TARGET, tag, metadata)
+            else:
+                event = champion_of(TARGET)  # now, not at import: it may have moved since
+                tag, namespace = event.model_tag, event.feature_namespace
+            self.live: LiveModel = load_live_model(tag, namespace, TARGET.layout.home, event)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, this worker cannot serve
+            stop_server(f"recforge: cannot serve {tag} (deployment {TARGET.deployment!r}): {one_line(exc)}")
+        _quiet_bentoml_deprecation()
+        live = self.live
         log.info(
-            "loaded %s (%s, stages %s, %d items, %d users, history %d) in %.2fs; feature store: %s",
-            self.tag,
-            self.rec.name,
-            self.rec.describe()["stages"],
-            self.rec.n_items,
-            len(self.rec.user_index),
-            self.rec.history_length,
-            time.perf_counter() - started,
-            detail if reachable else f"DOWN {detail}",
+            "serving %s (%s, stages %s, %d items, %d users, history %d) for deployment %r (%s) in %.2fs; "
+            "feature namespace %s",
+            live.tag,
+            live.rec.name,
+            live.rec.describe()["stages"],
+            live.rec.n_items,
+            len(live.rec.user_index),
+            live.rec.history_length,
+            TARGET.deployment,
+            TARGET.mode,
+            live.load_seconds,
+            live.feature_namespace,
         )
+        if not TARGET.pinned_tag:
+            self.follower = ChampionFollower(
+                self,
+                TARGET,
+                poll_s=float(os.environ.get(POLL_ENV, "2")),
+                retry_s=float(os.environ.get(RETRY_ENV, "30")),
+            )
+            self.follower.start()
+
+    @bentoml.on_shutdown
+    def _stop_following(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
 
     # ---- probes --------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
-        reachable, detail = self.online.health()
+        live = self.live
+        reachable, detail = live.online.health()
         return {
             "status": "ok" if reachable else "degraded",
             "model_loaded": True,
-            "model_tag": self.tag,
+            "model_tag": live.tag,
+            "model": live.rec.name,
+            "deployment": TARGET.deployment,
+            "mode": TARGET.mode,
+            "feature_namespace": live.feature_namespace,
+            "loaded_at": live.loaded_at,
             "feature_store": {"reachable": reachable, "detail": detail},
+            "pending": self.follower.pending if self.follower else None,
+            "follow": self.follower.describe() if self.follower else None,
         }
 
     def __is_ready__(self) -> bool:
         """``/readyz``: ready only with the feature store up (else recommendations lose the history)."""
-        return self.online.health()[0]
+        return self.live.online.health()[0]
 
     # ---- endpoints -----------------------------------------------------------------------------
 
@@ -243,21 +672,23 @@ class Recommender:
         override the Feast profile row field by field. ``candidates`` sets the retrieval depth of a
         two-stage (retrieve-then-rank) model for this request.
         """
+        live = self.live  # once: the whole request uses this model and its feature reader
         uid = str(user_id).strip()
         if not uid:
-            raise bentoml.exceptions.InvalidArgument("user_id must be a non-empty string or integer")
-        history = self.online.recent_items(uid)
+            raise InvalidArgument("user_id must be a non-empty string or integer")
+        history = live.online.recent_items(uid)
         attributes, source = None, None
-        if self.rec.wants_attributes(uid):  # cold users only: known users skip the profile read
-            attributes, source = self._attributes(uid, user_features)
-        result = self.rec.recommend(
+        if live.rec.wants_attributes(uid):  # cold users only: known users skip the profile read
+            attributes, source = _attributes(live, uid, user_features)
+        result = live.rec.recommend(
             uid, history, k, exclude_seen=exclude_seen, user_features=attributes, candidates=candidates
         )
         return RecommendResponse(
             user_id=uid,
             items=_items(result.items),
-            model=self.rec.name,
-            model_version=self.tag,
+            model=live.rec.name,
+            model_tag=live.tag,
+            deployment=TARGET.deployment,
             fallback=result.fallback,
             fallback_reason=result.fallback_reason,
             strategy=result.strategy,
@@ -267,60 +698,74 @@ class Recommender:
             note=result.note,
         )
 
-    def _attributes(
-        self, uid: str, requested: UserFeatures | None
-    ) -> tuple[dict[str, Any] | None, str | None]:
-        """The cold user's attributes: the request's fields over the Feast profile row's."""
-        given = requested.model_dump(exclude_none=True) if requested is not None else {}
-        stored = {} if len(given) == 3 else (self.online.profile(uid) or {})
-        merged = {**stored, **given}
-        if not merged:
-            return None, None
-        source = "+".join(name for name, part in (("request", given), ("feast", stored)) if part)
-        return merged, source
-
     @bentoml.api
-    def similar_items(self, item_id: StrictStr | StrictInt, k: K = 10) -> SimilarItemsResponse:
+    def similar_items(self, item_id: ItemId, k: K = 10) -> SimilarItemsResponse:
         """Items most similar to ``item_id`` (cosine of item embeddings / item-item similarity)."""
-        iid = str(item_id)
+        live = self.live
+        iid = str(item_id).strip()
         try:
-            items = self.rec.similar_items(iid, k)
+            items = live.rec.similar_items(iid, k)
         except KeyError:
             raise NotFound(
-                f"unknown item_id {iid!r}: the model {self.tag} was trained on {self.rec.n_items} items "
+                f"unknown item_id {clip(iid)!r}: the model {live.tag} was trained on {live.rec.n_items} items "
                 "and this is not one of them"
             ) from None
         return SimilarItemsResponse(
             item_id=iid,
             items=_items(items),
-            model=self.rec.name,
-            model_version=self.tag,
-            method=self.rec.similarity_method,
+            model=live.rec.name,
+            model_tag=live.tag,
+            deployment=TARGET.deployment,
+            method=live.rec.similarity_method,
         )
 
     @metadata_app.get("/metadata")
     def metadata(self) -> dict[str, Any]:
-        """What is being served: model, tag, offline metrics, data version, split protocol, features."""
-        info = self.info
+        """What is being served: deployment, model tag, offline metrics, data version, protocol, features."""
+        live = self.live
+        info = live.metadata
         return {
-            "model": self.rec.name,
-            "kind": self.rec.kind,
-            "model_tag": self.tag,
+            "model": live.rec.name,
+            "kind": live.rec.kind,
+            "model_tag": live.tag,
+            "deployment": TARGET.deployment,
+            "mode": TARGET.mode,
+            "deployment_event": live.event,  # the promotion or rollback that made it live
+            "loaded_at": live.loaded_at,
             "metrics": info.get("metrics", {}),
             "data_version": info.get("data_version"),
             "protocol": info.get("protocol"),
+            "feature_namespace": live.feature_namespace,
             "feature_views": info.get("feature_views", FEATURE_VIEWS),
             "online_features": info.get("online_features", ONLINE_FEATURES),
             "git_commit": info.get("git_commit"),
-            "n_items": self.rec.n_items,
-            "n_users": len(self.rec.user_index),
-            "history_length": self.rec.history_length,
-            "similarity_method": self.rec.similarity_method,
-            "feature_repo": str(self.online.repo_path),
+            "n_items": live.rec.n_items,
+            "n_users": len(live.rec.user_index),
+            "history_length": live.rec.history_length,
+            "similarity_method": live.rec.similarity_method,
+            "feature_repo": str(live.online.repo_path),
             # Serving stages (retrieve -> rank, or full ranking), cold-start paths, explanations; and
             # the packaging decision (which retrieval run was chosen, or why there is none).
-            "serving": {**self.rec.describe(), "packaging": info.get("serving")},
+            "serving": {**live.rec.describe(), "packaging": info.get("serving")},
         }
 
 
-Recommender.add_asgi_middleware(_HealthzMiddleware)
+def _attributes(
+    live: LiveModel, uid: str, requested: UserFeatures | None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The cold user's attributes: the request's fields over the Feast profile row's."""
+    given = requested.model_dump(exclude_none=True) if requested is not None else {}
+    stored = {} if len(given) == 3 else (live.online.profile(uid) or {})
+    merged = {**stored, **given}
+    if not merged:
+        return None, None
+    source = "+".join(name for name, part in (("request", given), ("feast", stored)) if part)
+    return merged, source
+
+
+Recommender.add_asgi_middleware(
+    ServingSafety,
+    api_paths=[api.route for api in Recommender.apis.values()],
+    health=_health_probe,
+    health_schema=HEALTH_SCHEMA,
+)

@@ -5,22 +5,35 @@ features stage (Feast apply + materialise into the SQLite online store), fits a 
 but the last two events of each user (so the online history holds items newer than training, as in
 production), writes the model artifact, and packages it with ``serving.package.package_model``.
 Nothing is faked: the server started on this home reads real Feast and BentoML stores.
+``package_candidate``/``promote`` add more models to such a home; ``serve`` starts a real
+``bentoml serve`` (or ``python -m serving``) on it in a process group of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from pipeline.artifacts import Evaluation, GateDecision, TrainResult
-from pipeline.config import FeatureConfig
+from pipeline.artifacts import DeploymentEvent, Evaluation, GateDecision, TrainResult
+from pipeline.config import REPO_ROOT, FeatureConfig
 from pipeline.layout import Layout
+from pipeline.run_index import RunIndex, now_iso
+from serving.package import ARTIFACT_SUBDIR, bento_env, package_model, stored_model_dir
 from tests.features_fixtures import T0, write_snapshot
 from training.artifact import save_model_artifact
 from training.models import build_model
@@ -73,10 +86,8 @@ def build_serving_home(
     per_user: int = 12,
     build_bento: bool = False,
 ) -> ServingHome:
-    from serving.package import package_model
-
     layout = Layout(Path(home).resolve())
-    snapshot, _, events = _write_home_data(layout, n_users, n_items, per_user)
+    snapshot, feature_set, events = _write_home_data(layout, n_users, n_items, per_user)
 
     # Training data: all but the last two events of each known user.
     history = {u: list(g["item_id"]) for u, g in events.groupby("user_id", sort=False)}
@@ -117,16 +128,55 @@ def build_serving_home(
         protocol="leave_last_out",
         data_version=snapshot.data_version,
     )
-    decision = GateDecision(
+    decision = package_model(train_result, evaluation, passed(model), layout, build_bento=build_bento)
+    publish(layout, decision, feature_set.namespace, snapshot.data_version, run_dir)
+    return ServingHome(layout, decision, known, new_users, item_ids, seen, history)
+
+
+def passed(model: str, value: float = 0.2, deployment: str = "default") -> GateDecision:
+    """A gate decision that let ``model`` through (the gate itself is tested in test_gate.py)."""
+    return GateDecision(
         model=model,
+        deployment=deployment,
+        eligible=True,
         promoted=True,
         reason="beats popularity (test)",
-        candidate_ndcg10=0.2,
-        popularity_ndcg10=0.1,
-        champion_ndcg10=None,
+        metric="ndcg@10",
+        candidate_value=value,
+        popularity_value=0.1,
     )
-    decision = package_model(train_result, evaluation, decision, layout, build_bento=build_bento)
-    return ServingHome(layout, decision, known, new_users, item_ids, seen, history)
+
+
+def publish(
+    layout: Layout,
+    decision: GateDecision,
+    namespace: str,
+    data_version: str,
+    run_dir: Path,
+    deployment: str = "default",
+) -> DeploymentEvent:
+    """Make the packaged ``decision`` the deployment's champion, as the promote stage would."""
+    index = RunIndex.for_layout(layout)
+    current = index.champion(deployment)
+    assert decision.bento_tag
+    event = DeploymentEvent(
+        deployment=deployment,
+        action="promote",
+        at=now_iso(),
+        run_uid=f"{decision.model}/{Path(run_dir).name}",
+        model=decision.model,
+        model_tag=decision.bento_tag,
+        feature_namespace=namespace,
+        data_version=data_version,
+        protocol="leave_last_out",
+        split_dir="",
+        artifact_dir=str(stored_model_dir(layout, decision.bento_tag) / ARTIFACT_SUBDIR),
+        metric=decision.metric,
+        value=float(decision.candidate_value or 0.0),
+        reason=decision.reason,
+        bento=decision.bento,
+    )
+    return index.append_event(event, expected_tag=current.model_tag if current else None)
 
 
 def _write_home_data(layout: Layout, n_users: int, n_items: int, per_user: int):
@@ -199,7 +249,6 @@ def build_ranker_serving_home(
     but their profile and history are in Feast (the cold-start-from-attributes path).
     """
     from pipeline.config import SplitConfig, TrainerConfig
-    from serving.package import package_model
     from training.split import SplitIndex, make_split
     from training.train import train_model
 
@@ -226,10 +275,130 @@ def build_ranker_serving_home(
         protocol="leave_last_out",
         data_version=snapshot.data_version,
     )
-    decision = GateDecision(ranker, True, "beats popularity (test)", 0.2, 0.1, None)
-    decision = package_model(result, evaluation, decision, layout, build_bento=False)
+    decision = package_model(result, evaluation, passed(ranker), layout, build_bento=False)
+    publish(layout, decision, feature_set.namespace, snapshot.data_version, result.run_dir)
     index = SplitIndex.load(split)
     train = pd.read_parquet(split.train, columns=["user_id", "item_id"]).astype(str)
     seen = {u: set(g["item_id"]) for u, g in train.groupby("user_id")}
     history = {u: list(g["item_id"]) for u, g in events.groupby("user_id", sort=False)}
     return ServingHome(layout, decision, list(index.user_ids), new_users, list(index.item_ids), seen, history)
+
+
+# ---------------------------------------------------------------- candidates and real servers
+
+
+def package_candidate(home: ServingHome, model: str, run_id: str, value: float) -> tuple[GateDecision, Path]:
+    """Fit ``model`` on the home's training data and package it (stored, NOT promoted)."""
+    layout = home.layout
+    item_index = {item: j + 1 for j, item in enumerate(home.item_ids)}
+    rows = [(u, item_index[i]) for u, user in enumerate(home.user_ids) for i in home.seen[user]]
+    train = sp.csr_matrix(
+        (np.ones(len(rows), np.float32), tuple(np.array(rows).T)),
+        shape=(len(home.user_ids), len(home.item_ids) + 1),
+    )
+    module = build_model(model, len(home.user_ids), len(home.item_ids))
+    if hasattr(module, "fit"):
+        module.fit(train)
+    run_dir = layout.run(model, run_id)
+    champion = RunIndex.for_layout(layout).champion("default")
+    assert champion is not None
+    meta = {"data_version": champion.data_version, "protocol": "leave_last_out"}
+    artifact = save_model_artifact(
+        run_dir / "model", model, module, {}, home.item_ids, home.user_ids, train, meta=meta
+    )
+    result = TrainResult(model, run_dir, artifact / "weights.pt", {}, 0, 0.0, 0.0, value, 0.0)
+    evaluation = Evaluation(
+        model,
+        run_dir / "metrics.json",
+        run_dir / "leaderboard.md",
+        {"ndcg@10": value},
+        {"popularity": {"ndcg@10": 0.1}},
+        "leave_last_out",
+        champion.data_version,
+    )
+    return package_model(result, evaluation, passed(model, value), layout, build_bento=False), run_dir
+
+
+def promote(home: ServingHome, decision: GateDecision, run_dir: Path, deployment: str = "default") -> None:
+    """Make a packaged candidate the champion of ``deployment``, on the champion's Feast namespace."""
+    champion = RunIndex.for_layout(home.layout).champion("default")
+    assert champion is not None
+    publish(home.layout, decision, champion.feature_namespace, champion.data_version, run_dir, deployment)
+
+
+STARTUP_TIMEOUT_S = 120
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclasses.dataclass
+class ServerProcess:
+    """A running server: its URL, port, process (the ``bentoml serve`` supervisor) and log file."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+        """Until ``/readyz`` answers 200 (model loaded, feature store up); fails if the server exits."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"server not ready after {timeout_s}s:\n{self.log()[-3000:]}")
+
+    def stop(self) -> None:
+        """Stop the server's process group (the supervisor and its workers, nothing else)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def serve(
+    layout: Layout, log_path: Path, env: dict[str, str] | None = None, launcher: bool = False
+) -> Iterator[ServerProcess]:
+    """A server on ``layout``'s champion in its own process group; stopped (group only) on exit.
+
+    ``launcher``: start it as users do, ``python -m serving`` (preflight, default bind address),
+    else ``bentoml serve serving.service:Recommender --host 127.0.0.1``.
+    """
+    port = _free_port()
+    full_env = bento_env(layout)  # RECFORGE_HOME, BENTOML_HOME, OMP_WAIT_POLICY=PASSIVE
+    full_env.pop("RECFORGE_MODEL_TAG", None)  # the service must follow the deployment's champion
+    full_env.update(env or {})
+    if launcher:
+        cmd = [sys.executable, "-m", "serving", "--port", str(port)]
+    else:
+        cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "serving.service:Recommender"]
+        cmd += ["-p", str(port), "--host", "127.0.0.1"]
+    with open(log_path, "w") as log:
+        # Own process group: the server forks workers, and teardown must stop exactly those.
+        proc = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    process = ServerProcess(f"http://127.0.0.1:{port}", port, proc, log_path)
+    try:
+        yield process
+    finally:
+        process.stop()

@@ -9,14 +9,20 @@ against identical numbers without refitting. Writes ``metrics.json``, ``leaderbo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
+import torch
+
 from pipeline.artifacts import Evaluation, Split, TrainResult, atomic_write_json, atomic_write_text
 from pipeline.config import EvaluationConfig
 from training.artifact import DEFAULT_HISTORY_LENGTH, load_model_artifact
-from training.data import EvalInputs, build_eval_inputs, build_example_set
+from training.data import EvalInputs, build_eval_inputs, build_example_set, right_align
+from training.metrics import RankingAccumulator
 from training.models import build_model
 from training.split import SplitIndex, train_matrix
 from training.train import evaluate_module
@@ -78,6 +84,114 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
     )
     evaluation.save(run_dir / "evaluation.json")
     return evaluation
+
+
+class ForeignScorer:
+    """Scores a model artifact trained on ANY split in another split's index space.
+
+    Ids are mapped through the two index spaces: a user the artifact did not train on is scored as
+    unknown (-1, from history, as the service would), history items it does not know are dropped,
+    and items it does not know get -inf (it can never recommend them).
+    """
+
+    def __init__(self, artifact_dir: Path | str, index: SplitIndex) -> None:
+        self.artifact = load_model_artifact(Path(artifact_dir))
+        self.history_length = self.artifact.history_length or DEFAULT_HISTORY_LENGTH
+        self.n_items = index.n_items
+        art = self.artifact
+        self.to_artifact = np.zeros(index.n_items + 1, dtype=np.int64)  # split item -> artifact item
+        self.to_artifact[1:] = [art.item_index.get(str(item), 0) for item in index.item_ids]
+        self.split_columns = np.flatnonzero(self.to_artifact)
+        self.unknown_items = torch.from_numpy(self.to_artifact == 0)
+        trained = np.diff(art.seen.indptr) > 0
+        self.user_map = np.array([art.user_index.get(str(u), -1) for u in index.user_ids], dtype=np.int64)
+        self.user_map[(self.user_map >= 0) & ~trained[np.clip(self.user_map, 0, None)]] = -1
+
+    def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """(B, n_items + 1) scores for split user indices and right-aligned split item histories."""
+        mapped = self.to_artifact[history[:, -self.history_length :].numpy()]
+        own_history = right_align([[i for i in row if i > 0] for row in mapped.tolist()], self.history_length)
+        own = self.artifact.score(torch.from_numpy(self.user_map[users.numpy()]), own_history)
+        out = torch.full((own.shape[0], self.n_items + 1), -torch.inf)
+        out[:, torch.from_numpy(self.split_columns)] = own[
+            :, torch.from_numpy(self.to_artifact[self.split_columns])
+        ]
+        return out
+
+    def trained_pairs(self, users: np.ndarray) -> sp.csr_matrix:
+        """(len(users), n_items + 1): 1 where the artifact trained on (user, item), in split indices."""
+        art = self.artifact
+        rows = self.user_map[users]
+        seen = art.seen[np.clip(rows, 0, None)].tocsr()
+        seen = sp.diags((rows >= 0).astype(np.float32)) @ seen  # unknown users trained on nothing
+        back = sp.csr_matrix(
+            (
+                np.ones(len(self.split_columns), np.float32),
+                (self.to_artifact[self.split_columns], self.split_columns),
+            ),
+            shape=(art.seen.shape[1], self.n_items + 1),
+        )  # artifact item -> split item
+        return ((seen @ back) > 0).astype(np.float32).tocsr()
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitJudgement:
+    """Champion (and, when needed, candidate) metrics on one test set, and how that test set was made."""
+
+    champion: dict[str, float]
+    candidate: dict[str, float] | None  # None: the candidate's recorded metrics stand (same test set)
+    withheld_pairs: int  # test (user, item) pairs the champion trained on, withheld from both
+    users: int
+
+
+def judge_on_split(
+    champion_dir: Path | str, candidate_dir: Path | str, split: Split, cfg: EvaluationConfig
+) -> SplitJudgement:
+    """The champion's test metrics on ``split`` (the candidate's split), made comparable with the candidate's.
+
+    Same test users, ground truth and exclusions (train + valid items of ``split``) as the candidate's
+    own evaluation. One more rule keeps the comparison fair: test events the champion TRAINED on (it
+    was fitted on other data, e.g. a random holdout of an older version) would reward memorisation, so
+    those (user, item) pairs are withheld from the test set of both models (removed from the ground
+    truth, excluded from the ranking) and the candidate is re-scored on that set too. Without such
+    pairs (e.g. a temporal split of appended data) the candidate's recorded metrics stand. On the
+    champion's own split this reproduces ``evaluate_run`` exactly.
+    """
+    index = SplitIndex.load(split)
+    champion = ForeignScorer(champion_dir, index)
+    candidate = ForeignScorer(candidate_dir, index)
+    length = max(champion.history_length, candidate.history_length)
+    inputs = build_eval_inputs(split, "test", length)
+    # Pairs already excluded (also in this split's train/valid part) can be hit by neither model.
+    overlap = inputs.truth.multiply(champion.trained_pairs(inputs.users.numpy())).tocsr()
+    overlap = (overlap - overlap.multiply(inputs.exclude > 0)).tocsr()
+    overlap.eliminate_zeros()
+    withheld = int(overlap.nnz)
+    if withheld:
+        truth = (inputs.truth - overlap).tocsr()
+        truth.eliminate_zeros()
+        keep = np.flatnonzero(np.diff(truth.indptr) > 0)
+        inputs = EvalInputs(
+            users=inputs.users[keep],
+            history=inputs.history[keep],
+            truth=truth[keep],
+            exclude=((inputs.exclude + overlap) > 0).astype(np.float32).tocsr()[keep],
+            n_items=inputs.n_items,
+        )
+    scorers = [champion, candidate] if withheld else [champion]
+    results = []
+    for scorer in scorers:
+        acc = RankingAccumulator(index.n_items, list(cfg.ks))
+        for batch in inputs.batches(cfg.batch_users):
+            scores = scorer.scores(batch["users"], batch["history"])
+            acc.update(scores, batch["truth"], batch["exclude"] | scorer.unknown_items)
+        results.append(acc.compute())
+    return SplitJudgement(
+        champion=results[0],
+        candidate=results[1] if withheld else None,
+        withheld_pairs=withheld,
+        users=inputs.n_users,
+    )
 
 
 def baseline_metrics(

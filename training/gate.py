@@ -1,91 +1,108 @@
-"""Promotion gate: does the candidate deserve to replace the serving champion?
+"""Promotion gate: does the candidate deserve to replace its deployment's champion?
 
-Rules (numbers from the Evaluation and the champion pointer, never re-computed here):
-1. candidate NDCG@10 >= Popularity NDCG@10 x ``min_lift_over_popularity`` (beats the trivial baseline
-   by a margin on the same split and users);
-2. and either there is no champion, or the champion was evaluated on a different data version or
-   split protocol (its numbers are not comparable, so the candidate that passed rule 1 replaces it),
-   or candidate NDCG@10 >= champion NDCG@10 - ``champion_tolerance``.
-The package stage writes the champion file; this stage only reads it.
+The deployment's key (``PipelineConfig.deployments``) fixes what a champion is judged on: data
+source, split protocol and selection metric. Rules, in order:
+0. the run must match its deployment's key (decided when the run started, ``RunConfig.eligible``);
+   a run on another protocol, a ``sample_users`` slice or another source is never promoted there;
+1. candidate metric >= Popularity's on the same split x ``min_lift_over_popularity``;
+2. no champion yet, or candidate metric > champion metric - ``champion_tolerance`` (strictly: a tie
+   keeps the incumbent). The champion's number must come from the candidate's split: if the champion
+   was judged on another split (new data version, another seed), the gate re-scores the champion's
+   model on this split, same test users and same exclusions (``training.evaluate.judge_on_split``;
+   test events the champion trained on are withheld from both models), and compares those numbers.
+The promote stage performs the swap; this stage only decides (and records every number it used).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
-from typing import Any
 
-from pipeline.artifacts import Evaluation, GateDecision
-from pipeline.config import GateConfig
-
-METRIC = "ndcg@10"
+from pipeline.artifacts import DeploymentEvent, Evaluation, GateDecision, RunConfig, Split
+from pipeline.config import PipelineConfig
 
 
-def read_champion(champion_path: Path) -> dict[str, Any] | None:
-    """The champion pointer, or None when there is none yet."""
-    path = Path(champion_path)
-    if not path.exists():
-        return None
-    champion = json.loads(path.read_text())
-    if METRIC not in champion.get("metrics", {}):
-        raise ValueError(
-            f"{path}: champion pointer lacks metrics[{METRIC!r}]; it is written by the package stage"
+def decide(
+    evaluation: Evaluation,
+    split: Split,
+    run_config: RunConfig,
+    cfg: PipelineConfig,
+    champion: DeploymentEvent | None,
+    candidate_artifact: Path | None = None,
+) -> GateDecision:
+    """The decision for ``evaluation`` (the candidate's, on ``split``) against ``champion``.
+
+    ``candidate_artifact`` (the run's model directory) is needed only when the champion must be
+    re-scored on this split.
+    """
+    deployment = cfg.deployments[run_config.deployment]
+    metric = deployment.metric
+    base = GateDecision(
+        model=evaluation.model,
+        deployment=run_config.deployment,
+        eligible=run_config.eligible,
+        promoted=False,
+        reason="",
+        metric=metric,
+        champion_tag=champion.model_tag if champion else None,
+    )
+    if not run_config.eligible:
+        return _replace(base, reason=run_config.eligibility)
+    if metric not in evaluation.metrics or metric not in evaluation.baselines.get("popularity", {}):
+        return _replace(
+            base,
+            eligible=False,
+            reason=f"the evaluation has no {metric!r} for the candidate and Popularity (ks in "
+            f"evaluation.ks?); deployment {run_config.deployment!r} selects by it",
         )
-    return champion
-
-
-def decide(evaluation: Evaluation, cfg: GateConfig, champion_path: Path) -> GateDecision:
-    candidate = float(evaluation.metrics[METRIC])
-    popularity = float(evaluation.baselines["popularity"][METRIC])
-    required = popularity * cfg.min_lift_over_popularity
-    champion = read_champion(champion_path)
-    champion_score = float(champion["metrics"][METRIC]) if champion else None
-
-    def decision(promoted: bool, reason: str) -> GateDecision:
-        return GateDecision(
-            model=evaluation.model,
-            promoted=promoted,
-            reason=reason,
-            candidate_ndcg10=candidate,
-            popularity_ndcg10=popularity,
-            champion_ndcg10=champion_score,
-        )
-
+    candidate = float(evaluation.metrics[metric])
+    popularity = float(evaluation.baselines["popularity"][metric])
+    required = popularity * cfg.gate.min_lift_over_popularity
+    base = _replace(base, candidate_value=candidate, popularity_value=popularity)
+    lift = (
+        f"{evaluation.model} {metric} {candidate:.4f} vs popularity {popularity:.4f} "
+        f"x {cfg.gate.min_lift_over_popularity:g} = {required:.4f}"
+    )
     if candidate < required:
-        return decision(
-            False,
-            f"candidate {evaluation.model} NDCG@10 {candidate:.4f} < popularity {popularity:.4f} "
-            f"x {cfg.min_lift_over_popularity:g} = {required:.4f}",
-        )
-    passed = (
-        f"candidate {evaluation.model} NDCG@10 {candidate:.4f} >= popularity {popularity:.4f} "
-        f"x {cfg.min_lift_over_popularity:g} = {required:.4f}"
-    )
+        return _replace(base, reason=f"{lift}: below")
     if champion is None:
-        return decision(True, f"{passed}; no champion yet")
-    described = f"champion {champion.get('model')} ({champion.get('bento_tag')})"
-    if (champion.get("data_version"), champion.get("protocol")) != (
-        evaluation.data_version,
-        evaluation.protocol,
-    ):
-        return decision(
-            True,
-            (
-                f"{passed}; {described} was evaluated on data_version={champion.get('data_version')} "
-                f"protocol={champion.get('protocol')}, candidate on data_version={evaluation.data_version} "
-                f"protocol={evaluation.protocol}: not comparable (champion NDCG@10 {champion_score:.4f}), "
-                "candidate replaces it"
-            ),
+        return _replace(base, promoted=True, reason=f"{lift}: passed; no champion yet")
+
+    if champion.split_dir == str(split.dir) and metric in champion.metrics:
+        champion_value, judged, champion_metrics = float(champion.metrics[metric]), "recorded", {}
+        where = "judged on this split"
+    else:
+        from training.evaluate import judge_on_split
+
+        if candidate_artifact is None:
+            raise ValueError("the champion was judged on another split: pass candidate_artifact to re-score")
+        judgement = judge_on_split(champion.artifact_dir, candidate_artifact, split, cfg.evaluation)
+        champion_metrics, judged = judgement.champion, "rescored"
+        champion_value = float(champion_metrics[metric])
+        where = (
+            f"re-scored on this run's split (data {split.data_version}; it was judged on data "
+            f"{champion.data_version} at {champion.value:.4f})"
         )
-    floor = champion_score - cfg.champion_tolerance
-    if candidate >= floor:
-        return decision(
-            True,
-            f"{passed}; >= {described} NDCG@10 {champion_score:.4f} - tolerance "
-            f"{cfg.champion_tolerance:g} = {floor:.4f}",
-        )
-    return decision(
-        False,
-        f"{passed}; but < {described} NDCG@10 {champion_score:.4f} - tolerance "
-        f"{cfg.champion_tolerance:g} = {floor:.4f}",
+        if judgement.candidate is not None:
+            # Test events the champion trained on were withheld from both: compare on that test set.
+            candidate = float(judgement.candidate[metric])
+            where += (
+                f"; {judgement.withheld_pairs} test events the champion trained on were withheld from "
+                f"both, candidate {metric} on that test set {candidate:.4f}"
+            )
+            base = _replace(base, candidate_value=candidate)
+    floor = champion_value - cfg.gate.champion_tolerance
+    versus = (
+        f"champion {champion.model_tag} {metric} {champion_value:.4f} ({where}), "
+        f"tolerance {cfg.gate.champion_tolerance:g}"
     )
+    base = _replace(
+        base, champion_value=champion_value, champion_judged=judged, champion_metrics=champion_metrics
+    )
+    if candidate > floor:
+        return _replace(base, promoted=True, reason=f"{lift}: passed; {candidate:.4f} > {versus}")
+    return _replace(base, reason=f"{lift}: passed; but {candidate:.4f} <= {versus}")
+
+
+def _replace(decision: GateDecision, **changes: object) -> GateDecision:
+    return dataclasses.replace(decision, **changes)

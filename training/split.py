@@ -43,7 +43,7 @@ KNOWLEDGE_GRAPH = "knowledge_graph.parquet"
 
 def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Split:
     """Split ``feature_set.examples`` by ``cfg.protocol``; return the existing split if already made."""
-    out_dir = layout.split(feature_set.data_version, cfg.protocol, cfg.seed)
+    out_dir = layout.split(feature_set.namespace or feature_set.data_version, split_name(cfg))
     existing = _load_valid_manifest(out_dir)
     if existing is not None:
         return existing
@@ -95,9 +95,15 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
             user_ids=out_dir / "user_ids.json",
             counts=counts,
             knowledge_graph=knowledge_graph,
+            feature_namespace=feature_set.namespace,
         )
         split.save(tmp / MANIFEST)
     return split
+
+
+def split_name(cfg: SplitConfig) -> str:
+    """The split's directory name: every setting that changes which example lands in which part."""
+    return f"{cfg.protocol}-seed{cfg.seed}-valid{cfg.valid_share:g}-test{cfg.test_share:g}"
 
 
 def assign_parts(examples: pd.DataFrame, cfg: SplitConfig) -> np.ndarray:

@@ -63,6 +63,7 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
         "evaluate",
         "gate",
         "package",
+        "promote",
         "drift",
         "finish",
     ]
@@ -70,7 +71,7 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
     for model in report["models"]:
         dag = report["dags"][f"recsys_{model}"]
         assert dag["tasks"] == expected
-        assert {"split_protocol", "max_epochs", "hparams"} <= set(dag["params"])
+        assert {"split_protocol", "max_epochs", "hparams", "deployment"} <= set(dag["params"])
         assert dag["doc"] and dag["task_docs"]
     assert "recsys_drift_monitor" in report["dags"]
     # One tuning DAG per trainable model, with the grid as a dynamically mapped task.
@@ -94,29 +95,76 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
         assert dag["doc"] and dag["task_docs"]
 
 
-def test_dag_test_runs_recsys_bpr_end_to_end(tmp_path):
-    env = airflow_env(Layout(tmp_path), base=make_home(tmp_path, sample_users=80))
-    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
-    result = python(
-        """
-import json, os
+DAG_TEST = """
+import json, os, sys
 from airflow.dag_processing.dagbag import DagBag
+from airflow.models.dagrun import DagRun
+from airflow.utils.session import create_session
+from sqlalchemy import select
 dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag("recsys_bpr")
-run = dag.test(run_conf={"max_epochs": 2, "split_protocol": "random_holdout"})
-print(json.dumps({"state": str(run.state)}))
-""",
-        env,
+run = dag.test(run_conf=json.loads(sys.argv[1]))
+states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+with create_session() as session:  # the note is written by recforge's plugin when the run ends
+    note = session.scalars(select(DagRun).where(DagRun.run_id == run.run_id)).one().note
+print(json.dumps({"state": str(run.state), "tasks": states, "note": note, "run_id": run.run_id}))
+"""
+
+
+def _dag_test(env: dict[str, str], conf: dict) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", DAG_TEST, json.dumps(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=900,
     )
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
-    assert json.loads(result.stdout.strip().splitlines()[-1])["state"] == "success", result.stdout[-5000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_dag_test_runs_recsys_bpr_end_to_end_and_says_whether_it_promoted(tmp_path):
+    """Two runs through real Airflow: one the deployment cannot take (another protocol), one it can.
+
+    Both DAG runs succeed; what differs is visible in the grid without opening a log: the ``promote``
+    task is skipped for the first and succeeds for the second, and each run's note says why.
+    """
+    from pipeline.run_index import RunIndex
+
+    # The deployment judges on random_holdout (the home's file); the first run asks for temporal.
+    home = make_home(tmp_path, sample_users=80, split={"protocol": "random_holdout"})
+    env = airflow_env(Layout(tmp_path), base=home)
+    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+
+    other = _dag_test(env, {"max_epochs": 1, "split_protocol": "temporal"})
+    assert other["state"] == "success" and other["tasks"]["promote"] == "skipped", other
+    assert other["tasks"]["finish"] == "success"
+    assert other["note"].startswith("NOT PROMOTED bpr into deployment 'default': not eligible"), other["note"]
+    assert "split protocol temporal != random_holdout" in other["note"]
     summary = json.loads((tmp_path / "summary.json").read_text())
     bpr = summary["models"]["bpr"]
-    assert bpr["protocol"] == "random_holdout"  # the trigger-form parameter reached the stages
-    assert 0.0 < bpr["metrics"]["ndcg@10"] <= 1.0
+    assert bpr["protocol"] == "temporal"  # the trigger-form parameter reached the stages
+    assert 0.0 < bpr["metrics"]["ndcg@10"] <= 1.0 and not bpr["promoted"]
     assert {"popularity", "itemknn"} <= set(summary["baselines"])
-    assert bpr["drift_detected"] in (True, False)
+    assert summary["deployments"]["default"] is None
+    drift = json.loads(Path(bpr["run_dir"], "drift.json").read_text())
+    assert Path(drift["data_drift_html"]).is_file() and 0.0 <= drift["data_drift_share"] <= 1.0
+
+    # Hyperparameters from the trigger form; with them BPR clears Popularity on this slice (seeded).
+    own = _dag_test(env, {"max_epochs": 4, "hparams": {"lr": 0.01, "batch_size": 128}})
+    assert own["state"] == "success" and own["tasks"]["promote"] == "success", own
+    assert own["note"].startswith("PROMOTED bpr into deployment 'default'"), own["note"]
+    index = RunIndex(f"sqlite:///{tmp_path / 'run_index.db'}")
+    champion = index.champion("default")
+    assert champion.run_uid.startswith("bpr/") and champion.protocol == "random_holdout"
+    assert f"now deployment 'default' serves {champion.model_tag}" in own["note"]
+    records = sorted(index.runs(model="bpr"), key=lambda r: r.started_at)
+    assert [(r.status, r.promoted, r.eligible) for r in records] == [
+        ("completed", False, False),
+        ("completed", True, True),
+    ]
+    run_config = json.loads(Path(records[1].run_dir, "run_config.json").read_text())
+    assert run_config["hparams"]["lr"] == 0.01 and run_config["config"]["trainer"]["max_epochs"] == 4
 
 
 def test_dag_test_runs_a_tuning_dag_on_tiny_synthetic_data(tmp_path):
@@ -225,6 +273,12 @@ def test_standalone_airflow_runs_a_dag_triggered_over_rest(tmp_path):
         run_dir = Path(bpr["run_dir"])
         assert (run_dir / "model" / "model.json").is_file() and (run_dir / "drift.json").is_file()
         assert bpr["run_id"].startswith("manual")  # the REST-triggered run, not some other one
+        # The scheduler's listener wrote the gate's outcome as the run's note (shown in the grid).
+        note = requests.get(
+            f"{base}/api/v2/dags/recsys_bpr/dagRuns/{run_id}", headers=headers, timeout=10
+        ).json()["note"]
+        verdict = "PROMOTED" if bpr["promoted"] else "NOT PROMOTED"
+        assert note.startswith(f"{verdict} bpr into deployment 'default'"), note
     finally:
         stop_process_group(server)  # scheduler, API server and executor workers too
         log.close()

@@ -1,10 +1,13 @@
-"""The packaged champion served by a REAL ``bentoml serve`` subprocess, over HTTP, with a real Feast store.
+"""The deployment's champion served by a REAL ``bentoml serve`` subprocess, over HTTP, with a real Feast store.
 
 One module-scoped server (startup dominates the cost): a synthetic home is built by the real features
-stage (Feast apply + materialise into SQLite), an ItemKNN artifact is packaged with ``package_model``,
-and ``bentoml serve serving.service:Recommender`` runs against that RECFORGE_HOME/BENTOML_HOME. While the
-server starts, the test process exercises the packaging contract itself (Bento build + Dockerfile,
-champion swap, a rejected candidate leaving the champion alone).
+stage (Feast apply + materialise into SQLite), an ItemKNN artifact is packaged with ``package_model``
+and published as champion of deployment "default" in the home's run index, and
+``bentoml serve serving.service:Recommender`` runs against that RECFORGE_HOME/BENTOML_HOME. While the
+server starts, the test process exercises the packaging contract itself (Bento build + Dockerfile
+pinning the model; packaging never changes a deployment's champion). The HTTP guard is checked on the
+same server: the one error body shape, body/content-type/id-length limits, one WARNING line per
+client error and no traceback.
 
 A second server serves a two-stage champion: DIN packaged with a TwoTower retriever, both trained by
 ``train_model`` on the home's split (``build_ranker_serving_home``), for retrieve-then-rank,
@@ -13,35 +16,28 @@ explanations and cold users scored from Feast or request attributes.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
+import dataclasses
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from pipeline.artifacts import Evaluation, GateDecision, TrainResult
-from pipeline.config import REPO_ROOT
 from pipeline.layout import Layout
-from serving.package import bento_env, package_model
-from tests.serving_fixtures import ServingHome, build_ranker_serving_home, build_serving_home
+from pipeline.run_index import RunIndex
+from serving.package import package_model
+from tests.serving_fixtures import (
+    STARTUP_TIMEOUT_S,
+    ServerProcess,
+    ServingHome,
+    build_ranker_serving_home,
+    build_serving_home,
+    passed,
+    serve,
+)
 
 pytestmark = pytest.mark.integration
-
-STARTUP_TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -50,37 +46,14 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> ServingHome:
 
 
 @pytest.fixture(scope="module")
-def server(home: ServingHome, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with _serve(home, tmp_path_factory.mktemp("server") / "bentoml.log") as url:
-        yield url
+def server_process(home: ServingHome, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    with serve(home.layout, tmp_path_factory.mktemp("server") / "bentoml.log") as process:
+        yield process
 
 
-@contextlib.contextmanager
-def _serve(home: ServingHome, log_path: Path) -> Iterator[str]:
-    """``bentoml serve`` on ``home``'s champion in its own process group; stopped (group only) on exit."""
-    port = _free_port()
-    env = bento_env(home.layout)  # RECFORGE_HOME, BENTOML_HOME, OMP_WAIT_POLICY=PASSIVE
-    env.pop("RECFORGE_MODEL_TAG", None)  # the service must find the model through the champion file
-    cmd = [str(Path(sys.executable).with_name("bentoml")), "serve", "serving.service:Recommender"]
-    cmd += ["-p", str(port), "--host", "127.0.0.1"]
-    with open(log_path, "w") as log:
-        # Own process group: the server forks workers, and teardown must stop exactly those.
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        yield url
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
+@pytest.fixture(scope="module")
+def server(server_process: ServerProcess) -> str:
+    return server_process.url
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +79,10 @@ def ranker_client(
 ) -> Iterator[httpx.Client]:
     import bentoml
 
-    with _serve(ranker_home, tmp_path_factory.mktemp("ranker-server") / "bentoml.log") as url:
-        with bentoml.SyncHTTPClient(url, server_ready_timeout=STARTUP_TIMEOUT_S) as ready:
+    with serve(ranker_home.layout, tmp_path_factory.mktemp("ranker-server") / "bentoml.log") as process:
+        with bentoml.SyncHTTPClient(process.url, server_ready_timeout=STARTUP_TIMEOUT_S) as ready:
             assert ready.is_ready()
-        with httpx.Client(base_url=url, timeout=30) as http:
+        with httpx.Client(base_url=process.url, timeout=30) as http:
             yield http
 
 
@@ -125,33 +98,35 @@ def _manifests(home: ServingHome, promoted: bool) -> tuple[TrainResult, Evaluati
         "leave_last_out",
         "dv",
     )
-    decision = GateDecision("itemknn", promoted, "test", 0.1, 0.1, 0.2)
-    return train, evaluation, decision
+    decision = passed("itemknn", 0.1)
+    return train, evaluation, decision if promoted else dataclasses.replace(decision, promoted=False)
 
 
 def test_package_promoted_builds_bento_with_dockerfile(home: ServingHome, server: str) -> None:
-    """Runs while the server starts, on a second home (the server's champion file must not move under it)."""
+    """Runs while the server starts, on a second home: packaging stores and builds, it never promotes;
+    leftovers of an interrupted build are cleaned."""
     layout = Layout(home.layout.home.parent / "second-home")
-    assert not layout.champion.exists()
+    index = RunIndex.for_layout(layout)
     rejected = package_model(*_manifests(home, promoted=False), layout, build_bento=True)
-    assert rejected.bento_tag and not layout.champion.exists()  # stored as a model, not promoted
+    assert rejected.bento_tag and rejected.bento is None  # stored as a model, no Bento
 
+    # What a killed `bentoml build` leaves in BentoML's staging directory is removed by the next build.
+    leftover = layout.bentoml_home / "tmp" / "bentoml_bento_recforge_recommender_interrupted"
+    leftover.mkdir(parents=True)
+    (leftover / "half-written.py").write_text("# interrupted\n")
     started = time.perf_counter()
     decision = package_model(*_manifests(home, promoted=True), layout, build_bento=True)
     build_s = time.perf_counter() - started
-    champion = json.loads(layout.champion.read_text())
-    assert {"model", "bento_tag", "metrics", "data_version", "protocol", "promoted_at", "reason"} <= set(
-        champion
-    )
-    assert champion["bento_tag"] == decision.bento_tag != rejected.bento_tag
-    name, version = champion["bento"].split(":")
+    assert not leftover.exists()
+    assert decision.bento_tag != rejected.bento_tag and decision.bento
+    name, version = decision.bento.split(":")
     dockerfile = layout.bentoml_home / "bentos" / name / version / "env" / "docker" / "Dockerfile"
     assert dockerfile.is_file()
     assert f"RECFORGE_MODEL_TAG={decision.bento_tag}" in dockerfile.read_text()  # the Bento pins its model
+    assert index.champion("default") is None  # promotion is promote_candidate's job, not packaging's
 
-    # A later rejected candidate leaves the champion file and the Bento alone.
+    # A later rejected candidate builds no Bento.
     package_model(*_manifests(home, promoted=False), layout, build_bento=True)
-    assert json.loads(layout.champion.read_text()) == champion
     assert [p.parent.name for p in (layout.bentoml_home / "bentos" / name).glob("*/bento.yaml")] == [version]
     print(f"package + bentoml build took {build_s:.1f}s")
 
@@ -161,10 +136,13 @@ def test_healthz_and_metadata(client: httpx.Client, home: ServingHome) -> None:
     assert health.status_code == 200, health.text
     body = health.json()
     assert body["model_loaded"] and body["feature_store"]["reachable"]
-    assert body["model_tag"] == home.decision.bento_tag  # the server started on the first champion
+    assert body["model_tag"] == home.decision.bento_tag  # the deployment's champion
+    assert body["deployment"] == "default" and body["mode"] == "following" and body["pending"] is None
 
     meta = client.get("/metadata").json()
     assert meta["model"] == "itemknn" and meta["model_tag"] == home.decision.bento_tag
+    assert meta["deployment"] == "default" and meta["deployment_event"]["action"] == "promote"
+    assert meta["feature_namespace"] == body["feature_namespace"] != ""
     assert meta["metrics"]["ndcg@10"] == pytest.approx(0.2)
     assert meta["protocol"] == "leave_last_out" and meta["data_version"]
     assert "user_activity" in meta["feature_views"]
@@ -178,6 +156,7 @@ def test_recommend_known_user_excludes_seen_and_online_history(
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["user_id"] == user and body["fallback"] is False and body["model"] == "itemknn"
+    assert body["model_tag"] == home.decision.bento_tag and body["deployment"] == "default"
     assert body["strategy"] == "known_user" and body["stages"] == ["full_ranking:itemknn"]
     assert all(i["because_you_interacted_with"] is None for i in body["items"])  # no explain() in ItemKNN
     ids = [i["item_id"] for i in body["items"]]
@@ -215,7 +194,13 @@ def test_recommend_unknown_users(client: httpx.Client, home: ServingHome) -> Non
         ("/recommend", {"k": 3}, "user_id"),
         ("/recommend", {"user_id": "u1", "k": "ten"}, "valid integer"),
         ("/recommend", {"user_id": ["u1"]}, "user_id"),
-        ("/recommend", {"user_id": ""}, "non-empty"),
+        ("/recommend", {"user_id": ""}, "at least 1 character"),
+        ("/recommend", {"user_id": "   "}, "should match pattern"),
+        ("/recommend", {"user_id": "u" * 257}, "at most 256 characters"),
+        ("/similar_items", {"item_id": "i" * 300, "k": 3}, "at most 256 characters"),
+        ("/recommend", {"user_id": 2**70}, "less than or equal to 9223372036854775807"),
+        ("/recommend", {"user_id": "u1", "k": True}, "valid integer"),
+        ("/recommend", {"user_id": "u1", "k": "3"}, "valid integer"),
         ("/similar_items", {"item_id": "no-such-item", "k": 3}, "unknown item_id"),
         ("/recommend", {"user_id": "u1", "user_features": {"age": "old"}}, "valid integer"),
         ("/recommend", {"user_id": "u1", "user_features": {"age": -3}}, "greater than or equal to 0"),
@@ -230,9 +215,51 @@ def test_invalid_requests_are_4xx_with_a_message(
 ) -> None:
     resp = client.post(path, json=payload)
     assert 400 <= resp.status_code < 500, (resp.status_code, resp.text)
-    assert needle in resp.text, resp.text
+    error = resp.json()["error"]  # the one error shape
+    assert error["status"] == resp.status_code and error["type"] in ("invalid_request", "not_found")
+    assert needle in error["message"], error
+    assert len(resp.text) < 1500  # a long input is never echoed back
     if "user_features" in payload:
-        assert resp.status_code == 400 and "user_features" in resp.text  # names the field at fault
+        assert resp.status_code == 400 and "user_features" in error["message"]  # names the field at fault
+
+
+def test_integral_floats_are_integers_and_ids_are_stripped(client: httpx.Client, home: ServingHome) -> None:
+    body = client.post("/recommend", json={"user_id": f"  {home.user_ids[1]} ", "k": 3.0}).json()
+    assert body["user_id"] == home.user_ids[1] and len(body["items"]) == 3
+
+
+def test_limits_and_error_shape(client: httpx.Client, server_process: ServerProcess) -> None:
+    """413 (declared or chunked), 415, 404/405 in the one shape; one WARNING line each, no traceback."""
+    before = len(server_process.log().splitlines())
+    huge = '{"user_id": "' + "x" * 70_000 + '"}'
+    declared = client.post("/recommend", content=huge, headers={"content-type": "application/json"})
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the limit holds as the body arrives
+        yield huge.encode()
+
+    streamed = client.post("/recommend", content=chunked(), headers={"content-type": "application/json"})
+    form = client.post("/recommend", data={"user_id": "u1"})  # curl -d's default content type
+    unknown = client.get("/no/such/" + "p" * 3000)
+    wrong_method = client.get("/recommend")
+    for resp, status, kind in [
+        (declared, 413, "payload_too_large"),
+        (streamed, 413, "payload_too_large"),
+        (form, 415, "unsupported_media_type"),
+        (unknown, 404, "not_found"),
+        (wrong_method, 405, "method_not_allowed"),
+    ]:
+        assert resp.status_code == status, resp.text
+        assert resp.json()["error"]["type"] == kind and resp.json()["error"]["status"] == status
+        assert len(resp.text) < 600
+    assert "x" * 200 not in streamed.text and "p" * 200 not in unknown.text
+
+    time.sleep(0.5)  # the worker's log lines reach the file
+    new = server_process.log().splitlines()[before:]
+    assert "Traceback" not in "\n".join(new)
+    warnings = [line for line in new if "[WARNING]" in line]
+    assert len([w for w in warnings if "-> 413" in w]) == 2 and any("-> 415" in w for w in warnings)
+    assert all(len(w) < 1000 for w in warnings)  # clipped: no 70 kB line in the log
+    assert not [line for line in new if "[ERROR]" in line]
 
 
 def test_similar_items(client: httpx.Client, home: ServingHome) -> None:

@@ -20,16 +20,17 @@ pytestmark = pytest.mark.integration
 PROMOTE_BPR = """
 import dataclasses, json, sys
 from pipeline import stages
-from pipeline.artifacts import Evaluation, GateDecision, TrainResult
-from serving.package import package_model
-run_dir = stages.run_all("bpr", run_id="first").parent / "runs" / "bpr" / "first"
-_, layout = stages.context()
-decision = GateDecision.load(run_dir / "gate.json")
-# Whatever the tiny slice's gate said, make this candidate the champion through the real package stage.
-forced = dataclasses.replace(decision, promoted=True, reason="promoted by the test to have a champion")
-package_model(TrainResult.load(run_dir / "train.json"), Evaluation.load(run_dir / "evaluation.json"),
-              forced, layout, build_bento=False)
-print(json.dumps(json.loads(layout.champion.read_text())))
+from pipeline.artifacts import GateDecision
+from pipeline.run_index import RunIndex
+from serving.package import promote_candidate
+summary, decision = stages.run_all("bpr", run_id="first")
+cfg, layout = stages.context()
+index = RunIndex.for_layout(layout)
+if not decision.promoted:
+    # Whatever the tiny slice's gate said, make this candidate the champion through the real promote step.
+    forced = dataclasses.replace(decision, promoted=True, reason="promoted by the test to have a champion")
+    decision = promote_candidate(forced, index.run("bpr/first"), layout, index)
+print(json.dumps(index.champion("default").to_dict()))
 """
 
 RUN_MONITOR = """

@@ -1,5 +1,6 @@
 """The features stage against a real Feast store (registry, SQLite online store, DuckDB offline store)
-in a temporary RECFORGE_HOME: apply, materialise, point-in-time retrieval, no leakage, idempotence."""
+in a temporary RECFORGE_HOME: apply, materialise, point-in-time retrieval, no leakage, idempotence, and
+one namespace per data version (a build on other data never changes another namespace's values)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from features_fixtures import interactions_frame, write_snapshot  # noqa: E402
 from features.store import (  # noqa: E402
     EXAMPLE_SCHEMA,
     FeatureBuildError,
-    _recforge_home,
+    _feast_env,
     build_features,
     feature_store,
     load_definitions,
@@ -60,7 +61,8 @@ def test_examples_have_the_contract_columns_one_row_per_event(built) -> None:
         "item_popularity",
     }
     for view in feature_set.feature_views:
-        assert (layout.feast_offline / f"{view}.parquet").exists()
+        assert (layout.feast_offline(feature_set.namespace) / f"{view}.parquet").exists()
+    assert feature_set.namespace == f"recforge_{snapshot.data_version}_h2"
 
 
 def test_no_feature_value_from_the_event_or_later_reaches_its_example(built) -> None:
@@ -85,8 +87,8 @@ def test_no_feature_value_from_the_event_or_later_reaches_its_example(built) -> 
 
 
 def test_online_store_holds_the_state_after_the_last_event(built) -> None:
-    layout, _, _, _ = built
-    store = feature_store(layout)
+    layout, _, feature_set, _ = built
+    store = feature_store(layout, feature_set.namespace)
     users = online_user_features(store, ["u1", "u2", "nobody"])
     assert users["u1"]["user_interaction_count"] == 5
     assert users["u1"]["recent_items"] == ["i4", "i5"]
@@ -108,7 +110,7 @@ def test_second_call_reuses_the_feature_set(built) -> None:
 
 def test_broken_snapshot_fails_before_touching_the_feature_state(built, tmp_path: Path) -> None:
     layout, snapshot, feature_set, _ = built
-    store = feature_store(layout)
+    store = feature_store(layout, feature_set.namespace)
     # A snapshot whose interactions file is broken fails before touching the live tables or registry.
     broken = write_snapshot(tmp_path / "broken", interactions=interactions_frame().drop(columns=["item_id"]))
     broken = type(broken)(
@@ -123,7 +125,7 @@ def test_broken_snapshot_fails_before_touching_the_feature_state(built, tmp_path
     )
     with pytest.raises(ValueError, match=r"interactions.parquet.*item_id"):
         build_features(broken, CFG, layout)
-    view = feature_store(layout).get_feature_view("user_activity")
+    view = feature_store(layout, feature_set.namespace).get_feature_view("user_activity")
     assert view.tags["recforge_data_version"] == snapshot.data_version
     assert online_user_features(store, ["u1"])["u1"]["user_interaction_count"] == 5
     assert build_features(snapshot, CFG, layout) == feature_set  # still up to date
@@ -131,11 +133,11 @@ def test_broken_snapshot_fails_before_touching_the_feature_state(built, tmp_path
 
 def test_definitions_and_profiles_load() -> None:
     repo = repo_path(CFG)
-    objects = load_definitions(repo, Path("/tmp/somewhere"))
+    objects = load_definitions(repo, Path("/tmp/somewhere"), "recforge_v1_h2")
     names = {o.name for o in objects}
     assert {"user", "item", "recsys_training", "recsys_online", "user_activity"} <= names
     sources = [o for o in objects if type(o).__name__ == "FileSource"]
-    assert all(s.path.startswith("/tmp/somewhere/feast/offline/") for s in sources)
+    assert all(s.path.startswith("/tmp/somewhere/feast/recforge_v1_h2/offline/") for s in sources)
     assert store_yaml(repo, "production").parent.name == "production"
     with pytest.raises(FeatureBuildError, match="no such Feast profile"):
         store_yaml(repo, "nope")
@@ -144,6 +146,7 @@ def test_definitions_and_profiles_load() -> None:
 def test_production_profile_reads_everything_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     env = {
         "RECFORGE_HOME": "/srv/recforge",
+        "RECFORGE_FEAST_PROJECT": "recforge_v1_h50",
         "RECFORGE_REDIS": "redis.internal:6379",
         "RECFORGE_PG_USER": "feast",
         "RECFORGE_PG_PASSWORD": "s3cret",
@@ -155,6 +158,7 @@ def test_production_profile_reads_everything_from_the_environment(monkeypatch: p
         monkeypatch.setenv(key, value)
     repo = repo_path(CFG)
     config = load_repo_config(repo, store_yaml(repo, "production"))
+    assert config.project == "recforge_v1_h50"  # Redis keys and registry entries are per namespace
     assert config.online_store.type == "redis"
     assert config.online_store.connection_string == "redis.internal:6379"
     assert config.registry.registry_type == "sql"
@@ -164,7 +168,7 @@ def test_production_profile_reads_everything_from_the_environment(monkeypatch: p
 
 def test_asof_offline_store_matches_feasts_stock_duckdb_join(built, tmp_path: Path) -> None:
     """The recforge ASOF point-in-time join returns exactly what Feast's own DuckDB join returns."""
-    layout, _, _, _ = built
+    layout, _, feature_set, _ = built
     repo = repo_path(CFG)
     stock_yaml = tmp_path / "feature_store.yaml"
     stock_yaml.write_text(
@@ -179,7 +183,11 @@ def test_asof_offline_store_matches_feasts_stock_duckdb_join(built, tmp_path: Pa
         [entity, entity.assign(event_timestamp=entity["event_timestamp"] + pd.Timedelta("30s"))]
     )
     frames = []
-    for store in (feature_store(layout), _store_with_yaml(layout, repo, stock_yaml)):
+    stores = (
+        feature_store(layout, feature_set.namespace),
+        _store_with_yaml(layout, feature_set.namespace, repo, stock_yaml),
+    )
+    for store in stores:
         df = store.get_historical_features(
             entity_df=entity, features=store.get_feature_service("recsys_training")
         ).to_df()
@@ -190,21 +198,23 @@ def test_asof_offline_store_matches_feasts_stock_duckdb_join(built, tmp_path: Pa
     pd.testing.assert_frame_equal(frames[0], frames[1], check_dtype=False)
 
 
-def _store_with_yaml(layout: Layout, repo: Path, yaml: Path) -> FeatureStore:
-    with _recforge_home(layout.home):
+def _store_with_yaml(layout: Layout, namespace: str, repo: Path, yaml: Path) -> FeatureStore:
+    with _feast_env(layout.home, namespace):
         return FeatureStore(repo_path=str(repo), fs_yaml_file=yaml)
 
 
-def test_failed_publish_restores_previous_state_and_new_version_replaces_it(
+def test_other_data_builds_its_own_namespace_and_a_failed_build_touches_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A build that fails after the tables were swapped in puts the old tables and registry back."""
+    """Features follow the champion: building (or failing to build) v2 never changes v1's values."""
     import features.store as store_module
 
     layout = Layout(tmp_path / "home")
     v1 = write_snapshot(tmp_path / "v1")
     first = build_features(v1, CFG, layout)
-    offline_before = {p.name: p.read_bytes() for p in layout.feast_offline.glob("*.parquet")}
+    v1_dir = layout.feast_namespace(first.namespace)
+    offline_before = {p.name: p.read_bytes() for p in layout.feast_offline(first.namespace).glob("*.parquet")}
+    online_before = online_user_features(feature_store(layout, first.namespace), ["u1", "u2"])
 
     v2 = write_snapshot(tmp_path / "v2", interactions=interactions_frame().iloc[:-2].reset_index(drop=True))
     assert v2.data_version != v1.data_version
@@ -216,16 +226,51 @@ def test_failed_publish_restores_previous_state_and_new_version_replaces_it(
     with pytest.raises(RuntimeError, match="disk full"):
         build_features(v2, CFG, layout)
     monkeypatch.undo()
+    v2_namespace = store_module.namespace_for(v2.data_version, CFG)
+    assert not (layout.features(v2_namespace) / "feature_set.json").exists()
+    assert not list(layout.feast_namespace(v2_namespace).glob(".offline.*"))  # no temp leftovers
 
-    assert {p.name: p.read_bytes() for p in layout.feast_offline.glob("*.parquet")} == offline_before
-    store = feature_store(layout)
+    second = build_features(v2, CFG, layout)
+    assert second.namespace == v2_namespace != first.namespace
+    assert (
+        online_user_features(feature_store(layout, second.namespace), ["u1"])["u1"]["user_interaction_count"]
+        == 4
+    )
+    # v1's namespace: same offline tables, same online values, still up to date.
+    assert {
+        p.name: p.read_bytes() for p in layout.feast_offline(first.namespace).glob("*.parquet")
+    } == offline_before
+    assert online_user_features(feature_store(layout, first.namespace), ["u1", "u2"]) == online_before
+    assert build_features(v1, CFG, layout) == first
+    assert v1_dir.is_dir() and len(pd.read_parquet(second.examples)) == len(interactions_frame()) - 2
+
+
+def test_failed_rebuild_restores_the_namespace_and_leftovers_are_cleaned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebuild of a namespace that fails after its tables were swapped in puts the old ones back;
+    temporary directories of a killed build are removed by the next build."""
+    import features.store as store_module
+
+    layout = Layout(tmp_path / "home")
+    v1 = write_snapshot(tmp_path / "v1")
+    first = build_features(v1, CFG, layout)
+    offline = layout.feast_offline(first.namespace)
+    offline_before = {p.name: p.read_bytes() for p in offline.glob("*.parquet")}
+    leftover = layout.feast_namespace(first.namespace) / ".offline.tmp-999999999-deadbeef"
+    leftover.mkdir()
+    (layout.features(first.namespace) / "feature_set.json").unlink()  # forces a rebuild
+
+    def explode(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("disk full while writing examples")
+
+    monkeypatch.setattr(store_module, "_write_examples", explode)
+    with pytest.raises(RuntimeError, match="disk full"):
+        build_features(v1, CFG, layout)
+    monkeypatch.undo()
+    assert not leftover.exists()
+    assert {p.name: p.read_bytes() for p in offline.glob("*.parquet")} == offline_before
+    store = feature_store(layout, first.namespace)
     assert store.get_feature_view("user_activity").tags["recforge_data_version"] == v1.data_version
     assert online_user_features(store, ["u1"])["u1"]["user_interaction_count"] == 5
-    assert not (layout.features(v2.data_version) / "feature_set.json").exists()
-    assert build_features(v1, CFG, layout) == first  # still up to date: no rebuild
-
-    # The new version builds once the fault is gone; the online store then holds its state.
-    second = build_features(v2, CFG, layout)
-    users = online_user_features(feature_store(layout), ["u1"])
-    assert users["u1"]["user_interaction_count"] == 4  # v2 lacks u1's last event (i5)
-    assert len(pd.read_parquet(second.examples)) == len(interactions_frame()) - 2
+    assert build_features(v1, CFG, layout) == first  # rebuilt once the fault is gone

@@ -1,5 +1,6 @@
 """The production profile against real servers: Feast with its SQL registry on PostgreSQL and its online
-store on Redis, and Airflow's metadata DB on PostgreSQL. Uses a throwaway database and Redis DB number.
+store on Redis, Airflow's metadata DB and the run index on PostgreSQL. Uses a throwaway database and
+Redis DB number.
 
 Needs PostgreSQL on 127.0.0.1:5432 (trust auth) and Redis on 127.0.0.1:6379, as on the project's
 machines; skipped with the reason when they are not reachable.
@@ -14,6 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from features.store import build_features, feature_store, online_user_features
@@ -70,7 +72,7 @@ def test_feast_production_profile_on_postgres_and_redis(tmp_path, database, monk
         layout = Layout(tmp_path / "home")
         snapshot = write_snapshot(layout.home / "data" / "synthetic")
         feature_set = build_features(snapshot, FeatureConfig(history_length=2), layout)
-        store = feature_store(layout)
+        store = feature_store(layout, feature_set.namespace)
         assert type(store.registry).__name__ == "SqlRegistry"
         assert {fv.name for fv in store.list_feature_views()} >= set(feature_set.feature_views)
         assert client.dbsize() > 0  # materialisation wrote to Redis
@@ -78,6 +80,20 @@ def test_feast_production_profile_on_postgres_and_redis(tmp_path, database, monk
         assert online["user_interaction_count"] == 5 and online["recent_items"] == ["i4", "i5"]
         # Idempotent: a second build of the same snapshot reuses the registry state in Postgres.
         assert build_features(snapshot, FeatureConfig(history_length=2), layout) == feature_set
+        # Other data (u1 has one event less) lands in its own namespace: same Redis, same registry DB,
+        # and the first namespace's online values do not move.
+        events = pd.read_parquet(snapshot.interactions)
+        fewer = events.drop(index=events[events["user_id"] == "u1"].index[-1])
+        other = write_snapshot(layout.home / "data" / "fewer", fewer)
+        other_set = build_features(other, FeatureConfig(history_length=2), layout)
+        assert other_set.namespace != feature_set.namespace
+        assert (
+            online_user_features(feature_store(layout, other_set.namespace), ["u1"])["u1"][
+                "user_interaction_count"
+            ]
+            == 4
+        )
+        assert online_user_features(feature_store(layout, feature_set.namespace), ["u1"])["u1"] == online
     finally:
         client.flushdb()
 
@@ -97,3 +113,21 @@ def test_airflow_metadata_db_on_postgres(tmp_path, database):
     assert migrate.returncode == 0, migrate.stderr[-3000:]
     check = subprocess.run([airflow, "db", "check"], env=env, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stderr[-3000:]
+
+
+@requires_servers
+def test_run_index_on_postgres_has_one_winner_per_race(database):
+    """The production run index: concurrent promotions against one champion, exactly one wins."""
+    from pipeline.run_index import RunIndex
+    from tests.records import make_event, make_record
+    from tests.unit.test_run_index import race
+
+    url = f"postgresql+psycopg://{PG['user']}@127.0.0.1:5432/{database}"
+    outcomes = race(url)
+    winners = [tag for outcome, tag in outcomes if outcome == "won"]
+    assert len(winners) == 1
+    index = RunIndex(url)
+    assert [e.model_tag for e in index.history("default")] == winners
+    index.save_run(make_record("bpr/r1"))
+    assert index.update_run("bpr/r1", status="completed").status == "completed"
+    assert index.append_event(make_event("m:next"), expected_tag=winners[0]).id is not None

@@ -39,6 +39,9 @@ def test_every_recforge_service_command_exists(name):
         module, _, cls = command[2].partition(":")
         tree = ast.parse((REPO_ROOT / (module.replace(".", "/") + ".py")).read_text())
         assert cls in {n.name for n in tree.body if isinstance(n, ast.ClassDef)}, f"{command[2]} not defined"
+    if head[0] == "python" and command[1] == "-m":  # python -m package: the package has a __main__
+        package = REPO_ROOT / command[2].replace(".", "/")
+        assert (package / "__main__.py").is_file() or package.with_suffix(".py").is_file(), command[2]
     result = subprocess.run(
         [str(executable), *head[1:], "--help"],
         capture_output=True,
@@ -52,8 +55,13 @@ def test_every_recforge_service_command_exists(name):
 def test_settings_the_code_reads_are_set():
     env = SERVICES["airflow-scheduler"]["environment"]
     profile = (REPO_ROOT / "feature_repo/profiles/production/feature_store.yaml").read_text()
-    needed = set(re.findall(r"\$\{(\w+)\}", profile))
+    from features.store import DIR_ENV, PROJECT_ENV
+
+    # The namespace variables are set per data version by features.store itself.
+    needed = set(re.findall(r"\$\{(\w+)\}", profile)) - {PROJECT_ENV, DIR_ENV}
     assert needed <= set(env), f"Feast production profile needs {sorted(needed - set(env))}"
+    assert env["RECFORGE_RUN_INDEX_URL"].startswith("postgresql+psycopg://")
+    assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == "/opt/recforge/plugins"
     assert env["RECFORGE_FEAST_PROFILE"] == "production"
     api_port = SERVICES["airflow-apiserver"]["command"][-1]
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == f"http://airflow-apiserver:{api_port}/execution/"
@@ -69,5 +77,18 @@ def test_settings_the_code_reads_are_set():
 def test_no_secret_literals():
     for name, service in SERVICES.items():
         for key, value in (service.get("environment") or {}).items():
-            if "PASSWORD" in key:
+            if "PASSWORD" in key or "API_KEY" in key:
                 assert str(value).startswith("${"), f"{name}.{key} must come from the environment"
+
+
+def test_recommender_is_exposed_only_with_an_api_key_and_follows_the_shared_run_index():
+    recommender = SERVICES["recommender"]
+    command = recommender["command"]
+    assert command[:3] == ["python", "-m", "serving"]  # the launcher: preflight, then bentoml serve
+    assert command[command.index("--host") + 1] == "0.0.0.0"  # explicit: the default is 127.0.0.1
+    env = recommender["environment"]
+    assert env["RECFORGE_API_KEY"].startswith("${RECFORGE_API_KEY:?")  # compose refuses to start without it
+    assert env["RECFORGE_DEPLOYMENT"]
+    scheduler = SERVICES["airflow-scheduler"]["environment"]
+    for key in ("RECFORGE_HOME", "BENTOML_HOME", "RECFORGE_RUN_INDEX_URL", "RECFORGE_FEAST_PROFILE"):
+        assert env.get(key) == scheduler.get(key), f"recommender and Airflow disagree on {key}"

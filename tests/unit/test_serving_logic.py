@@ -1,7 +1,10 @@
-"""Request-time logic of the recommender (no HTTP, no Feast): history mapping, fallbacks, exclusion.
+"""Request-time logic of the service without a server: the recommender, the Feast reader, the HTTP guard.
 
-Uses real artifacts written by ``save_model_artifact`` from the fitted baselines, so the service code
-is exercised against the same files training produces.
+The recommender (history mapping, fallbacks, exclusion) runs on real artifacts written by
+``save_model_artifact`` from the fitted baselines, so the service code is exercised against the same
+files training produces. The HTTP guard (``serving.http_safety``: API key, body and content-type
+limits, the one error shape, the OpenAPI patch) runs in-process around a small Starlette app; the
+real ``bentoml serve`` is tested in tests/integration/test_bento_http.py and test_service_lifecycle.py.
 """
 
 from __future__ import annotations
@@ -172,10 +175,21 @@ def test_learned_models_serve_known_and_unknown_users(tmp_path: Path, name: str,
 def test_unreachable_feature_store_degrades_to_no_history(tmp_path: Path) -> None:
     from serving.online import OnlineHistory
 
-    online = OnlineHistory(repo_path=tmp_path / "no-repo")
+    online = OnlineHistory("recforge_x_h20", repo_path=tmp_path / "no-repo", home=tmp_path / "home")
     ok, detail = online.health()
     assert not ok and "feature_store.yaml" in detail  # /healthz reports 503 with this detail
     assert online.recent_items("u0") is None  # requests still get an answer (without history)
+
+
+def test_a_namespace_that_was_never_built_is_unreachable_and_not_created(tmp_path: Path) -> None:
+    from pipeline.config import REPO_ROOT
+    from serving.online import OnlineHistory
+
+    home = tmp_path / "home"
+    online = OnlineHistory("recforge_never_built_h20", repo_path=REPO_ROOT / "feature_repo", home=home)
+    ok, detail = online.health()
+    assert not ok and "never built" in detail and "recforge_never_built_h20" in detail
+    assert not (home / "feast").exists()  # a reader never writes
 
 
 def test_whole_online_history_is_excluded_not_only_the_model_input(knn: Recommender) -> None:
@@ -186,3 +200,195 @@ def test_whole_online_history_is_excluded_not_only_the_model_input(knn: Recommen
     assert not {"i5", "i6", "i7", "i8"} & {i.item_id for i in rec.items}
     kept = short.recommend("new-user", history=["i5", "i6", "i7", "i8"], k=10, exclude_seen=False)
     assert {"i5", "i6"} & {i.item_id for i in kept.items}  # only exclusion removed them
+
+
+# ---- the HTTP guard (serving.http_safety) ---------------------------------------------------------
+
+KEY = "s3cret-key"
+
+
+def _guarded_app(**options: object):
+    """A Starlette app shaped like BentoML's (its error bodies included) behind ``ServingSafety``."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from serving.http_safety import ServingSafety
+
+    async def recommend(request: Request) -> JSONResponse:
+        body = await request.json()
+        if "user_id" not in body:  # BentoML's shape for a pydantic error
+            detail = [{"type": "missing", "loc": ["user_id"], "msg": "Field required"}]
+            return JSONResponse({"error": "1 validation error for Input", "detail": detail}, status_code=400)
+        if body["user_id"] == "boom":
+            raise RuntimeError("model exploded")
+        if body["user_id"] == "unknown":  # BentoML 1.4 wraps 4xx exception bodies in a list
+            return JSONResponse([{"error": "unknown item_id 'x'"}], status_code=404)
+        return JSONResponse({"user_id": body["user_id"], "bytes": len(await request.body())})
+
+    async def docs(_: Request) -> JSONResponse:
+        return JSONResponse(
+            {
+                "openapi": "3.0.2",
+                "paths": {
+                    "/recommend": {
+                        "post": {
+                            "requestBody": {"content": {"application/json": {"schema": {"title": "Input"}}}},
+                            "responses": {
+                                "200": {"description": "ok"},
+                                "400": {
+                                    "content": {
+                                        "application/json": {"schema": {"$ref": "#/x/InvalidArgument"}}
+                                    }
+                                },
+                            },
+                        }
+                    },
+                    "/healthz": {"get": {"responses": {"200": {"description": "ok"}}}},
+                },
+                "components": {"schemas": {"InvalidArgument": {}, "recommend__Input": {"type": "object"}}},
+            }
+        )
+
+    app = Starlette(
+        routes=[
+            Route("/recommend", recommend, methods=["POST"]),
+            Route("/docs.json", docs),
+            Route("/readyz", lambda _: JSONResponse({})),
+        ]
+    )
+    defaults = {
+        "api_paths": ["/recommend"],
+        "health": lambda: ({"status": "ok", "model_loaded": True}, 200),
+        "health_schema": {"type": "object"},
+        "max_body_bytes": 1024,
+    }
+    return ServingSafety(app, **{**defaults, **options})
+
+
+@pytest.fixture
+def guarded():
+    from starlette.testclient import TestClient
+
+    with TestClient(_guarded_app(api_key=KEY), raise_server_exceptions=False) as client:
+        yield client
+
+
+def _is_error(resp, status: int, needle: str = "") -> None:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error"} and body["error"]["status"] == status and body["error"]["type"]
+    assert needle in body["error"]["message"], body
+
+
+def test_api_key_is_required_except_on_probes(guarded) -> None:
+    ok = {"user_id": "u1"}
+    _is_error(guarded.post("/recommend", json=ok), 401, "API key")
+    assert guarded.post("/recommend", json=ok).headers["www-authenticate"].startswith("Bearer")
+    _is_error(guarded.post("/recommend", json=ok, headers={"X-API-Key": "wrong"}), 401)
+    _is_error(guarded.get("/docs.json"), 401)
+    assert guarded.post("/recommend", json=ok, headers={"X-API-Key": KEY}).status_code == 200
+    assert guarded.post("/recommend", json=ok, headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    assert guarded.get("/healthz").json() == {"status": "ok", "model_loaded": True}  # probes stay open
+    assert guarded.get("/readyz").status_code == 200
+
+
+def test_body_limits_content_type_and_error_shape(guarded) -> None:
+    key = {"X-API-Key": KEY}
+    big = b'{"user_id": "' + b"x" * 2000 + b'"}'
+    _is_error(
+        guarded.post("/recommend", content=big, headers={**key, "content-type": "application/json"}), 413
+    )
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(5):
+            yield b" " * 400
+
+    resp = guarded.post("/recommend", content=chunks(), headers={**key, "content-type": "application/json"})
+    _is_error(resp, 413, "larger than 1024")
+    _is_error(
+        guarded.post("/recommend", content=b"user_id=1", headers={**key, "content-type": "text/plain"}), 415
+    )
+    form = guarded.post("/recommend", files={"f": b"x"}, headers=key)
+    _is_error(form, 415, "multipart/form-data")
+    resp = guarded.post("/recommend", json={"k": 1}, headers=key)
+    _is_error(resp, 400, "user_id: Field required")
+    assert resp.json()["error"]["details"] == [
+        {"field": "user_id", "message": "Field required", "type": "missing"}
+    ]
+    _is_error(guarded.post("/recommend", json={"user_id": "unknown"}, headers=key), 404, "unknown item_id")
+    _is_error(guarded.post("/recommend", json={"user_id": "boom"}, headers=key), 500)
+    long_path = "/" + "p" * 5000
+    resp = guarded.get(long_path, headers=key)
+    _is_error(resp, 404, "no such endpoint")
+    assert len(resp.text) < 400  # the path is clipped, never echoed whole
+
+
+def test_client_errors_log_one_warning_line(guarded, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="recforge.serving.http"):
+        guarded.post("/recommend", json={"k": 1}, headers={"X-API-Key": KEY})
+    records = [r for r in caplog.records if r.name == "recforge.serving.http"]
+    assert len(records) == 1 and records[0].levelname == "WARNING" and records[0].exc_info is None
+    assert "POST /recommend -> 400 invalid_request: user_id: Field required" in records[0].getMessage()
+
+
+def test_openapi_document_declares_the_error_shape(guarded) -> None:
+    doc = guarded.get("/docs.json", headers={"X-API-Key": KEY}).json()
+    assert doc["openapi"] == "3.1.0"
+    schemas = doc["components"]["schemas"]
+    assert "InvalidArgument" not in schemas and {"Error", "ErrorDetail", "Health"} <= set(schemas)
+    post = doc["paths"]["/recommend"]["post"]
+    assert {"200", "400", "401", "404", "413", "415", "500"} <= set(post["responses"])
+    assert post["responses"]["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
+    assert post["requestBody"]["required"] is True
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("recommend__Input")
+    assert post["security"] and "ApiKeyHeader" in doc["components"]["securitySchemes"]
+    health = doc["paths"]["/healthz"]["get"]
+    assert "401" not in health["responses"] and "security" not in health
+    assert health["responses"]["503"]["content"]["application/json"]["schema"]["$ref"].endswith("Health")
+
+
+def test_union_errors_are_merged_per_field() -> None:
+    from serving.http_safety import validation_details
+
+    too_long = [
+        {
+            "type": "string_too_long",
+            "loc": ["user_id", "constrained-str"],
+            "msg": "String should have at most 256 characters",
+        },
+        {
+            "type": "int_type",
+            "loc": ["user_id", "function-before[...]"],
+            "msg": "Input should be a valid integer",
+        },
+    ]
+    assert validation_details(too_long) == [
+        {
+            "field": "user_id",
+            "message": "String should have at most 256 characters",
+            "type": "string_too_long",
+        }
+    ]
+    wrong_type = [
+        {"type": "string_type", "loc": ["user_id", "str"], "msg": "Input should be a valid string"},
+        {"type": "int_type", "loc": ["user_id", "int"], "msg": "Input should be a valid integer"},
+    ]
+    assert validation_details(wrong_type)[0]["message"] == "Input should be a valid string or a valid integer"
+
+
+def test_launcher_binds_loopback_unless_told_otherwise() -> None:
+    from serving.__main__ import bind_args
+
+    assert bind_args([], {}) == (["--host", "127.0.0.1", "--port", "3000"], "127.0.0.1", "3000")
+    assert bind_args(["--port", "8080"], {})[1:] == ("127.0.0.1", "8080")
+    assert bind_args(["--host", "0.0.0.0", "-p", "9"], {}) == (
+        ["--host", "0.0.0.0", "-p", "9"],
+        "0.0.0.0",
+        "9",
+    )
+    assert bind_args(["--host=::1"], {})[1] == "::1"
+    assert bind_args([], {"BENTOML_HOST": "10.0.0.5", "BENTOML_PORT": "1234"})[1:] == ("10.0.0.5", "1234")

@@ -7,6 +7,7 @@ last test trains the real TwoTower and DIN on the synthetic split and serves the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -16,11 +17,11 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from pipeline.artifacts import Evaluation, GateDecision, TrainResult
+from pipeline.artifacts import Evaluation, TrainResult
 from pipeline.layout import Layout
 from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, choose_retriever, package_model
 from serving.recommender import Recommender, load_recommender
-from tests.serving_fixtures import RANKER_HPARAMS
+from tests.serving_fixtures import RANKER_HPARAMS, passed
 from training.artifact import save_model_artifact
 from training.models import MODELS, ModelSpec
 from training.side_features import SideFeatures
@@ -294,7 +295,7 @@ def _package(layout: Layout, result: TrainResult) -> Path:
         "p",
         "dv",
     )
-    decision = GateDecision(result.model, True, "test", 0.3, 0.1, None)
+    decision = passed(result.model, 0.3)
     tag = package_model(result, evaluation, decision, layout, build_bento=False).bento_tag
     name, version = tag.split(":")
     return layout.bentoml_home / "models" / name / version
@@ -473,7 +474,7 @@ def test_every_registered_model_serves(name: str, synthetic_split) -> None:
     evaluation = Evaluation(
         name, result.run_dir / "m.json", result.run_dir / "l.md", {"ndcg@10": 0.5}, {}, "leave_last_out", "v"
     )
-    decision = GateDecision(name, False, "round-trip test", 0.5, 0.1, None)
+    decision = dataclasses.replace(passed(name, 0.5), promoted=False, reason="round-trip test")
     tag = package_model(result, evaluation, decision, layout, build_bento=False).bento_tag
     stored = layout.bentoml_home / "models" / Path(*tag.split(":"))
     served = load_recommender(stored / ARTIFACT_SUBDIR, retriever_dir=stored / RETRIEVER_SUBDIR)

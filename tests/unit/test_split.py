@@ -38,7 +38,7 @@ def test_parts_are_disjoint_and_complete(protocol: str, feature_set: FeatureSet,
     assert split.counts["events"] == len(examples)
     assert sum(split.counts[name] for name in parts) == len(examples)
     assert list(parts["train"].columns) == list(examples.columns)
-    assert split.dir == layout.split("synthetic-v1", protocol, 2026)
+    assert split.dir == layout.split("synthetic-v1", f"{protocol}-seed2026-valid0.1-test0.1")
 
 
 def test_temporal_is_one_global_time_cut(feature_set: FeatureSet, layout: Layout) -> None:
