@@ -1,10 +1,14 @@
 """Feast definitions of recforge: entities, sources, feature views and feature services.
 
 Only definitions live in this repo, because Feast imports every ``.py`` file in it on ``feast apply``.
-The tables behind the sources are written by ``features.store.build_features`` into
+The attribute views are generated from the dataset's schema (``pipeline/schema.py``; the JSON copy
+that ``RECFORGE_FEAST_SCHEMA`` names, else the built-in movielens schema): ``user_profile`` holds the
+declared user attributes, ``item_profile`` the item attributes (a view exists only when its entity has
+attributes). The behaviour views (``user_activity``, ``item_popularity``) are the same for every
+dataset. The tables behind the sources are written by ``features.store.build_features`` into
 ``$RECFORGE_FEAST_DIR/offline/<view>.parquet`` (one directory per Feast namespace, i.e. per data
-version); the path is read from the environment when this module is imported, so the CLI, the
-pipeline and the service all point at the same files.
+version); paths and schema are read from the environment when this module is imported, so the CLI,
+the pipeline and the service all point at the same files.
 
 Every view has ``ttl=timedelta(0)``, which Feast reads as "never expires": profiles are static, and
 the activity/popularity rows hold the full state as of their timestamp (the latest one stays valid
@@ -24,9 +28,13 @@ from pathlib import Path
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
 from feast.types import Array, Float64, Int64, String
 
+from pipeline.schema import load_schema
+
 RECFORGE_HOME = Path(os.environ.get("RECFORGE_HOME") or Path(__file__).resolve().parent.parent / ".recforge")
 OFFLINE_DIR = Path(os.environ.get("RECFORGE_FEAST_DIR") or RECFORGE_HOME / "feast") / "offline"
+SCHEMA = load_schema(os.environ.get("RECFORGE_FEAST_SCHEMA") or None)
 NEVER_EXPIRES = timedelta(0)
+FEAST_TYPES = {"numeric": Float64, "categorical": String, "list": Array(String), "text": String}
 
 
 def _source(view: str) -> FileSource:
@@ -45,19 +53,27 @@ item = Entity(
     name="item", join_keys=["item_id"], value_type=ValueType.STRING, description="An item (string id)"
 )
 
-user_profile = FeatureView(
-    name="user_profile",
-    entities=[user],
-    ttl=NEVER_EXPIRES,
-    schema=[
-        Field(name="age", dtype=Int64),
-        Field(name="gender", dtype=String),
-        Field(name="occupation", dtype=String),
-    ],
-    online=True,
-    source=_source("user_profile"),
-    description="Static user attributes, stamped at the earliest event of the snapshot",
-)
+
+def _profile(name: str, entity: Entity, kind: str) -> FeatureView | None:
+    fields = SCHEMA.fields(kind)  # type: ignore[arg-type]
+    if not fields:
+        return None
+    return FeatureView(
+        name=name,
+        entities=[entity],
+        ttl=NEVER_EXPIRES,
+        schema=[
+            Field(name=n, dtype=FEAST_TYPES[spec.type], description=spec.description)
+            for n, spec in fields.items()
+        ],
+        online=True,
+        source=_source(name),
+        description=f"Static {kind} attributes of schema {SCHEMA.name!r}, stamped at the earliest event of the snapshot",
+    )
+
+
+user_profile = _profile("user_profile", user, "user")
+item_profile = _profile("item_profile", item, "item")
 
 user_activity = FeatureView(
     name="user_activity",
@@ -74,20 +90,6 @@ user_activity = FeatureView(
     "the newest row of a user (just after the last event) is what serving reads online",
 )
 
-item_profile = FeatureView(
-    name="item_profile",
-    entities=[item],
-    ttl=NEVER_EXPIRES,
-    schema=[
-        Field(name="title", dtype=String),
-        Field(name="release_year", dtype=Int64),
-        Field(name="genres", dtype=Array(String)),
-    ],
-    online=True,
-    source=_source("item_profile"),
-    description="Static item attributes, stamped at the earliest event of the snapshot",
-)
-
 item_popularity = FeatureView(
     name="item_popularity",
     entities=[item],
@@ -98,14 +100,15 @@ item_popularity = FeatureView(
     description="The item's interactions strictly before the row's timestamp",
 )
 
+_views = [v for v in (user_profile, user_activity, item_profile, item_popularity) if v is not None]
 recsys_training = FeatureService(
     name="recsys_training",
-    features=[user_profile, user_activity, item_profile, item_popularity],
+    features=_views,
     description="Every feature of a training example (point-in-time via get_historical_features)",
 )
 
 recsys_online = FeatureService(
     name="recsys_online",
-    features=[user_profile, user_activity],
+    features=[v for v in (user_profile, user_activity) if v is not None],
     description="What the service reads per request: the user's profile and freshest history",
 )

@@ -50,59 +50,59 @@ import pyarrow.parquet as pq
 from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.data_source import DataSource
 
-from features.tables import TS_TYPE, build_tables, read_snapshot, write_tables
+from features.tables import ARROW_TYPES, TS_TYPE, build_tables, feature_views, read_snapshot, write_tables
 from pipeline.artifacts import FeatureSet, Snapshot, atomic_path, atomic_write_json, file_lock
 from pipeline.config import REPO_ROOT, FeatureConfig
 from pipeline.layout import Layout
+from pipeline.schema import DataSchema, load_schema
 
 log = logging.getLogger(__name__)
 
 PROFILE_ENV = "RECFORGE_FEAST_PROFILE"  # "production" selects profiles/production/feature_store.yaml
 PROJECT_ENV = "RECFORGE_FEAST_PROJECT"  # the namespace (Feast project) feature_store.yaml expands
 DIR_ENV = "RECFORGE_FEAST_DIR"  # the namespace's directory (registry, SQLite online store, offline tables)
-FEATURE_VIEWS = ("user_profile", "user_activity", "item_profile", "item_popularity")
 TRAINING_SERVICE = "recsys_training"
 ONLINE_SERVICE = "recsys_online"
 DATA_VERSION_TAG = "recforge_data_version"
 MANIFEST = "feature_set.json"
 EXAMPLES = "examples.parquet"
+SCHEMA_ENV = "RECFORGE_FEAST_SCHEMA"  # the schema JSON the definitions generate the profile views from
+SCHEMA_FILE = "schema.json"  # the namespace's copy of its data schema
 
-EXAMPLE_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.int64()),
-        ("user_id", pa.string()),
-        ("item_id", pa.string()),
-        ("event_timestamp", TS_TYPE),
-        ("rating", pa.float64()),
-        ("age", pa.int64()),
-        ("gender", pa.string()),
-        ("occupation", pa.string()),
-        ("user_interaction_count", pa.int64()),
-        ("user_mean_rating", pa.float64()),
-        ("recent_items", pa.list_(pa.string())),
-        ("title", pa.string()),
-        ("release_year", pa.int64()),
-        ("genres", pa.list_(pa.string())),
-        ("item_interaction_count", pa.int64()),
-        ("item_mean_rating", pa.float64()),
-    ]
-)
-FEATURE_COLUMNS = EXAMPLE_SCHEMA.names[5:]
-USER_ONLINE_FEATURES = (
-    "age",
-    "gender",
-    "occupation",
-    "user_interaction_count",
-    "user_mean_rating",
-    "recent_items",
-)
-ITEM_ONLINE_FEATURES = [
-    "item_profile:title",
-    "item_profile:release_year",
-    "item_profile:genres",
-    "item_popularity:item_interaction_count",
-    "item_popularity:item_mean_rating",
+# Columns of every examples file before and around the schema's attributes (docs/architecture.md).
+EVENT_COLUMNS = [
+    ("event_id", pa.int64()),
+    ("user_id", pa.string()),
+    ("item_id", pa.string()),
+    ("event_timestamp", TS_TYPE),
+    ("rating", pa.float64()),
 ]
+USER_ACTIVITY_COLUMNS = [
+    ("user_interaction_count", pa.int64()),
+    ("user_mean_rating", pa.float64()),
+    ("recent_items", pa.list_(pa.string())),
+]
+ITEM_POPULARITY_COLUMNS = [("item_interaction_count", pa.int64()), ("item_mean_rating", pa.float64())]
+
+
+def example_schema(schema: DataSchema) -> pa.Schema:
+    """Columns of the examples Parquet: the event, then its features point-in-time (user attributes,
+    user activity, item attributes, item popularity)."""
+    return pa.schema(
+        [
+            *EVENT_COLUMNS,
+            *[(n, ARROW_TYPES[f.type]) for n, f in schema.user_features.items()],
+            *USER_ACTIVITY_COLUMNS,
+            *[(n, ARROW_TYPES[f.type]) for n, f in schema.item_features.items()],
+            *ITEM_POPULARITY_COLUMNS,
+        ]
+    )
+
+
+def item_online_features(schema: DataSchema) -> list[str]:
+    """``view:feature`` references of everything Feast holds per item."""
+    refs = [f"item_profile:{name}" for name in schema.item_features]
+    return refs + [f"item_popularity:{name}" for name, _ in ITEM_POPULARITY_COLUMNS]
 
 
 class FeatureBuildError(RuntimeError):
@@ -150,10 +150,12 @@ def namespace_for(data_version: str, cfg: FeatureConfig) -> str:
 @contextlib.contextmanager
 def _feast_env(home: Path, namespace: str) -> Iterator[None]:
     """Set what ``feature_store.yaml`` and the definitions expand while Feast reads them; restore after."""
+    directory = Layout(home).feast_namespace(namespace)
     values = {
         "RECFORGE_HOME": str(home),
         PROJECT_ENV: namespace,
-        DIR_ENV: str(Layout(home).feast_namespace(namespace)),
+        DIR_ENV: str(directory),
+        SCHEMA_ENV: str(directory / SCHEMA_FILE) if (directory / SCHEMA_FILE).is_file() else "",
     }
     old = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
@@ -168,7 +170,8 @@ def _feast_env(home: Path, namespace: str) -> Iterator[None]:
 
 
 def load_definitions(repo: Path, home: Path, namespace: str) -> list[Any]:
-    """Every Feast object defined in ``repo``'s ``.py`` files, imported afresh for ``namespace``."""
+    """Every Feast object defined in ``repo``'s ``.py`` files, imported afresh for ``namespace`` (whose
+    ``schema.json``, when the namespace has one, decides the profile views)."""
     objects: list[Any] = []
     with _feast_env(home, namespace):
         for file in sorted(repo.rglob("*.py")):
@@ -187,7 +190,7 @@ def load_definitions(repo: Path, home: Path, namespace: str) -> list[Any]:
                 ):
                     objects.append(value)
     names = {o.name for o in objects if isinstance(o, FeatureView)}
-    missing = set(FEATURE_VIEWS) - names
+    missing = set(feature_views(namespace_schema(home, namespace))) - names
     if missing:
         raise FeatureBuildError(f"{repo}: feature view(s) {sorted(missing)} are not defined")
     return objects
@@ -220,6 +223,12 @@ def feature_store(
 # --------------------------------------------------------------------------- the stage
 
 
+def namespace_schema(home: Path, namespace: str) -> DataSchema:
+    """The data schema a namespace was built with (the default schema for namespaces without a copy)."""
+    path = Layout(home).feast_namespace(namespace) / SCHEMA_FILE
+    return load_schema(path if path.is_file() else None)
+
+
 def _examples_dir(layout: Layout, namespace: str) -> Path:
     return layout.features(namespace)
 
@@ -248,7 +257,7 @@ def _state_matches(store: FeatureStore, layout: Layout, feature_set: FeatureSet)
     if not feature_set.examples.exists():
         return False
     until = datetime.fromisoformat(feature_set.materialized_until)
-    for name in FEATURE_VIEWS:
+    for name in feature_set.feature_views:
         if not (layout.feast_offline(feature_set.namespace) / f"{name}.parquet").exists():
             return False
         try:
@@ -315,8 +324,9 @@ def build_features(snapshot: Snapshot, cfg: FeatureConfig, layout: Layout) -> Fe
 
     # 1. Tables, outside the lock and away from the live ones (a failure here touches nothing).
     started = time.perf_counter()
+    schema = load_schema(snapshot.schema)
     frames = read_snapshot(snapshot.interactions, snapshot.users, snapshot.items)
-    tables = build_tables(frames, cfg.history_length)
+    tables = build_tables(frames, cfg.history_length, schema)
     staging = namespace_dir / f".offline.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         write_tables(tables, staging)
@@ -338,13 +348,14 @@ def build_features(snapshot: Snapshot, cfg: FeatureConfig, layout: Layout) -> Fe
             if existing is not None:
                 log.info("features %s: built concurrently by another run; reusing", namespace)
                 return existing
-            return _publish(snapshot, cfg, layout, namespace, frames.interactions, staging, timings)
+            return _publish(snapshot, schema, cfg, layout, namespace, frames.interactions, staging, timings)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def _publish(
     snapshot: Snapshot,
+    schema: DataSchema,
     cfg: FeatureConfig,
     layout: Layout,
     namespace: str,
@@ -354,10 +365,12 @@ def _publish(
 ) -> FeatureSet:
     """Swap the tables in, apply, retrieve, materialise; put the previous tables/registry back on error."""
     repo = repo_path(cfg)
+    views = list(feature_views(schema))
+    schema.save(layout.feast_namespace(namespace) / SCHEMA_FILE)  # what the definitions generate from
     store = feature_store(layout, namespace, cfg)
     previous: list[Any] = []
     with contextlib.suppress(Exception):  # first build: nothing registered yet
-        previous = [store.get_feature_view(name) for name in FEATURE_VIEWS]
+        previous = [store.get_feature_view(name) for name in views]
 
     offline = layout.feast_offline(namespace)
     backup = layout.feast_namespace(namespace) / f".offline.prev-{os.getpid()}"
@@ -382,7 +395,7 @@ def _publish(
 
         started = time.perf_counter()
         examples_path = _examples_dir(layout, namespace) / EXAMPLES
-        n_examples = _write_examples(store, interactions, examples_path)
+        n_examples = _write_examples(store, interactions, examples_path, schema)
         timings["historical_s"] = time.perf_counter() - started
         log.info(
             "features %s: %d examples via get_historical_features in %.2fs -> %s",
@@ -395,7 +408,7 @@ def _publish(
         # Every history row lies at or before the last event + 1 µs; profiles at the first event.
         start, until = _time_span(snapshot, interactions)
         started = time.perf_counter()
-        store.materialize(start_date=start, end_date=until, feature_views=list(FEATURE_VIEWS))
+        store.materialize(start_date=start, end_date=until, feature_views=views)
         timings["materialize_s"] = time.perf_counter() - started
         log.info(
             "features %s: materialised [%s, %s] in %.2fs",
@@ -422,11 +435,14 @@ def _publish(
         data_version=snapshot.data_version,
         feature_repo=repo,
         examples=examples_path,
-        feature_views=list(FEATURE_VIEWS),
+        feature_views=views,
         feature_service=TRAINING_SERVICE,
         materialized_until=until.isoformat(),
         knowledge_graph=snapshot.knowledge_graph,
         namespace=namespace,
+        schema=layout.feast_namespace(namespace) / SCHEMA_FILE,
+        users=snapshot.users,
+        items=snapshot.items,
     )
     directory = _examples_dir(layout, namespace)
     atomic_write_json(
@@ -438,8 +454,9 @@ def _publish(
     return feature_set
 
 
-def _write_examples(store: FeatureStore, interactions: pd.DataFrame, path: Path) -> int:
+def _write_examples(store: FeatureStore, interactions: pd.DataFrame, path: Path, schema: DataSchema) -> int:
     """One example per interaction, features point-in-time from ``recsys_training``."""
+    columns_schema = example_schema(schema)
     inter = interactions.sort_values("event_id", kind="stable").reset_index(drop=True)
     inter["user_id"] = inter["user_id"].astype("string")
     inter["item_id"] = inter["item_id"].astype("string")
@@ -477,17 +494,17 @@ def _write_examples(store: FeatureStore, interactions: pd.DataFrame, path: Path)
         "event_timestamp": pa.array(inter["timestamp"]).cast(TS_TYPE),
         "rating": pa.array(inter["rating"].to_numpy(dtype="float64", na_value=np.nan), from_pandas=True),
     }
-    for name in FEATURE_COLUMNS:
+    for name in columns_schema.names[len(EVENT_COLUMNS) :]:
         if name not in result.column_names:
             raise FeatureBuildError(
                 f"get_historical_features: feature {name!r} missing from {TRAINING_SERVICE}"
             )
         column = result.column(name).take(rows).combine_chunks()
-        column = column.cast(EXAMPLE_SCHEMA.field(name).type)
-        if name == "recent_items":
+        column = column.cast(columns_schema.field(name).type)
+        if pa.types.is_list(column.type):
             column = _empty_for_null(column)
         columns[name] = column
-    table = pa.Table.from_arrays([columns[n] for n in EXAMPLE_SCHEMA.names], schema=EXAMPLE_SCHEMA)
+    table = pa.Table.from_arrays([columns[n] for n in columns_schema.names], schema=columns_schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return table.num_rows
@@ -514,7 +531,7 @@ def _rows(response: dict[str, list[Any]], key: str, ids: list[str]) -> dict[str,
 
 
 def online_user_features(store: FeatureStore, user_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """``{user_id: {age, gender, occupation, user_interaction_count, user_mean_rating, recent_items}}``.
+    """``{user_id: {<user attributes>, user_interaction_count, user_mean_rating, recent_items}}``.
 
     Reads the ``recsys_online`` service (user_profile + user_activity): the state after each user's last
     materialised event. Unknown users get ``None`` values and ``recent_items == []`` (cold start).
@@ -531,17 +548,23 @@ def online_user_features(store: FeatureStore, user_ids: list[str]) -> dict[str, 
     return rows
 
 
-def online_item_features(store: FeatureStore, item_ids: list[str]) -> dict[str, dict[str, Any]]:
-    """``{item_id: {title, release_year, genres, item_interaction_count, item_mean_rating}}`` (online).
+def online_item_features(
+    store: FeatureStore, item_ids: list[str], schema: DataSchema
+) -> dict[str, dict[str, Any]]:
+    """``{item_id: {<item attributes>, item_interaction_count, item_mean_rating}}`` (online); list
+    attributes as lists ([] when unknown).
 
-    Meant for refreshing an in-memory item table in the service, not per request (docs/architecture.md, "Performance notes").
+    Meant for refreshing an in-memory item table in the service, not per request (docs/architecture.md,
+    "Performance notes").
     """
     if not item_ids:
         return {}
     response = store.get_online_features(
-        features=ITEM_ONLINE_FEATURES, entity_rows=[{"item_id": str(i)} for i in item_ids]
+        features=item_online_features(schema), entity_rows=[{"item_id": str(i)} for i in item_ids]
     ).to_dict()
     rows = _rows(response, "item_id", [str(i) for i in item_ids])
+    lists = [name for name, spec in schema.item_features.items() if spec.type == "list"]
     for row in rows.values():
-        row["genres"] = list(row.get("genres") or [])
+        for name in lists:
+            row[name] = list(row.get(name) or [])
     return rows

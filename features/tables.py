@@ -21,6 +21,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.schema import DataSchema, Entity
+
 log = logging.getLogger(__name__)
 
 TS_TYPE = pa.timestamp("us", tz="UTC")
@@ -28,24 +30,32 @@ ONE_MICROSECOND = 1
 
 INTERACTION_COLUMNS = ("event_id", "user_id", "item_id", "timestamp", "rating")
 
-USER_PROFILE_SCHEMA = pa.schema(
-    [
-        ("user_id", pa.string()),
-        ("age", pa.int64()),
-        ("gender", pa.string()),
-        ("occupation", pa.string()),
-        ("event_timestamp", TS_TYPE),
-    ]
-)
-ITEM_PROFILE_SCHEMA = pa.schema(
-    [
-        ("item_id", pa.string()),
-        ("title", pa.string()),
-        ("release_year", pa.int64()),
-        ("genres", pa.list_(pa.string())),
-        ("event_timestamp", TS_TYPE),
-    ]
-)
+# Arrow type of an attribute of each schema type (pipeline/schema.py).
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "numeric": pa.float64(),
+    "categorical": pa.string(),
+    "list": pa.list_(pa.string()),
+    "text": pa.string(),
+}
+PROFILE_VIEWS = {"user": "user_profile", "item": "item_profile"}
+
+
+def profile_schema(entity: Entity, schema: DataSchema) -> pa.Schema:
+    """``<entity>_id``, the entity's declared attributes (typed), ``event_timestamp``."""
+    fields = [(f"{entity}_id", pa.string())]
+    fields += [(name, ARROW_TYPES[spec.type]) for name, spec in schema.fields(entity).items()]
+    return pa.schema([*fields, ("event_timestamp", TS_TYPE)])
+
+
+def feature_views(schema: DataSchema) -> tuple[str, ...]:
+    """The feature views of a schema: a profile view only for an entity with declared attributes."""
+    views = ["user_activity", "item_popularity"]
+    views += [PROFILE_VIEWS[e] for e in ("user", "item") if schema.fields(e)]
+    return tuple(
+        v for v in ("user_profile", "user_activity", "item_profile", "item_popularity") if v in views
+    )
+
+
 USER_ACTIVITY_SCHEMA = pa.schema(
     [
         ("user_id", pa.string()),
@@ -63,12 +73,6 @@ ITEM_POPULARITY_SCHEMA = pa.schema(
         ("event_timestamp", TS_TYPE),
     ]
 )
-SCHEMAS: dict[str, pa.Schema] = {
-    "user_profile": USER_PROFILE_SCHEMA,
-    "user_activity": USER_ACTIVITY_SCHEMA,
-    "item_profile": ITEM_PROFILE_SCHEMA,
-    "item_popularity": ITEM_POPULARITY_SCHEMA,
-}
 
 
 class FeatureTableError(ValueError):
@@ -135,6 +139,10 @@ def _column_or_null(df: pd.DataFrame, name: str, type_: pa.DataType) -> pa.Array
         return pa.array([None if v is None else [str(x) for x in v] for v in values], type=type_)
     if pa.types.is_integer(type_):
         return pa.array(pd.to_numeric(values, errors="coerce").astype("Int64"), type=type_)
+    if pa.types.is_floating(type_):
+        return pa.array(
+            pd.to_numeric(values, errors="coerce").astype("float64"), type=type_, from_pandas=True
+        )
     return pa.array(values.astype("string"), type=type_)
 
 
@@ -255,19 +263,22 @@ def item_popularity_table(interactions: pd.DataFrame) -> pa.Table:
     )
 
 
-def build_tables(frames: SnapshotFrames, history_length: int) -> dict[str, pa.Table]:
-    """All four offline tables, keyed by feature view name."""
+def build_tables(frames: SnapshotFrames, history_length: int, schema: DataSchema) -> dict[str, pa.Table]:
+    """The offline tables of ``feature_views(schema)``, keyed by feature view name."""
     inter = frames.interactions
     if inter.empty:
         raise FeatureTableError("interactions: the snapshot holds no events; nothing to build features from")
     inter = inter.assign(user_id=inter["user_id"].astype("string"), item_id=inter["item_id"].astype("string"))
     earliest = inter["timestamp"].min()
-    return {
-        "user_profile": profile_table(frames.users, USER_PROFILE_SCHEMA, earliest),
+    tables = {
         "user_activity": user_activity_table(inter, history_length),
-        "item_profile": profile_table(frames.items, ITEM_PROFILE_SCHEMA, earliest),
         "item_popularity": item_popularity_table(inter),
     }
+    for entity, view in PROFILE_VIEWS.items():
+        if schema.fields(entity):
+            frame = frames.users if entity == "user" else frames.items
+            tables[view] = profile_table(frame, profile_schema(entity, schema), earliest)
+    return {view: tables[view] for view in feature_views(schema)}
 
 
 def write_tables(tables: dict[str, pa.Table], directory: Path) -> dict[str, Path]:

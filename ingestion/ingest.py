@@ -9,10 +9,11 @@ import pandas as pd
 
 from ingestion.fetch import fetch_ml100k
 from ingestion.readers import read_events, read_grouplens_100k, read_movielens_dat, read_recbole_atomic
-from ingestion.schema import RawTables
+from ingestion.schema import RawTables, declared_attributes
 from pipeline.artifacts import atomic_path, atomic_write_json
 from pipeline.config import SourceConfig
 from pipeline.layout import Layout
+from pipeline.schema import DataSchema
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,28 @@ def read_source(source: SourceConfig, layout: Layout) -> RawTables:
     )
 
 
+def keep_declared(raw: RawTables, schema: DataSchema) -> RawTables:
+    """Keep the attribute columns the schema declares; name the ones it does not (they are not read)."""
+    users, extra_users = declared_attributes(raw.users, "user_id", list(schema.user_features))
+    items, extra_items = declared_attributes(raw.items, "item_id", list(schema.item_features))
+    for table, extra in (("users", extra_users), ("items", extra_items)):
+        if extra:
+            log.info(
+                "%s columns %s are not in schema %r: not read (declare them in the schema to use them)",
+                table,
+                extra,
+                schema.name,
+            )
+    return RawTables(
+        interactions=raw.interactions,
+        users=users,
+        items=items,
+        malformed=raw.malformed,
+        knowledge_graph=raw.knowledge_graph,
+        item_links=raw.item_links,
+    )
+
+
 def sample_users(raw: RawTables, n_users: int) -> RawTables:
     """The events and attributes of the first ``n_users`` users by id (numeric ids sort numerically)."""
     ids = raw.interactions["user_id"].dropna().unique()
@@ -57,8 +80,11 @@ def sample_users(raw: RawTables, n_users: int) -> RawTables:
 
 
 def ingest(source: SourceConfig, layout: Layout, run_id: str) -> Path:
-    """Read the source into staging Parquet (string columns + provenance); return the staging dir."""
-    raw = read_source(source, layout)
+    """Read the source into staging Parquet (string columns + provenance); return the staging dir.
+
+    The attribute tables keep the columns of the source's schema (``source.schema``).
+    """
+    raw = keep_declared(read_source(source, layout), source.data_schema)
     if source.sample_users:
         raw = sample_users(raw, source.sample_users)
     staging = layout.staging(run_id)
@@ -68,7 +94,7 @@ def ingest(source: SourceConfig, layout: Layout, run_id: str) -> Path:
             table = getattr(raw, name)
             if table is not None:
                 table.to_parquet(tmp / f"{name}.parquet", index=False)
-        atomic_write_json(tmp / "source.json", source.model_dump())
+        atomic_write_json(tmp / "source.json", source.model_dump(by_alias=True))
     log.info(
         "staged %d interaction rows (%d malformed lines) in %s",
         len(raw.interactions),

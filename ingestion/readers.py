@@ -19,12 +19,11 @@ import pyarrow.parquet as pq
 from ingestion.schema import (
     GENRE_SEPARATOR,
     INTERACTION_COLUMNS,
-    ITEM_COLUMNS,
     KG_COLUMNS,
     LINK_COLUMNS,
-    USER_COLUMNS,
     IngestError,
     RawTables,
+    attribute_table,
     conform,
 )
 
@@ -141,8 +140,8 @@ def read_recbole_atomic(directory: Path, name: str = "ml-100k") -> RawTables:
         malformed.append(bad)
     return RawTables(
         interactions=conform(parts["inter"], INTERACTION_COLUMNS),
-        users=conform(parts["user"], USER_COLUMNS),
-        items=conform(items, ITEM_COLUMNS),
+        users=attribute_table(parts["user"], "user_id"),
+        items=attribute_table(items, "item_id"),
         malformed=pd.concat(malformed, ignore_index=True),
         knowledge_graph=knowledge_graph,
         item_links=item_links,
@@ -191,8 +190,8 @@ def read_grouplens_100k(directory: Path) -> RawTables:
     items["title"] = items["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True)
     return RawTables(
         interactions=conform(inter, INTERACTION_COLUMNS),
-        users=conform(users, USER_COLUMNS),
-        items=conform(items, ITEM_COLUMNS),
+        users=attribute_table(users, "user_id"),
+        items=attribute_table(items, "item_id"),
         malformed=pd.concat([bad_inter, bad_users, bad_items], ignore_index=True),
     )
 
@@ -238,8 +237,8 @@ def read_movielens_dat(directory: Path) -> RawTables:
     items["title"] = items["title"].str.replace(r"\s*\(\d{4}\)\s*$", "", regex=True)
     return RawTables(
         interactions=conform(inter, INTERACTION_COLUMNS),
-        users=conform(users, USER_COLUMNS),
-        items=conform(items, ITEM_COLUMNS),
+        users=attribute_table(users, "user_id"),
+        items=attribute_table(items, "item_id"),
         malformed=pd.concat(malformed, ignore_index=True),
     )
 
@@ -286,12 +285,10 @@ def read_events(events: Path, users: Path | None = None, items: Path | None = No
     if items:
         item_rows, bad = read_table(Path(items))
         _require(item_rows, Path(items), ["item_id"])
-        if "genres" in item_rows:
-            item_rows["genres"] = item_rows["genres"].str.replace(r"\s*[,;|]\s*", GENRE_SEPARATOR, regex=True)
         malformed.append(bad)
     return RawTables(
         interactions=conform(inter, INTERACTION_COLUMNS),
-        users=conform(user_rows, USER_COLUMNS),
-        items=conform(item_rows, ITEM_COLUMNS),
+        users=attribute_table(user_rows, "user_id"),
+        items=attribute_table(item_rows, "item_id"),
         malformed=pd.concat(malformed, ignore_index=True),
     )

@@ -1,7 +1,10 @@
-"""The normalised schema every reader produces and every later stage reads (docs/architecture.md).
+"""The raw tables every reader produces (docs/architecture.md).
 
-Readers emit *raw* tables: the schema's columns as strings, exactly as found, plus provenance
-(``source_file``, ``source_line``) so a rejected row can be traced back. Validation parses types.
+Readers emit *raw* tables: interactions in the fixed columns below, user and item attribute tables
+with whatever columns the source has; all values strings, exactly as found, plus provenance
+(``source_file``, ``source_line``) so a rejected row can be traced back. ``ingest`` then keeps the
+attribute columns the dataset's schema declares (``pipeline/schema.py``), and validation parses
+their types.
 """
 
 from __future__ import annotations
@@ -11,14 +14,13 @@ from dataclasses import dataclass
 import pandas as pd
 
 INTERACTION_COLUMNS = ["user_id", "item_id", "timestamp", "rating"]
-USER_COLUMNS = ["user_id", "age", "gender", "occupation", "zip_code"]
-ITEM_COLUMNS = ["item_id", "title", "release_year", "genres"]
 PROVENANCE = ["source_file", "source_line"]
 # Optional item knowledge (RecBole ``.kg`` / ``.link``): entity triples and the item -> entity link.
 KG_COLUMNS = ["head_id", "relation_id", "tail_id"]
 LINK_COLUMNS = ["item_id", "entity_id"]
 
-# Genres inside a raw ``genres`` string are separated by this character.
+# Readers of MovieLens layouts join a movie's genres with this character (the movielens schema's
+# ``genres`` separator).
 GENRE_SEPARATOR = "|"
 
 
@@ -63,3 +65,16 @@ def conform(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
         else:
             out[column] = pd.Series(pd.NA, index=frame.index, dtype="string")
     return out.reset_index(drop=True)
+
+
+def attribute_table(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Every column the source has, as strings (the key first), plus provenance."""
+    columns = [key] + [c for c in frame.columns if c not in (key, *PROVENANCE)]
+    return conform(frame, columns)
+
+
+def declared_attributes(frame: pd.DataFrame, key: str, declared: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """``frame`` reduced to the key and the ``declared`` attribute columns (missing ones all null), and
+    the columns the source had but the schema does not declare (not read: say so)."""
+    undeclared = [c for c in frame.columns if c not in (key, *declared, *PROVENANCE)]
+    return conform(frame, [key, *declared]), undeclared

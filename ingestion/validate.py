@@ -4,6 +4,11 @@ Every input row ends in exactly one place: the snapshot or the quarantine file (
 ``rows_in == rows_kept + rows_quarantined`` is checked before anything is published, and the run
 fails with a message naming the commonest reasons and example lines when the rejected share is
 above ``ValidationConfig.max_rejected_share``.
+
+Attribute values are parsed by the type their schema declares (``pipeline/schema.py``). A bad value
+(a price that is not a number, an age outside ``min``/``max``) does not reject its row: that would
+drop the user's or item's events with it. The value becomes unknown, and the cell goes to the
+quarantine file with its column, raw value and reason (``values_quarantined`` in the snapshot).
 """
 
 from __future__ import annotations
@@ -18,14 +23,15 @@ import numpy as np
 import pandas as pd
 
 from ingestion.ingest import OPTIONAL_STAGING_TABLES, STAGING_TABLES
-from ingestion.schema import GENRE_SEPARATOR
 from pipeline.artifacts import Snapshot, atomic_path
 from pipeline.config import ValidationConfig
 from pipeline.layout import Layout
+from pipeline.schema import DataSchema, FieldSpec, resolve_schema
 
 log = logging.getLogger(__name__)
 
 KNOWLEDGE_GRAPH_FILE = "knowledge_graph.parquet"
+SCHEMA_FILE = "schema.json"
 
 
 class ValidationFailed(ValueError):
@@ -59,10 +65,19 @@ def _validate_attributes(frame: pd.DataFrame, key: str) -> tuple[pd.DataFrame, p
 
 
 def validate(
-    staging: Path, cfg: ValidationConfig, layout: Layout, dataset: str, now: datetime | None = None
+    staging: Path,
+    cfg: ValidationConfig,
+    layout: Layout,
+    dataset: str,
+    now: datetime | None = None,
+    schema: DataSchema | None = None,
 ) -> Snapshot:
-    """Validate the staged tables and publish the snapshot (atomically) under its data version."""
+    """Validate the staged tables and publish the snapshot (atomically) under its data version.
+
+    ``schema``: how to parse the attribute columns (default: the built-in movielens schema).
+    """
     staging = Path(staging)
+    schema = schema or resolve_schema(None)
     tables = {name: pd.read_parquet(staging / f"{name}.parquet") for name in STAGING_TABLES}
     inter, users, items, malformed = (tables[n] for n in STAGING_TABLES)
     triples, links = (
@@ -100,8 +115,13 @@ def validate(
     kept_inter = _normalise_interactions(
         inter[reasons.isna()], timestamps[reasons.isna()], ratings[reasons.isna()]
     )
-    kept_users = _normalise_users(users[user_reasons.isna()], kept_inter)
-    kept_items = _normalise_items(items[item_reasons.isna()], kept_inter)
+    kept_users, user_values = _normalise_attributes(
+        users[user_reasons.isna()], "user_id", schema.user_features, kept_inter, "users"
+    )
+    kept_items, item_values = _normalise_attributes(
+        items[item_reasons.isna()], "item_id", schema.item_features, kept_inter, "items"
+    )
+    bad_values = pd.concat([user_values, item_values], ignore_index=True)
     knowledge = None
     knowledge_rows_in = knowledge_rows_kept = 0
     knowledge_quarantine: list[pd.DataFrame] = []
@@ -126,6 +146,9 @@ def validate(
         ],
         ignore_index=True,
     )
+    rows_quarantined = len(quarantine)
+    if len(bad_values):
+        quarantine = pd.concat([quarantine, bad_values], ignore_index=True)
 
     rows_in = len(inter) + len(users) + len(items) + len(malformed) + knowledge_rows_in
     rows_kept = (
@@ -134,9 +157,9 @@ def validate(
         + int(item_reasons.isna().sum())
         + knowledge_rows_kept
     )
-    if rows_in != rows_kept + len(quarantine):  # the no-data-loss invariant; a bug here must stop the run
+    if rows_in != rows_kept + rows_quarantined:  # the no-data-loss invariant; a bug here must stop the run
         raise AssertionError(
-            f"row accounting broken: {rows_in} in != {rows_kept} kept + {len(quarantine)} quarantined"
+            f"row accounting broken: {rows_in} in != {rows_kept} kept + {rows_quarantined} quarantined"
         )
     counts = quarantine["reason"].value_counts().to_dict() if len(quarantine) else {}
     counts = {str(k): int(v) for k, v in counts.items()}
@@ -146,29 +169,35 @@ def validate(
     quarantine = quarantine.astype({c: "string" for c in quarantine.columns if c != "source_line"})
     staged_quarantine = staging / "quarantine.parquet"
     quarantine.to_parquet(staged_quarantine, index=False)
-    share = len(quarantine) / max(rows_in, 1)
+    share = rows_quarantined / max(rows_in, 1)
     log.info(
-        "validated %s: %d rows in, %d kept, %d quarantined (%.2f%%) %s",
+        "validated %s: %d rows in, %d kept, %d quarantined (%.2f%%), %d attribute values set to unknown %s",
         dataset,
         rows_in,
         rows_kept,
-        len(quarantine),
+        rows_quarantined,
         100 * share,
+        len(bad_values),
         json.dumps(counts),
     )
     if share > cfg.max_rejected_share:
         examples = quarantine.head(5)[["source_file", "source_line", "reason"]].to_dict("records")
         raise ValidationFailed(
-            f"{len(quarantine)} of {rows_in} rows ({share:.1%}) were rejected, above the limit "
+            f"{rows_quarantined} of {rows_in} rows ({share:.1%}) were rejected, above the limit "
             f"{cfg.max_rejected_share:.1%} (validation.max_rejected_share). Reasons: {counts}. "
             f"First rejected rows: {examples}. Full list: {staged_quarantine}"
         )
     if kept_inter.empty:
         raise ValidationFailed(f"no valid interactions left in {staging}; see {staged_quarantine}")
 
-    # Like the other kept tables, the item knowledge is part of the data version (when there is any).
+    # Like the other kept tables, the item knowledge is part of the data version (when there is any),
+    # and so is the schema: it decides how the models will encode the attributes.
     data_version = content_hash(
-        kept_inter, kept_users, kept_items, *([knowledge] if knowledge is not None else [])
+        kept_inter,
+        kept_users,
+        kept_items,
+        *([knowledge] if knowledge is not None else []),
+        salt=schema.fingerprint(),
     )
     target = layout.snapshot(data_version)
     with atomic_path(target) as tmp:
@@ -177,6 +206,7 @@ def validate(
         kept_users.to_parquet(tmp / "users.parquet", index=False)
         kept_items.to_parquet(tmp / "items.parquet", index=False)
         quarantine.to_parquet(tmp / "quarantine.parquet", index=False)
+        schema.save(tmp / SCHEMA_FILE)
         if knowledge is not None:
             knowledge.to_parquet(tmp / KNOWLEDGE_GRAPH_FILE, index=False)
         snapshot = Snapshot(
@@ -188,8 +218,10 @@ def validate(
             quarantine=target / "quarantine.parquet",
             rows_in=rows_in,
             rows_kept=rows_kept,
-            rows_quarantined=len(quarantine),
+            rows_quarantined=rows_quarantined,
             quarantine_reasons=counts,
+            values_quarantined=len(bad_values),
+            schema=target / SCHEMA_FILE,
             time_min=str(kept_inter["timestamp"].min()),
             time_max=str(kept_inter["timestamp"].max()),
             knowledge_graph=target / KNOWLEDGE_GRAPH_FILE if knowledge is not None else None,
@@ -277,52 +309,82 @@ def _normalise_interactions(frame: pd.DataFrame, timestamps: pd.Series, ratings:
     return out
 
 
-def _normalise_users(frame: pd.DataFrame, interactions: pd.DataFrame) -> pd.DataFrame:
-    users = pd.DataFrame(
-        {
-            "user_id": frame["user_id"].astype("string").str.strip(),
-            # An unparseable age becomes unknown (null): the user and their events stay usable.
-            "age": pd.to_numeric(frame["age"], errors="coerce").round().astype("Int64"),
-            "gender": frame["gender"].astype("string"),
-            "occupation": frame["occupation"].astype("string"),
-            "zip_code": frame["zip_code"].astype("string"),
-        }
+def _normalise_attributes(
+    frame: pd.DataFrame, key: str, fields: dict[str, FieldSpec], interactions: pd.DataFrame, table: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Typed attribute table (one column per declared field) and the quarantined values.
+
+    numeric -> float64 (NaN unknown), categorical/text -> string, list -> list of strings. Every
+    entity that has events gets a row (attributes unknown when the source has none for it).
+    """
+    out = pd.DataFrame({key: frame[key].astype("string").str.strip()})
+    bad: list[pd.DataFrame] = []
+    for name, spec in fields.items():
+        raw = frame[name] if name in frame else pd.Series(pd.NA, index=frame.index, dtype="string")
+        values, reasons = parse_attribute(raw, spec, name)
+        out[name] = values.to_numpy() if spec.type == "list" else values
+        flagged = reasons.notna()
+        if flagged.any():
+            bad.append(
+                pd.DataFrame(
+                    {
+                        "table": table,
+                        "source_file": frame.loc[flagged, "source_file"],
+                        "source_line": frame.loc[flagged, "source_line"],
+                        "raw": raw[flagged].astype("string"),
+                        "reason": reasons[flagged],
+                        "column": name,
+                    }
+                )
+            )
+    return _with_all_ids(out.reset_index(drop=True), interactions[key], key, fields), (
+        pd.concat(bad, ignore_index=True) if bad else pd.DataFrame()
     )
-    return _with_all_ids(users, interactions["user_id"], "user_id")
 
 
-def _normalise_items(frame: pd.DataFrame, interactions: pd.DataFrame) -> pd.DataFrame:
-    genres = frame["genres"].astype("string").fillna("")
-    items = pd.DataFrame(
-        {
-            "item_id": frame["item_id"].astype("string").str.strip(),
-            "title": frame["title"].astype("string"),
-            "release_year": pd.to_numeric(frame["release_year"], errors="coerce").round().astype("Int64"),
-            "genres": [[g for g in value.split(GENRE_SEPARATOR) if g] for value in genres],
-        }
-    )
-    return _with_all_ids(items, interactions["item_id"], "item_id")
+def parse_attribute(raw: pd.Series, spec: FieldSpec, name: str) -> tuple[pd.Series, pd.Series]:
+    """(typed values, reason per bad value or NA) of one raw attribute column (strings)."""
+    reasons = pd.Series(pd.NA, index=raw.index, dtype="string")
+    blank = _blank(raw)
+    if spec.type == "numeric":
+        numbers = pd.to_numeric(raw.astype("string").str.strip(), errors="coerce").astype("float64")
+        _reject(reasons, numbers.isna() & ~blank, f"{name}_not_a_number")
+        low = numbers < spec.min if spec.min is not None else pd.Series(False, index=raw.index)
+        high = numbers > spec.max if spec.max is not None else pd.Series(False, index=raw.index)
+        _reject(reasons, low | high, f"{name}_out_of_range")
+        return numbers.mask(reasons.notna()), reasons
+    text = raw.astype("string").str.strip().mask(blank)
+    if spec.type == "list":
+        tokens = [
+            [t.strip() for t in str(v).split(spec.separator) if t.strip()] if v is not pd.NA else []
+            for v in text
+        ]
+        return pd.Series(tokens, index=raw.index, dtype=object), reasons
+    return text, reasons
 
 
-def _with_all_ids(table: pd.DataFrame, ids: pd.Series, key: str) -> pd.DataFrame:
-    """Add id-only rows for entities that occur in events but have no attribute row."""
+def _with_all_ids(
+    table: pd.DataFrame, ids: pd.Series, key: str, fields: dict[str, FieldSpec]
+) -> pd.DataFrame:
+    """Add attribute-less rows for entities that occur in events but have no attribute row."""
     missing = pd.Index(ids.unique()).difference(pd.Index(table[key]))
     if len(missing):
         table = pd.concat([table, pd.DataFrame({key: pd.Series(missing, dtype="string")})], ignore_index=True)
-        if "genres" in table:
-            table["genres"] = table["genres"].apply(lambda v: v if isinstance(v, list) else [])
+    for name, spec in fields.items():
+        if spec.type == "list":
+            table[name] = table[name].apply(lambda v: v if isinstance(v, list) else [])
     return table.sort_values(key, kind="stable").reset_index(drop=True)
 
 
-def content_hash(*frames: pd.DataFrame) -> str:
+def content_hash(*frames: pd.DataFrame, salt: str = "") -> str:
     """Hash of the kept content (values, not file bytes): the same data gives the same version."""
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(salt.encode())
     for frame in frames:
         hashable = frame.copy()
         for column in hashable.columns:
             if hashable[column].dtype == object:
                 hashable[column] = hashable[column].map(
-                    lambda v: GENRE_SEPARATOR.join(v) if isinstance(v, list | np.ndarray) else v
+                    lambda v: "\x1f".join(map(str, v)) if isinstance(v, list | np.ndarray) else v
                 )
         digest.update(",".join(hashable.columns).encode())
         digest.update(pd.util.hash_pandas_object(hashable, index=False).values.tobytes())

@@ -18,7 +18,11 @@ Windows (both read from the split's Parquet examples, see docs/architecture.md):
 Prediction drift: for up to ``cfg.max_users`` users of each window, the model recommends top-10 from
 the user's state at the *end* of that window (``recent_items`` of the user's latest example plus that
 example's item), excluding items the user has already seen, as the service would. The recommended
-items' training popularity, release year, genre and the scores are compared with DataDriftPreset.
+items' training popularity, their attributes (numeric ones as numbers, categorical and list ones by
+their first token) and the scores are compared with DataDriftPreset.
+
+Which columns: behaviour (ratings, counts, history length, time of day, day of week) for every dataset,
+plus the attributes its schema declares (``drift_columns``; text attributes are not monitored).
 
 Ranking quality: for up to ``cfg.max_users`` users with events in the current window, the model ranks
 the catalogue from the user's state at the *start* of the window (``recent_items`` of the earliest
@@ -31,11 +35,9 @@ the whole catalogue per user.
 
 Known behaviour worth reading the numbers with: the cumulative features (``user_interaction_count``,
 ``item_interaction_count``, ``history_length``, and the running means, which are noisy early on) grow
-over time and differ between an older and a newer window even for a stationary audience. On a stationary
-synthetic timeline they are the 5 of 13 columns that drift (share 0.38); the 0.5 threshold therefore
-fires when a few other columns (audience, ratings, catalogue, time of day) move as well. On
-MovieLens-100K (temporal 80/10/10) the newest 10% is such a case: 7 of 13 columns drift (age and
-occupation among them), so ``drift_detected`` is true there.
+over time and differ between an older and a newer window even for a stationary audience, so the share
+threshold fires only when several other columns (audience, ratings, catalogue, time of day) move as
+well; measured shares are in the drift reports, not here.
 """
 
 from __future__ import annotations
@@ -50,7 +52,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import torch
 from evidently import DataDefinition, Dataset, Recsys, Report
 from evidently.presets import DataDriftPreset, RecsysPreset
@@ -58,43 +59,23 @@ from evidently.ui.workspace import Workspace
 
 from pipeline.artifacts import DriftResult, Split, atomic_write_text, file_lock
 from pipeline.config import MonitoringConfig
+from pipeline.schema import DataSchema, load_schema
 from training.artifact import ModelArtifact, load_model_artifact
 
 log = logging.getLogger(__name__)
 
 K = 10
-# Columns read from the examples Parquet; absent ones (generic event sources) are skipped.
-EXAMPLE_COLUMNS = [
-    "event_id",
-    "user_id",
-    "item_id",
-    "event_timestamp",
+# Behaviour columns monitored for every dataset; the schema's attributes are added (see drift_columns).
+BEHAVIOUR_NUMERICAL = [
     "rating",
-    "age",
-    "gender",
-    "occupation",
-    "user_interaction_count",
-    "user_mean_rating",
-    "recent_items",
-    "release_year",
-    "genres",
-    "item_interaction_count",
-    "item_mean_rating",
-]
-DATA_NUMERICAL = [
-    "rating",
-    "age",
     "user_interaction_count",
     "user_mean_rating",
     "history_length",
-    "release_year",
     "item_interaction_count",
     "item_mean_rating",
     "hour_of_day",
 ]
-DATA_CATEGORICAL = ["gender", "occupation", "day_of_week", "primary_genre"]
-PREDICTION_NUMERICAL = ["score", "item_popularity", "item_release_year"]
-PREDICTION_CATEGORICAL = ["item_genre"]
+BEHAVIOUR_CATEGORICAL = ["day_of_week"]
 SAMPLE_SEED = 2026
 # Drift methods fixed by us, not chosen by Evidently from the row count: Evidently's defaults switch from
 # p-value tests (K-S, chi-square) to distances at 1000 rows, so the same shift would be judged
@@ -108,8 +89,36 @@ NUM_METHOD, CAT_METHOD, DRIFT_DISTANCE_THRESHOLD = "wasserstein", "jensenshannon
 
 
 def _read_part(path: Path) -> pd.DataFrame:
-    names = pq.read_schema(path).names
-    return pd.read_parquet(path, columns=[c for c in EXAMPLE_COLUMNS if c in names])
+    return pd.read_parquet(path)
+
+
+def drift_columns(schema: DataSchema) -> tuple[list[str], list[str]]:
+    """(numerical, categorical) monitored columns of ``data_drift_frame``: behaviour plus attributes.
+
+    Numeric attributes as numbers; categorical ones as categories; a list attribute by its first
+    token (``primary_<name>``: the main genre, the main tag); text is not monitored (words drift
+    with the catalogue, not with the audience).
+    """
+    numerical, categorical = list(BEHAVIOUR_NUMERICAL), list(BEHAVIOUR_CATEGORICAL)
+    for name, spec in {**schema.user_features, **schema.item_features}.items():
+        if spec.type == "numeric":
+            numerical.append(name)
+        elif spec.type == "categorical":
+            categorical.append(name)
+        elif spec.type == "list":
+            categorical.append(f"primary_{name}")
+    return numerical, categorical
+
+
+def prediction_columns(schema: DataSchema) -> tuple[list[str], list[str]]:
+    """(numerical, categorical) columns describing recommended items: score, popularity, attributes."""
+    numerical, categorical = ["score", "item_popularity"], []
+    for name, spec in schema.item_features.items():
+        if spec.type == "numeric":
+            numerical.append(f"item_{name}")
+        elif spec.type in ("categorical", "list"):
+            categorical.append(f"item_{name}")
+    return numerical, categorical
 
 
 def select_windows(split: Split, current_window_share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -137,19 +146,17 @@ def _as_list(value: Any) -> list[Any]:
     return list(value)
 
 
-def _first_genre(genres: Any) -> str | None:
-    genres = _as_list(genres)
-    return str(genres[0]) if genres else None
+def _first_token(tokens: Any) -> str | None:
+    tokens = _as_list(tokens)
+    return str(tokens[0]) if tokens else None
 
 
-def data_drift_frame(examples: pd.DataFrame) -> pd.DataFrame:
+def data_drift_frame(examples: pd.DataFrame, schema: DataSchema) -> pd.DataFrame:
     """Monitored columns of an examples frame: features as stored, plus derived ones (why: history length,
-    time of day and genre mix shift with the audience even when raw ids do not)."""
+    time of day and the main category mix shift with the audience even when raw ids do not)."""
     out = pd.DataFrame(index=examples.index)
-    for column in ("rating", "user_interaction_count", "user_mean_rating", "item_interaction_count"):
-        if column in examples:
-            out[column] = pd.to_numeric(examples[column], errors="coerce").astype("float64")
-    for column in ("age", "release_year", "item_mean_rating"):
+    numerical, _ = drift_columns(schema)
+    for column in numerical:
         if column in examples:
             out[column] = pd.to_numeric(examples[column], errors="coerce").astype("float64")
     if "recent_items" in examples:
@@ -157,11 +164,13 @@ def data_drift_frame(examples: pd.DataFrame) -> pd.DataFrame:
     ts = pd.to_datetime(examples["event_timestamp"], utc=True)
     out["hour_of_day"] = ts.dt.hour.astype("float64")
     out["day_of_week"] = ts.dt.day_name()
-    for column in ("gender", "occupation"):
-        if column in examples:
-            out[column] = examples[column].astype("object").where(examples[column].notna(), None)
-    if "genres" in examples:
-        out["primary_genre"] = examples["genres"].map(_first_genre)
+    for name, spec in {**schema.user_features, **schema.item_features}.items():
+        if name not in examples:
+            continue
+        if spec.type == "categorical":
+            out[name] = examples[name].astype("object").where(examples[name].notna(), None)
+        elif spec.type == "list":
+            out[f"primary_{name}"] = examples[name].map(_first_token)
     return out
 
 
@@ -249,19 +258,31 @@ def _sample_users(users: np.ndarray, max_users: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(users, size=max_users, replace=False))
 
 
-def _item_attributes(examples: pd.DataFrame, artifact: ModelArtifact) -> tuple[np.ndarray, np.ndarray]:
-    """Release year and primary genre by item index (NaN/None when unknown), for describing recommendations."""
-    years = np.full(artifact.n_items + 1, np.nan)
-    genres = np.full(artifact.n_items + 1, None, dtype=object)
-    cols = [c for c in ("item_id", "release_year", "genres") if c in examples]
-    items = examples[cols].drop_duplicates("item_id", keep="last")
+def item_descriptions(examples: pd.DataFrame, artifact: ModelArtifact, schema: DataSchema) -> pd.DataFrame:
+    """One row per item index (0 = padding) with ``item_<attribute>`` columns (numbers as numbers,
+    categories and lists by their first token; NaN/None when unknown), for describing recommendations."""
+    out = pd.DataFrame(index=np.arange(artifact.n_items + 1))
+    _, categorical = prediction_columns(schema)
+    columns = [c for c in ("item_id", *schema.item_features) if c in examples]
+    items = examples[columns].drop_duplicates("item_id", keep="last")
     idx = items["item_id"].astype(str).map(artifact.item_index).fillna(0).astype(int).to_numpy()
     keep = idx > 0
-    if "release_year" in items:
-        years[idx[keep]] = pd.to_numeric(items["release_year"], errors="coerce").to_numpy(dtype=float)[keep]
-    if "genres" in items:
-        genres[idx[keep]] = items["genres"].map(_first_genre).to_numpy(dtype=object)[keep]
-    return years, genres
+    for name, spec in schema.item_features.items():
+        column = f"item_{name}"
+        if spec.type == "numeric":
+            out[column] = np.nan
+            if name in items:
+                out.loc[idx[keep], column] = pd.to_numeric(items[name], errors="coerce").to_numpy(
+                    dtype=float
+                )[keep]
+        elif column in categorical:
+            out[column] = None
+            if name in items:
+                values = (
+                    items[name].map(_first_token) if spec.type == "list" else items[name].astype("object")
+                )
+                out.loc[idx[keep], column] = values.to_numpy(dtype=object)[keep]
+    return out
 
 
 def recommendations_at_window_end(
@@ -269,14 +290,13 @@ def recommendations_at_window_end(
     window: pd.DataFrame,
     max_users: int,
     history_length: int,
-    item_years: np.ndarray,
-    item_genres: np.ndarray,
+    items: pd.DataFrame,
     seed: int = SAMPLE_SEED,
 ) -> pd.DataFrame:
     """Top-10 for a sample of the window's users from their state after their last event in the window.
 
-    One row per (user, rank): ``score``, ``item_popularity`` (training interactions of the item),
-    ``item_release_year``, ``item_genre``.
+    One row per (user, rank): ``score``, ``item_popularity`` (training interactions of the item), and
+    the item's ``item_<attribute>`` columns of ``items`` (``item_descriptions``).
     """
     last = window.drop_duplicates("user_id", keep="last").set_index("user_id")
     last.index = last.index.astype(str)
@@ -304,8 +324,8 @@ def recommendations_at_window_end(
     recs = recs[np.isfinite(recs["score"])].reset_index(drop=True)
     idx = recs["item_index"].to_numpy()
     recs["item_popularity"] = artifact.popularity[idx].astype(float)
-    recs["item_release_year"] = item_years[idx]
-    recs["item_genre"] = item_genres[idx]
+    for column in items.columns:
+        recs[column] = items[column].to_numpy()[idx]
     recs["item_id"] = [artifact.item_ids[i - 1] for i in idx]
     return recs
 
@@ -496,8 +516,9 @@ def run_drift(
     lap("load")
 
     # 1. Data drift.
-    ref_data, cur_data = data_drift_frame(reference), data_drift_frame(current)
-    num, cat = _usable_columns(ref_data, cur_data, DATA_NUMERICAL, DATA_CATEGORICAL)
+    schema = load_schema(split.schema)
+    ref_data, cur_data = data_drift_frame(reference, schema), data_drift_frame(current, schema)
+    num, cat = _usable_columns(ref_data, cur_data, *drift_columns(schema))
     definition = DataDefinition(numerical_columns=num, categorical_columns=cat)
     data_snapshot = Report(
         [_drift_preset(num + cat, cfg)],
@@ -516,12 +537,10 @@ def run_drift(
     # The length the model was trained on (sequential models truncate to it), else the data's longest.
     history_length = artifact.history_length or _max_history(reference, current)
     timeline = pd.concat([reference, current], ignore_index=True)
-    years, genres = _item_attributes(timeline, artifact)
-    ref_recs = recommendations_at_window_end(
-        artifact, reference, cfg.max_users, history_length, years, genres
-    )
-    cur_recs = recommendations_at_window_end(artifact, current, cfg.max_users, history_length, years, genres)
-    p_num, p_cat = _usable_columns(ref_recs, cur_recs, PREDICTION_NUMERICAL, PREDICTION_CATEGORICAL)
+    items = item_descriptions(timeline, artifact, schema)
+    ref_recs = recommendations_at_window_end(artifact, reference, cfg.max_users, history_length, items)
+    cur_recs = recommendations_at_window_end(artifact, current, cfg.max_users, history_length, items)
+    p_num, p_cat = _usable_columns(ref_recs, cur_recs, *prediction_columns(schema))
     p_definition = DataDefinition(numerical_columns=p_num, categorical_columns=p_cat)
     prediction_snapshot = Report(
         [_drift_preset(p_num + p_cat, cfg)],

@@ -176,6 +176,9 @@ class Snapshot(Manifest):
     # Item knowledge graph (columns item_id, item_entity, relation, entity; see ingestion/validate.py)
     # when the source has one; None for sources without it and for manifests written before it existed.
     knowledge_graph: Path | None = None
+    # The data schema the attribute tables follow (pipeline/schema.py; None = the built-in movielens).
+    schema: Path | None = None
+    values_quarantined: int = 0  # attribute values set to unknown (quarantined with their reason)
 
 
 @dataclass(frozen=True, config=RECORD)
@@ -192,6 +195,9 @@ class FeatureSet(Manifest):
     # The Feast project this feature set lives in (one per data version and feature config, see
     # features.store.namespace_for); "" for example sets built without Feast (tests, benchmarks).
     namespace: str = ""
+    schema: Path | None = None  # the data schema (None: the built-in movielens schema)
+    users: Path | None = None  # the snapshot's attribute tables: every catalogue user and item,
+    items: Path | None = None  # with or without events (cold items are scored from these)
 
 
 @dataclass(frozen=True, config=RECORD)
@@ -215,6 +221,9 @@ class Split(Manifest):
     counts: dict[str, int]
     knowledge_graph: Path | None = None  # the split's copy of the snapshot's item knowledge graph
     feature_namespace: str = ""  # FeatureSet.namespace of the examples this split was cut from
+    schema: Path | None = None  # the split's copy of the data schema (None: built-in movielens)
+    users: Path | None = None  # the split's copies of the attribute tables (None: read attributes
+    items: Path | None = None  # from the examples, for splits built without a snapshot)
 
 
 @dataclass(frozen=True, config=RECORD)

@@ -7,6 +7,7 @@ recforge runs --model bpr          # the run index: every run, its key, status a
 recforge history                   # promotions and rollbacks of a deployment (default: "default")
 recforge rollback [--to TAG]       # the previous (or named) champion back, atomically
 recforge feast feature-views list  # the feast CLI on the champion's Feast namespace
+recforge example shop /tmp/shop    # a synthetic shop (category, brand, price, tags, title) + its schema
 recforge airflow dags list         # the airflow CLI with recforge's environment
 recforge airflow-ui                # Airflow UI on a free port
 """
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -159,6 +161,17 @@ def print_summary(summary_path, last_line: bool = True) -> None:
 def cmd_summary(_: argparse.Namespace) -> None:
     cfg, layout = stages.context()
     print_summary(write_summary(layout, cfg))
+
+
+def cmd_example(args: argparse.Namespace) -> None:
+    """Write an example dataset (its files, schema and a pipeline config that selects it)."""
+    from ingestion.examples import write_shop
+
+    files = write_shop(
+        args.out_dir, n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed
+    )
+    print(f"wrote {files.events}, {files.users}, {files.items} and the schema {files.schema}")
+    print(f"run a model on it: RECFORGE_CONFIG={files.config} .venv/bin/recforge run twotower")
 
 
 def cmd_feast(args: argparse.Namespace) -> None:
@@ -309,6 +322,15 @@ def main(argv: list[str] | None = None) -> None:
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=cmd_airflow)
 
+    example = sub.add_parser("example", help="write an example dataset (shop: attributes unlike MovieLens)")
+    example.add_argument("dataset", choices=["shop"])
+    example.add_argument("out_dir", type=Path)
+    example.add_argument("--events", type=int, default=60_000)
+    example.add_argument("--users", type=int, default=2_000)
+    example.add_argument("--items", type=int, default=1_500)
+    example.add_argument("--seed", type=int, default=7)
+    example.set_defaults(func=cmd_example)
+
     feast = sub.add_parser("feast", help="the feast CLI on one Feast namespace (data version)")
     feast.add_argument("--namespace", help="default: the namespace of the deployment's champion")
     feast.add_argument("feast_args", nargs=argparse.REMAINDER, help="e.g. feature-views list")
@@ -319,9 +341,12 @@ def main(argv: list[str] | None = None) -> None:
     ui.set_defaults(func=cmd_airflow_ui)
 
     args = parser.parse_args(argv)
+    from pipeline.schema import SchemaError
+    from training.models import HyperparameterError
+
     try:
         args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, HyperparameterError, SchemaError) as exc:
         raise SystemExit(f"recforge {args.command}: {exc}") from None
     # Skip interpreter finalisation: duckdb's bindings (Feast's offline store) print hundreds of
     # "leaked instance" lines at exit, which would bury the summary path that must come last.

@@ -22,7 +22,7 @@ SplitProtocol = Literal["temporal", "leave_last_out", "random_holdout"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class SourceConfig(_Strict):
@@ -35,6 +35,13 @@ class SourceConfig(_Strict):
     with optional ``users`` and ``items`` attribute tables.
     """
 
+    @property
+    def data_schema(self) -> Any:
+        """The resolved ``DataSchema`` (pipeline.schema) of this source."""
+        from pipeline.schema import resolve_schema
+
+        return resolve_schema(self.schema_)
+
     kind: Literal["recbole_ml100k", "grouplens_100k", "movielens_dat", "events"] = "recbole_ml100k"
     path: str | None = None
     users: str | None = None
@@ -42,6 +49,9 @@ class SourceConfig(_Strict):
     name: str = "ml-100k"
     # Keep only the events of the first N users (sorted by id): a small, real slice for quick runs.
     sample_users: int | None = Field(None, ge=1)
+    # The user/item attribute columns (pipeline/schema.py): a file path, the name of a file in
+    # configs/schemas/, or the mapping itself. None = the built-in "movielens" schema.
+    schema_: str | dict[str, Any] | None = Field(None, alias="schema")
 
 
 class ValidationConfig(_Strict):
@@ -228,15 +238,18 @@ def _model_yaml(model: str) -> dict[str, Any]:
 
 
 def load_model_params(model: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Hyperparameters of ``model``: ``configs/models/<model>.yaml`` plus overrides.
+    """Hyperparameters of ``model``: ``configs/models/<model>.yaml`` plus overrides, checked against
+    what the model accepts (unknown keys and wrong types fail here, with the accepted keys listed).
 
     The ``tuning_grid`` key (the search space of ``recsys_tune_<model>``) is stripped: it describes the
     search, not the model, and the model's constructor would reject it.
     """
+    from training.models import MODELS, validate_hparams
+
     params = _model_yaml(model)
     params.pop(TUNING_GRID_KEY, None)
     params.update(overrides or {})
-    return params
+    return validate_hparams(model, params) if model in MODELS else params
 
 
 def load_tuning_grid(model: str) -> dict[str, list[Any]] | None:

@@ -99,7 +99,7 @@ def ensure_run_config(
         if path.is_file():
             return RunConfig.load(path)
         params = load_model_params(model, hparams)
-        config = json.loads(cfg.model_dump_json())
+        config = json.loads(cfg.model_dump_json(by_alias=True))
         eligible, why = eligibility(cfg)
         run_config = RunConfig(
             model=model,

@@ -136,7 +136,9 @@ def validate(model: str, run_id: str, staging: str, overrides: dict[str, Any] | 
     from ingestion.validate import validate as validate_staging
 
     run = run_context(model, run_id, overrides)
-    snapshot = validate_staging(Path(staging), run.cfg.validation, run.layout, run.cfg.source.name)
+    snapshot = validate_staging(
+        Path(staging), run.cfg.validation, run.layout, run.cfg.source.name, schema=run.cfg.source.data_schema
+    )
     return str(snapshot.save(run.run_dir / "snapshot.json"))
 
 

@@ -31,10 +31,6 @@ HISTORY_VIEW = "user_activity"
 HISTORY_FEATURE = "recent_items"
 ONLINE_FEATURES = [f"{HISTORY_VIEW}:{HISTORY_FEATURE}"]
 PROFILE_VIEW = "user_profile"
-PROFILE_FIELDS = ("age", "gender", "occupation")  # what cold-start-from-attributes models encode
-PROFILE_FEATURES = [f"{PROFILE_VIEW}:{name}" for name in PROFILE_FIELDS]
-# Feature views of the Feast project (docs/architecture.md); recorded in the Bento model's metadata.
-FEATURE_VIEWS = ["user_profile", "user_activity", "item_profile", "item_popularity"]
 HEALTHCHECK_USER = "__recforge_healthcheck__"
 
 
@@ -108,21 +104,24 @@ class OnlineHistory:
             return None
         return [str(v) for v in value]
 
-    def profile(self, user_id: str) -> dict[str, Any] | None:
-        """The user's profile attributes (age, gender, occupation; None values dropped), or None.
+    def profile(self, user_id: str, fields: list[str]) -> dict[str, Any] | None:
+        """The user's profile attributes ``fields`` (the schema's user attributes the model encodes;
+        None values dropped), or None.
 
         Read only for users the model does not know (cold start from attributes), so the hot path of
         known users keeps its single-view history read.
         """
+        if not fields:
+            return None
         try:
             with self._lock:
                 self.connect()
-                row = self._read(str(user_id), PROFILE_FEATURES)
+                row = self._read(str(user_id), [f"{PROFILE_VIEW}:{name}" for name in fields])
         except Exception as exc:  # noqa: BLE001 - degrade to no attributes, but say so in the logs
             log.warning("feast profile read failed for user %.100s: %s", user_id, exc)
             return None
         found = {}
-        for name in PROFILE_FIELDS:
+        for name in fields:
             value = row.get(name, row.get(f"{PROFILE_VIEW}__{name}"))
             if value is not None:
                 found[name] = value

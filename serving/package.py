@@ -42,7 +42,8 @@ from pipeline.config import REPO_ROOT
 from pipeline.layout import Layout
 from pipeline.run_index import ChampionChanged, RunIndex, now_iso
 from pipeline.runs import code_commit
-from serving.online import FEATURE_VIEWS, ONLINE_FEATURES
+from pipeline.schema import DataSchema, load_schema
+from serving.online import ONLINE_FEATURES
 
 log = logging.getLogger(__name__)
 
@@ -143,13 +144,21 @@ def _split_dir_of(artifact_dir: Path) -> str | None:
     return str(Path(split_dir).resolve()) if split_dir else None
 
 
-def _feature_namespace_of(artifact_dir: Path) -> str:
-    """``Split.feature_namespace`` of the split the artifact was trained on ("" when unknown)."""
+def _split_of(artifact_dir: Path) -> Split | None:
+    """The split the artifact was trained on, when its manifest is still there."""
     split_dir = _split_dir_of(artifact_dir)
     manifest = Path(split_dir) / "split.json" if split_dir else None
-    if manifest is None or not manifest.is_file():
-        return ""
-    return Split.load(manifest).feature_namespace
+    return Split.load(manifest) if manifest is not None and manifest.is_file() else None
+
+
+def _schema_of(split: Split | None) -> DataSchema:
+    return load_schema(split.schema if split else None)
+
+
+def _feature_views_of(split: Split | None) -> list[str]:
+    from features.tables import feature_views
+
+    return list(feature_views(_schema_of(split)))
 
 
 def choose_retriever(layout: Layout, ranker_artifact: Path) -> RetrieverChoice | None:
@@ -206,7 +215,6 @@ def _metadata(
         "baselines": {b: {k: float(v) for k, v in m.items()} for b, m in evaluation.baselines.items()},
         "data_version": evaluation.data_version,
         "protocol": evaluation.protocol,
-        "feature_views": list(FEATURE_VIEWS),
         "online_features": list(ONLINE_FEATURES),
         "git_commit": commit,
         "run_dir": str(train_result.run_dir),
@@ -226,8 +234,12 @@ def save_bento_model(
     commit = code_commit()
     metadata = _metadata(train_result, evaluation, decision, commit)
     # The Feast namespace it was trained and judged with: what a pinned service (a Bento in a
-    # container, no run index) reads its online features from.
-    metadata["feature_namespace"] = _feature_namespace_of(artifact_dir)
+    # container, no run index) reads its online features from; and that namespace's views.
+    split = _split_of(artifact_dir)
+    metadata["feature_namespace"] = split.feature_namespace if split else ""
+    metadata["feature_views"] = _feature_views_of(split)
+    # The data schema: what a request may say about a user the model has never seen.
+    metadata["schema"] = _schema_of(split).model_dump(mode="json", exclude_none=True)  # BentoML refuses None
     retriever = None
     if is_ranker_model(train_result.model):
         retriever = choose_retriever(layout, artifact_dir)

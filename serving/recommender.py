@@ -45,6 +45,8 @@ EXPLAIN_TOP = 3  # history items named per recommended item
 _HISTORY_KINDS = {"sequential", "example"}
 
 KNOWN_USER, HISTORY, ATTRIBUTES, POPULARITY = "known_user", "history", "attributes", "popularity"
+# A cold user's attributes in a model's vocabulary: (codes, standardised numbers), see training.attributes.
+EncodedUser = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -114,8 +116,10 @@ class Recommender:
             # history say so with ``scores_from_history`` (ItemKNN, BPR, LightGCN, ...).
             self.kind == "sequential" or bool(getattr(module, "scores_from_history", False))
         )
-        self.uses_attributes = art.side_features is not None and callable(
-            getattr(module, "full_sort_predict_from_attributes", None)
+        self.uses_attributes = (
+            art.attributes is not None
+            and bool(art.attributes.users.fields)
+            and callable(getattr(module, "full_sort_predict_from_attributes", None))
         )
         self.is_ranker = bool(getattr(module, "is_ranker", False)) and callable(
             getattr(module, "score_candidates", None)
@@ -189,12 +193,18 @@ class Recommender:
             return False
         return self.uses_attributes or (self.retriever is not None and self.retriever.uses_attributes)
 
-    def encode_attributes(self, user_features: dict[str, Any] | None) -> np.ndarray | None:
-        """(3,) age/gender/occupation codes in this model's vocabulary; None when none is known to it."""
-        if not user_features or self.artifact.side_features is None:
+    def encode_attributes(self, user_features: dict[str, Any] | None) -> EncodedUser | None:
+        """A cold user's attributes encoded in this model's vocabulary (``Attributes.users.encode``);
+        None when none of them is known to it."""
+        if not user_features or self.artifact.attributes is None:
             return None
-        codes = self.artifact.side_features.encode_user(user_features)
-        return codes if codes.any() else None
+        codes, numbers = self.artifact.attributes.users.encode([user_features])
+        return (codes[0], numbers[0]) if codes.any() or numbers.any() else None
+
+    def unknown_attributes(self) -> EncodedUser:
+        """All-unknown encoded attributes (a cold user scored from history alone)."""
+        codes, numbers = self.artifact.attributes.users.encode([{}])  # type: ignore[union-attr]
+        return codes[0], numbers[0]
 
     def describe(self) -> dict[str, Any]:
         """The serving stages and cold-start paths, for ``/metadata``."""
@@ -334,7 +344,7 @@ class Recommender:
             return _UserScores(self._score(-1, hist), HISTORY)
         if hist and self.uses_attributes:
             # No attribute the model knows, but it scores a cold user's history through the same path.
-            return _UserScores(self._score_attributes(np.zeros(3, dtype=np.int64), hist), ATTRIBUTES)
+            return _UserScores(self._score_attributes(self.unknown_attributes(), hist), ATTRIBUTES)
         if not hist:
             reason = "unknown user without history" + (" or known attributes" if self.uses_attributes else "")
         else:
@@ -347,14 +357,16 @@ class Recommender:
         return scores.masked_fill(torch.isnan(scores), -torch.inf)  # nan_to_num would clip -inf
 
     @torch.no_grad()
-    def _score_attributes(self, codes: np.ndarray, hist: list[int]) -> torch.Tensor:
+    def _score_attributes(self, encoded: EncodedUser, hist: list[int]) -> torch.Tensor:
         module = self.artifact.module
-        user_codes = torch.as_tensor(codes, dtype=torch.long).reshape(1, -1)
-        scores = module.full_sort_predict_from_attributes(user_codes, self.history_tensor(hist))[0].float()
+        codes, numbers = _batch_of_one(encoded)
+        scores = module.full_sort_predict_from_attributes(codes, numbers, self.history_tensor(hist))[
+            0
+        ].float()
         scores[0] = -torch.inf
         return scores.masked_fill(torch.isnan(scores), -torch.inf)
 
-    def _ranker_codes(self, user_features: dict[str, Any] | None) -> np.ndarray | None:
+    def _ranker_codes(self, user_features: dict[str, Any] | None) -> EncodedUser | None:
         """A cold user's codes for the ranker if it can rank from attributes (else None)."""
         module = self.artifact.module
         if not (self.uses_attributes or callable(getattr(module, "score_candidates_from_attributes", None))):
@@ -363,23 +375,27 @@ class Recommender:
 
     @torch.no_grad()
     def _score_candidates(
-        self, user_idx: int, hist: list[int], pool: torch.Tensor, codes: np.ndarray | None = None
+        self, user_idx: int, hist: list[int], pool: torch.Tensor, codes: EncodedUser | None = None
     ) -> torch.Tensor:
         """The ranker's scores (N,) of the candidate item indices ``pool`` (N,).
 
-        ``codes`` (a cold user's attribute codes) go to the optional hook
-        ``score_candidates_from_attributes(user_codes, history, candidates)`` when the model has it,
+        ``codes`` (a cold user's encoded attributes) go to the optional hook
+        ``score_candidates_from_attributes(codes, numbers, history, candidates)`` when the model has it,
         else to the contract's ``full_sort_predict_from_attributes``, read at the candidates (a
         full-catalogue pass, paid on the cold path only). Without codes: ``score_candidates``.
         """
         module = self.artifact.module
         history, candidates = self.history_tensor(hist), pool.reshape(1, -1)
         if codes is not None:
-            user_codes = torch.as_tensor(codes, dtype=torch.long).reshape(1, -1)
+            user_codes, user_numbers = _batch_of_one(codes)
             if callable(getattr(module, "score_candidates_from_attributes", None)):
-                scores = module.score_candidates_from_attributes(user_codes, history, candidates)[0].float()
+                scores = module.score_candidates_from_attributes(
+                    user_codes, user_numbers, history, candidates
+                )
+                scores = scores[0].float()
             else:
-                scores = module.full_sort_predict_from_attributes(user_codes, history)[0, pool].float()
+                scores = module.full_sort_predict_from_attributes(user_codes, user_numbers, history)[0, pool]
+                scores = scores.float()
         else:
             users = torch.tensor([user_idx], dtype=torch.long)
             scores = module.score_candidates(users, history, candidates)[0].float()
@@ -413,6 +429,14 @@ class Recommender:
             ScoredItem(item, float(v), titles.get(item), because)
             for item, v, because in zip(ids, values.tolist(), reasons, strict=True)
         ]
+
+
+def _batch_of_one(encoded: EncodedUser) -> tuple[torch.Tensor, torch.Tensor]:
+    codes, numbers = encoded
+    return (
+        torch.as_tensor(codes, dtype=torch.long).reshape(1, -1),
+        torch.as_tensor(numbers, dtype=torch.float32).reshape(1, -1),
+    )
 
 
 def _finite_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -69,15 +69,24 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 import bentoml
 from bentoml.exceptions import BentoMLException, InvalidArgument, NotFound
 from fastapi import FastAPI
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+)
 
 from pipeline.artifacts import DeploymentEvent
 from pipeline.config import load_config
 from pipeline.layout import Layout
 from pipeline.run_index import RunIndex, index_url, now_iso
+from pipeline.schema import DataSchema, resolve_schema
 from serving.http_safety import ServingSafety, clip
-from serving.online import FEATURE_VIEWS, ONLINE_FEATURES, OnlineHistory
+from serving.online import ONLINE_FEATURES, OnlineHistory
 from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, TITLES_FILE, verify_checksums
+from serving.request_models import attribute_model
 
 if TYPE_CHECKING:
     from serving.recommender import Recommender as Model
@@ -194,6 +203,15 @@ class LiveModel:
     event: dict[str, Any] | None  # the deployment event that made it live (None when pinned by tag only)
     loaded_at: str
     load_seconds: float
+
+    @property
+    def user_attribute_names(self) -> list[str]:
+        """The user attributes of this model's data schema (what ``user_features`` may hold)."""
+        schema = self.metadata.get("schema")
+        if schema:
+            return list(schema.get("user_features", {}))
+        attributes = self.rec.artifact.attributes
+        return [f.name for f in attributes.users.fields] if attributes is not None else []
 
 
 def load_live_model(
@@ -463,13 +481,19 @@ class RecommendResponse(BaseModel):
     note: str | None = None
 
 
-class UserFeatures(BaseModel):
-    """Profile attributes of a user the model may not know (e.g. signed up seconds ago)."""
+def served_schema(tag: str) -> DataSchema:
+    """The data schema the model ``tag`` was trained on (recorded at packaging), else the default."""
+    try:
+        metadata = bentoml.models.get(tag).info.metadata
+    except Exception:  # noqa: BLE001 - documentation only: the live model's schema decides at request time
+        metadata = {}
+    schema = metadata.get("schema")
+    return DataSchema.model_validate(schema) if schema else resolve_schema(None)
 
-    model_config = ConfigDict(extra="forbid")
-    age: Annotated[json_int(ge=0, le=150), Field(description="age in years")] | None = None
-    gender: Annotated[StrictStr, Field(max_length=64)] | None = None
-    occupation: Annotated[StrictStr, Field(max_length=128)] | None = None
+
+# Documented in the OpenAPI from the schema of the model served at start; a model swapped in later
+# may declare other attributes, so requests are also checked against the live model's schema.
+UserFeatures = attribute_model("UserFeatures", served_schema(MODEL_TAG).user_features)
 
 
 class SimilarItemsResponse(BaseModel):
@@ -736,7 +760,7 @@ class Recommender:
             "data_version": info.get("data_version"),
             "protocol": info.get("protocol"),
             "feature_namespace": live.feature_namespace,
-            "feature_views": info.get("feature_views", FEATURE_VIEWS),
+            "feature_views": info.get("feature_views", []),
             "online_features": info.get("online_features", ONLINE_FEATURES),
             "git_commit": info.get("git_commit"),
             "n_items": live.rec.n_items,
@@ -751,11 +775,19 @@ class Recommender:
 
 
 def _attributes(
-    live: LiveModel, uid: str, requested: UserFeatures | None
+    live: LiveModel, uid: str, requested: BaseModel | None
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The cold user's attributes: the request's fields over the Feast profile row's."""
     given = requested.model_dump(exclude_none=True) if requested is not None else {}
-    stored = {} if len(given) == 3 else (live.online.profile(uid) or {})
+    declared = live.user_attribute_names
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise InvalidArgument(
+            f"user_features {clip(str(unknown))}: the served model {live.tag} knows the user attributes "
+            f"{declared}"
+        )
+    missing = [name for name in declared if name not in given]
+    stored = (live.online.profile(uid, missing) or {}) if missing else {}
     merged = {**stored, **given}
     if not merged:
         return None, None

@@ -26,7 +26,7 @@ def artifact_round_trip(
     split,
     out_dir,
     *,
-    side_features=None,
+    attributes=None,
     meta: dict | None = None,
     unknown_user: bool = False,
 ):
@@ -44,7 +44,7 @@ def artifact_round_trip(
     module.eval()
     path = save_model_artifact(
         out_dir, name, module, hparams, index.item_ids, index.user_ids, train_matrix(split),
-        meta=meta, side_features=side_features,
+        meta=meta, attributes=attributes,
     )  # fmt: skip
     artifact = load_model_artifact(path)
     inputs = build_eval_inputs(split, "test", history_length=10)

@@ -18,11 +18,11 @@ import scipy.sparse as sp
 import torch
 
 from pipeline.artifacts import atomic_path
+from training.attributes import Attributes
 from training.knowledge_graph import KnowledgeGraph
 from training.models import build_model, get_spec
-from training.side_features import SideFeatures
 
-SIDE_FEATURES_DIR = "side_features"
+ATTRIBUTES_DIR = "attributes"
 # Hyperparameter names under which models record the length of the history they were trained on.
 HISTORY_LENGTH_KEYS = ("max_seq_length", "max_seq_len", "max_len", "max_length", "history_length", "seq_len")
 DEFAULT_HISTORY_LENGTH = 50  # FeatureConfig.history_length: what the feature store keeps at most
@@ -38,7 +38,7 @@ class ModelArtifact:
     popularity: np.ndarray  # (n_items + 1,) training interaction counts; index 0 = padding
     seen: sp.csr_matrix  # (n_users, n_items + 1) training interactions
     meta: dict[str, Any] = field(default_factory=dict)
-    side_features: SideFeatures | None = None  # attribute vocabularies of feature-aware models
+    attributes: Attributes | None = None  # encoded attributes + vocabularies of attribute-aware models
     history_length: int | None = None  # history columns the model was trained on, if it records one
 
     @property
@@ -57,11 +57,22 @@ class ModelArtifact:
     def user_index(self) -> dict[str, int]:
         return {user: u for u, user in enumerate(self.user_ids)}
 
+    @cached_property
+    def untrained_items(self) -> torch.Tensor | None:
+        """(n_items + 1,) items the model may not rank: without a training interaction, for a model that
+        does not score items from their attributes (``scores_cold_items``); None when it may rank all."""
+        if getattr(self.module, "scores_cold_items", False):
+            return None
+        return torch.from_numpy(np.asarray(self.popularity) <= 0)
+
     @torch.no_grad()
     def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        """Full-catalogue scores (B, n_items + 1); column 0 is padding and set to -inf."""
+        """Full-catalogue scores (B, n_items + 1); column 0 (padding) and items the model never trained
+        on (unless it scores them from attributes) are -inf."""
         self.module.eval()
         scores = self.module.full_sort_predict(users, history).float()
+        if self.untrained_items is not None:
+            scores.masked_fill_(self.untrained_items, -torch.inf)
         scores[:, 0] = -torch.inf
         return scores
 
@@ -75,7 +86,7 @@ def save_model_artifact(
     user_ids: list[str],
     train_matrix: sp.csr_matrix,
     meta: dict[str, Any] | None = None,
-    side_features: SideFeatures | None = None,
+    attributes: Attributes | None = None,
 ) -> Path:
     """Write the artifact directory atomically and return its path."""
     out_dir = Path(out_dir)
@@ -101,8 +112,8 @@ def save_model_artifact(
         popularity = np.asarray((train_matrix > 0).sum(axis=0)).ravel().astype(np.float32)
         np.save(tmp / "popularity.npy", popularity)
         sp.save_npz(tmp / "seen.npz", train_matrix.tocsr())
-        if side_features is not None:
-            side_features.save(tmp / SIDE_FEATURES_DIR)
+        if attributes is not None:
+            attributes.save(tmp / ATTRIBUTES_DIR)
         # A knowledge-aware model keeps the graph it was given (``set_knowledge_graph``); it sizes the
         # entity tables, so it travels with the weights like the side features.
         knowledge_graph = getattr(module, "knowledge_graph", None)
@@ -114,12 +125,9 @@ def save_model_artifact(
 def load_model_artifact(path: Path | str) -> ModelArtifact:
     path = Path(path)
     info = json.loads((path / "model.json").read_text())
-    module = build_model(info["name"], info["n_users"], info["n_items"], **info["hparams"])
-    side_features = (
-        SideFeatures.load(path / SIDE_FEATURES_DIR) if (path / SIDE_FEATURES_DIR).exists() else None
-    )
-    if side_features is not None and hasattr(module, "set_side_features"):
-        module.set_side_features(side_features)  # creates the attribute embedding tables before loading
+    # Attribute-aware models size their inputs from the attributes they were trained with.
+    attributes = Attributes.load(path / ATTRIBUTES_DIR) if (path / ATTRIBUTES_DIR).exists() else None
+    module = build_model(info["name"], info["n_users"], info["n_items"], attributes, **info["hparams"])
     if (path / KNOWLEDGE_GRAPH_DIR).exists() and hasattr(module, "set_knowledge_graph"):
         module.set_knowledge_graph(KnowledgeGraph.load(path / KNOWLEDGE_GRAPH_DIR))  # sizes entity tables
     state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
@@ -139,7 +147,7 @@ def load_model_artifact(path: Path | str) -> ModelArtifact:
         popularity=np.load(path / "popularity.npy"),
         seen=sp.load_npz(path / "seen.npz").tocsr(),
         meta=info.get("meta", {}),
-        side_features=side_features,
+        attributes=attributes,
         history_length=trained_history_length(info),
     )
 

@@ -46,6 +46,9 @@ class EvalInputs:
     truth: sp.csr_matrix  # (U, n_items + 1) ground-truth items
     exclude: sp.csr_matrix  # (U, n_items + 1) items never to recommend (seen before)
     n_items: int
+    # (n_items + 1,) items without a training interaction (new in the catalogue, or first seen after the
+    # training window): only models that score items from their attributes may recommend them.
+    untrained: torch.Tensor | None = None
 
     @property
     def n_users(self) -> int:
@@ -90,12 +93,14 @@ def build_eval_inputs(split: Split, part: str, history_length: int = 50) -> Eval
     for recent in first_rows["recent_items"] if "recent_items" in first_rows else [None] * len(user_list):
         mapped = [index.item_index.get(str(i), 0) for i in (recent if recent is not None else [])]
         histories.append([i for i in mapped if i > 0])
+    trained = np.asarray(interaction_matrix(train, index).sum(axis=0)).ravel() > 0
     return EvalInputs(
         users=torch.from_numpy(user_list.astype(np.int64)),
         history=right_align(histories, history_length),
         truth=truth_all[user_list].tocsr(),
         exclude=seen[user_list].tocsr(),
         n_items=index.n_items,
+        untrained=torch.from_numpy(~trained),
     )
 
 
@@ -123,11 +128,15 @@ class _EvalDataset(Dataset):
 
     def __getitems__(self, rows: list[int]) -> dict[str, torch.Tensor]:
         idx = np.asarray(rows)
+        untrained = self.inputs.untrained
         return {
             "users": self.inputs.users[idx],
             "history": self.inputs.history[idx],
             "truth": torch.from_numpy(self.inputs.truth[idx].toarray() > 0),
             "exclude": torch.from_numpy(self.inputs.exclude[idx].toarray() > 0),
+            "untrained": untrained
+            if untrained is not None
+            else torch.zeros(self.inputs.n_items + 1, dtype=torch.bool),
         }
 
 
@@ -425,6 +434,16 @@ class ExampleDataModule(RecDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=_identity)
+
+
+# What each data module reads from a model's hyperparameters (besides the model's own constructor
+# arguments): part of the model's accepted keys (training.models.hyperparameters).
+DATA_PARAMS: dict[str, dict[str, type]] = {
+    "example": {"batch_size": int, "num_negatives": int, "history_length": int},
+    "sequential": {"batch_size": int, "max_len": int},
+    "general": {"batch_size": int, "history_length": int},
+    "baseline": {"history_length": int},
+}
 
 
 def build_datamodule(

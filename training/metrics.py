@@ -22,6 +22,16 @@ import torch
 METRIC_NAMES = ("recall", "ndcg", "hr", "mrr", "precision")
 
 
+def ranking_exclusions(module: object, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What a model may not recommend in an evaluation batch: the user's seen items, and items without
+    a training interaction unless the model scores items from their attributes (``scores_cold_items``);
+    others would rank such an item by an embedding that never trained."""
+    exclude = batch["exclude"]
+    if getattr(module, "scores_cold_items", False) or "untrained" not in batch:
+        return exclude
+    return exclude | batch["untrained"].unsqueeze(0)
+
+
 def top_k_items(scores: torch.Tensor, exclude: torch.Tensor | None, k: int) -> torch.Tensor:
     """Indices (B, k) of the k best items, padding column and excluded items removed."""
     masked = scores.float().clone()

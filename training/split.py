@@ -60,7 +60,9 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
     examples = examples.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(drop=True)
     part = assign_parts(examples, cfg)
 
-    item_ids = catalogue_items(examples)
+    # The catalogue: every item of the events and histories, plus items with attributes but no event
+    # yet (new products), which attribute-aware models can still score.
+    item_ids = catalogue_items(examples, attribute_ids(feature_set.items, "item_id"))
     user_ids = sorted(examples["user_id"].astype(str).unique().tolist())
 
     with atomic_path(out_dir) as tmp:
@@ -73,6 +75,16 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
         if feature_set.knowledge_graph is not None:  # a copy keeps the split self-contained
             shutil.copyfile(feature_set.knowledge_graph, tmp / KNOWLEDGE_GRAPH)
             knowledge_graph = out_dir / KNOWLEDGE_GRAPH
+        copies = {}
+        for name, source in (
+            ("schema", feature_set.schema),
+            ("users", feature_set.users),
+            ("items", feature_set.items),
+        ):
+            if source is not None and Path(source).is_file():
+                target = f"{name}{Path(source).suffix}"
+                shutil.copyfile(source, tmp / target)
+                copies[name] = out_dir / target
         counts = {
             "events": len(examples),
             "train": int((part == "train").sum()),
@@ -96,6 +108,7 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
             counts=counts,
             knowledge_graph=knowledge_graph,
             feature_namespace=feature_set.namespace,
+            **copies,
         )
         split.save(tmp / MANIFEST)
     return split
@@ -149,9 +162,17 @@ def assign_parts(examples: pd.DataFrame, cfg: SplitConfig) -> np.ndarray:
     )
 
 
-def catalogue_items(examples: pd.DataFrame) -> list[str]:
-    """Every item id of the examples (events and histories), sorted: the model's item index space."""
-    items = set(examples["item_id"].astype(str).unique().tolist())
+def attribute_ids(table: Path | None, key: str) -> list[str]:
+    """The ids of an attribute table (``FeatureSet.users``/``items``); [] without one."""
+    if table is None or not Path(table).is_file():
+        return []
+    return pd.read_parquet(table, columns=[key])[key].astype(str).tolist()
+
+
+def catalogue_items(examples: pd.DataFrame, extra: list[str] | None = None) -> list[str]:
+    """Every item id of the examples (events and histories) and ``extra`` ones, sorted: the model's
+    item index space."""
+    items = set(examples["item_id"].astype(str).unique().tolist()) | set(extra or [])
     if "recent_items" in examples.columns:
         for history in examples["recent_items"]:
             if history is not None:

@@ -23,12 +23,12 @@ from lightning.pytorch.loggers import CSVLogger
 from pipeline.artifacts import Split, TrainResult
 from pipeline.config import TrainerConfig
 from training.artifact import save_model_artifact
+from training.attributes import attributes_for
 from training.data import build_datamodule, build_eval_inputs
 from training.knowledge_graph import knowledge_graph_for
-from training.metrics import RankingAccumulator
-from training.models import build_model, get_spec
+from training.metrics import RankingAccumulator, ranking_exclusions
+from training.models import build_model, get_spec, uses_attributes
 from training.models.base import VALID_MONITOR
-from training.side_features import side_features_for
 from training.split import SplitIndex, train_matrix
 
 log = logging.getLogger(__name__)
@@ -65,13 +65,10 @@ def attach_split_data(module: torch.nn.Module, split: Split, matrix: Any) -> Non
     """Hand a model the data beyond ids it declares it needs, by the hooks it implements.
 
     ``set_train_matrix(csr)``: the training user x item graph (LightGCN, content-based profiles).
-    ``set_side_features(SideFeatures)``: user/item attributes (two-tower, DeepFM, DIN, ...).
     ``set_knowledge_graph(KnowledgeGraph)``: item knowledge graph triples (CKE).
     """
     if hasattr(module, "set_train_matrix"):
         module.set_train_matrix(matrix)
-    if hasattr(module, "set_side_features"):
-        module.set_side_features(side_features_for(split))
     if hasattr(module, "set_knowledge_graph"):
         module.set_knowledge_graph(knowledge_graph_for(split))
 
@@ -85,7 +82,7 @@ def evaluate_module(
     with torch.no_grad():
         for batch in inputs.batches(batch_users):
             scores = module.full_sort_predict(batch["users"], batch["history"]).float()
-            acc.update(scores, batch["truth"], batch["exclude"])
+            acc.update(scores, batch["truth"], ranking_exclusions(module, batch))
     return acc.compute()
 
 
@@ -110,7 +107,8 @@ def train_model(
             f"split {split.dir} has no validation user with a training event: early stopping on "
             f"{VALID_MONITOR} is impossible; use a protocol/shares that leave validation events"
         )
-    module = build_model(model, index.n_users, index.n_items, **hparams)
+    attributes = attributes_for(split) if uses_attributes(model) else None
+    module = build_model(model, index.n_users, index.n_items, attributes, **hparams)
     attach_split_data(module, split, datamodule.train_matrix)
     timer = EpochTimer()
     checkpoint = ModelCheckpoint(
@@ -137,7 +135,7 @@ def train_model(
 
     best_path = Path(checkpoint.best_model_path)
     state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
-    best = build_model(model, index.n_users, index.n_items, **hparams)
+    best = build_model(model, index.n_users, index.n_items, attributes, **hparams)
     attach_split_data(best, split, datamodule.train_matrix)
     best.load_state_dict(state)
     best.eval()
@@ -150,7 +148,7 @@ def train_model(
         index.user_ids,
         datamodule.train_matrix,
         meta=artifact_meta(split),
-        side_features=side_features_for(split) if hasattr(best, "set_side_features") else None,
+        attributes=attributes,
     )
     epoch_seconds = sum(timer.seconds) / max(len(timer.seconds), 1)
     best_score = checkpoint.best_model_score
@@ -187,7 +185,8 @@ def _fit_baseline(
 ) -> TrainResult:
     matrix = train_matrix(split)
     start = time.perf_counter()
-    module = build_model(model, index.n_users, index.n_items, **hparams)
+    attributes = attributes_for(split) if uses_attributes(model) else None
+    module = build_model(model, index.n_users, index.n_items, attributes, **hparams)
     attach_split_data(module, split, matrix)
     module = module.fit(matrix)
     seconds = time.perf_counter() - start
@@ -202,7 +201,7 @@ def _fit_baseline(
         index.user_ids,
         matrix,
         meta=artifact_meta(split),
-        side_features=side_features_for(split) if hasattr(module, "set_side_features") else None,
+        attributes=attributes,
     )
     result = TrainResult(
         model=model,

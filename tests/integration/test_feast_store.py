@@ -17,10 +17,10 @@ from feast.repo_config import load_repo_config  # noqa: E402
 from features_fixtures import interactions_frame, write_snapshot  # noqa: E402
 
 from features.store import (  # noqa: E402
-    EXAMPLE_SCHEMA,
     FeatureBuildError,
     _feast_env,
     build_features,
+    example_schema,
     feature_store,
     load_definitions,
     online_item_features,
@@ -30,6 +30,7 @@ from features.store import (  # noqa: E402
 )
 from pipeline.config import FeatureConfig  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
+from pipeline.schema import resolve_schema  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +52,7 @@ def test_examples_have_the_contract_columns_one_row_per_event(built) -> None:
     layout, snapshot, feature_set, examples = built
     import pyarrow.parquet as pq
 
-    assert pq.read_schema(feature_set.examples).names == EXAMPLE_SCHEMA.names
+    assert pq.read_schema(feature_set.examples).names == example_schema(resolve_schema(None)).names
     assert sorted(examples.index) == list(range(len(interactions_frame())))
     assert feature_set.feature_service == "recsys_training"
     assert set(feature_set.feature_views) == {
@@ -95,7 +96,7 @@ def test_online_store_holds_the_state_after_the_last_event(built) -> None:
     assert users["u1"]["user_mean_rating"] == 3.0 and users["u1"]["occupation"] == "engineer"
     assert users["u2"]["recent_items"] == ["i2", "i1"]
     assert users["nobody"]["user_interaction_count"] is None and users["nobody"]["recent_items"] == []
-    items = online_item_features(store, ["i2", "i3"])
+    items = online_item_features(store, ["i2", "i3"], resolve_schema(None))
     assert items["i2"]["item_interaction_count"] == 2 and items["i2"]["genres"] == ["Comedy", "Drama"]
     assert items["i3"]["genres"] == [] and items["i3"]["release_year"] is None
 

@@ -13,10 +13,11 @@ from pipeline.config import SplitConfig, TrainerConfig, load_model_params
 from pipeline.layout import Layout
 from tests.model_helpers import overfit_losses
 from training.artifact import load_model_artifact, save_model_artifact
+from training.attributes import attributes_for
 from training.data import build_eval_inputs, build_example_set
 from training.models import MODELS, build_model
 from training.models.dien import AUGRUCell
-from training.side_features import side_features_for
+from training.models.din import top_history_items
 from training.split import SplitIndex, make_split, train_matrix
 
 torch.set_num_threads(1)
@@ -33,13 +34,14 @@ def split(feature_set: FeatureSet, layout: Layout):
     return make_split(feature_set, SplitConfig(protocol="leave_last_out"), layout)
 
 
-def small(name: str, n_users: int = 7, n_items: int = 12, **extra) -> torch.nn.Module:
+def small(name: str, n_users: int = 7, n_items: int = 12, attributes=None, **extra) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(name, n_users, n_items, **{**SMALL[name], "history_length": 8, **extra}).eval()
+    params = {**SMALL[name], "history_length": 8, **extra}
+    return build_model(name, n_users, n_items, attributes, **params).eval()
 
 
 def example_batch(split, history_length: int = 8, num_negatives: int = 4, rows: int = 128):
-    examples = build_example_set(split, "train", history_length, num_negatives, seed=0)
+    examples = build_example_set(split, "train", history_length, num_negatives, seed=3)
     return examples.batch(np.arange(min(rows, len(examples))))
 
 
@@ -109,7 +111,7 @@ def test_din_attention_is_unnormalised_and_masked() -> None:
     history = torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5]])
     context = module._context(
         module.encoder.item_vectors(),
-        module.encoder.user_vectors(module.encoder.user_codes_of(torch.tensor([0]))),
+        module.encoder.user_vectors(*module.encoder.user_inputs(torch.tensor([0]))),
         history,
     )
     weights = module.attention(context, module.encoder.item_vectors()[torch.tensor([[1, 2]])])
@@ -140,25 +142,21 @@ def test_augru_with_attention_one_is_a_gru_and_zero_keeps_the_state() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
     index = SplitIndex.load(split)
-    module = small(name, index.n_users, index.n_items)
-    module.set_side_features(side_features_for(split))
+    module = small(name, index.n_users, index.n_items, attributes_for(split))
     losses = overfit_losses(module, example_batch(split), steps=60)
     assert losses[-1] < 0.6 * losses[0]  # DIEN: the auxiliary loss redraws its negatives each step
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_artifact_round_trip_with_side_features_gives_identical_scores(
-    name: str, split, tmp_path: Path
-) -> None:
+def test_artifact_round_trip_with_attributes_gives_identical_scores(name: str, split, tmp_path: Path) -> None:
     index = SplitIndex.load(split)
-    features = side_features_for(split)
-    module = small(name, index.n_users, index.n_items)
-    module.set_side_features(features)
+    features = attributes_for(split)
+    module = small(name, index.n_users, index.n_items, features)
     overfit_losses(module, example_batch(split), steps=5)  # move the weights off their initial values
     module.eval()
     save_model_artifact(
         tmp_path / "m", name, module, {**SMALL[name], "history_length": 8}, index.item_ids, index.user_ids,
-        train_matrix(split), side_features=features,
+        train_matrix(split), attributes=features,
     )  # fmt: skip
     loaded = load_model_artifact(tmp_path / "m")
     users, history = torch.tensor([0, 3, -1]), torch.tensor([[0, 0, 1, 2], [5, 6, 7, 8], [0, 0, 0, 9]])
@@ -166,39 +164,47 @@ def test_artifact_round_trip_with_side_features_gives_identical_scores(
         assert torch.equal(
             module.full_sort_predict(users, history), loaded.module.full_sort_predict(users, history)
         )
-        codes = torch.from_numpy(features.user_codes[[0, 3]])
+        codes, numbers = (torch.from_numpy(a[[0, 3]]) for a in (features.users.codes, features.users.numbers))
         assert torch.equal(
-            loaded.module.full_sort_predict_from_attributes(codes, history[:2]),
-            module.full_sort_predict_from_attributes(codes, history[:2]),
+            loaded.module.full_sort_predict_from_attributes(codes, numbers, history[:2]),
+            module.full_sort_predict_from_attributes(codes, numbers, history[:2]),
         )
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_attribute_scoring_equals_user_scoring_without_user_ids(name: str, split) -> None:
     index = SplitIndex.load(split)
-    features = side_features_for(split)
-    module = small(name, index.n_users, index.n_items, user_id_size=0)
-    module.set_side_features(features)
+    features = attributes_for(split)
+    module = small(name, index.n_users, index.n_items, features, user_id_size=0)
     users, history = torch.tensor([0, 3]), torch.tensor([[0, 0, 1, 2], [5, 6, 7, 8]])
-    codes = torch.from_numpy(features.user_codes[[0, 3]])
+    codes, numbers = (torch.from_numpy(a[[0, 3]]) for a in (features.users.codes, features.users.numbers))
     with torch.no_grad():
-        by_codes = module.full_sort_predict_from_attributes(codes, history)
+        by_codes = module.full_sort_predict_from_attributes(codes, numbers, history)
         assert torch.equal(by_codes, module.full_sort_predict(users, history))
         # Attributes matter: another user's codes give other scores.
-        assert not torch.equal(by_codes, module.full_sort_predict_from_attributes(codes.flip(0), history))
+        other = module.full_sort_predict_from_attributes(codes.flip(0), numbers.flip(0), history)
+        assert not torch.equal(by_codes, other)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_pointwise_metrics_on_test_examples(name: str, split) -> None:
     index = SplitIndex.load(split)
-    module = small(name, index.n_users, index.n_items)
-    module.set_side_features(side_features_for(split))
+    module = small(name, index.n_users, index.n_items, attributes_for(split))
     metrics = module.pointwise_metrics(build_example_set(split, "test", 8, num_negatives=1, seed=0))
     assert set(metrics) == {"auc", "logloss"} and 0.0 <= metrics["auc"] <= 1.0 and metrics["logloss"] > 0
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_trains_beats_popularity_and_explains_by_cluster(name: str, split, tmp_path: Path) -> None:
+def test_trains_beats_popularity_and_explains_by_its_attention(name: str, split, tmp_path: Path) -> None:
+    """Trained through the pipeline it beats Popularity; its explanations are the history items its own
+    attention weighs most for each candidate.
+
+    (An earlier version asserted that the most attended item shares the candidate's cluster more often
+    than chance. Across trainer seeds 1, 2, 3 and 2026 that share ranged from 0.00 to 0.59 against a
+    chance of 0.25, before and after the attribute encoder changed: 8 epochs on 40 synthetic users do
+    not reliably teach cluster-aligned attention, so the check passed or failed by seed. What is
+    asserted now holds for every seed.)
+    """
     from training.models.baselines import Popularity  # noqa: F401  (registered baseline)
     from training.train import evaluate_module, train_model
 
@@ -212,22 +218,16 @@ def test_trains_beats_popularity_and_explains_by_cluster(name: str, split, tmp_p
     assert evaluate_module(artifact.module, valid, [10], 64)["ndcg@10"] == pytest.approx(
         result.best_valid_ndcg10
     )
-    # Explanations: for a candidate of cluster k (item number % 4), the most attended history item is
-    # more often of cluster k than its share in the history would give by chance.
-    index = SplitIndex.load(split)
-    cluster = torch.tensor([-1] + [int(i[1:]) % 4 for i in index.item_ids])
-    history = valid.history
-    has_mixed = [(cluster[h[h > 0]].unique().numel() > 1) for h in history]
-    rows = torch.tensor(has_mixed).nonzero().squeeze(1)
+    module, index = artifact.module, SplitIndex.load(split)
+    rows = torch.arange(min(16, valid.n_users))
+    users, history = valid.users[rows], module._cut(valid.history[rows])
     candidates = torch.arange(1, index.n_items + 1).repeat(len(rows), 1)
     with torch.no_grad():
-        top = artifact.module.explain(valid.users[rows], history[rows], candidates, top=1)[..., 0]
-    same = (cluster[top] == cluster[candidates]).float().mean().item()
-    shares = []
-    for r in rows.tolist():
-        clusters_seen = cluster[history[r][history[r] > 0]]
-        shares.append(
-            (clusters_seen.unsqueeze(0) == cluster[candidates[0]].unsqueeze(1)).float().mean().item()
-        )
-    chance = float(np.mean(shares))  # share of same-cluster history items: a random pick's hit rate
-    assert same > chance + 0.1
+        top = module.explain(users, history, candidates, top=2)
+        user_vecs = module.encoder.user_vectors(*module.encoder.user_inputs(users), users)
+        context = module._context(module.encoder.item_vectors(), user_vecs, history)
+        _, weights = module._logits(context, candidates)  # (B, L, N)
+    expected = top_history_items(weights, history, 2)
+    assert torch.equal(top, expected)
+    informative = (history > 0).sum(1) >= 2
+    assert informative.any() and (top[informative] > 0).all()  # two real history items each

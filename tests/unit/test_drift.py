@@ -290,7 +290,7 @@ def test_shifted_current_window_is_detected(tmp_path: Path) -> None:
     assert result.drift_detected is True
     assert result.data_drift_share > CFG.drift_share_threshold
     assert any(r.startswith("data drift:") for r in result.reasons)
-    assert {"age", "gender", "occupation", "rating", "hour_of_day", "primary_genre"} <= set(
+    assert {"age", "gender", "occupation", "rating", "hour_of_day", "primary_genres"} <= set(
         result.data_drifted_columns
     )
     # What the model serves moved too: the niche audience gets different items than the training users.

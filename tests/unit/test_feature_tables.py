@@ -15,14 +15,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for featu
 from features_fixtures import at, interactions_frame, items_frame, users_frame, write_snapshot  # noqa: E402
 
 from features.tables import (  # noqa: E402
-    SCHEMAS,
+    ITEM_POPULARITY_SCHEMA,
+    USER_ACTIVITY_SCHEMA,
     FeatureTableError,
     SnapshotFrames,
     build_tables,
+    feature_views,
     item_popularity_table,
+    profile_schema,
     read_snapshot,
     user_activity_table,
 )
+from pipeline.schema import DataSchema, resolve_schema  # noqa: E402
+
+MOVIELENS = resolve_schema(None)
 
 US = pd.Timedelta(microseconds=1)
 
@@ -37,9 +43,36 @@ def _rows(table, key: str, entity: str) -> pd.DataFrame:
 
 
 def test_schemas_match_the_feature_views() -> None:
-    tables = build_tables(_frames(), history_length=2)
+    tables = build_tables(_frames(), history_length=2, schema=MOVIELENS)
+    expected = {
+        "user_profile": profile_schema("user", MOVIELENS),
+        "user_activity": USER_ACTIVITY_SCHEMA,
+        "item_profile": profile_schema("item", MOVIELENS),
+        "item_popularity": ITEM_POPULARITY_SCHEMA,
+    }
+    assert list(tables) == list(expected)
     for name, table in tables.items():
-        assert table.schema == SCHEMAS[name], name
+        assert table.schema == expected[name], name
+    assert tables["user_profile"].schema.names == [
+        "user_id",
+        "age",
+        "gender",
+        "occupation",
+        "event_timestamp",
+    ]
+    profile = tables["user_profile"].to_pandas().set_index("user_id")
+    assert profile.loc["u1", "age"] == 31.0 and np.isnan(profile.loc["u2", "age"])  # numeric -> float
+
+
+def test_the_schema_decides_the_profile_views() -> None:
+    """An attribute is an edit of the schema: a new column flows into the profile table; an entity
+    without attributes gets no profile view."""
+    shop = DataSchema.model_validate(
+        {"user_features": {"gender": {"type": "categorical"}}, "item_features": {}}
+    )
+    tables = build_tables(_frames(), history_length=2, schema=shop)
+    assert list(tables) == ["user_profile", "user_activity", "item_popularity"] == list(feature_views(shop))
+    assert tables["user_profile"].schema.names == ["user_id", "gender", "event_timestamp"]
 
 
 def test_user_activity_holds_only_strictly_earlier_events() -> None:
@@ -77,7 +110,7 @@ def test_item_popularity_counts_earlier_events_only() -> None:
 
 
 def test_profiles_stamped_at_the_earliest_event_with_nulls_kept() -> None:
-    tables = build_tables(_frames(), history_length=2)
+    tables = build_tables(_frames(), history_length=2, schema=MOVIELENS)
     users = tables["user_profile"].to_pandas()
     assert set(users["event_timestamp"]) == {at(1)}
     assert users.set_index("user_id").loc["u2", "age"] is pd.NA or pd.isna(
@@ -91,7 +124,7 @@ def test_ids_only_attribute_tables_give_null_features() -> None:
     frames = SnapshotFrames(
         interactions_frame(), pd.DataFrame({"user_id": ["u1"]}), pd.DataFrame({"item_id": ["i1"]})
     )
-    tables = build_tables(frames, history_length=2)
+    tables = build_tables(frames, history_length=2, schema=MOVIELENS)
     assert tables["user_profile"].column("age").null_count == 1
     assert tables["item_profile"].column("genres").null_count == 1
 

@@ -63,9 +63,14 @@ def test_every_rejected_row_is_quarantined_with_its_reason(tmp_path):
     assert snapshot.rows_in == 13 + 3 + 3
     assert snapshot.rows_quarantined == len(BAD)
     assert snapshot.rows_in == snapshot.rows_kept + snapshot.rows_quarantined
-    assert snapshot.quarantine_reasons == {reason: 1 for reason in BAD}
+    # User 3's age "not-a-number" is a bad VALUE: quarantined as such, the user and events stay.
+    assert snapshot.values_quarantined == 1
+    assert snapshot.quarantine_reasons == {**{reason: 1 for reason in BAD}, "age_not_a_number": 1}
     quarantine = pd.read_parquet(snapshot.quarantine)
-    assert set(quarantine["reason"]) == set(BAD)
+    assert set(quarantine["reason"]) == {*BAD, "age_not_a_number"}
+    value = quarantine[quarantine["reason"] == "age_not_a_number"].iloc[0]
+    assert (value["table"], value["column"], value["raw"]) == ("users", "age", "not-a-number")
+    assert int(value["source_line"]) == 4  # header + users 1, 2, then 3
     # The duplicate is the later line (line 10 of the file: header + 4 good + 5 bad before it).
     duplicate = quarantine[quarantine["reason"] == "duplicate_event"].iloc[0]
     assert int(duplicate["source_line"]) == 1 + len(GOOD) + list(BAD).index("duplicate_event") + 1
@@ -89,7 +94,7 @@ def test_rejected_share_over_the_limit_fails_and_publishes_nothing(tmp_path):
         run(tmp_path, GOOD + list(BAD.values()), max_share=0.1)
     layout = Layout(tmp_path / "home")
     assert not (layout.home / "data").exists()
-    assert len(pd.read_parquet(layout.staging("run-1") / "quarantine.parquet")) == len(BAD)
+    assert len(pd.read_parquet(layout.staging("run-1") / "quarantine.parquet")) == len(BAD) + 1  # + the age
 
 
 def test_data_version_is_a_content_hash(tmp_path):

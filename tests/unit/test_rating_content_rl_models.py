@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -13,12 +14,13 @@ import torch
 from pipeline.artifacts import FeatureSet
 from pipeline.config import SplitConfig, TrainerConfig
 from pipeline.layout import Layout
+from pipeline.schema import DataSchema
 from tests.model_helpers import artifact_round_trip, overfit_losses
 from training.artifact import load_model_artifact
+from training.attributes import Attributes, attributes_for, encode_side
 from training.data import ExampleDataModule, build_eval_inputs
 from training.models import MODELS, build_model
 from training.models.reinforce import snips, topk_correction, topk_inclusion
-from training.side_features import SideFeatures, side_features_for
 from training.split import make_split
 from training.train import evaluate_module, train_model
 
@@ -53,8 +55,7 @@ def _example_batch(split, name: str, size: int = 256) -> tuple[ExampleDataModule
 
 
 def _content(split, n_users: int, n_items: int, matrix: sp.csr_matrix):
-    module = build_model("content", n_users, n_items, **SMALL["content"])
-    module.set_side_features(side_features_for(split))
+    module = build_model("content", n_users, n_items, attributes_for(split), **SMALL["content"])
     return module.fit(matrix)
 
 
@@ -86,7 +87,7 @@ def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
 def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: Path) -> None:
     torch.manual_seed(0)
     dm, batch = _example_batch(split, name if name != "content" else "mf")
-    features = side_features_for(split)
+    features = attributes_for(split)
     if name == "content":
         module = _content(split, dm.n_users, dm.n_items, dm.train_matrix)
     else:
@@ -98,7 +99,7 @@ def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: 
         SMALL[name],
         split,
         tmp_path / "model",
-        side_features=features if hasattr(module, "set_side_features") else None,
+        attributes=features if name == "content" else None,
         unknown_user=True,
     )
     actual = artifact.score(users, history)
@@ -191,30 +192,33 @@ def test_mf_predictions_clipped_to_training_range() -> None:
 # ----- content-based --------------------------------------------------------------------------------
 
 
-def _hand_features() -> SideFeatures:
-    """5 items: 1 and 2 share genre A and title word "star"; 3 has genre A only; 4, 5 are unrelated."""
-    genres = np.zeros((6, 3), dtype=np.float32)
-    genres[[1, 2, 3], 0] = 1.0
-    genres[4, 1] = 1.0
-    genres[5, 2] = 1.0
-    titles = np.zeros((6, 2), dtype=np.int64)
-    titles[1, 0] = titles[2, 0] = 1  # "star"
-    titles[4, 0] = 2  # "love"
-    years = np.array([0, 1, 1, 2, 3, 3])
-    vocab = {
-        "age": [],
-        "gender": [],
-        "occupation": [],
-        "genre": ["A", "B", "C"],
-        "year": ["1980", "1990", "2000"],
-        "title": ["star", "love"],
-    }
-    return SideFeatures(np.zeros((2, 3), dtype=np.int64), genres, years, titles, vocab)
+def _hand_features() -> Attributes:
+    """5 items: 1 and 2 share genre A and title word "star"; 3 has genre A only; 4, 5 are unrelated
+    but for the year bin they share."""
+    schema = DataSchema.model_validate(
+        {
+            "item_features": {
+                "genres": {"type": "list"},
+                "year": {"type": "numeric", "bin_width": 10},
+                "title": {"type": "text", "max_tokens": 2},
+            }
+        }
+    )
+    rows = pd.DataFrame(
+        {
+            "genres": [["A"], ["A"], ["A"], ["B"], ["C"]],
+            "year": [1980, 1980, 1990, 2000, 2000],
+            "title": ["star one", "star two", "three", "love", "five"],
+        },
+        index=["i1", "i2", "i3", "i4", "i5"],
+    )
+    items = encode_side("item", schema, rows, list(rows.index), padding=True)
+    users = encode_side("user", schema, pd.DataFrame(index=["u0", "u1"]), ["u0", "u1"], padding=False)
+    return Attributes(schema, users, items)
 
 
 def test_content_similar_attributes_score_higher_and_cold_user_from_history() -> None:
-    module = build_model("content", 2, 5)
-    module.set_side_features(_hand_features())
+    module = build_model("content", 2, 5, _hand_features())
     vectors = module.item_embeddings()
     assert vectors.shape[0] == 6
     torch.testing.assert_close(vectors[1:].norm(dim=1), torch.ones(5))
@@ -230,16 +234,17 @@ def test_content_similar_attributes_score_higher_and_cold_user_from_history() ->
 
 
 def test_content_recency_weighting_favours_the_newest_item() -> None:
-    module = build_model("content", 1, 5, recency_decay=0.1)
-    module.set_side_features(_hand_features())
+    module = build_model("content", 1, 5, _hand_features(), recency_decay=0.1)
     module.fit(sp.csr_matrix((1, 6), dtype=np.float32))
     scores = module.full_sort_predict(torch.tensor([-1]), torch.tensor([[1, 4]]))  # 4 is newest
     assert scores[0, 5] > scores[0, 2]
 
 
-def test_content_fit_without_side_features_names_the_fix() -> None:
-    with pytest.raises(ValueError, match="set_side_features"):
+def test_content_without_item_attributes_names_the_fix() -> None:
+    with pytest.raises(ValueError, match="declares none"):
         build_model("content", 1, 5).fit(sp.csr_matrix((1, 6), dtype=np.float32))
+    with pytest.raises(ValueError, match="not item attributes"):
+        build_model("content", 1, 5, _hand_features(), field_weights={"genre": 2.0})
 
 
 # ----- REINFORCE --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -19,12 +20,13 @@ from torch import nn
 
 from pipeline.artifacts import Evaluation, TrainResult
 from pipeline.layout import Layout
+from pipeline.schema import DataSchema
 from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, choose_retriever, package_model
 from serving.recommender import Recommender, load_recommender
 from tests.serving_fixtures import RANKER_HPARAMS, passed
 from training.artifact import save_model_artifact
+from training.attributes import Attributes, encode_side
 from training.models import MODELS, ModelSpec
-from training.side_features import SideFeatures
 
 N_USERS, N_ITEMS = 4, 10
 ITEM_IDS = [f"i{j}" for j in range(1, N_ITEMS + 1)]  # index j -> "i{j}"
@@ -33,40 +35,50 @@ SEEN = {0: [1, 2], 1: [9, 10], 2: [5], 3: [6]}
 GENDER_F, GENDER_M = 1, 2  # codes of vocab["gender"] = ["F", "M"]
 
 
-def _side_features() -> SideFeatures:
-    return SideFeatures(
-        user_codes=np.asarray([[1, GENDER_F, 1], [2, GENDER_M, 2], [1, GENDER_F, 2], [2, GENDER_M, 1]]),
-        item_genres=np.zeros((N_ITEMS + 1, 1), dtype=np.float32),
-        item_year=np.zeros(N_ITEMS + 1, dtype=np.int64),
-        item_title=np.zeros((N_ITEMS + 1, 8), dtype=np.int64),
-        vocab={
-            "age": ["age_group_1", "age_group_2"],
-            "gender": ["F", "M"],
-            "occupation": ["artist", "doctor"],
-            "genre": ["Drama"],
-            "year": [],
-            "title": [],
+def _attributes() -> Attributes:
+    """Users' age / gender / occupation; gender is the second code column (F = 1, M = 2)."""
+    schema = DataSchema.model_validate(
+        {
+            "user_features": {
+                "age": {"type": "numeric", "bins": [18, 25, 35]},
+                "gender": {"type": "categorical"},
+                "occupation": {"type": "categorical"},
+            }
+        }
+    )
+    users = pd.DataFrame(
+        {
+            "age": [20, 40, 20, 40],
+            "gender": ["F", "M", "F", "M"],
+            "occupation": ["artist", "doctor", "doctor", "artist"],
         },
+        index=USER_IDS,
+    )
+    items = pd.DataFrame(index=ITEM_IDS)
+    return Attributes(
+        schema,
+        encode_side("user", schema, users, USER_IDS, padding=False),
+        encode_side("item", schema, items, ITEM_IDS, padding=True),
     )
 
 
 class TinyRetriever(nn.Module):
     """Known users prefer high item ids; a cold user scores from gender: F -> low ids, M -> high ids."""
 
-    def __init__(self, n_users: int, n_items: int) -> None:
+    uses_attributes = True
+    scores_cold_items = True  # a bias per item: the tiny models rank every item, trained or not
+
+    def __init__(self, n_users: int, n_items: int, attributes: Attributes | None = None) -> None:
         super().__init__()
         self.item_bias = nn.Parameter(torch.arange(n_items + 1, dtype=torch.float32))
-
-    def set_side_features(self, features: SideFeatures) -> None:
-        self.register_buffer("user_codes", torch.from_numpy(features.user_codes))
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         return self.item_bias.expand(users.shape[0], -1).clone()
 
     def full_sort_predict_from_attributes(
-        self, user_codes: torch.Tensor, history: torch.Tensor
+        self, codes: torch.Tensor, numbers: torch.Tensor, history: torch.Tensor
     ) -> torch.Tensor:
-        sign = torch.where(user_codes[:, 1:2] == GENDER_F, -1.0, 1.0)
+        sign = torch.where(codes[:, 1:2] == GENDER_F, -1.0, 1.0)
         return sign * self.item_bias
 
 
@@ -75,6 +87,7 @@ class TinyRanker(nn.Module):
 
     is_ranker = True
     scores_from_history = True
+    scores_cold_items = True
 
     def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__()
@@ -107,9 +120,9 @@ class TinyRankerWithAttributes(TinyRankerNoColdPath):
     """The optional hook: ranks a cold user's candidates from attributes (M -> high ids first)."""
 
     def score_candidates_from_attributes(
-        self, user_codes: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor
+        self, codes: torch.Tensor, numbers: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor
     ) -> torch.Tensor:
-        sign = torch.where(user_codes[:, 1:2] == GENDER_M, -1.0, 1.0)
+        sign = torch.where(codes[:, 1:2] == GENDER_M, -1.0, 1.0)
         return sign * self.item_bias[candidates]
 
 
@@ -136,8 +149,6 @@ def _train_matrix() -> sp.csr_matrix:
 
 def _save(directory: Path, name: str, split_dir: str = "/splits/a", item_ids: list[str] = ITEM_IDS) -> Path:
     module = TINY[name](N_USERS, N_ITEMS)
-    if hasattr(module, "set_side_features"):
-        module.set_side_features(_side_features())
     meta = {"split_dir": split_dir, "protocol": "leave_last_out", "data_version": "dv"}
     return save_model_artifact(
         directory,
@@ -148,7 +159,7 @@ def _save(directory: Path, name: str, split_dir: str = "/splits/a", item_ids: li
         USER_IDS,
         _train_matrix(),
         meta=meta,
-        side_features=_side_features(),
+        attributes=_attributes(),
     )
 
 

@@ -15,10 +15,10 @@ from pipeline.config import SplitConfig, TrainerConfig
 from pipeline.layout import Layout
 from tests.model_helpers import artifact_round_trip, overfit_losses
 from training.artifact import load_model_artifact
+from training.attributes import attributes_for
 from training.data import ExampleDataModule, build_eval_inputs, build_example_set
 from training.metrics import binary_auc, binary_logloss
 from training.models import MODELS, build_model
-from training.side_features import side_features_for
 from training.split import make_split
 from training.train import evaluate_module
 
@@ -55,8 +55,7 @@ def split(feature_set: FeatureSet, layout: Layout):
 
 
 def _module(name: str, dm: ExampleDataModule, split, matrix: sp.csr_matrix | None = None):
-    module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])
-    module.set_side_features(side_features_for(split))
+    module = build_model(name, dm.n_users, dm.n_items, attributes_for(split), **SMALL[name])
     module.set_train_matrix(dm.train_matrix if matrix is None else matrix)
     return module
 
@@ -99,8 +98,11 @@ def test_output_shapes(name: str, split) -> None:
     history = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0]])
     with torch.no_grad():
         scores = module.full_sort_predict(torch.tensor([0, dm.n_users - 1, -1]), history)
+        codes, numbers = attributes_for(split).users.encode(
+            [{"age": 25, "gender": "F", "occupation": "occupation1"}, {}, {"gender": "M"}]
+        )
         cold = module.full_sort_predict_from_attributes(
-            torch.tensor([[1, 1, 1], [0, 0, 0], [2, 1, 3]]), history
+            torch.from_numpy(codes), torch.from_numpy(numbers), history
         )
         items = module.item_embeddings()
     assert scores.shape == cold.shape == (3, dm.n_items + 1)
@@ -140,8 +142,8 @@ def test_twotower_history_pooling_ignores_padding_rows(split) -> None:
 
 def test_twotower_without_history_input_ignores_history(split) -> None:
     dm = _datamodule("twotower", split)
-    module = build_model("twotower", dm.n_users, dm.n_items, **{**SMALL["twotower"], "pool_history": False})
-    module.set_side_features(side_features_for(split))
+    params = {**SMALL["twotower"], "pool_history": False}
+    module = build_model("twotower", dm.n_users, dm.n_items, attributes_for(split), **params)
     module.eval()
     assert not module.scores_from_history
     with torch.no_grad():
@@ -173,13 +175,15 @@ def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: 
         SMALL[name],
         split,
         tmp_path / "model",
-        side_features=side_features_for(split),
+        attributes=attributes_for(split),
         unknown_user=True,
     )
+    codes, numbers = (
+        torch.from_numpy(a) for a in artifact.attributes.users.encode([{"age": 30, "gender": "F"}])
+    )
     with torch.no_grad():
-        codes = torch.tensor([[1, 2, 1]])
-        cold_expected = module.full_sort_predict_from_attributes(codes, history[:1])
-        cold_actual = artifact.module.full_sort_predict_from_attributes(codes, history[:1])
+        cold_expected = module.full_sort_predict_from_attributes(codes, numbers, history[:1])
+        cold_actual = artifact.module.full_sort_predict_from_attributes(codes, numbers, history[:1])
     assert torch.equal(artifact.score(users, history)[:, 1:], expected[:, 1:].float())
     assert torch.equal(cold_actual, cold_expected)
 
@@ -213,9 +217,12 @@ def test_cold_users_and_items_are_scored_from_attributes(name: str, split) -> No
     item_cluster = np.concatenate([[-1], _clusters(dm.index.item_ids)])
     # conftest: a user's occupation is "occupation<c>" for the cluster c their behaviour starts in
     # (random jumps then spread it, so about 40 % of their events stay in c vs 20 % per other cluster).
-    features = side_features_for(split)
-    occupations = np.asarray([int(v[-1]) for v in features.vocab["occupation"]])
-    user_cluster = occupations[features.user_codes[:, 2] - 1]
+    attributes = attributes_for(split).users
+    occupation = [f.name for f in attributes.fields].index("occupation")
+    vocab = attributes.fields[occupation].vocab
+    user_cluster = np.asarray(
+        [int(vocab[c - 1][-1]) for c in attributes.codes[:, attributes.offsets[occupation]]]
+    )
     cold_users = np.concatenate([np.flatnonzero(user_cluster == c)[:2] for c in range(N_CLUSTERS)])
     cold_items = np.asarray([np.flatnonzero(item_cluster == c)[0] for c in range(N_CLUSTERS)])
     examples = dm.examples
@@ -229,10 +236,13 @@ def test_cold_users_and_items_are_scored_from_attributes(name: str, split) -> No
     module.user_id_dropout = module.item_id_dropout = 0.5
     _train(module, dm, np.flatnonzero(keep), epochs=20)
 
-    codes = torch.from_numpy(features.user_codes[cold_users])
+    codes, numbers = (
+        torch.from_numpy(attributes.codes[cold_users]),
+        torch.from_numpy(attributes.numbers[cold_users]),
+    )
     with torch.no_grad():
         scores = module.full_sort_predict_from_attributes(
-            codes, torch.zeros(len(cold_users), 1, dtype=torch.long)
+            codes, numbers, torch.zeros(len(cold_users), 1, dtype=torch.long)
         )
     wins = []
     for row, cluster in enumerate(user_cluster[cold_users]):

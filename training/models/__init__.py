@@ -9,11 +9,16 @@ this registry on every parse and must not pay for importing torch and Lightning 
 from __future__ import annotations
 
 import importlib
+import inspect
+import typing
 from dataclasses import dataclass
+from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from training.attributes import Attributes
 
 # Which data module trains the model (training/data.py): "general" = (user, positive, negative)
 # triples, "sequential" = next-item windows, "example" = point-in-time examples with history, rating
@@ -53,8 +58,78 @@ def get_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; registered: {sorted(MODELS)}") from None
 
 
-def build_model(name: str, n_users: int, n_items: int, **hparams: Any) -> nn.Module:
-    return get_spec(name).factory(n_users=n_users, n_items=n_items, **hparams)
+# Constructor arguments that come from the data, not from the model's YAML.
+DATA_ARGUMENTS = ("self", "n_users", "n_items", "attributes")
+
+
+class HyperparameterError(ValueError):
+    """A model's hyperparameters name an unknown key or give a value of the wrong type."""
+
+
+@cache
+def hyperparameters(name: str) -> dict[str, tuple[Any, Any]]:
+    """``{key: (type, default)}`` a model accepts: its constructor's typed arguments, plus what its
+    data module reads (``training.data.DATA_PARAMS``; default None there: the module's own)."""
+    from training.data import DATA_PARAMS
+
+    spec = get_spec(name)
+    factory = spec.factory
+    hints = typing.get_type_hints(factory.__init__)
+    accepted: dict[str, tuple[Any, Any]] = {}
+    for parameter in inspect.signature(factory.__init__).parameters.values():
+        if parameter.name in DATA_ARGUMENTS or parameter.kind in (
+            parameter.VAR_KEYWORD,
+            parameter.VAR_POSITIONAL,
+        ):
+            continue
+        accepted[parameter.name] = (hints.get(parameter.name, Any), parameter.default)
+    for key, kind in DATA_PARAMS["baseline" if spec.kind == "baseline" else spec.kind].items():
+        accepted.setdefault(key, (kind, None))
+    return accepted
+
+
+def validate_hparams(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` checked against the model's accepted keys and types (strictly: 5 is no float for an
+    int, "5" no int); raises ``HyperparameterError`` naming the key and listing what is accepted."""
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    accepted = hyperparameters(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise HyperparameterError(
+            f"{name}: unknown hyperparameter(s) {unknown}; {name} takes {sorted(accepted)}. Pipeline "
+            "settings are config keys, e.g. --set trainer.max_epochs=5"
+        )
+    checked = {}
+    for key, value in params.items():
+        kind = accepted[key][0]
+        try:
+            checked[key] = TypeAdapter(kind, config=ConfigDict(strict=True)).validate_python(value)
+        except ValidationError as exc:
+            expected = getattr(kind, "__name__", str(kind))
+            reason = exc.errors()[0]["msg"]
+            raise HyperparameterError(
+                f"{name}: {key}={value!r} is not a valid {expected} ({reason})"
+            ) from None
+    return checked
+
+
+def build_model(
+    name: str, n_users: int, n_items: int, attributes: Attributes | None = None, **hparams: Any
+) -> nn.Module:
+    """The model, built with the split's sizes and its constructor's hyperparameters (keys its data
+    module reads, like ``batch_size``, stay out). A model whose class declares ``uses_attributes``
+    also gets the split's encoded attributes (None: an ids-only dataset), from which it sizes its inputs."""
+    factory = get_spec(name).factory
+    arguments = inspect.signature(factory.__init__).parameters
+    own = {key: value for key, value in hparams.items() if key in arguments and key not in DATA_ARGUMENTS}
+    if getattr(factory, "uses_attributes", False):
+        own["attributes"] = attributes
+    return factory(n_users=n_users, n_items=n_items, **own)
+
+
+def uses_attributes(name: str) -> bool:
+    return bool(getattr(get_spec(name).factory, "uses_attributes", False))
 
 
 def pipeline_models() -> list[str]:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.metrics import binary_auc, binary_logloss, per_user_metrics
+from training.metrics import binary_auc, binary_logloss, per_user_metrics, ranking_exclusions
 
 VALID_MONITOR = "valid/ndcg@10"
 
@@ -115,7 +115,7 @@ class RecommenderModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         scores = self.full_sort_predict(batch["users"], batch["history"])
-        values, _ = per_user_metrics(scores, batch["truth"], batch["exclude"], [10])
+        values, _ = per_user_metrics(scores, batch["truth"], ranking_exclusions(self, batch), [10])
         size = int(batch["users"].shape[0])
         for name in ("ndcg@10", "recall@10", "hr@10"):
             # Lightning weights the epoch mean by batch_size: the result is the mean over users.

@@ -30,7 +30,7 @@ class FittedBaseline(nn.Module):
 class Popularity(FittedBaseline):
     """Scores every item by its number of training interactions, the same for every user."""
 
-    def __init__(self, n_users: int, n_items: int, **_: object) -> None:
+    def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__(n_users, n_items)
         self.register_buffer("item_counts", torch.zeros(n_items + 1))
 
@@ -53,7 +53,7 @@ class ItemKNN(FittedBaseline):
 
     scores_from_history = True  # serving: an unknown user is scored from the neighbours of its history
 
-    def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 0.0, **_: object) -> None:
+    def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 0.0) -> None:
         super().__init__(n_users, n_items)
         self.k = k
         self.shrink = shrink
@@ -126,7 +126,7 @@ class UserKNN(FittedBaseline):
 
     scores_from_history = True  # serving: unknown users are scored from their online history
 
-    def __init__(self, n_users: int, n_items: int, k: int = 50, shrink: float = 0.0, **_: object) -> None:
+    def __init__(self, n_users: int, n_items: int, k: int = 50, shrink: float = 0.0) -> None:
         super().__init__(n_users, n_items)
         self.k = k
         self.shrink = shrink

@@ -9,8 +9,6 @@ items, so the service can still rank for them instead of returning constant scor
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from training.models.base import RecommenderModule, bpr_loss, fold_in_users, latent_factor_tables
@@ -26,7 +24,6 @@ class BPR(RecommenderModule):
         embedding_size: int = 64,
         lr: float = 2e-3,
         reg_weight: float = 1e-4,
-        **training_params: Any,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

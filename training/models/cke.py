@@ -16,8 +16,6 @@ The textual/visual parts of CKE (stacked auto-encoders) are not implemented.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,7 +38,6 @@ class CKE(RecommenderModule):
         kg_weight: float = 0.1,
         kg_reg_weight: float = 1e-4,
         kg_batch_size: int = 1024,
-        **training_params: Any,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

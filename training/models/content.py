@@ -1,11 +1,13 @@
 """Content-based recommender: TF-IDF over item attributes, cosine to the user's profile.
 
-Item vector = TF-IDF over three attribute "vocabularies" of ``SideFeatures``: genres (multi-hot),
-the release-year bin (one term per 5-year bin) and title words (``item_title`` codes). Each block
-is weighted (``genre_weight``, ``year_weight``, ``title_weight``) before the whole vector is
-L2-normalised, so a shared genre and a shared title word count as much as the weights say rather
-than as much as their raw counts. IDF = log((1 + N) / (1 + df)) + 1 over the catalogue (N items):
-common terms (Drama) separate items less than rare ones (Film-Noir, a franchise word).
+Item vector = TF-IDF over one block of terms per item attribute the dataset's schema declares (the
+codes of ``training.attributes``): a categorical value, a numeric bucket, list tokens (genres, tags),
+text words (title). Each block is weighted (``field_weights`` by field name, else ``type_weights`` by
+type) before the whole vector is L2-normalised, so a shared genre and a shared title word count as
+much as the weights say rather than as much as their raw counts. IDF = log((1 + N) / (1 + df)) + 1
+over the catalogue (N items): common terms (Drama) separate items less than rare ones (Film-Noir, a
+franchise word). Items without any interaction (new in the catalogue) have vectors too, so they are
+recommended to users whose profile matches their attributes.
 
 User profile = mean of the vectors of the user's items (optionally recency-weighted, newest items
 count most: ``recency_decay`` ** age, for histories, whose order is known), L2-normalised;
@@ -20,9 +22,9 @@ score = cosine + w * log(1 + count) / log(1 + max count), a common content/popul
 measured effect is in configs/models/content.yaml.
 
 Fitted in closed form (no training loop); state in buffers: ``item_vectors`` (n_items + 1, D),
-built deterministically by ``set_side_features`` (so load_model_artifact rebuilds the same shape),
-and ``user_profiles`` (n_users, D) / ``item_prior`` (n_items + 1,) from ``fit``, whose data-sized
-shapes load_model_artifact adopts.
+built deterministically from the attributes at construction (so load_model_artifact rebuilds the same
+shape), and ``user_profiles`` (n_users, D) / ``item_prior`` (n_items + 1,) from ``fit``, whose
+data-sized shapes load_model_artifact adopts.
 """
 
 from __future__ import annotations
@@ -32,8 +34,11 @@ import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
+from training.attributes import Attributes
 from training.models.baselines import FittedBaseline
-from training.side_features import SideFeatures
+
+# Block weight of each attribute type unless ``field_weights`` names the field.
+TYPE_WEIGHTS = {"categorical": 1.0, "list": 1.0, "numeric": 0.5, "text": 0.5}
 
 
 def tfidf(terms: np.ndarray) -> np.ndarray:
@@ -47,53 +52,63 @@ def tfidf(terms: np.ndarray) -> np.ndarray:
 
 class ContentBased(FittedBaseline):
     scores_from_history = True  # serving: unknown users are profiled from their online history
+    uses_attributes = True
+    scores_cold_items = True  # items without interactions are scored from their attributes
 
     def __init__(
         self,
         n_users: int,
         n_items: int,
-        genre_weight: float = 1.0,
-        year_weight: float = 0.5,
-        title_weight: float = 0.5,
+        attributes: Attributes | None = None,
+        field_weights: dict[str, float] | None = None,
+        type_weights: dict[str, float] | None = None,
         recency_decay: float = 1.0,
         popularity_weight: float = 0.0,
-        **_: object,
+        history_length: int = 50,
     ) -> None:
         super().__init__(n_users, n_items)
-        self.block_weights = (genre_weight, year_weight, title_weight)
+        self.history_length = history_length  # history items that profile a user unknown at fit time
         self.recency_decay = recency_decay
         self.popularity_weight = popularity_weight
-        self.register_buffer("item_vectors", torch.zeros(n_items + 1, 0))
+        weights_by_type = {**TYPE_WEIGHTS, **(type_weights or {})}
+        attributes = attributes or Attributes.empty(n_users, n_items)
+        unknown = sorted(set(field_weights or {}) - {f.name for f in attributes.items.fields})
+        if unknown:
+            raise ValueError(
+                f"field_weights names {unknown}, not item attributes of schema {attributes.schema.name!r} "
+                f"({[f.name for f in attributes.items.fields]})"
+            )
+        self.field_weights = {
+            f.name: float((field_weights or {}).get(f.name, weights_by_type[f.spec.type]))
+            for f in attributes.items.fields
+        }
+        self.register_buffer("item_vectors", self._tfidf_vectors(attributes))
         self.register_buffer("user_profiles", torch.zeros(0, 0))
         self.register_buffer("item_prior", torch.zeros(n_items + 1))
 
-    def set_side_features(self, features: SideFeatures) -> None:
-        """Build the L2-normalised TF-IDF item vectors (deterministic: same features, same buffer)."""
+    def _tfidf_vectors(self, attributes: Attributes) -> torch.Tensor:
+        """The L2-normalised TF-IDF item vectors (deterministic: same attributes, same buffer)."""
+        side = attributes.items
         rows = self.n_items + 1
-        genres = features.item_genres[:rows].astype(np.float32)
-        years = np.zeros((rows, features.cardinalities["year"]), dtype=np.float32)
-        years[np.arange(rows), features.item_year[:rows]] = 1.0
-        titles = np.zeros((rows, features.cardinalities["title"]), dtype=np.float32)
-        np.add.at(
-            titles,
-            (np.repeat(np.arange(rows), features.item_title.shape[1]), features.item_title[:rows].ravel()),
-            1.0,
-        )
-        years[:, 0] = 0.0  # code 0 = unknown year / padding word: not a term
-        titles[:, 0] = 0.0
-        blocks = [
-            tfidf(block) * w for block, w in zip((genres, years, titles), self.block_weights, strict=True)
-        ]
+        blocks = []
+        for encoding, offset in zip(side.fields, side.offsets, strict=True):
+            codes = side.codes[:rows, offset : offset + encoding.width]
+            terms = np.zeros((rows, encoding.cardinality), dtype=np.float32)
+            np.add.at(terms, (np.repeat(np.arange(rows), codes.shape[1]), codes.ravel()), 1.0)
+            terms[:, 0] = 0.0  # code 0 = unknown value / padding token: not a term
+            blocks.append(tfidf(terms) * self.field_weights[encoding.name])
+        if not blocks:
+            return torch.zeros(rows, 0)
         vectors = torch.from_numpy(np.concatenate(blocks, axis=1))
         vectors[0] = 0.0
-        self.item_vectors = F.normalize(vectors, dim=1)
+        return F.normalize(vectors, dim=1)
 
     def fit(self, train: sp.csr_matrix) -> ContentBased:
         binary = (train > 0).astype(np.float32).tocsr()
         if self.item_vectors.shape[1] == 0:
             raise ValueError(
-                "ContentBased.fit needs item attributes: call set_side_features(side_features_for(split)) "
-                "first (training/train.py attach_split_data does)"
+                "ContentBased needs item attributes and this dataset's schema declares none: declare "
+                "some (source.schema) or use a model that learns from interactions alone"
             )
         profiles = torch.from_numpy(binary @ self.item_vectors.numpy())  # sums; cosine ignores the 1/n
         self.user_profiles = F.normalize(profiles, dim=1)

@@ -2,10 +2,12 @@
 
 Fields (each an embedding of ``embedding_size`` plus a scalar first-order weight, stored as one row
 of ``embedding_size + 1``):
-- request side: user id, age, gender, occupation, and two CONTEXT fields derived from the request's
-  history tensor, so they exist at serving time without a feature lookup: the most recent history
-  item (what the user is looking at now) and the bucketed history length (activity level);
-- item side: item id, release-year bin, genres (mean of the genre embeddings), title words (mean).
+- request side: user id, one field per declared user attribute (the dataset's schema, through the
+  generic ``training.attributes.AttributeEncoder``), and two CONTEXT fields derived from the
+  request's history tensor, so they exist at serving time without a feature lookup: the most recent
+  history item (what the user is looking at now) and the bucketed history length (activity level);
+- item side: item id and one field per declared item attribute (list and text attributes: the mean
+  of their token embeddings).
 logit = bias + sum of first-order weights + FM second order (sum over field pairs of <v_a, v_b>) +
 MLP(concat of field vectors). Trained with BCE: each example's positive vs ``num_negatives`` uniform
 negatives.
@@ -23,20 +25,16 @@ probability ``user_id_dropout`` / ``item_id_dropout`` while training; users unkn
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
+from training.attributes import AttributeEncoder, Attributes
 from training.models.base import CandidateRanker
-from training.models.twotower import _empty_side_features, mlp
-from training.side_features import SideFeatures
+from training.models.twotower import mlp
 
 HISTORY_BUCKETS = 8  # 0 items, 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+
-USER_FIELDS = 6  # user id, age, gender, occupation, last history item, history-length bucket
-ITEM_FIELDS = 4  # item id, year, genres, title
 
 
 def history_length_bucket(history: torch.Tensor) -> torch.Tensor:
@@ -48,11 +46,14 @@ def history_length_bucket(history: torch.Tensor) -> torch.Tensor:
 
 class DeepFM(CandidateRanker):
     scores_from_history = True
+    uses_attributes = True
+    scores_cold_items = True  # items without interactions are scored from their attributes
 
     def __init__(
         self,
         n_users: int,
         n_items: int,
+        attributes: Attributes | None = None,
         embedding_size: int = 16,
         hidden_sizes: list[int] | None = None,
         dropout: float = 0.2,
@@ -61,10 +62,9 @@ class DeepFM(CandidateRanker):
         score_chunk_items: int = 256,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        **training_params: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["attributes"])
         self.n_users, self.n_items = n_users, n_items
         self.k = embedding_size
         self.hidden_sizes = list(hidden_sizes if hidden_sizes is not None else [128, 64])
@@ -78,12 +78,17 @@ class DeepFM(CandidateRanker):
         self.last_item = nn.Embedding(n_items + 1, width, padding_idx=0)
         self.history_bucket = nn.Embedding(HISTORY_BUCKETS, width)
         self.bias = nn.Parameter(torch.zeros(1))
+        attributes = attributes or Attributes.empty(n_users, n_items)
+        # Row n_users of the user attributes is the all-unknown row of users outside the index.
+        self.user_attributes = AttributeEncoder(attributes.users, width, init_std=0.01).with_unknown_row()
+        self.item_attributes = AttributeEncoder(attributes.items, width, init_std=0.01)
+        user_fields = 3 + self.user_attributes.n_fields  # id, attributes, last item, history bucket
+        item_fields = 1 + self.item_attributes.n_fields  # id, attributes
         first, *rest = self.hidden_sizes
-        self.deep_user = nn.Linear(USER_FIELDS * embedding_size, first)
-        self.deep_item = nn.Linear(ITEM_FIELDS * embedding_size, first, bias=False)
+        self.deep_user = nn.Linear(user_fields * embedding_size, first)
+        self.deep_item = nn.Linear(item_fields * embedding_size, first, bias=False)
         self.deep_top = nn.Sequential(nn.ReLU(), nn.Dropout(dropout), mlp([first, *rest, 1], dropout))
         self.register_buffer("item_in_train", torch.zeros(n_items + 1, dtype=torch.bool))
-        self.set_side_features(_empty_side_features(n_users, n_items))
         self._init_embeddings()
 
     def _init_embeddings(self) -> None:
@@ -94,28 +99,6 @@ class DeepFM(CandidateRanker):
             self.last_item.weight[0].zero_()
 
     # ---- hooks ----------------------------------------------------------------------------------
-    def set_side_features(self, features: SideFeatures) -> None:
-        """Attribute field tables sized from the vocabularies; codes kept as buffers."""
-        self.clear_eval_cache()  # cached item vectors were built from the old attributes
-        card, width = features.cardinalities, self.k + 1
-        self.age = nn.Embedding(card["age"], width)
-        self.gender = nn.Embedding(card["gender"], width)
-        self.occupation = nn.Embedding(card["occupation"], width)
-        self.year = nn.Embedding(card["year"], width)
-        self.title_word = nn.Embedding(card["title"], width, padding_idx=0)
-        self.genre = nn.Embedding(features.item_genres.shape[1], width)
-        for table in (self.age, self.gender, self.occupation, self.year, self.title_word, self.genre):
-            nn.init.normal_(table.weight, std=0.01)
-        with torch.no_grad():
-            self.title_word.weight[0].zero_()
-        user_codes = np.concatenate([features.user_codes, np.zeros((1, 3), dtype=np.int64)])
-        genres = features.item_genres.astype(np.float32)
-        genres = genres / np.clip(genres.sum(axis=1, keepdims=True), 1.0, None)  # mean over genres
-        self.register_buffer("user_codes", torch.from_numpy(user_codes.astype(np.int64)))
-        self.register_buffer("item_genre_weights", torch.from_numpy(genres))
-        self.register_buffer("item_year", torch.from_numpy(features.item_year.astype(np.int64)))
-        self.register_buffer("item_title", torch.from_numpy(features.item_title.astype(np.int64)))
-
     def set_train_matrix(self, matrix: sp.csr_matrix) -> None:
         """Items with training interactions keep their id row; the others use the unknown row."""
         self.item_in_train.copy_(torch.from_numpy(np.asarray((matrix > 0).sum(axis=0)).ravel() > 0))
@@ -128,37 +111,34 @@ class DeepFM(CandidateRanker):
         return torch.where(drop, torch.full_like(ids, unknown), ids)
 
     def _request_fields(
-        self, user_rows: torch.Tensor, user_codes: torch.Tensor, history: torch.Tensor
+        self, user_rows: torch.Tensor, user_attributes: torch.Tensor, history: torch.Tensor
     ) -> torch.Tensor:
-        """(B, USER_FIELDS, k + 1) request-side field rows."""
+        """(B, user fields, k + 1) request-side field rows; ``user_attributes`` (B, attributes, k + 1)."""
         last = history[:, -1] if history.shape[1] > 0 else torch.zeros_like(user_rows)
-        return torch.stack(
+        return torch.cat(
             [
-                self.user_id(user_rows),
-                self.age(user_codes[:, 0]),
-                self.gender(user_codes[:, 1]),
-                self.occupation(user_codes[:, 2]),
-                self.last_item(last),
-                self.history_bucket(history_length_bucket(history)),
+                self.user_id(user_rows).unsqueeze(-2),
+                user_attributes,
+                self.last_item(last).unsqueeze(-2),
+                self.history_bucket(history_length_bucket(history)).unsqueeze(-2),
             ],
             dim=-2,
         )
 
     def _item_fields(self, items: torch.Tensor) -> torch.Tensor:
-        """(..., ITEM_FIELDS, k + 1) item-side field rows of item indices ``items``."""
+        """(..., item fields, k + 1) item-side field rows of item indices ``items``."""
         known = self.item_in_train[items] | (items == 0) | ~self.item_in_train.any()
         rows = torch.where(known, items, torch.full_like(items, self.unknown_item))
         rows = self._drop_ids(rows, self.item_id_dropout, self.unknown_item)
-        titles = self.item_title[items]
-        title_mask = (titles > 0).unsqueeze(-1).float()
-        title = (self.title_word(titles) * title_mask).sum(-2) / title_mask.sum(-2).clamp(min=1.0)
-        genre = self.item_genre_weights[items] @ self.genre.weight
-        return torch.stack([self.item_id(rows), self.year(self.item_year[items]), genre, title], dim=-2)
+        return torch.cat([self.item_id(rows).unsqueeze(-2), self.item_attributes(items)], dim=-2)
 
-    def _user_rows(self, users: torch.Tensor) -> torch.Tensor:
+    def _request(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """Request fields of user indices (-1 = unknown). A dropped id keeps the user's attributes: the
+        model must learn to score from them, as it will for a user it has never seen."""
         valid = (users >= 0) & (users < self.n_users)
         rows = torch.where(valid, users, torch.full_like(users, self.unknown_user))
-        return self._drop_ids(rows, self.user_id_dropout, self.unknown_user)
+        ids = self._drop_ids(rows, self.user_id_dropout, self.unknown_user)
+        return self._request_fields(ids, self.user_attributes(rows), history)
 
     # ---- scoring --------------------------------------------------------------------------------
     def _logits(self, request: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -178,21 +158,19 @@ class DeepFM(CandidateRanker):
         self, users: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor
     ) -> torch.Tensor:
         """Logits (B, N) of candidate items (B, N) for each request."""
-        rows = self._user_rows(users)
-        return self._logits(
-            self._request_fields(rows, self.user_codes[rows], history), self._item_fields(candidates)
-        )
+        return self._logits(self._request(users, history), self._item_fields(candidates))
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        rows = self._user_rows(users)
-        return self._score_all(self._request_fields(rows, self.user_codes[rows], history))
+        return self._score_all(self._request(users, history))
 
     def full_sort_predict_from_attributes(
-        self, user_codes: torch.Tensor, history: torch.Tensor
+        self, codes: torch.Tensor, numbers: torch.Tensor, history: torch.Tensor
     ) -> torch.Tensor:
-        """Scores for users never seen in training: attribute codes (B, 3) + optional history (B, L)."""
-        rows = torch.full((user_codes.shape[0],), self.unknown_user, device=user_codes.device)
-        return self._score_all(self._request_fields(rows, user_codes.long(), history))
+        """Scores for users never seen in training, from their encoded attributes
+        (``Attributes.users.encode``: codes (B, W), numbers (B, N)) and optional history (B, L)."""
+        rows = torch.full((codes.shape[0],), self.unknown_user, device=codes.device)
+        vectors = self.user_attributes.vectors(codes.long(), numbers.float())
+        return self._score_all(self._request_fields(rows, vectors, history))
 
     def _score_all(self, request: torch.Tensor) -> torch.Tensor:
         """All items' logits; item fields computed once, pairs scored in item chunks to bound memory."""
@@ -205,6 +183,6 @@ class DeepFM(CandidateRanker):
         return torch.cat(chunks, dim=1)
 
     def item_embeddings(self) -> torch.Tensor:
-        """(n_items + 1, ITEM_FIELDS * k): concatenated item-side field vectors (for /similar_items)."""
+        """(n_items + 1, item fields * k): concatenated item-side field vectors (for /similar_items)."""
         items = torch.arange(self.n_items + 1, device=self.item_id.weight.device)
         return self._item_fields(items)[..., : self.k].flatten(-2)

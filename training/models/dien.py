@@ -24,13 +24,12 @@ hundred candidates); steps before a block's first real item are skipped (the sta
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models.din import AttributeEncoder, CTRRanker, masked_mean
+from training.attributes import Attributes
+from training.models.din import CTRInputs, CTRRanker, masked_mean
 from training.models.gru4rec import run_gru
 
 
@@ -96,6 +95,7 @@ class DIEN(CTRRanker):
         self,
         n_users: int,
         n_items: int,
+        attributes: Attributes | None = None,
         embedding_size: int = 32,
         attribute_size: int = 8,
         user_id_size: int = 0,
@@ -107,15 +107,14 @@ class DIEN(CTRRanker):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         score_budget: int = 4_000_000,
-        **training_params: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["attributes"])
         self.n_users, self.n_items, self.max_len = n_users, n_items, history_length
         self.lr, self.weight_decay, self.score_budget = lr, weight_decay, score_budget
         self.aux_weight = aux_weight
         d, hidden = embedding_size, hidden_size
-        self.encoder = AttributeEncoder(n_users, n_items, d, attribute_size, user_id_size)
+        self.encoder = CTRInputs(n_users, n_items, d, attribute_size, user_id_size, attributes)
         self.extractor = nn.GRU(d, hidden, batch_first=True)
         self.aux_mlp = nn.Sequential(nn.Linear(hidden + d, aux_hidden), nn.ReLU(), nn.Linear(aux_hidden, 1))
         self.attention_proj = nn.Linear(d, hidden, bias=False)  # bilinear a_t ~ exp(h_t W e_c)
@@ -196,7 +195,7 @@ class DIEN(CTRRanker):
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         history = self._cut(batch["history"])
         users = batch["users"]
-        user_vecs = self.encoder.user_vectors(self.encoder.user_codes_of(users), users)
+        user_vecs = self.encoder.user_vectors(*self.encoder.user_inputs(users), users)
         context = self._context(self.encoder.item_vectors(), user_vecs, history)
         candidates = torch.cat([batch["items"].unsqueeze(1), batch["negatives"]], dim=1)
         logits, _ = self._logits(context, candidates)

@@ -1,14 +1,14 @@
 """DIN (Zhou et al., 2018, Deep Interest Network): a CTR ranker that attends over the user's history.
 
 Inputs are what the feature store served point-in-time: the history item ids of the example
-(right-aligned, 0 = padding) and the side features (``set_side_features``): user age/gender/occupation
-codes and item genres, release-year bin and title words, plus an optional user-id embedding
+(right-aligned, 0 = padding) and the user and item attributes the dataset's schema declares (through
+the generic ``training.attributes.AttributeEncoder``), plus an optional user-id embedding
 (``user_id_size``, 0 = none as in the paper) that is zero for an unknown user (index -1) or a user given
 only by attributes, so such users are scored from their history and attributes alone.
 
-- Item representation: id embedding + genre bag (mean of the item's genre vectors) + release-year
-  embedding + title bag (mean of its word vectors), all of size ``embedding_size`` (without side
-  features: the id embedding only). The same vector encodes history items and candidates.
+- Item representation: id embedding + the sum of one vector per item attribute (list and text
+  attributes: the mean of their token vectors), all of size ``embedding_size`` (ids-only data: the
+  id embedding alone). The same vector encodes history items and candidates.
 - Local activation unit (paper Fig. 2): ``a(h, c) = w2 . PReLU(W [h, c, h - c, h * c] + b) + b2`` for
   every history item h and candidate c. As in the paper the weights are NOT softmax-normalised
   (``attention_normalisation: none``), so the strength of the interest is kept in the magnitude of the
@@ -31,30 +31,28 @@ configs/models/din.yaml.
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.attributes import AttributeEncoder, Attributes
 from training.models.base import CandidateRanker
-from training.side_features import SideFeatures
-
-USER_FIELDS = ("age", "gender", "occupation")
 
 
-class AttributeEncoder(nn.Module):
-    """Item vectors (id + genre/year/title) and user attribute vectors, shared by DIN and DIEN.
-
-    Attribute tables exist only after ``set_side_features``; before that (ids-only data) item vectors
-    are the id embeddings and user attribute vectors are zeros, so the downstream sizes never change.
-    """
+class CTRInputs(nn.Module):
+    """Item vectors (id + attributes) and user vectors (attributes + optional id), shared by DIN and DIEN."""
 
     def __init__(
-        self, n_users: int, n_items: int, embedding_size: int, attribute_size: int, user_id_size: int = 0
+        self,
+        n_users: int,
+        n_items: int,
+        embedding_size: int,
+        attribute_size: int,
+        user_id_size: int = 0,
+        attributes: Attributes | None = None,
     ) -> None:
         super().__init__()
+        attributes = attributes or Attributes.empty(n_users, n_items)
         self.n_items, self.embedding_size, self.attribute_size = n_items, embedding_size, attribute_size
         self.user_id_size = user_id_size
         self.item_id = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
@@ -67,58 +65,34 @@ class AttributeEncoder(nn.Module):
         nn.init.normal_(self.item_id.weight, std=0.05)
         with torch.no_grad():
             self.item_id.weight[0].zero_()
-        self.has_side_features = False
+        self.item_attributes = AttributeEncoder(attributes.items, embedding_size, init_std=0.05)
+        self.user_attributes = AttributeEncoder(attributes.users, attribute_size, init_std=0.05)
 
     @property
     def user_size(self) -> int:
-        return len(USER_FIELDS) * self.attribute_size + self.user_id_size
-
-    def set_side_features(self, features: SideFeatures) -> None:
-        cards = features.cardinalities
-        d, a = self.embedding_size, self.attribute_size
-        self.register_buffer("user_codes", torch.from_numpy(np.asarray(features.user_codes, dtype=np.int64)))
-        genres = torch.from_numpy(np.asarray(features.item_genres, dtype=np.float32))
-        # Mean over the item's genres (rows without genres, e.g. padding, stay zero).
-        self.register_buffer("item_genres", genres / genres.sum(1, keepdim=True).clamp(min=1.0))
-        self.register_buffer("item_year", torch.from_numpy(np.asarray(features.item_year, dtype=np.int64)))
-        self.register_buffer("item_title", torch.from_numpy(np.asarray(features.item_title, dtype=np.int64)))
-        self.user_tables = nn.ModuleList(nn.Embedding(cards[f], a, padding_idx=0) for f in USER_FIELDS)
-        self.genre = nn.Linear(genres.shape[1], d, bias=False)
-        self.year = nn.Embedding(cards["year"], d, padding_idx=0)
-        self.title = nn.Embedding(cards["title"], d, padding_idx=0)
-        for table in (*self.user_tables, self.year, self.title):
-            nn.init.normal_(table.weight, std=0.05)
-            with torch.no_grad():
-                table.weight[0].zero_()
-        nn.init.normal_(self.genre.weight, std=0.05)
-        self.has_side_features = True
+        return self.user_attributes.n_fields * self.attribute_size + self.user_id_size
 
     def item_vectors(self) -> torch.Tensor:
         """(n_items + 1, d) vectors of every item; row 0 (padding) is exactly zero."""
-        vectors = self.item_id.weight
-        if self.has_side_features:
-            words = self.item_title > 0
-            title = self.title(self.item_title).sum(1) / words.sum(1, keepdim=True).clamp(min=1)
-            vectors = vectors + self.genre(self.item_genres) + self.year(self.item_year) + title
-        return vectors
+        items = torch.arange(self.n_items + 1, device=self.item_id.weight.device)
+        vectors = self.item_id.weight + self.item_attributes(items).sum(-2)
+        return vectors * (items > 0).unsqueeze(1)
 
-    def user_codes_of(self, users: torch.Tensor) -> torch.Tensor:
-        """(B, 3) attribute codes of user indices; unknown users (-1) and ids-only data get zeros."""
-        if not self.has_side_features:
-            return torch.zeros(users.shape[0], len(USER_FIELDS), dtype=torch.long, device=users.device)
-        codes = self.user_codes[users.clamp(min=0)]
-        return codes * (users >= 0).unsqueeze(1)
+    def user_inputs(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoded attributes (codes, numbers) of user indices; unknown users (-1) get all-unknown ones."""
+        codes, numbers = self.user_attributes.rows(users.clamp(min=0))
+        known = (users >= 0).unsqueeze(1)
+        return codes * known, numbers * known
 
-    def user_vectors(self, codes: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 3 a + u): age/gender/occupation embeddings of codes (B, 3), then the user-id embedding.
+    def user_vectors(
+        self, codes: torch.Tensor, numbers: torch.Tensor, users: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, fields a + u): the user's attribute vectors, then the user-id embedding.
 
         ``users`` None (a user given by attributes only) or -1 (unknown) gives a zero id vector.
         """
         batch = codes.shape[0]
-        if self.has_side_features:
-            parts = [table(codes[:, i]) for i, table in enumerate(self.user_tables)]
-        else:
-            parts = [torch.zeros(batch, len(USER_FIELDS) * self.attribute_size, device=codes.device)]
+        parts = [self.user_attributes.vectors(codes, numbers).flatten(-2)]
         if self.user_id is not None:
             if users is None:
                 parts.append(torch.zeros(batch, self.user_id_size, device=codes.device))
@@ -153,13 +127,11 @@ class CTRRanker(CandidateRanker):
 
     ROW_BLOCK = 64  # users per full-ranking block (see ``_score``)
     scores_from_history = True  # no user-id embedding: an unknown user (-1) is scored from its history
+    uses_attributes = True
+    scores_cold_items = True  # an item's vector is its (small, untrained) id row plus its attributes
     max_len: int
-    encoder: AttributeEncoder
+    encoder: CTRInputs
     score_budget: int
-
-    def set_side_features(self, features: SideFeatures) -> None:
-        self.clear_eval_cache()  # cached item vectors were built from the old attributes
-        self.encoder.set_side_features(features)
 
     def item_embeddings(self) -> torch.Tensor:
         return self.encoder.item_vectors()
@@ -188,7 +160,7 @@ class CTRRanker(CandidateRanker):
 
     def _score(
         self,
-        user_codes: torch.Tensor,
+        user_inputs: tuple[torch.Tensor, torch.Tensor],
         history: torch.Tensor,
         candidates: torch.Tensor,
         explain: int = 0,
@@ -202,9 +174,12 @@ class CTRRanker(CandidateRanker):
         # faster than one block of 512 users); per-row candidates (training, pointwise) go in one block.
         rows = self.ROW_BLOCK if candidates.shape[0] == 1 else history.shape[0]
         outputs = []
+        codes, numbers = user_inputs
         for top in range(0, history.shape[0], rows):
             block = slice(top, top + rows)
-            user_vecs = self.encoder.user_vectors(user_codes[block], None if users is None else users[block])
+            user_vecs = self.encoder.user_vectors(
+                codes[block], numbers[block], None if users is None else users[block]
+            )
             context = self._context(items, user_vecs, history[block])
             cands = candidates if candidates.shape[0] == 1 else candidates[block]
             step = self._chunk_items(context["mask"].shape[0], self._per_pair_floats(history.shape[1]))
@@ -219,27 +194,26 @@ class CTRRanker(CandidateRanker):
         self, users: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor
     ) -> torch.Tensor:
         """Logits (B, N) of candidate items (B, N) for each user and history."""
-        return self._score(self.encoder.user_codes_of(users), history, candidates, users=users)
+        return self._score(self.encoder.user_inputs(users), history, candidates, users=users)
 
     def explain(
         self, users: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor, top: int = 3
     ) -> torch.Tensor:
         """(B, N, top) history items with the highest attention weight per candidate (0 = none)."""
-        return self._score(self.encoder.user_codes_of(users), history, candidates, top, users)
+        return self._score(self.encoder.user_inputs(users), history, candidates, top, users)
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         all_items = torch.arange(self.encoder.n_items + 1, device=history.device).unsqueeze(0)
-        return self._score(self.encoder.user_codes_of(users), history, all_items, users=users)
+        return self._score(self.encoder.user_inputs(users), history, all_items, users=users)
 
     def full_sort_predict_from_attributes(
-        self, user_codes: torch.Tensor, history: torch.Tensor
+        self, codes: torch.Tensor, numbers: torch.Tensor, history: torch.Tensor
     ) -> torch.Tensor:
-        """Scores (B, n_items + 1) of a user given by attribute codes (B, 3) and history (B, L).
-
-        The user-id embedding (if any) is zero here, as for an unknown user.
-        """
+        """Scores (B, n_items + 1) of a user given by encoded attributes (``Attributes.users.encode``:
+        codes (B, W), numbers (B, N)) and history (B, L). The user-id embedding (if any) is zero here,
+        as for an unknown user."""
         all_items = torch.arange(self.encoder.n_items + 1, device=history.device).unsqueeze(0)
-        return self._score(user_codes, history, all_items)
+        return self._score((codes.long(), numbers.float()), history, all_items)
 
 
 class DIN(CTRRanker):
@@ -247,6 +221,7 @@ class DIN(CTRRanker):
         self,
         n_users: int,
         n_items: int,
+        attributes: Attributes | None = None,
         embedding_size: int = 32,
         attribute_size: int = 8,
         user_id_size: int = 0,
@@ -257,10 +232,9 @@ class DIN(CTRRanker):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         score_budget: int = 2_000_000,
-        **training_params: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["attributes"])
         if attention_normalisation not in ("none", "softmax"):
             raise ValueError(
                 f"attention_normalisation must be 'none' or 'softmax', not {attention_normalisation!r}"
@@ -269,13 +243,13 @@ class DIN(CTRRanker):
         self.lr, self.weight_decay, self.score_budget = lr, weight_decay, score_budget
         self.normalisation = attention_normalisation
         d = embedding_size
-        self.encoder = AttributeEncoder(n_users, n_items, d, attribute_size, user_id_size)
+        self.encoder = CTRInputs(n_users, n_items, d, attribute_size, user_id_size, attributes)
         # Local activation unit: Linear(4d -> a) over [h, c, h - c, h * c], PReLU, Linear(a -> 1).
         self.attention_in = nn.Linear(4 * d, attention_size)
         self.attention_act = nn.PReLU()
         self.attention_out = nn.Linear(attention_size, 1)
         sizes = list(mlp_sizes)
-        # Output MLP over [interest (d), candidate (d), user attributes + id (3a + u), mean history (d)].
+        # Output MLP over [interest (d), candidate (d), user attributes + id (fields a + u), mean history (d)].
         self.mlp_in = nn.Linear(3 * d + self.encoder.user_size, sizes[0])
         layers: list[nn.Module] = [nn.PReLU()]
         for width_in, width_out in zip(sizes[:-1], sizes[1:], strict=True):

@@ -24,8 +24,6 @@ SASRec 0.0924, BPR 0.0604 on the same split.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,7 +68,6 @@ class GRU4Rec(RecommenderModule):
         max_len: int = 50,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        **training_params: Any,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

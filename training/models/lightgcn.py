@@ -75,7 +75,6 @@ class LightGCN(RecommenderModule):
         n_layers: int = 3,
         lr: float = 1e-2,
         reg_weight: float = 1e-4,
-        **training_params: Any,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

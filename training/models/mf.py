@@ -32,8 +32,6 @@ valid NDCG@10 picks an early epoch (RMSE ~1.0), because ranking gets worse as th
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -51,7 +49,6 @@ class RatingMF(RecommenderModule):
         reg_weight: float = 0.05,
         table_reg: float = 0.0,
         weight_decay: float = 0.0,
-        **training_params: Any,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

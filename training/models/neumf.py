@@ -27,8 +27,6 @@ embedding is not a user embedding), so the request history is not used for them;
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,7 +48,6 @@ class NeuMF(RecommenderModule):
         reg_weight: float = 3e-3,
         unknown_user_prob: float = 0.01,
         predict_chunk: int = 4_000_000,
-        **training_params: Any,
     ) -> None:
         super().__init__()
         if loss_type not in ("bpr", "bce"):

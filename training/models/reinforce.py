@@ -45,8 +45,6 @@ of the importance-weighted gradient, as the paper's capping does.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -89,7 +87,6 @@ class TopKReinforce(RecommenderModule):
         ce_weight: float = 1.0,
         lr: float = 3e-3,
         weight_decay: float = 0.0,
-        **training_params: Any,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -20,8 +20,6 @@ itself (a padding query then sees only itself rather than nothing, avoiding NaN 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,7 +41,6 @@ class SASRec(RecommenderModule):
         loss_type: str = "ce",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        **training_params: Any,
     ) -> None:
         super().__init__()
         if loss_type not in ("ce", "bce"):

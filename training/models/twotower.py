@@ -1,8 +1,10 @@
 """Two-tower retrieval model with side features (Covington et al., 2016; Yi et al., 2019).
 
-User tower: MLP over [user id embedding, age / gender / occupation embeddings, masked mean of the
-point-in-time history items' embeddings]. Item tower: MLP over [item id embedding, genre multi-hot
-projection, release-year-bin embedding, mean of the title word embeddings]. Both outputs are
+User tower: MLP over [user id embedding, one vector per declared user attribute, masked mean of the
+point-in-time history items' embeddings]. Item tower: MLP over [item id embedding, one vector per
+declared item attribute]. Attributes come from the dataset's schema through the generic
+``training.attributes.AttributeEncoder`` (list attributes such as genres are summed: a multi-hot
+projection; text words are averaged). Both outputs are
 L2-normalised and score(u, i) = <u, i> / temperature, so the catalogue can be served by a
 nearest-neighbour index over ``item_embeddings()``.
 
@@ -35,16 +37,14 @@ items without a training interaction always use it, so they are scored from thei
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.attributes import AttributeEncoder, Attributes
 from training.models.base import RecommenderModule
-from training.side_features import SideFeatures
 
 
 def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -65,11 +65,14 @@ def masked_mean(embedded: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
 
 class TwoTower(RecommenderModule):
     scores_from_history = True
+    uses_attributes = True
+    scores_cold_items = True  # items without interactions are scored from their attributes
 
     def __init__(
         self,
         n_users: int,
         n_items: int,
+        attributes: Attributes | None = None,
         embedding_size: int = 64,
         attribute_size: int = 16,
         hidden_sizes: list[int] | None = None,
@@ -82,10 +85,9 @@ class TwoTower(RecommenderModule):
         logq_correction: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        **training_params: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["attributes"])
         self.n_users, self.n_items = n_users, n_items
         self.embedding_size, self.attribute_size = embedding_size, attribute_size
         self.hidden_sizes = list(hidden_sizes if hidden_sizes is not None else [128])
@@ -108,29 +110,18 @@ class TwoTower(RecommenderModule):
         # Filled by set_train_matrix; saved in the state dict so a loaded artifact knows them too.
         self.register_buffer("item_in_train", torch.zeros(n_items + 1, dtype=torch.bool))
         self.register_buffer("item_log_count", torch.zeros(n_items + 1))
-        # Placeholder attributes (all "unknown"), replaced by set_side_features.
-        self.set_side_features(_empty_side_features(n_users, n_items))
+        attributes = attributes or Attributes.empty(n_users, n_items)
+        a = attribute_size
+        # Row n_users of the user attributes is the all-unknown row of users outside the index.
+        self.user_attributes = AttributeEncoder(
+            attributes.users, a, list_pooling="sum", init_std=0.05
+        ).with_unknown_row()
+        self.item_attributes = AttributeEncoder(attributes.items, a, list_pooling="sum", init_std=0.05)
+        d, hidden = embedding_size, self.hidden_sizes
+        self.user_tower = mlp([2 * d + self.user_attributes.n_fields * a, *hidden, d], dropout)
+        self.item_tower = mlp([d + self.item_attributes.n_fields * a, *hidden, d], dropout)
 
     # ---- hooks ----------------------------------------------------------------------------------
-    def set_side_features(self, features: SideFeatures) -> None:
-        """Attribute tables sized from the vocabularies; codes kept as buffers (row n_users = unknown)."""
-        self.clear_eval_cache()  # cached item vectors were built from the old attributes
-        card, a = features.cardinalities, self.attribute_size
-        self.age = nn.Embedding(card["age"], a)
-        self.gender = nn.Embedding(card["gender"], a)
-        self.occupation = nn.Embedding(card["occupation"], a)
-        self.year = nn.Embedding(card["year"], a)
-        self.title_word = nn.Embedding(card["title"], a, padding_idx=0)
-        self.genre = nn.Linear(features.item_genres.shape[1], a, bias=False)
-        user_codes = np.concatenate([features.user_codes, np.zeros((1, 3), dtype=np.int64)])
-        self.register_buffer("user_codes", torch.from_numpy(user_codes.astype(np.int64)))
-        self.register_buffer("item_genres", torch.from_numpy(features.item_genres.astype(np.float32)))
-        self.register_buffer("item_year", torch.from_numpy(features.item_year.astype(np.int64)))
-        self.register_buffer("item_title", torch.from_numpy(features.item_title.astype(np.int64)))
-        d, hidden = self.embedding_size, self.hidden_sizes
-        self.user_tower = mlp([2 * d + 3 * a, *hidden, d], self.dropout_rate)
-        self.item_tower = mlp([d + 3 * a, *hidden, d], self.dropout_rate)
-
     def set_train_matrix(self, matrix: sp.csr_matrix) -> None:
         """Which items have training interactions (others use the unknown id row) and their counts."""
         counts = torch.from_numpy(np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.float32))
@@ -139,29 +130,22 @@ class TwoTower(RecommenderModule):
 
     # ---- towers ---------------------------------------------------------------------------------
     def _user_vectors(
-        self, user_ids: torch.Tensor, user_codes: torch.Tensor, history: torch.Tensor
+        self, user_ids: torch.Tensor, user_attributes: torch.Tensor, history: torch.Tensor
     ) -> torch.Tensor:
-        """(B, d) normalised user vectors; ``user_ids`` already mapped (unknown = n_users)."""
+        """(B, d) normalised user vectors; ``user_ids`` already mapped (unknown = n_users);
+        ``user_attributes`` (B, fields, a) from ``self.user_attributes``."""
         if not self.pool_history:  # ablation switch: the history part of the input is then all zeros
             history = history[:, :0]
         parts = [
             self.user_id(user_ids),
-            self.age(user_codes[:, 0]),
-            self.gender(user_codes[:, 1]),
-            self.occupation(user_codes[:, 2]),
+            user_attributes.flatten(-2),
             masked_mean(self.history_item(history), history),
         ]
         return F.normalize(self.user_tower(torch.cat(parts, dim=-1)), dim=-1)
 
     def _item_vectors(self, items: torch.Tensor, id_rows: torch.Tensor) -> torch.Tensor:
         """(..., d) normalised item vectors of item indices ``items``; ``id_rows`` = id-table rows."""
-        titles = self.item_title[items]
-        parts = [
-            self.item_id(id_rows),
-            self.genre(self.item_genres[items]),
-            self.year(self.item_year[items]),
-            masked_mean(self.title_word(titles), titles),
-        ]
+        parts = [self.item_id(id_rows), self.item_attributes(items).flatten(-2)]
         return F.normalize(self.item_tower(torch.cat(parts, dim=-1)), dim=-1)
 
     def _item_id_rows(self, items: torch.Tensor) -> torch.Tensor:
@@ -194,7 +178,7 @@ class TwoTower(RecommenderModule):
         if self.history_dropout > 0:
             keep = torch.rand(history.shape[0], 1, device=history.device) >= self.history_dropout
             history = history * keep
-        user_vectors = self._user_vectors(user_rows, self.user_codes[users], history)
+        user_vectors = self._user_vectors(user_rows, self.user_attributes(users), history)
         # One shared, de-duplicated candidate set: in-batch positives + every row's uniform negatives.
         candidates, inverse = torch.unique(
             torch.cat([positives, batch["negatives"].reshape(-1)]), return_inverse=True
@@ -215,25 +199,16 @@ class TwoTower(RecommenderModule):
     # ---- scoring --------------------------------------------------------------------------------
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         rows = self._known_users(users)
-        return self._score_all(self._user_vectors(rows, self.user_codes[rows], history))
+        return self._score_all(self._user_vectors(rows, self.user_attributes(rows), history))
 
     def full_sort_predict_from_attributes(
-        self, user_codes: torch.Tensor, history: torch.Tensor
+        self, codes: torch.Tensor, numbers: torch.Tensor, history: torch.Tensor
     ) -> torch.Tensor:
-        """Scores for users never seen in training: attribute codes (B, 3) + optional history (B, L)."""
-        rows = torch.full((user_codes.shape[0],), self.unknown_user, device=user_codes.device)
-        return self._score_all(self._user_vectors(rows, user_codes.long(), history))
+        """Scores for users never seen in training, from their encoded attributes
+        (``Attributes.users.encode``: codes (B, W), numbers (B, N)) and optional history (B, L)."""
+        rows = torch.full((codes.shape[0],), self.unknown_user, device=codes.device)
+        vectors = self.user_attributes.vectors(codes.long(), numbers.float())
+        return self._score_all(self._user_vectors(rows, vectors, history))
 
     def _score_all(self, user_vectors: torch.Tensor) -> torch.Tensor:
         return user_vectors @ self.eval_cache("item_embeddings", self.item_embeddings).T / self.temperature
-
-
-def _empty_side_features(n_users: int, n_items: int) -> SideFeatures:
-    """All-unknown attributes: lets the module run (ids + history only) before set_side_features."""
-    return SideFeatures(
-        user_codes=np.zeros((n_users, 3), dtype=np.int64),
-        item_genres=np.zeros((n_items + 1, 1), dtype=np.float32),
-        item_year=np.zeros(n_items + 1, dtype=np.int64),
-        item_title=np.zeros((n_items + 1, 1), dtype=np.int64),
-        vocab={f: [] for f in ("age", "gender", "occupation", "genre", "year", "title")},
-    )
