@@ -99,11 +99,12 @@ def _run_artifact(run_dir: Path) -> Path | None:
 
 
 def is_ranker_model(name: str) -> bool:
-    """Whether the registered model ``name`` is a candidate ranker (class attribute ``is_ranker``)."""
+    """Whether the registered model ``name`` is a candidate ranker (declares ``RanksCandidates``)."""
     from training.models import get_spec
+    from training.models.capabilities import RanksCandidates
 
     try:
-        return bool(getattr(get_spec(name).factory, "is_ranker", False))
+        return RanksCandidates in get_spec(name).capabilities
     except (KeyError, ImportError, AttributeError):  # unregistered, or its module is not written yet
         return False
 

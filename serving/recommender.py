@@ -37,6 +37,16 @@ from training.artifact import (
     load_model_artifact,
     trained_history_length,
 )
+from training.models.capabilities import (
+    EmbedsItems,
+    Explains,
+    ItemSimilarity,
+    RanksCandidates,
+    RanksCandidatesFromAttributes,
+    ScoresFromAttributes,
+    ScoresFromHistory,
+    can,
+)
 
 DEFAULT_CANDIDATES = 200  # retrieval depth of two-stage serving
 EXPLAIN_TOP = 3  # history items named per recommended item
@@ -111,20 +121,16 @@ class Recommender:
         pop[0] = -torch.inf
         self._popularity = pop
         self._seen = art.seen.tocsr()
-        self.uses_history = (
-            # Non-sequential models that can score a user unknown at training time from an item
-            # history say so with ``scores_from_history`` (ItemKNN, BPR, LightGCN, ...).
-            self.kind == "sequential" or bool(getattr(module, "scores_from_history", False))
-        )
+        # Models that score a user unknown at training time from an item history declare it
+        # (``ScoresFromHistory``: ItemKNN, BPR, LightGCN, the sequential models, ...).
+        self.uses_history = can(module, ScoresFromHistory)
         self.uses_attributes = (
             art.attributes is not None
             and bool(art.attributes.users.fields)
-            and callable(getattr(module, "full_sort_predict_from_attributes", None))
+            and can(module, ScoresFromAttributes)
         )
-        self.is_ranker = bool(getattr(module, "is_ranker", False)) and callable(
-            getattr(module, "score_candidates", None)
-        )
-        self.can_explain = callable(getattr(module, "explain", None))
+        self.is_ranker = can(module, RanksCandidates)
+        self.can_explain = can(module, Explains)
         if self.retriever is not None:
             if not self.is_ranker:
                 raise ValueError(
@@ -328,7 +334,7 @@ class Recommender:
     @property
     def _ranks_unknown_users(self) -> bool:
         """A ranker may score index -1 only if it declares a cold path (``scores_from_history``)."""
-        return bool(getattr(self.artifact.module, "scores_from_history", False))
+        return can(self.artifact.module, ScoresFromHistory)
 
     def _user_scores(
         self, user_id: str, hist: list[int], user_features: dict[str, Any] | None
@@ -369,7 +375,7 @@ class Recommender:
     def _ranker_codes(self, user_features: dict[str, Any] | None) -> EncodedUser | None:
         """A cold user's codes for the ranker if it can rank from attributes (else None)."""
         module = self.artifact.module
-        if not (self.uses_attributes or callable(getattr(module, "score_candidates_from_attributes", None))):
+        if not (self.uses_attributes or can(module, RanksCandidatesFromAttributes)):
             return None
         return self.encode_attributes(user_features)
 
@@ -388,7 +394,7 @@ class Recommender:
         history, candidates = self.history_tensor(hist), pool.reshape(1, -1)
         if codes is not None:
             user_codes, user_numbers = _batch_of_one(codes)
-            if callable(getattr(module, "score_candidates_from_attributes", None)):
+            if can(module, RanksCandidatesFromAttributes):
                 scores = module.score_candidates_from_attributes(
                     user_codes, user_numbers, history, candidates
                 )
@@ -450,34 +456,22 @@ def _finite_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def _item_vectors(art: ModelArtifact) -> torch.Tensor | None:
-    """Row-normalised item embeddings (n_items + 1, d) if the model has them, else None.
-
-    Preferred: a model method ``item_embeddings()``; otherwise any ``nn.Embedding`` of the module with
-    exactly ``n_items + 1`` rows (how BPR/SASRec-style models store item vectors).
-    """
-    module = art.module
-    vectors: torch.Tensor | None = None
-    with torch.no_grad():
-        if callable(getattr(module, "item_embeddings", None)):
-            vectors = module.item_embeddings()
-        else:
-            for _, sub in module.named_modules():
-                if isinstance(sub, torch.nn.Embedding) and sub.num_embeddings == art.n_items + 1:
-                    vectors = sub.weight
-                    break
-    if vectors is None:
+    """Row-normalised item embeddings (n_items + 1, d) of a model that declares ``EmbedsItems``, else None."""
+    if not can(art.module, EmbedsItems):
         return None
+    with torch.no_grad():
+        vectors = art.module.item_embeddings()
     vectors = vectors.detach().float()
     return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
 def _item_similarity(art: ModelArtifact) -> torch.Tensor | None:
-    """An item x item similarity matrix (ItemKNN keeps one as a buffer), else None."""
-    sim = getattr(art.module, "similarity", None)
+    """The item x item similarity matrix of a model that declares ``ItemSimilarity`` (ItemKNN), else None."""
+    if not can(art.module, ItemSimilarity):
+        return None
+    sim = art.module.similarity
     n = art.n_items + 1
-    if isinstance(sim, torch.Tensor) and tuple(sim.shape) == (n, n):
-        return sim.detach().float()
-    return None
+    return sim.detach().float() if tuple(sim.shape) == (n, n) else None
 
 
 def history_length_of(artifact_dir: Path) -> int:

@@ -21,6 +21,7 @@ from pipeline.artifacts import atomic_path
 from training.attributes import Attributes
 from training.knowledge_graph import KnowledgeGraph
 from training.models import build_model, get_spec
+from training.models.capabilities import NeedsKnowledgeGraph, ScoresColdItems, can
 
 ATTRIBUTES_DIR = "attributes"
 # Hyperparameter names under which models record the length of the history they were trained on.
@@ -61,7 +62,7 @@ class ModelArtifact:
     def untrained_items(self) -> torch.Tensor | None:
         """(n_items + 1,) items the model may not rank: without a training interaction, for a model that
         does not score items from their attributes (``scores_cold_items``); None when it may rank all."""
-        if getattr(self.module, "scores_cold_items", False):
+        if can(self.module, ScoresColdItems):
             return None
         return torch.from_numpy(np.asarray(self.popularity) <= 0)
 
@@ -116,9 +117,8 @@ def save_model_artifact(
             attributes.save(tmp / ATTRIBUTES_DIR)
         # A knowledge-aware model keeps the graph it was given (``set_knowledge_graph``); it sizes the
         # entity tables, so it travels with the weights like the side features.
-        knowledge_graph = getattr(module, "knowledge_graph", None)
-        if isinstance(knowledge_graph, KnowledgeGraph):
-            knowledge_graph.save(tmp / KNOWLEDGE_GRAPH_DIR)
+        if can(module, NeedsKnowledgeGraph) and isinstance(module.knowledge_graph, KnowledgeGraph):
+            module.knowledge_graph.save(tmp / KNOWLEDGE_GRAPH_DIR)
     return out_dir
 
 
@@ -128,7 +128,7 @@ def load_model_artifact(path: Path | str) -> ModelArtifact:
     # Attribute-aware models size their inputs from the attributes they were trained with.
     attributes = Attributes.load(path / ATTRIBUTES_DIR) if (path / ATTRIBUTES_DIR).exists() else None
     module = build_model(info["name"], info["n_users"], info["n_items"], attributes, **info["hparams"])
-    if (path / KNOWLEDGE_GRAPH_DIR).exists() and hasattr(module, "set_knowledge_graph"):
+    if (path / KNOWLEDGE_GRAPH_DIR).exists() and can(module, NeedsKnowledgeGraph):
         module.set_knowledge_graph(KnowledgeGraph.load(path / KNOWLEDGE_GRAPH_DIR))  # sizes entity tables
     state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     # Fitted baselines size some buffers from data (e.g. the user x item matrix): adopt saved shapes.

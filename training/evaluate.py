@@ -24,6 +24,7 @@ from training.artifact import DEFAULT_HISTORY_LENGTH, load_model_artifact
 from training.data import EvalInputs, build_eval_inputs, build_example_set, right_align
 from training.metrics import RankingAccumulator
 from training.models import build_model
+from training.models.capabilities import PointwiseMetrics, can
 from training.split import SplitIndex, train_matrix
 from training.train import evaluate_module
 
@@ -50,7 +51,7 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
     history_length = artifact.history_length or DEFAULT_HISTORY_LENGTH
     inputs = build_eval_inputs(split, "test", history_length)
     metrics = evaluate_module(artifact.module, inputs, list(cfg.ks), cfg.batch_users)
-    if hasattr(artifact.module, "pointwise_metrics"):
+    if can(artifact.module, PointwiseMetrics):
         # Rating error (MF), AUC/LogLoss (CTR rankers), off-policy reward (REINFORCE): each model
         # computes its own from the test examples, with the user's history as of each event.
         examples = build_example_set(split, "test", history_length, num_negatives=1, seed=split.seed)

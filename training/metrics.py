@@ -26,8 +26,10 @@ def ranking_exclusions(module: object, batch: dict[str, torch.Tensor]) -> torch.
     """What a model may not recommend in an evaluation batch: the user's seen items, and items without
     a training interaction unless the model scores items from their attributes (``scores_cold_items``);
     others would rank such an item by an embedding that never trained."""
+    from training.models.capabilities import ScoresColdItems, can
+
     exclude = batch["exclude"]
-    if getattr(module, "scores_cold_items", False) or "untrained" not in batch:
+    if can(module, ScoresColdItems) or "untrained" not in batch:
         return exclude
     return exclude | batch["untrained"].unsqueeze(0)
 

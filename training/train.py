@@ -29,6 +29,7 @@ from training.knowledge_graph import knowledge_graph_for
 from training.metrics import RankingAccumulator, ranking_exclusions
 from training.models import build_model, get_spec, uses_attributes
 from training.models.base import VALID_MONITOR
+from training.models.capabilities import NeedsKnowledgeGraph, NeedsTrainMatrix, can
 from training.split import SplitIndex, train_matrix
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,9 @@ def attach_split_data(module: torch.nn.Module, split: Split, matrix: Any) -> Non
     ``set_train_matrix(csr)``: the training user x item graph (LightGCN, content-based profiles).
     ``set_knowledge_graph(KnowledgeGraph)``: item knowledge graph triples (CKE).
     """
-    if hasattr(module, "set_train_matrix"):
+    if can(module, NeedsTrainMatrix):
         module.set_train_matrix(matrix)
-    if hasattr(module, "set_knowledge_graph"):
+    if can(module, NeedsKnowledgeGraph):
         module.set_knowledge_graph(knowledge_graph_for(split))
 
 

@@ -144,7 +144,9 @@ def test_dag_test_runs_recsys_bpr_end_to_end_and_says_whether_it_promoted(tmp_pa
     summary = json.loads((tmp_path / "summary.json").read_text())
     bpr = summary["models"]["bpr"]
     assert bpr["protocol"] == "temporal"  # the trigger-form parameter reached the stages
-    assert 0.0 <= bpr["metrics"]["ndcg@10"] <= 1.0 and not bpr["promoted"]  # 1 epoch on 15 test users: may be 0
+    assert (
+        0.0 <= bpr["metrics"]["ndcg@10"] <= 1.0 and not bpr["promoted"]
+    )  # 1 epoch on 15 test users: may be 0
     assert {"popularity", "itemknn"} <= set(summary["baselines"])
     assert summary["deployments"]["default"] is None
     drift = json.loads(Path(bpr["run_dir"], "drift.json").read_text())

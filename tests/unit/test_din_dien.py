@@ -16,6 +16,7 @@ from training.artifact import load_model_artifact, save_model_artifact
 from training.attributes import attributes_for
 from training.data import build_eval_inputs, build_example_set
 from training.models import MODELS, build_model
+from training.models.capabilities import Explains, RanksCandidates, can
 from training.models.dien import AUGRUCell
 from training.models.din import top_history_items
 from training.split import SplitIndex, make_split, train_matrix
@@ -50,7 +51,7 @@ def test_registered_rankers_with_configs(name: str) -> None:
     assert MODELS[name].kind == "example" and MODELS[name].trainable
     params = load_model_params(name)
     module = build_model(name, 5, 9, **params).eval()  # every yaml key is accepted
-    assert module.is_ranker and params["history_length"] <= 30
+    assert can(module, RanksCandidates) and can(module, Explains) and params["history_length"] <= 30
     with torch.no_grad():
         assert module.full_sort_predict(torch.tensor([0]), torch.tensor([[0, 1, 2]])).shape == (1, 10)
 

@@ -19,6 +19,7 @@ import torch
 from serving.recommender import Recommender, history_length_of, load_recommender
 from training.artifact import save_model_artifact
 from training.models import build_model
+from training.models.capabilities import EmbedsItems
 
 N_USERS, N_ITEMS = 6, 10
 ITEM_IDS = [f"i{j}" for j in range(1, N_ITEMS + 1)]  # index j -> "i{j}"
@@ -132,12 +133,14 @@ def test_similar_items_itemknn_and_cooccurrence(knn: Recommender, pop: Recommend
 
 
 def test_similar_items_uses_item_embeddings_when_present(pop: Recommender) -> None:
-    class WithEmbeddings(torch.nn.Module):
+    class WithEmbeddings(torch.nn.Module, EmbedsItems):
         def __init__(self) -> None:
             super().__init__()
-            self.items = torch.nn.Embedding(N_ITEMS + 1, 2)
+            self.item_embedding = torch.nn.Embedding(N_ITEMS + 1, 2)
             with torch.no_grad():
-                self.items.weight.copy_(torch.tensor([[0, 0]] + [[1.0, j / 10] for j in range(N_ITEMS)]))
+                self.item_embedding.weight.copy_(
+                    torch.tensor([[0, 0]] + [[1.0, j / 10] for j in range(N_ITEMS)])
+                )
 
         def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
             return torch.zeros(users.shape[0], N_ITEMS + 1)

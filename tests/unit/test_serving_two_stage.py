@@ -27,6 +27,15 @@ from tests.serving_fixtures import RANKER_HPARAMS, passed
 from training.artifact import save_model_artifact
 from training.attributes import Attributes, encode_side
 from training.models import MODELS, ModelSpec
+from training.models.capabilities import (
+    Explains,
+    RanksCandidates,
+    RanksCandidatesFromAttributes,
+    ScoresColdItems,
+    ScoresFromAttributes,
+    ScoresFromHistory,
+    UsesAttributes,
+)
 
 N_USERS, N_ITEMS = 4, 10
 ITEM_IDS = [f"i{j}" for j in range(1, N_ITEMS + 1)]  # index j -> "i{j}"
@@ -62,11 +71,8 @@ def _attributes() -> Attributes:
     )
 
 
-class TinyRetriever(nn.Module):
+class TinyRetriever(nn.Module, UsesAttributes, ScoresColdItems, ScoresFromAttributes):
     """Known users prefer high item ids; a cold user scores from gender: F -> low ids, M -> high ids."""
-
-    uses_attributes = True
-    scores_cold_items = True  # a bias per item: the tiny models rank every item, trained or not
 
     def __init__(self, n_users: int, n_items: int, attributes: Attributes | None = None) -> None:
         super().__init__()
@@ -82,12 +88,8 @@ class TinyRetriever(nn.Module):
         return sign * self.item_bias
 
 
-class TinyRanker(nn.Module):
+class TinyRanker(nn.Module, RanksCandidates, ScoresFromHistory, ScoresColdItems, Explains):
     """Prefers low item ids; explains each candidate by the newest history items (newest first)."""
-
-    is_ranker = True
-    scores_from_history = True
-    scores_cold_items = True
 
     def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__()
@@ -116,7 +118,7 @@ class TinyRankerNoColdPath(TinyRanker):
     scores_from_history = False
 
 
-class TinyRankerWithAttributes(TinyRankerNoColdPath):
+class TinyRankerWithAttributes(TinyRankerNoColdPath, RanksCandidatesFromAttributes):
     """The optional hook: ranks a cold user's candidates from attributes (M -> high ids first)."""
 
     def score_candidates_from_attributes(

@@ -19,6 +19,7 @@ from training.attributes import attributes_for
 from training.data import ExampleDataModule, build_eval_inputs, build_example_set
 from training.metrics import binary_auc, binary_logloss
 from training.models import MODELS, build_model
+from training.models.capabilities import RanksCandidates, ScoresColdItems, ScoresFromHistory
 from training.split import make_split
 from training.train import evaluate_module
 
@@ -88,7 +89,11 @@ def _train(module, dm: ExampleDataModule, rows: np.ndarray, epochs: int) -> None
 
 def test_registered_as_example_models() -> None:
     assert MODELS["twotower"].kind == "example" and MODELS["deepfm"].kind == "example"
-    assert MODELS["deepfm"].factory.is_ranker and MODELS["twotower"].factory.scores_from_history
+    assert RanksCandidates in MODELS["deepfm"].capabilities
+    assert (
+        ScoresFromHistory in MODELS["twotower"].capabilities
+        and ScoresColdItems in MODELS["twotower"].capabilities
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)

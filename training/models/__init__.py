@@ -40,6 +40,13 @@ class ModelSpec:
         module, _, attr = self.factory_path.partition(":")
         return getattr(importlib.import_module(module), attr)
 
+    @property
+    def capabilities(self) -> frozenset[type]:
+        """What the model class declares it can do (``training.models.capabilities``)."""
+        from training.models.capabilities import capabilities_of
+
+        return capabilities_of(self.factory)
+
 
 MODELS: dict[str, ModelSpec] = {}
 
@@ -120,16 +127,20 @@ def build_model(
     """The model, built with the split's sizes and its constructor's hyperparameters (keys its data
     module reads, like ``batch_size``, stay out). A model whose class declares ``uses_attributes``
     also gets the split's encoded attributes (None: an ids-only dataset), from which it sizes its inputs."""
+    from training.models.capabilities import UsesAttributes, can
+
     factory = get_spec(name).factory
     arguments = inspect.signature(factory.__init__).parameters
     own = {key: value for key, value in hparams.items() if key in arguments and key not in DATA_ARGUMENTS}
-    if getattr(factory, "uses_attributes", False):
+    if can(factory, UsesAttributes):
         own["attributes"] = attributes
     return factory(n_users=n_users, n_items=n_items, **own)
 
 
 def uses_attributes(name: str) -> bool:
-    return bool(getattr(get_spec(name).factory, "uses_attributes", False))
+    from training.models.capabilities import UsesAttributes, can
+
+    return can(get_spec(name).factory, UsesAttributes)
 
 
 def pipeline_models() -> list[str]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.metrics import binary_auc, binary_logloss, per_user_metrics, ranking_exclusions
+from training.models.capabilities import PointwiseMetrics, RanksCandidates
 
 VALID_MONITOR = "valid/ndcg@10"
 
@@ -132,14 +133,13 @@ class RecommenderModule(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
 
 
-class CandidateRanker(RecommenderModule):
+class CandidateRanker(RecommenderModule, RanksCandidates, PointwiseMetrics):
     """CTR rankers (DeepFM, DIN, DIEN): trained and judged on (positive, sampled negatives) candidates.
 
     Subclasses implement ``score_candidates(users, history, candidates (B, N)) -> (B, N)`` logits; the
     service uses it as the second stage behind a retrieval model (``is_ranker``).
     """
 
-    is_ranker = True
     POINTWISE_CHUNK = 2048  # test examples scored per call in ``pointwise_metrics``
 
     def score_candidates(

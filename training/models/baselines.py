@@ -11,6 +11,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from training.models.capabilities import ItemSimilarity, ScoresFromHistory
+
 
 class FittedBaseline(nn.Module):
     """Base: ``fit(train)`` with ``train`` a CSR matrix of shape (n_users, n_items + 1)."""
@@ -43,15 +45,13 @@ class Popularity(FittedBaseline):
         return self.item_counts.unsqueeze(0).expand(users.shape[0], -1).clone()
 
 
-class ItemKNN(FittedBaseline):
+class ItemKNN(FittedBaseline, ScoresFromHistory, ItemSimilarity):
     """Item-based collaborative filtering with cosine similarity, keeping each item's ``k`` neighbours.
 
     A user's score for item j is the sum of similarities between j and the items in the user's
     history (the request's history for a known user is its training row, so the service and the
     evaluator agree; for a user unknown at training time the history from the feature store is used).
     """
-
-    scores_from_history = True  # serving: an unknown user is scored from the neighbours of its history
 
     def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 0.0) -> None:
         super().__init__(n_users, n_items)
@@ -108,7 +108,7 @@ def pearson_similarity(binary: sp.csr_matrix, others: sp.csr_matrix | None = Non
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-class UserKNN(FittedBaseline):
+class UserKNN(FittedBaseline, ScoresFromHistory):
     """User-based collaborative filtering with Pearson correlation, keeping each user's ``k`` neighbours.
 
     The training matrix is binary (training/split.py ``interaction_matrix`` sets every value to 1; the
@@ -123,8 +123,6 @@ class UserKNN(FittedBaseline):
     unknown at training time (index -1) is correlated with the training users from the request's
     ``history`` (the same profile ItemKNN builds) and scored from its own top-k neighbours.
     """
-
-    scores_from_history = True  # serving: unknown users are scored from their online history
 
     def __init__(self, n_users: int, n_items: int, k: int = 50, shrink: float = 0.0) -> None:
         super().__init__(n_users, n_items)

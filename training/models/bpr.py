@@ -12,11 +12,10 @@ from __future__ import annotations
 import torch
 
 from training.models.base import RecommenderModule, bpr_loss, fold_in_users, latent_factor_tables
+from training.models.capabilities import EmbedsItems, ScoresFromHistory
 
 
-class BPR(RecommenderModule):
-    scores_from_history = True  # serving: an unknown user is folded in as the mean history embedding
-
+class BPR(RecommenderModule, ScoresFromHistory, EmbedsItems):
     def __init__(
         self,
         n_users: int,

@@ -22,11 +22,10 @@ from torch import nn
 
 from training.knowledge_graph import KnowledgeGraph
 from training.models.base import RecommenderModule, bpr_loss, fold_in_users, latent_factor_tables
+from training.models.capabilities import EmbedsItems, NeedsKnowledgeGraph, ScoresFromHistory
 
 
-class CKE(RecommenderModule):
-    scores_from_history = True  # an unknown user is folded in as the mean of their history item vectors
-
+class CKE(RecommenderModule, ScoresFromHistory, EmbedsItems, NeedsKnowledgeGraph):
     def __init__(
         self,
         n_users: int,

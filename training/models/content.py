@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from training.attributes import Attributes
 from training.models.baselines import FittedBaseline
+from training.models.capabilities import EmbedsItems, ScoresColdItems, ScoresFromHistory, UsesAttributes
 
 # Block weight of each attribute type unless ``field_weights`` names the field.
 TYPE_WEIGHTS = {"categorical": 1.0, "list": 1.0, "numeric": 0.5, "text": 0.5}
@@ -50,11 +51,7 @@ def tfidf(terms: np.ndarray) -> np.ndarray:
     return (terms * idf).astype(np.float32)
 
 
-class ContentBased(FittedBaseline):
-    scores_from_history = True  # serving: unknown users are profiled from their online history
-    uses_attributes = True
-    scores_cold_items = True  # items without interactions are scored from their attributes
-
+class ContentBased(FittedBaseline, UsesAttributes, ScoresColdItems, ScoresFromHistory, EmbedsItems):
     def __init__(
         self,
         n_users: int,

@@ -32,6 +32,14 @@ from torch import nn
 
 from training.attributes import AttributeEncoder, Attributes
 from training.models.base import CandidateRanker
+from training.models.capabilities import (
+    EmbedsItems,
+    NeedsTrainMatrix,
+    ScoresColdItems,
+    ScoresFromAttributes,
+    ScoresFromHistory,
+    UsesAttributes,
+)
 from training.models.twotower import mlp
 
 HISTORY_BUCKETS = 8  # 0 items, 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+
@@ -44,11 +52,15 @@ def history_length_bucket(history: torch.Tensor) -> torch.Tensor:
     return torch.where(length > 0, bucket, torch.zeros_like(bucket)).clamp(max=HISTORY_BUCKETS - 1)
 
 
-class DeepFM(CandidateRanker):
-    scores_from_history = True
-    uses_attributes = True
-    scores_cold_items = True  # items without interactions are scored from their attributes
-
+class DeepFM(
+    CandidateRanker,
+    UsesAttributes,
+    ScoresColdItems,
+    ScoresFromHistory,
+    ScoresFromAttributes,
+    EmbedsItems,
+    NeedsTrainMatrix,
+):
     def __init__(
         self,
         n_users: int,

@@ -37,6 +37,14 @@ from torch import nn
 
 from training.attributes import AttributeEncoder, Attributes
 from training.models.base import CandidateRanker
+from training.models.capabilities import (
+    EmbedsItems,
+    Explains,
+    ScoresColdItems,
+    ScoresFromAttributes,
+    ScoresFromHistory,
+    UsesAttributes,
+)
 
 
 class CTRInputs(nn.Module):
@@ -122,13 +130,18 @@ def top_history_items(
     return items
 
 
-class CTRRanker(CandidateRanker):
+class CTRRanker(
+    CandidateRanker,
+    UsesAttributes,
+    ScoresColdItems,
+    ScoresFromHistory,
+    ScoresFromAttributes,
+    Explains,
+    EmbedsItems,
+):
     """Shared plumbing of DIN and DIEN: attribute encoder, full ranking and explanations by chunks."""
 
     ROW_BLOCK = 64  # users per full-ranking block (see ``_score``)
-    scores_from_history = True  # no user-id embedding: an unknown user (-1) is scored from its history
-    uses_attributes = True
-    scores_cold_items = True  # an item's vector is its (small, untrained) id row plus its attributes
     max_len: int
     encoder: CTRInputs
     score_budget: int

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from training.models.base import RecommenderModule
+from training.models.capabilities import EmbedsItems, ScoresFromHistory
 
 
 def run_gru(gru: nn.GRU, x: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
@@ -56,7 +57,7 @@ def run_gru(gru: nn.GRU, x: torch.Tensor, history: torch.Tensor) -> torch.Tensor
     return out.gather(1, to_right.expand(-1, -1, out.shape[-1]))
 
 
-class GRU4Rec(RecommenderModule):
+class GRU4Rec(RecommenderModule, ScoresFromHistory, EmbedsItems):
     def __init__(
         self,
         n_users: int,

@@ -31,6 +31,7 @@ import scipy.sparse as sp
 import torch
 
 from training.models.base import RecommenderModule, bpr_loss, fold_in_users, latent_factor_tables
+from training.models.capabilities import EmbedsItems, NeedsTrainMatrix, ScoresFromHistory
 
 
 def normalized_adjacency(train: sp.csr_matrix) -> torch.Tensor:
@@ -64,9 +65,7 @@ class _SymmetricSpMM(torch.autograd.Function):
         return None, torch.sparse.mm(ctx.adjacency, grad.contiguous())
 
 
-class LightGCN(RecommenderModule):
-    scores_from_history = True  # serving: unknown users folded in from their online history
-
+class LightGCN(RecommenderModule, ScoresFromHistory, EmbedsItems, NeedsTrainMatrix):
     def __init__(
         self,
         n_users: int,

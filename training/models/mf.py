@@ -37,9 +37,10 @@ from torch import nn
 
 from training.data import ExampleSet
 from training.models.base import RecommenderModule
+from training.models.capabilities import PointwiseMetrics
 
 
-class RatingMF(RecommenderModule):
+class RatingMF(RecommenderModule, PointwiseMetrics):
     def __init__(
         self,
         n_users: int,

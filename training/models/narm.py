@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.base import RecommenderModule
+from training.models.capabilities import EmbedsItems, ScoresFromHistory
 from training.models.gru4rec import run_gru
 
 
-class NARM(RecommenderModule):
+class NARM(RecommenderModule, ScoresFromHistory, EmbedsItems):
     def __init__(
         self,
         n_users: int,

@@ -32,9 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.base import RecommenderModule
+from training.models.capabilities import EmbedsItems
 
 
-class NeuMF(RecommenderModule):
+class NeuMF(RecommenderModule, EmbedsItems):
     def __init__(
         self,
         n_users: int,

@@ -51,6 +51,7 @@ from torch import nn
 
 from training.data import ExampleSet
 from training.models.base import RecommenderModule
+from training.models.capabilities import PointwiseMetrics, ScoresFromHistory
 from training.models.gru4rec import run_gru
 
 
@@ -70,9 +71,7 @@ def snips(target: torch.Tensor, beta: torch.Tensor, rewards: torch.Tensor, cap: 
     return float((weights * rewards.double()).sum() / weights.sum().clamp(min=1e-12))
 
 
-class TopKReinforce(RecommenderModule):
-    scores_from_history = True  # the state is the history: an unknown user is scored the same way
-
+class TopKReinforce(RecommenderModule, ScoresFromHistory, PointwiseMetrics):
     def __init__(
         self,
         n_users: int,

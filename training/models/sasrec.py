@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.base import RecommenderModule
+from training.models.capabilities import EmbedsItems, ScoresFromHistory
 
 
-class SASRec(RecommenderModule):
+class SASRec(RecommenderModule, ScoresFromHistory, EmbedsItems):
     def __init__(
         self,
         n_users: int,

@@ -45,6 +45,14 @@ from torch import nn
 
 from training.attributes import AttributeEncoder, Attributes
 from training.models.base import RecommenderModule
+from training.models.capabilities import (
+    EmbedsItems,
+    NeedsTrainMatrix,
+    ScoresColdItems,
+    ScoresFromAttributes,
+    ScoresFromHistory,
+    UsesAttributes,
+)
 
 
 def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -63,11 +71,15 @@ def masked_mean(embedded: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
     return (embedded * mask).sum(dim=-2) / mask.sum(dim=-2).clamp(min=1.0)
 
 
-class TwoTower(RecommenderModule):
-    scores_from_history = True
-    uses_attributes = True
-    scores_cold_items = True  # items without interactions are scored from their attributes
-
+class TwoTower(
+    RecommenderModule,
+    UsesAttributes,
+    ScoresColdItems,
+    ScoresFromHistory,
+    ScoresFromAttributes,
+    EmbedsItems,
+    NeedsTrainMatrix,
+):
     def __init__(
         self,
         n_users: int,

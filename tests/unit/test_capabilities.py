@@ -1,0 +1,232 @@
+"""One contract test per declared capability, over every registered model that declares it.
+
+Models state what they can do by inheriting the mixins of ``training.models.capabilities``; these tests
+hold each declaration to its contract, so a model cannot claim an ability it does not have (and the
+trainer, evaluator and service can rely on the declaration instead of probing for methods).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from pipeline.artifacts import FeatureSet
+from pipeline.config import SplitConfig, load_model_params
+from pipeline.layout import Layout
+from training.attributes import attributes_for
+from training.data import build_example_set
+from training.models import MODELS, build_model, get_spec
+from training.models.capabilities import (
+    ALL,
+    EmbedsItems,
+    Explains,
+    ItemSimilarity,
+    NeedsKnowledgeGraph,
+    NeedsTrainMatrix,
+    PointwiseMetrics,
+    RanksCandidates,
+    ScoresColdItems,
+    ScoresFromAttributes,
+    ScoresFromHistory,
+    UsesAttributes,
+    can,
+)
+from training.split import SplitIndex, make_split, train_matrix
+from training.train import attach_split_data
+
+torch.set_num_threads(1)
+
+
+def declaring(capability: type) -> list[str]:
+    return sorted(name for name, spec in MODELS.items() if capability in spec.capabilities)
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory):
+    from tests.conftest import synthetic_examples
+
+    root = tmp_path_factory.mktemp("capabilities")
+    path = root / "examples.parquet"
+    synthetic_examples(n_users=24, n_items=32, n_events=600, seed=1).to_parquet(path, index=False)
+    feature_set = FeatureSet(
+        "capabilities-v1", root, path, [], "recsys_training", "2024-12-31T00:00:00+00:00"
+    )
+    return make_split(feature_set, SplitConfig(protocol="leave_last_out"), Layout(root / "home"))
+
+
+def built(name: str, split, matrix: sp.csr_matrix | None = None, with_attributes: bool = True, **overrides):
+    """The model as the trainer builds it (its YAML, the split's data), fitted if closed-form, in eval mode."""
+    torch.manual_seed(0)
+    index = SplitIndex.load(split)
+    matrix = train_matrix(split) if matrix is None else matrix
+    params = load_model_params(name, overrides)
+    attributes = (
+        attributes_for(split) if with_attributes and can(get_spec(name).factory, UsesAttributes) else None
+    )
+    module = build_model(name, index.n_users, index.n_items, attributes, **params)
+    attach_split_data(module, split, matrix)
+    if not get_spec(name).trainable:
+        module = module.fit(matrix)
+    return module.eval()
+
+
+def _history(*rows: list[int]) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([[0] * (width - len(r)) + r for r in rows])
+
+
+def test_every_declared_method_is_implemented() -> None:
+    """A declaration without its method would fail at serving time; catch it here, for every model."""
+    for name, spec in MODELS.items():
+        cls = spec.factory
+        for capability in spec.capabilities:
+            for method, member in vars(capability).items():
+                if callable(member) and not method.startswith("_") and capability is not EmbedsItems:
+                    assert getattr(cls, method) is not member, (
+                        f"{name} declares {capability.__name__} without {method}"
+                    )
+    assert {c for spec in MODELS.values() for c in spec.capabilities} <= set(ALL)
+
+
+@pytest.mark.parametrize("name", declaring(UsesAttributes))
+def test_uses_attributes(name: str, split) -> None:
+    """Built from the attributes it has inputs for them; without any (ids-only data) it still works, or,
+    for a model made of nothing but attributes, says what to do."""
+    with_attributes = built(name, split)
+    try:
+        ids_only = built(name, split, with_attributes=False)
+    except ValueError as exc:
+        assert "declares none" in str(exc)
+        ids_only = None
+    size = lambda m: sum(t.numel() for t in [*m.parameters(), *m.buffers()])  # noqa: E731
+    history = _history([1, 2], [3])
+    for module in (with_attributes, ids_only):
+        if module is None:
+            continue
+        assert module is with_attributes or size(with_attributes) > size(module)
+        with torch.no_grad():
+            assert torch.isfinite(module.full_sort_predict(torch.tensor([0, 1]), history)[:, 1:]).all()
+
+
+@pytest.mark.parametrize("name", declaring(ScoresColdItems))
+def test_scores_cold_items(name: str, split) -> None:
+    """Items with no training interaction get finite scores that depend on their attributes."""
+    index = SplitIndex.load(split)
+    matrix = train_matrix(split).tolil()
+    cold = [1, 2, 5]  # items i0000.. of different clusters (conftest: cluster = item number % 4)
+    matrix[:, cold] = 0
+    module = built(name, split, matrix.tocsr())
+    with torch.no_grad():
+        scores = module.full_sort_predict(torch.tensor([0, 1]), _history([3, 4], [6]))[:, cold]
+    assert torch.isfinite(scores).all()
+    assert not torch.allclose(scores[:, 0], scores[:, 1])  # different attributes, different scores
+    assert index.n_items >= max(cold)
+
+
+@pytest.mark.parametrize("name", declaring(ScoresFromHistory))
+def test_scores_from_history(name: str, split) -> None:
+    """A user unknown to the model (-1) is scored from the history given."""
+    module = built(name, split)
+    if not can(module, ScoresFromHistory):  # switched off per instance by its YAML: test it switched on
+        module = built(name, split, pool_history=True)
+    with torch.no_grad():
+        a = module.full_sort_predict(torch.tensor([-1]), _history([1, 5, 9]))
+        b = module.full_sort_predict(torch.tensor([-1]), _history([2, 6, 10]))
+    assert torch.isfinite(a[:, 1:]).all() and not torch.allclose(a[:, 1:], b[:, 1:])
+
+
+@pytest.mark.parametrize("name", declaring(ScoresFromAttributes))
+def test_scores_from_attributes(name: str, split) -> None:
+    """A user unknown to the model is scored from encoded attributes; the attributes matter."""
+    module = built(name, split)
+    users = attributes_for(split).users
+    codes, numbers = (torch.from_numpy(a) for a in users.encode([{"occupation": "occupation0", "age": 15},
+                                                                  {"occupation": "occupation3", "age": 51}]))  # fmt: skip
+    with torch.no_grad():
+        scores = module.full_sort_predict_from_attributes(codes, numbers, _history([1], [1]))
+    assert scores.shape == (2, SplitIndex.load(split).n_items + 1)
+    assert not torch.allclose(scores[0, 1:], scores[1, 1:])
+
+
+@pytest.mark.parametrize("name", declaring(RanksCandidates))
+def test_ranks_candidates(name: str, split) -> None:
+    """Scoring candidates is the same function as full ranking, read at the candidates."""
+    module = built(name, split)
+    users, history = torch.tensor([0, 3]), _history([1, 2, 3], [7])
+    candidates = torch.tensor([[4, 9, 1], [2, 2, 30]])
+    with torch.no_grad():
+        picked = module.score_candidates(users, history, candidates)
+        full = module.full_sort_predict(users, history)
+    torch.testing.assert_close(picked, full.gather(1, candidates), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", declaring(Explains))
+def test_explains(name: str, split) -> None:
+    """Explanations are history items (or 0 where the history is shorter), never other items."""
+    module = built(name, split)
+    history = _history([5, 9, 2], [11])
+    candidates = torch.arange(1, 9).repeat(2, 1)
+    with torch.no_grad():
+        top = module.explain(torch.tensor([0, 1]), history, candidates, top=2)
+    assert top.shape == (2, 8, 2)
+    assert set(top[0].unique().tolist()) <= {5, 9, 2} and (top[0] > 0).all()
+    assert (top[1, :, 0] == 11).all() and (top[1, :, 1] == 0).all()
+
+
+@pytest.mark.parametrize("name", declaring(EmbedsItems))
+def test_embeds_items(name: str, split) -> None:
+    module = built(name, split)
+    with torch.no_grad():
+        vectors = module.item_embeddings()
+    assert vectors.shape[0] == SplitIndex.load(split).n_items + 1 and vectors.dim() == 2
+    assert torch.isfinite(vectors).all()
+
+
+@pytest.mark.parametrize("name", declaring(ItemSimilarity))
+def test_item_similarity(name: str, split) -> None:
+    module = built(name, split)
+    n = SplitIndex.load(split).n_items + 1
+    assert tuple(module.similarity.shape) == (n, n)
+
+
+@pytest.mark.parametrize("name", declaring(NeedsTrainMatrix))
+def test_needs_train_matrix(name: str, split) -> None:
+    """What it is given changes what it scores (a graph, the items it may trust)."""
+    full = built(name, split)
+    sparse = train_matrix(split).tolil()
+    sparse[:, 1::2] = 0
+    other = built(name, split, sparse.tocsr())
+    history = _history([1, 2], [3])
+    with torch.no_grad():
+        a = full.full_sort_predict(torch.tensor([0, 1]), history)
+        b = other.full_sort_predict(torch.tensor([0, 1]), history)
+    assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("name", declaring(NeedsKnowledgeGraph))
+def test_needs_knowledge_graph(name: str, split) -> None:
+    from training.knowledge_graph import KnowledgeGraph
+
+    module = built(name, split)
+    assert isinstance(module.knowledge_graph, KnowledgeGraph)
+    module.set_knowledge_graph(KnowledgeGraph.empty(SplitIndex.load(split).n_items))
+    with torch.no_grad():
+        assert torch.isfinite(module.full_sort_predict(torch.tensor([0]), _history([1]))[:, 1:]).all()
+
+
+@pytest.mark.parametrize("name", declaring(PointwiseMetrics))
+def test_pointwise_metrics(name: str, split) -> None:
+    module = built(name, split)
+    length = load_model_params(name).get("history_length", 10)
+    metrics = module.pointwise_metrics(build_example_set(split, "test", length, num_negatives=1, seed=0))
+    assert metrics and all(np.isfinite(v) for v in metrics.values()), metrics
+
+
+def test_every_model_declares_at_least_the_contract_it_is_served_by() -> None:
+    """Rankers explain or not, but every ranker must rank; every attribute model must embed items."""
+    for name in declaring(RanksCandidates):
+        assert ScoresFromHistory in MODELS[name].capabilities  # the service scores their cold users
+    for name in declaring(UsesAttributes):
+        assert EmbedsItems in MODELS[name].capabilities

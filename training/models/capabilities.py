@@ -1,0 +1,139 @@
+"""What a model can do, declared on its class, derived once by the registry.
+
+A model states each ability by inheriting its mixin (``class DIN(CTRRanker, Explains, ...)``); the
+trainer, the evaluator, the artifact loader, the packager and the service ask ``can(model, X)`` rather
+than probing for methods, and ``tests/unit/test_capabilities.py`` runs one contract test per
+capability over every registered model that declares it. A mixin only names the contract (and
+documents it); the model implements the methods.
+
+| capability | contract | who uses it |
+|---|---|---|
+| ``UsesAttributes`` | constructor argument ``attributes`` (``training.attributes.Attributes``, None = ids only) | trainer, artifact loader |
+| ``ScoresColdItems`` | items without a training interaction get meaningful scores (from attributes) | evaluator, service |
+| ``ScoresFromHistory`` | ``full_sort_predict(-1, history)`` scores a user unknown to the model from its history; an instance may switch it off (``scores_from_history = False``) | service, drift monitor |
+| ``ScoresFromAttributes`` | ``full_sort_predict_from_attributes(codes, numbers, history)`` for a user unknown to the model | service |
+| ``RanksCandidates`` | ``score_candidates(users, history, candidates)``: a second stage behind a retriever | packager, service |
+| ``RanksCandidatesFromAttributes`` | ``score_candidates_from_attributes(codes, numbers, history, candidates)`` | service |
+| ``Explains`` | ``explain(users, history, candidates, top)``: the history items behind each score | service |
+| ``EmbedsItems`` | ``item_embeddings() -> (n_items + 1, d)`` | service (``/similar_items``) |
+| ``ItemSimilarity`` | a ``similarity`` buffer (n_items + 1, n_items + 1) | service (``/similar_items``) |
+| ``NeedsTrainMatrix`` | ``set_train_matrix(csr)`` before training/scoring | trainer |
+| ``NeedsKnowledgeGraph`` | ``set_knowledge_graph(graph)`` before training/scoring | trainer, artifact loader |
+| ``PointwiseMetrics`` | ``pointwise_metrics(examples) -> {name: value}`` on test examples | evaluator |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class Capability:
+    """Base of every declared ability."""
+
+
+class UsesAttributes(Capability):
+    """Built from the split's encoded user/item attributes (constructor argument ``attributes``)."""
+
+
+class ScoresColdItems(Capability):
+    """Ranks items that have no training interaction (from their attributes)."""
+
+
+class ScoresFromHistory(Capability):
+    """Scores a user it has never seen (index -1) from an item history."""
+
+    scores_from_history: bool = True  # an instance may switch it off (e.g. a model without history input)
+
+
+class ScoresFromAttributes(Capability):
+    """Scores a user it has never seen from encoded attributes."""
+
+    def full_sort_predict_from_attributes(self, codes: Any, numbers: Any, history: Any) -> Any:
+        raise NotImplementedError
+
+
+class RanksCandidates(Capability):
+    """A candidate ranker: the second stage behind a retrieval model."""
+
+    def score_candidates(self, users: Any, history: Any, candidates: Any) -> Any:
+        raise NotImplementedError
+
+
+class RanksCandidatesFromAttributes(Capability):
+    """Ranks a cold user's candidates from encoded attributes without a full-catalogue pass."""
+
+    def score_candidates_from_attributes(
+        self, codes: Any, numbers: Any, history: Any, candidates: Any
+    ) -> Any:
+        raise NotImplementedError
+
+
+class Explains(Capability):
+    """Names the history items behind each candidate's score."""
+
+    def explain(self, users: Any, history: Any, candidates: Any, top: int = 3) -> Any:
+        raise NotImplementedError
+
+
+class EmbedsItems(Capability):
+    """Has one vector per item (item similarity). Default: the model's ``item_embedding`` table."""
+
+    def item_embeddings(self) -> Any:
+        return self.item_embedding.weight  # type: ignore[attr-defined]
+
+
+class ItemSimilarity(Capability):
+    """Keeps an item x item similarity matrix (``similarity``, (n_items + 1, n_items + 1))."""
+
+
+class NeedsTrainMatrix(Capability):
+    """Needs the training user x item matrix (a graph, item counts) before it trains or scores."""
+
+    def set_train_matrix(self, matrix: Any) -> None:
+        raise NotImplementedError
+
+
+class NeedsKnowledgeGraph(Capability):
+    """Needs the item knowledge graph before it trains or scores."""
+
+    def set_knowledge_graph(self, graph: Any) -> None:
+        raise NotImplementedError
+
+
+class PointwiseMetrics(Capability):
+    """Reports its own metrics on the test examples (rating error, AUC/LogLoss, off-policy reward)."""
+
+    def pointwise_metrics(self, examples: Any) -> dict[str, float]:
+        raise NotImplementedError
+
+
+ALL: tuple[type[Capability], ...] = (
+    UsesAttributes,
+    ScoresColdItems,
+    ScoresFromHistory,
+    ScoresFromAttributes,
+    RanksCandidates,
+    RanksCandidatesFromAttributes,
+    Explains,
+    EmbedsItems,
+    ItemSimilarity,
+    NeedsTrainMatrix,
+    NeedsKnowledgeGraph,
+    PointwiseMetrics,
+)
+
+
+def capabilities_of(model: Any) -> frozenset[type[Capability]]:
+    """The capabilities a model class (or instance) declares."""
+    cls = model if isinstance(model, type) else type(model)
+    return frozenset(c for c in ALL if issubclass(cls, c))
+
+
+def can(model: Any, capability: type[Capability]) -> bool:
+    """Whether a model class or instance declares ``capability`` (for ``ScoresFromHistory``: and has it on)."""
+    cls = model if isinstance(model, type) else type(model)
+    if not issubclass(cls, capability):
+        return False
+    if capability is ScoresFromHistory and not isinstance(model, type):
+        return bool(model.scores_from_history)
+    return True
