@@ -100,14 +100,14 @@ def source_overrides(dataset: str, data_path: str | None, home: Path) -> dict[st
 def prepare_data(overrides: dict[str, Any]) -> tuple[FeatureSet, Path]:
     """fetch -> ingest -> validate -> features with the pipeline's stages (idempotent: reuses the data)."""
     from pipeline import stages
+    from pipeline.flow import run_stages
 
     # A fresh run id each time: a run's settings are fixed when it starts (run_config.json), and this
     # invocation's --dataset/--data-path may differ from the last one's.
     run_id = f"{RUN_PREFIX}-data-{stages.new_run_id()}"
     started = time.perf_counter()
-    staging = stages.ingest(RUN_PREFIX, run_id, overrides)
-    snapshot = stages.validate(RUN_PREFIX, run_id, staging, overrides)
-    manifest = Path(stages.features(RUN_PREFIX, run_id, snapshot, overrides))
+    outputs = run_stages(RUN_PREFIX, run_id, overrides, names=("ingest", "validate", "features"))
+    staging, manifest = outputs["ingest"], Path(outputs["features"])
     feature_set = FeatureSet.load(manifest)
     shutil.rmtree(staging, ignore_errors=True)  # the snapshot holds the validated copy
     print(

@@ -1,7 +1,8 @@
 """One DAG per registered model (``recsys_<model>``) plus the drift monitor that requests retraining.
 
-Thin on purpose: every task calls one function of ``pipeline.stages`` and passes manifest paths
-through XCom. Adding a model to ``training.models`` gives it a DAG here with no edit to this file.
+Thin on purpose: the tasks are the stages of ``pipeline.flow.MODEL_PIPELINE`` (built by
+``pipeline.dag_tasks.stage_tasks``), passing manifest paths through XCom. Adding a model to
+``training.models`` gives it a DAG here with no edit to this file.
 """
 
 from __future__ import annotations
@@ -9,24 +10,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from airflow.sdk import DAG, Asset, Param, get_current_context, task
+from airflow.sdk import DAG, Asset, Param, task
 
 # The DAG processor runs this file from the dags folder; the stage packages live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.dag_params import PIPELINE_PARAMS  # noqa: E402
-from pipeline.dag_tasks import run_overrides, split_tasks  # noqa: E402
+from pipeline.dag_tasks import run_overrides, stage_tasks  # noqa: E402
+from pipeline.flow import MODEL_PIPELINE  # noqa: E402
 from training.models import MODELS, pipeline_models  # noqa: E402
 
 
 def retrain_asset(model: str) -> Asset:
     """Asset whose events (emitted when drift is detected) schedule ``recsys_<model>``."""
     return Asset(f"recforge://retrain/{model}")
-
-
-def _ids() -> tuple[str, str]:
-    context = get_current_context()
-    return context["dag"].dag_id.removeprefix("recsys_"), context["run_id"]
 
 
 def build_model_dag(model: str) -> DAG:
@@ -59,73 +56,7 @@ detected in this model's data (asset `recforge://retrain/{model}`). Artifacts la
         },
         default_args={"owner": "recforge"},
     ) as dag:
-
-        @task(doc_md=f"Train {model} with Lightning; early stopping on validation NDCG@10.")
-        def train(split_manifest: str) -> str:
-            from pipeline import stages
-
-            return stages.train(
-                *_ids(), split_manifest, run_overrides(), get_current_context()["params"]["hparams"]
-            )
-
-        @task(doc_md="Full-ranking evaluation against the baselines on the same split.")
-        def evaluate(train_manifest: str, split_manifest: str) -> str:
-            from pipeline import stages
-
-            return stages.evaluate(*_ids(), train_manifest, split_manifest, run_overrides())
-
-        @task(
-            doc_md="Decide: the run matches its deployment's key, beats Popularity by the margin and "
-            "beats the champion (re-scored on this split when it was judged on other data)."
-        )
-        def gate(evaluation: str, split_manifest: str) -> str:
-            from pipeline import stages
-
-            return stages.gate(*_ids(), evaluation, split_manifest, run_overrides())
-
-        @task(doc_md="Save the BentoML model (every run); build the service Bento when the gate passed it.")
-        def package(train_manifest: str, evaluation: str, decision: str) -> str:
-            from pipeline import stages
-
-            return stages.package(*_ids(), train_manifest, evaluation, decision, run_overrides())
-
-        @task(
-            doc_md="Make the candidate its deployment's champion (atomic swap in the run index; the "
-            "running service follows). Skipped when it was not promoted: the run note says why."
-        )
-        def promote(packaged: str) -> str:
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            from pipeline import stages
-            from pipeline.artifacts import GateDecision
-
-            final = stages.promote(*_ids(), packaged, run_overrides())
-            decision = GateDecision.load(final)
-            if not decision.promoted:
-                raise AirflowSkipException(decision.headline())
-            return final
-
-        @task(doc_md="Evidently data, prediction and ranking-quality drift: HTML + JSON + workspace.")
-        def drift(split_manifest: str, train_manifest: str) -> str:
-            from pipeline import stages
-
-            return stages.drift(*_ids(), split_manifest, train_manifest, run_overrides())
-
-        @task(
-            doc_md="Mark the run complete; refresh summary.json and the leaderboard.",
-            trigger_rule="none_failed",  # also after a skipped (not promoted) promote task
-        )
-        def finish(_drift: str) -> str:
-            from pipeline import stages
-
-            return stages.finish(*_ids(), run_overrides())
-
-        split_manifest = split_tasks(_ids)
-        train_manifest = train(split_manifest)
-        evaluation = evaluate(train_manifest, split_manifest)
-        packaged = package(train_manifest, evaluation, gate(evaluation, split_manifest))
-        # Ordered after promote without reading its XCom: a skipped promote has none.
-        promote(packaged) >> finish(drift(split_manifest, train_manifest))
+        stage_tasks(model, [stage.name for stage in MODEL_PIPELINE])
     return dag
 
 

@@ -1,6 +1,7 @@
 """One tuning DAG per trainable model (``recsys_tune_<model>``): a small grid as dynamically mapped tasks.
 
-Thin on purpose: every task calls one function of ``pipeline.stages`` / ``pipeline.tuning`` and passes
+Thin on purpose: the data stages come from the pipeline's declaration (``pipeline.flow.DATA_STAGES``);
+the other tasks call one function of ``pipeline.tuning`` each, and all pass
 manifest paths through XCom (the grid's candidates are small dicts of hyperparameters). One mapped
 ``train_candidate`` task instance per candidate, so the executor runs candidates in parallel and a
 failed candidate can be retried alone.
@@ -17,7 +18,8 @@ from airflow.sdk import DAG, Param, get_current_context, task
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.dag_params import PIPELINE_PARAMS  # noqa: E402
-from pipeline.dag_tasks import run_overrides, split_tasks  # noqa: E402
+from pipeline.dag_tasks import run_overrides, stage_tasks  # noqa: E402
+from pipeline.flow import DATA_STAGES  # noqa: E402
 from training.models import MODELS, pipeline_models  # noqa: E402
 
 DEFAULT_MAX_CANDIDATES = 6  # keep in step with pipeline.tuning (not imported: parse time)
@@ -28,9 +30,11 @@ def tunable_models() -> list[str]:
     return [name for name in pipeline_models() if MODELS[name].trainable]
 
 
-def _ids() -> tuple[str, str]:
-    context = get_current_context()
-    return context["dag"].dag_id.removeprefix("recsys_tune_"), "tune-" + context["run_id"]
+RUN_PREFIX = "tune-"  # tuning runs live beside the model's pipeline runs, named apart
+
+
+def _run_id() -> str:
+    return RUN_PREFIX + get_current_context()["run_id"]
 
 
 def build_tuning_dag(model: str) -> DAG:
@@ -75,7 +79,7 @@ its `hparams`.
 
             params = get_current_context()["params"]
             return tuning.candidate_grid(
-                _ids()[0], int(params["max_candidates"]), params["tuning_grid"] or None, params["hparams"]
+                model, int(params["max_candidates"]), params["tuning_grid"] or None, params["hparams"]
             )
 
         # The mapped argument is called `candidate`, not `params`: `params` is every operator's own
@@ -88,21 +92,21 @@ its `hparams`.
             from pipeline import tuning
 
             get_current_context()["candidate_id"] = candidate["id"]
-            return tuning.train_candidate(*_ids(), split_manifest, candidate, run_overrides())
+            return tuning.train_candidate(model, _run_id(), split_manifest, candidate, run_overrides())
 
         @task(doc_md="Pick the winner by validation NDCG@10; write tuning.json and best_params.yaml.")
         def pick_best(train_manifests: list[str]) -> str:
             from pipeline import tuning
 
-            return tuning.pick_best(*_ids(), list(train_manifests), run_overrides())
+            return tuning.pick_best(model, _run_id(), list(train_manifests), run_overrides())
 
         @task(doc_md="Test-set evaluation of the winner only, next to the baselines.")
         def evaluate_winner(tuning_manifest: str, split_manifest: str) -> str:
             from pipeline import tuning
 
-            return tuning.evaluate_winner(*_ids(), tuning_manifest, split_manifest, run_overrides())
+            return tuning.evaluate_winner(model, _run_id(), tuning_manifest, split_manifest, run_overrides())
 
-        split_manifest = split_tasks(_ids)
+        split_manifest = stage_tasks(model, DATA_STAGES, run_prefix=RUN_PREFIX)["split"]
         manifests = train_candidate.partial(split_manifest=split_manifest).expand(candidate=grid())
         evaluate_winner(pick_best(manifests), split_manifest)
     return dag

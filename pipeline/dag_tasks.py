@@ -1,21 +1,24 @@
-"""Airflow tasks shared by the DAG factories: a run's id, its config overrides, and its split.
+"""Airflow tasks built from the pipeline's declaration (``pipeline.flow``): one task per stage.
 
-Both ``recsys_<model>`` and ``recsys_tune_<model>`` start with the same four stages (ingest -> validate
--> features -> split); they are declared once here so the two DAG families cannot drift apart.
-Imported by DAG files only (it imports Airflow's task SDK).
+``stage_tasks`` turns a sequence of declared stages into tasks of the DAG being defined, wires each
+to the outputs it takes (paths through XCom) and to the stages it must follow, and returns the tasks'
+outputs by stage name. The model DAGs take every stage; the tuning DAGs the data stages. The model is
+passed by closure, never parsed back out of the DAG id. Imported by DAG files only (it imports
+Airflow's task SDK).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import get_current_context, task
 
 from pipeline.dag_params import overrides_from_params
+from pipeline.flow import STAGES, Stage
 
-IO_RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=10)}  # tasks that read or write stores
+RETRY_DELAY = timedelta(seconds=10)
 
 
 def run_overrides() -> dict[str, Any]:
@@ -28,40 +31,38 @@ def run_hparams() -> dict[str, Any]:
     return dict(get_current_context()["params"].get("hparams") or {})
 
 
-def split_tasks(run_ids: Callable[[], tuple[str, str]]) -> Any:
-    """ingest -> validate -> features -> split inside the DAG being defined; the split manifest's XComArg.
+def stage_tasks(model: str, names: Iterable[str], run_prefix: str = "") -> dict[str, Any]:
+    """One task per declared stage in ``names`` (declaration order), for ``model``; their XComArgs.
 
-    ``run_ids()`` gives ``(model, run_id)`` of the running task, which names the run directory.
+    ``run_prefix`` names the run directory (``runs/<model>/<prefix><Airflow run id>``), e.g. "tune-".
     """
+    outputs: dict[str, Any] = {}
+    for name in names:
+        stage = STAGES[name]
+        created = _task(stage, model, run_prefix)(*(outputs[i] for i in stage.inputs))
+        for before in stage.after:
+            outputs[before] >> created
+        outputs[name] = created
+    return outputs
 
+
+def _task(stage: Stage, model: str, run_prefix: str) -> Any:
     @task(
-        doc_md="Write the run's resolved config (run_config.json, read by every later task); read the "
-        "configured source into staging Parquet (strings + provenance).",
-        **IO_RETRIES,
+        task_id=stage.name,
+        doc_md=stage.doc,
+        retries=stage.retries,
+        retry_delay=RETRY_DELAY,
+        trigger_rule="none_failed" if stage.runs_after_skips else "all_success",
     )
-    def ingest() -> str:
-        from pipeline import stages
+    def run_stage(*paths: str) -> str:
+        outputs = dict(zip(stage.inputs, paths, strict=True))
+        run_id = run_prefix + get_current_context()["run_id"]
+        output = stage.run(model, run_id, outputs, run_overrides(), run_hparams())
+        reason = stage.skip_reason(output) if stage.skip_reason else None
+        if reason:
+            from airflow.sdk.exceptions import AirflowSkipException
 
-        return stages.ingest(*run_ids(), run_overrides(), run_hparams())
+            raise AirflowSkipException(reason)
+        return output
 
-    @task(doc_md="Validate types, ranges, duplicates, unknown entities; quarantine bad rows; snapshot.")
-    def validate(staging: str) -> str:
-        from pipeline import stages
-
-        return stages.validate(*run_ids(), staging, run_overrides())
-
-    @task(doc_md="Feast apply + materialise; training examples via get_historical_features.", **IO_RETRIES)
-    def features(snapshot: str) -> str:
-        from pipeline import stages
-
-        return stages.features(*run_ids(), snapshot, run_overrides())
-
-    @task(
-        doc_md="Split by the run's protocol (temporal / leave_last_out / random_holdout), shared by every model."
-    )
-    def split(feature_set: str) -> str:
-        from pipeline import stages
-
-        return stages.split(*run_ids(), feature_set, run_overrides())
-
-    return split(features(validate(ingest())))
+    return run_stage

@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from pipeline import stages
+from pipeline.flow import DATA_STAGES, run_stages
 from pipeline.run_index import RunIndex
 
 log = logging.getLogger(__name__)
@@ -36,11 +37,15 @@ def check_champion_drift(
         }
     run_id = f"monitor-{run_id or stages.new_run_id()}"
     monitor_model = f"{model}-monitor"
-    staging = stages.ingest(monitor_model, run_id, overrides)
-    snapshot = stages.validate(monitor_model, run_id, staging, overrides)
-    feature_set = stages.features(monitor_model, run_id, snapshot, overrides)
-    split_manifest = stages.split(monitor_model, run_id, feature_set, overrides)
-    manifest = stages.drift(monitor_model, run_id, split_manifest, str(train_manifest), overrides)
+    # The newest data through the declared data stages, then drift of the champion's trained model.
+    outputs = run_stages(
+        monitor_model,
+        run_id,
+        overrides,
+        names=(*DATA_STAGES, "drift"),
+        outputs={"train": str(train_manifest)},
+    )
+    manifest = outputs["drift"]
     result = json.loads(open(manifest).read())
     return {
         "model": model,

@@ -308,28 +308,21 @@ def run_all(
     overrides: dict[str, Any] | None = None,
     hparams: dict[str, Any] | None = None,
 ) -> tuple[Path, GateDecision]:
-    """Run every stage in-process (the CLI path; Airflow runs the same functions as tasks).
+    """Run every stage of ``pipeline.flow.MODEL_PIPELINE`` in-process (the CLI path; Airflow runs the
+    same declaration as tasks).
 
     Returns the path of the refreshed summary.json and the run's final gate decision. A failure marks
     the run ``failed`` in the run index and is raised; the deployment's champion is untouched.
     """
+    from pipeline.flow import run_stages
+
     run_id = run_id or new_run_id()
     try:
-        staging = ingest(model, run_id, overrides, hparams)
-        snapshot = validate(model, run_id, staging, overrides)
-        feature_set = features(model, run_id, snapshot, overrides)
-        split_manifest = split(model, run_id, feature_set, overrides)
-        train_manifest = train(model, run_id, split_manifest, overrides, hparams)
-        evaluation = evaluate(model, run_id, train_manifest, split_manifest, overrides)
-        decision = gate(model, run_id, evaluation, split_manifest, overrides)
-        packaged = package(model, run_id, train_manifest, evaluation, decision, overrides)
-        final = promote(model, run_id, packaged, overrides)
-        drift(model, run_id, split_manifest, train_manifest, overrides)
-        summary = Path(finish(model, run_id, overrides))
+        outputs = run_stages(model, run_id, overrides, hparams)
     except BaseException as exc:
         mark_failed(model, run_id, f"{type(exc).__name__}: {exc}", overrides)
         raise
-    return summary, GateDecision.load(final)
+    return Path(outputs["finish"]), GateDecision.load(outputs["promote"])
 
 
 def mark_failed(model: str, run_id: str, error: str, overrides: dict[str, Any] | None = None) -> None:

@@ -201,13 +201,10 @@ def run_tuning(
     hparams: dict[str, Any] | None = None,
 ) -> Path:
     """The whole tuning run in-process (the DAG runs the same functions as tasks); returns tuning.json."""
-    from pipeline import stages
+    from pipeline.flow import DATA_STAGES, run_stages
 
     run_id = tuning_run_id(run_id or new_run_id())
-    staging = stages.ingest(model, run_id, overrides)
-    snapshot = stages.validate(model, run_id, staging, overrides)
-    feature_set = stages.features(model, run_id, snapshot, overrides)
-    split_manifest = stages.split(model, run_id, feature_set, overrides)
+    split_manifest = run_stages(model, run_id, overrides, names=DATA_STAGES)["split"]
     manifests = [
         train_candidate(model, run_id, split_manifest, candidate, overrides)
         for candidate in candidate_grid(model, max_candidates, grid, hparams)
