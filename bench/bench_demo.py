@@ -21,9 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from orchestration.stages import STAGES  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
-from pipeline.stages import STAGES  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 

@@ -44,8 +44,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.layout import Layout  # noqa: E402
+from pipeline.provenance import code_commit  # noqa: E402
 from pipeline.run_index import RunIndex  # noqa: E402
-from pipeline.runs import code_commit  # noqa: E402
 from serving.package import bento_env, rollback  # noqa: E402
 
 

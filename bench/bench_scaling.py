@@ -36,7 +36,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-from pipeline.config import load_model_params  # noqa: E402
+from orchestration.runs import model_params  # noqa: E402
 from training.models import MODELS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -78,9 +78,7 @@ def train_one(
     # patience > epochs: early stopping never ends a run before the fixed number of epochs.
     cfg = TrainerConfig(max_epochs=epochs, patience=epochs + 1, num_threads=threads)
     started = time.perf_counter()
-    result = train_model(
-        model, split, load_model_params(model), cfg, layout.run(model, f"scaling-{n_events}")
-    )
+    result = train_model(model, split, model_params(model), cfg, layout.run(model, f"scaling-{n_events}"))
     return {
         "model": model,
         "events": n_events,

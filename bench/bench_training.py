@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from orchestration.runs import model_params  # noqa: E402
 from pipeline.artifacts import FeatureSet  # noqa: E402
-from pipeline.config import EvaluationConfig, SplitConfig, TrainerConfig, load_config, load_model_params  # noqa: E402
+from pipeline.config import EvaluationConfig, SplitConfig, TrainerConfig, load_config  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
 from training.evaluate import evaluate_run  # noqa: E402
 from training.split import make_split  # noqa: E402
@@ -176,7 +177,7 @@ def run_bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     context = multiprocessing.get_context("spawn")
     for protocol in args.protocols.split(","):
         for model in args.models.split(","):
-            params = load_model_params(model, overrides.get(model))
+            params = model_params(model, overrides.get(model))
             with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
                 row = pool.submit(run_one, model, protocol, params, args).result()
             rows.append(row)

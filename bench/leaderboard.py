@@ -43,8 +43,10 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(REPO), str(BENCH)]
 
+from orchestration.runs import model_params  # noqa: E402
 from pipeline.artifacts import FeatureSet  # noqa: E402
-from pipeline.config import load_config, load_model_params  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.provenance import code_commit  # noqa: E402
 from training.models import MODELS  # noqa: E402
 
 RESULTS_JSON = BENCH / "results" / "leaderboard.json"
@@ -99,8 +101,8 @@ def source_overrides(dataset: str, data_path: str | None, home: Path) -> dict[st
 
 def prepare_data(overrides: dict[str, Any]) -> tuple[FeatureSet, Path]:
     """fetch -> ingest -> validate -> features with the pipeline's stages (idempotent: reuses the data)."""
-    from pipeline import stages
-    from pipeline.flow import run_stages
+    from orchestration import stages
+    from orchestration.flow import run_stages
 
     # A fresh run id each time: a run's settings are fixed when it starts (run_config.json), and this
     # invocation's --dataset/--data-path may differ from the last one's.
@@ -344,7 +346,8 @@ def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: 
         "# Leaderboard",
         "",
         f"Dataset **{meta['dataset']}** (data version `{meta['data_version']}`, {meta['events']} events), "
-        f"generated {meta['generated']} by `{meta['command']}`.",
+        f"generated {meta['generated']} by `{meta['command']}`"
+        + (f" at commit `{meta['code_commit']}`." if meta.get("code_commit") else "."),
         "",
         f"- Machine: {meta['machine']}; {meta['cpu_count']} CPUs visible ({meta['cpu_affinity']} usable); "
         f"Python {meta['python']}, torch {meta['torch']}.",
@@ -544,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         return render_only(Path(args.out_json), Path(args.out_md))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spawned workers inherit it
     started = time.perf_counter()
+    commit = code_commit()  # at the start: the tree the runs import, even if it changes meanwhile
 
     requested = (
         list(MODELS) if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
@@ -571,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                 for p in protocols
             ]
             continue
-        params = load_model_params(model, hparams.get(model))
+        params = model_params(model, hparams.get(model))  # a typo fails here, not after training
         for protocol in protocols:
             jobs.append(
                 {
@@ -602,6 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_version": feature_set.data_version,
         "events": _count_events(feature_set),
         "generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "code_commit": commit,
         "command": "python bench/leaderboard.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.platform()} ({platform.machine()})",
         "cpu_count": os.cpu_count(),

@@ -1,7 +1,7 @@
 """One DAG per registered model (``recsys_<model>``) plus the drift monitor that requests retraining.
 
-Thin on purpose: the tasks are the stages of ``pipeline.flow.MODEL_PIPELINE`` (built by
-``pipeline.dag_tasks.stage_tasks``), passing manifest paths through XCom. Adding a model to
+Thin on purpose: the tasks are the stages of ``orchestration.flow.MODEL_PIPELINE`` (built by
+``orchestration.dag_tasks.stage_tasks``), passing manifest paths through XCom. Adding a model to
 ``training.models`` gives it a DAG here with no edit to this file.
 """
 
@@ -15,9 +15,9 @@ from airflow.sdk import DAG, Asset, Param, task
 # The DAG processor runs this file from the dags folder; the stage packages live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.dag_params import PIPELINE_PARAMS  # noqa: E402
-from pipeline.dag_tasks import run_overrides, stage_tasks  # noqa: E402
-from pipeline.flow import MODEL_PIPELINE  # noqa: E402
+from orchestration.dag_params import PIPELINE_PARAMS  # noqa: E402
+from orchestration.dag_tasks import run_overrides, stage_tasks  # noqa: E402
+from orchestration.flow import MODEL_PIPELINE  # noqa: E402
 from training.models import MODELS, pipeline_models  # noqa: E402
 
 
@@ -79,7 +79,7 @@ schedules `recsys_<model>`. Reports land in the run directory and the Evidently 
 
         @task(doc_md="Drift of the champion's latest run against the newest data.")
         def check_champion() -> dict:
-            from pipeline.monitor import check_champion_drift
+            from orchestration.monitor import check_champion_drift
 
             return check_champion_drift(run_overrides())
 

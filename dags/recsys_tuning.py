@@ -1,7 +1,7 @@
 """One tuning DAG per trainable model (``recsys_tune_<model>``): a small grid as dynamically mapped tasks.
 
-Thin on purpose: the data stages come from the pipeline's declaration (``pipeline.flow.DATA_STAGES``);
-the other tasks call one function of ``pipeline.tuning`` each, and all pass
+Thin on purpose: the data stages come from the pipeline's declaration (``orchestration.flow.DATA_STAGES``);
+the other tasks call one function of ``orchestration.tuning`` each, and all pass
 manifest paths through XCom (the grid's candidates are small dicts of hyperparameters). One mapped
 ``train_candidate`` task instance per candidate, so the executor runs candidates in parallel and a
 failed candidate can be retried alone.
@@ -17,12 +17,12 @@ from airflow.sdk import DAG, Param, get_current_context, task
 # The DAG processor runs this file from the dags folder; the stage packages live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.dag_params import PIPELINE_PARAMS  # noqa: E402
-from pipeline.dag_tasks import run_overrides, stage_tasks  # noqa: E402
-from pipeline.flow import DATA_STAGES  # noqa: E402
+from orchestration.dag_params import PIPELINE_PARAMS  # noqa: E402
+from orchestration.dag_tasks import run_overrides, stage_tasks  # noqa: E402
+from orchestration.flow import DATA_STAGES  # noqa: E402
 from training.models import MODELS, pipeline_models  # noqa: E402
 
-DEFAULT_MAX_CANDIDATES = 6  # keep in step with pipeline.tuning (not imported: parse time)
+DEFAULT_MAX_CANDIDATES = 6  # keep in step with orchestration.tuning (not imported: parse time)
 
 
 def tunable_models() -> list[str]:
@@ -75,7 +75,7 @@ its `hparams`.
 
         @task(doc_md="Expand the grid into candidates (small dicts of hyperparameter overrides).")
         def grid() -> list[dict]:
-            from pipeline import tuning
+            from orchestration import tuning
 
             params = get_current_context()["params"]
             return tuning.candidate_grid(
@@ -89,20 +89,20 @@ its `hparams`.
             map_index_template="{{ candidate_id }}",  # the UI lists mapped instances as c00, c01, ...
         )
         def train_candidate(candidate: dict, split_manifest: str) -> str:
-            from pipeline import tuning
+            from orchestration import tuning
 
             get_current_context()["candidate_id"] = candidate["id"]
             return tuning.train_candidate(model, _run_id(), split_manifest, candidate, run_overrides())
 
         @task(doc_md="Pick the winner by validation NDCG@10; write tuning.json and best_params.yaml.")
         def pick_best(train_manifests: list[str]) -> str:
-            from pipeline import tuning
+            from orchestration import tuning
 
             return tuning.pick_best(model, _run_id(), list(train_manifests), run_overrides())
 
         @task(doc_md="Test-set evaluation of the winner only, next to the baselines.")
         def evaluate_winner(tuning_manifest: str, split_manifest: str) -> str:
-            from pipeline import tuning
+            from orchestration import tuning
 
             return tuning.evaluate_winner(model, _run_id(), tuning_manifest, split_manifest, run_overrides())
 

@@ -238,18 +238,16 @@ def _model_yaml(model: str) -> dict[str, Any]:
 
 
 def load_model_params(model: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Hyperparameters of ``model``: ``configs/models/<model>.yaml`` plus overrides, checked against
-    what the model accepts (unknown keys and wrong types fail here, with the accepted keys listed).
+    """Hyperparameters of ``model``: ``configs/models/<model>.yaml`` plus overrides, as written
+    (``orchestration.runs.model_params`` checks them against what the model accepts).
 
     The ``tuning_grid`` key (the search space of ``recsys_tune_<model>``) is stripped: it describes the
     search, not the model, and the model's constructor would reject it.
     """
-    from training.models import MODELS, validate_hparams
-
     params = _model_yaml(model)
     params.pop(TUNING_GRID_KEY, None)
     params.update(overrides or {})
-    return validate_hparams(model, params) if model in MODELS else params
+    return params
 
 
 def load_tuning_grid(model: str) -> dict[str, list[Any]] | None:

@@ -1,8 +1,8 @@
 """recforge's Airflow plugin: a DAG-run listener that writes each model run's outcome as its note.
 
-Loaded from the plugins folder (``AIRFLOW__CORE__PLUGINS_FOLDER``, set by ``pipeline.airflow_env``
+Loaded from the plugins folder (``AIRFLOW__CORE__PLUGINS_FOLDER``, set by ``orchestration.airflow_env``
 and docker-compose) by the scheduler and by ``dag.test()``. The text comes from
-``pipeline.run_notes.note_for``; this file only wires it into Airflow.
+``orchestration.run_notes.note_for``; this file only wires it into Airflow.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def _annotate(dag_run, failed: bool) -> None:
     try:
-        from pipeline.run_notes import note_for
+        from orchestration.run_notes import note_for
 
         note = note_for(dag_run.dag_id, dag_run.run_id, failed)
         if note:

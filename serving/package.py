@@ -40,8 +40,8 @@ from pipeline.artifacts import (
 )
 from pipeline.config import REPO_ROOT
 from pipeline.layout import Layout
+from pipeline.provenance import code_commit
 from pipeline.run_index import ChampionChanged, RunIndex, now_iso
-from pipeline.runs import code_commit
 from pipeline.schema import DataSchema, load_schema
 from serving.online import ONLINE_FEATURES
 

@@ -47,6 +47,7 @@ from training.models.capabilities import (
     ScoresFromHistory,
     can,
 )
+from training.scoring import UNKNOWN_USER, ArtifactScorer, finite_top_k
 
 DEFAULT_CANDIDATES = 200  # retrieval depth of two-stage serving
 EXPLAIN_TOP = 3  # history items named per recommended item
@@ -121,6 +122,8 @@ class Recommender:
         pop[0] = -torch.inf
         self._popularity = pop
         self._seen = art.seen.tocsr()
+        # Who is known, history alignment and exclusion: the rules the evaluator and drift monitor use.
+        self.scorer = ArtifactScorer(art, self.history_length)
         # Models that score a user unknown at training time from an item history declare it
         # (``ScoresFromHistory``: ItemKNN, BPR, LightGCN, the sequential models, ...).
         self.uses_history = can(module, ScoresFromHistory)
@@ -166,28 +169,19 @@ class Recommender:
 
         Only the newest ``history_length`` known items are kept: that is what the model was trained on.
         """
-        return self._map_all(item_ids)[-self.history_length :]
-
-    def _map_all(self, item_ids: list[str] | None) -> list[int]:
-        """Every known item of ``item_ids`` (oldest first): all are excluded, the newest are model input."""
-        if not item_ids:
-            return []
-        index = self.item_index
-        return [index[i] for i in map(str, item_ids) if i in index]
+        return self.scorer.item_rows(item_ids)[-self.history_length :]
 
     def history_tensor(self, indices: list[int]) -> torch.Tensor:
         """Right-aligned (newest item in the last column), zero-padded (1, history_length) tensor."""
-        row = torch.zeros(1, self.history_length, dtype=torch.long)
-        if indices:
-            tail = indices[-self.history_length :]
-            row[0, self.history_length - len(tail) :] = torch.as_tensor(tail, dtype=torch.long)
-        return row
+        return self.scorer.align([indices])
 
     def seen_indices(self, user_idx: int | None) -> np.ndarray:
-        if user_idx is None or user_idx < 0 or user_idx >= self._seen.shape[0]:
-            return np.empty(0, dtype=np.int64)
-        start, end = self._seen.indptr[user_idx], self._seen.indptr[user_idx + 1]
-        return self._seen.indices[start:end]
+        return self.scorer.seen(UNKNOWN_USER if user_idx is None else user_idx)
+
+    def known_user(self, user_id: str) -> int | None:
+        """The model's row for a user it trained on, else None (see ``training.scoring``)."""
+        row = self.scorer.user_row(user_id)
+        return None if row == UNKNOWN_USER else row
 
     def wants_attributes(self, user_id: str) -> bool:
         """Whether profile attributes would change the answer for ``user_id``.
@@ -195,7 +189,7 @@ class Recommender:
         True only for users unknown to the model when a stage can score from attributes: the service
         reads the Feast profile row just then, so known users (the hot path) pay nothing for it.
         """
-        if str(user_id) in self.user_index:
+        if self.known_user(user_id) is not None:
             return False
         return self.uses_attributes or (self.retriever is not None and self.retriever.uses_attributes)
 
@@ -253,43 +247,36 @@ class Recommender:
         ``candidates`` (default ``n_candidates``).
         """
         user_id = str(user_id)
-        online = self._map_all(history)
-        user_idx = self.user_index.get(user_id)
+        online = self.scorer.item_rows(history)  # all are excluded; the newest are the model's input
+        user_idx = self.known_user(user_id)
         if user_idx is not None and not online and self.kind in _HISTORY_KINDS:
             # No online history (e.g. the store was reset): the training items are the best context.
             online = [int(i) for i in self.seen_indices(user_idx)]
         hist = online[-self.history_length :]  # this model's input; a retriever takes its own tail
-        drop: torch.Tensor | None = None
-        if exclude_seen:
-            dropped = np.concatenate([self.seen_indices(user_idx), np.asarray(online, dtype=np.int64)])
-            drop = torch.from_numpy(dropped.astype(np.int64)) if dropped.size else None
+        row = UNKNOWN_USER if user_idx is None else user_idx
 
         note: str | None = None
         if self.retriever is None:
             scored = self._user_scores(user_id, hist, user_features)
-            scores = scored.scores
-            if drop is not None:
-                scores[drop] = -torch.inf
-            values, indices = _finite_top_k(scores, k)
+            scores = self._excluded(scored.scores, row, online, exclude_seen)
+            values, indices = finite_top_k(scores, k)
             stages = [f"full_ranking:{self.name}"]
             ranked_by_self = scored.scored_by_model
         else:
             scored = self.retriever._user_scores(user_id, online, user_features)
-            scores = scored.scores
-            if drop is not None:
-                scores[drop] = -torch.inf
+            scores = self._excluded(scored.scores, row, online, exclude_seen)
             depth = max(int(candidates or self.n_candidates), k)
-            _, pool = _finite_top_k(scores, depth)
+            _, pool = finite_top_k(scores, depth)
             stages = [f"retrieve:{self.retriever.name}@{depth}"]
             codes = None if user_idx is not None else self._ranker_codes(user_features)
             if pool.numel() and (user_idx is not None or codes is not None or self._ranks_unknown_users):
                 rank_scores = self._score_candidates(-1 if user_idx is None else user_idx, hist, pool, codes)
-                values, order = _finite_top_k(rank_scores, k)
+                values, order = finite_top_k(rank_scores, k)
                 indices = pool[order]
                 stages.append(f"rank:{self.name}")
                 ranked_by_self = True
             else:
-                values, indices = _finite_top_k(scores, k)
+                values, indices = finite_top_k(scores, k)
                 ranked_by_self = False
                 if pool.numel():
                     note = f"ranker {self.name!r} cannot score users unknown to it: retrieval order"
@@ -340,7 +327,7 @@ class Recommender:
         self, user_id: str, hist: list[int], user_features: dict[str, Any] | None
     ) -> _UserScores:
         """This model's full-catalogue scores for one user, by the best path the user allows."""
-        user_idx = self.user_index.get(user_id)
+        user_idx = self.known_user(user_id)
         if user_idx is not None:
             return _UserScores(self._score(user_idx, hist), KNOWN_USER)
         codes = self.encode_attributes(user_features) if self.uses_attributes else None
@@ -358,9 +345,15 @@ class Recommender:
         return _UserScores(self._popularity.clone(), POPULARITY, reason, scored_by_model=False)
 
     def _score(self, user_idx: int, hist: list[int]) -> torch.Tensor:
-        users = torch.tensor([user_idx], dtype=torch.long)
-        scores = self.artifact.score(users, self.history_tensor(hist))[0]
-        return scores.masked_fill(torch.isnan(scores), -torch.inf)  # nan_to_num would clip -inf
+        return self.scorer.scores([user_idx], [hist])[0]
+
+    def _excluded(
+        self, scores: torch.Tensor, row: int, online: list[int], exclude_seen: bool
+    ) -> torch.Tensor:
+        """``scores`` without the user's training items and online history (when ``exclude_seen``)."""
+        if not exclude_seen:
+            return scores
+        return self.scorer.exclude(scores.reshape(1, -1), [row], [online])[0]
 
     @torch.no_grad()
     def _score_attributes(self, encoded: EncodedUser, hist: list[int]) -> torch.Tensor:
@@ -420,7 +413,7 @@ class Recommender:
         return out
 
     def _top_k(self, scores: torch.Tensor, k: int) -> list[ScoredItem]:
-        values, indices = _finite_top_k(scores, k)
+        values, indices = finite_top_k(scores, k)
         return self._scored_items(values, indices, None)
 
     def _scored_items(
@@ -443,16 +436,6 @@ def _batch_of_one(encoded: EncodedUser) -> tuple[torch.Tensor, torch.Tensor]:
         torch.as_tensor(codes, dtype=torch.long).reshape(1, -1),
         torch.as_tensor(numbers, dtype=torch.float32).reshape(1, -1),
     )
-
-
-def _finite_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-``k`` (values, indices) of a 1-D score vector, without the -inf (excluded) entries."""
-    k = min(k, scores.shape[0])
-    values, indices = torch.topk(scores, k)
-    keep = torch.isfinite(values)
-    if not bool(keep.all()):
-        values, indices = values[keep], indices[keep]
-    return values, indices
 
 
 def _item_vectors(art: ModelArtifact) -> torch.Tensor | None:

@@ -24,8 +24,11 @@ from training.models import build_model, get_spec
 from training.models.capabilities import NeedsKnowledgeGraph, ScoresColdItems, can
 
 ATTRIBUTES_DIR = "attributes"
-# Hyperparameter names under which models record the length of the history they were trained on.
-HISTORY_LENGTH_KEYS = ("max_seq_length", "max_seq_len", "max_len", "max_length", "history_length", "seq_len")
+# The one hyperparameter name for the number of history items a model reads (sequential models,
+# DIN/DIEN, and the data modules of example/general models). Artifacts saved before the name was
+# unified recorded the sequential models' value as ``max_len``; loading renames it.
+HISTORY_LENGTH = "history_length"
+LEGACY_HISTORY_LENGTH_KEYS = ("max_len",)
 DEFAULT_HISTORY_LENGTH = 50  # FeatureConfig.history_length: what the feature store keeps at most
 KNOWLEDGE_GRAPH_DIR = "knowledge_graph"
 
@@ -127,7 +130,8 @@ def load_model_artifact(path: Path | str) -> ModelArtifact:
     info = json.loads((path / "model.json").read_text())
     # Attribute-aware models size their inputs from the attributes they were trained with.
     attributes = Attributes.load(path / ATTRIBUTES_DIR) if (path / ATTRIBUTES_DIR).exists() else None
-    module = build_model(info["name"], info["n_users"], info["n_items"], attributes, **info["hparams"])
+    hparams = _renamed_legacy_keys(info["hparams"])
+    module = build_model(info["name"], info["n_users"], info["n_items"], attributes, **hparams)
     if (path / KNOWLEDGE_GRAPH_DIR).exists() and can(module, NeedsKnowledgeGraph):
         module.set_knowledge_graph(KnowledgeGraph.load(path / KNOWLEDGE_GRAPH_DIR))  # sizes entity tables
     state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
@@ -158,9 +162,16 @@ def trained_history_length(info: dict[str, Any]) -> int | None:
     One rule for the evaluator, the service and the drift monitor, so a model is tested, served and
     monitored on the same context. None when the model records none (its callers pick a default).
     """
-    for source in (info.get("hparams") or {}, info.get("meta") or {}):
-        for key in HISTORY_LENGTH_KEYS:
-            value = source.get(key)
-            if isinstance(value, int) and value > 0:
-                return value
+    for source in (_renamed_legacy_keys(info.get("hparams") or {}), info.get("meta") or {}):
+        value = source.get(HISTORY_LENGTH)
+        if isinstance(value, int) and value > 0:
+            return value
     return None
+
+
+def _renamed_legacy_keys(hparams: dict[str, Any]) -> dict[str, Any]:
+    out = dict(hparams)
+    for key in LEGACY_HISTORY_LENGTH_KEYS:
+        if key in out:
+            out.setdefault(HISTORY_LENGTH, out.pop(key))
+    return out

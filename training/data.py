@@ -4,7 +4,7 @@ Training batches:
 - general models (BPR): (user, positive, negative) triples; negatives drawn uniformly from the items
   the user has not interacted with in train, freshly for every batch (so every epoch sees new ones).
 - sequential models (SASRec): whole per-user train sequences (time order), cut into windows of
-  ``max_len + 1`` items, right-aligned, with a next-item target at every position. One forward per
+  ``history_length + 1`` items, right-aligned, with a next-item target at every position. One forward per
   window per epoch, instead of one sample per prefix (which costs ~130 s/epoch on ML-100K here).
 - example models (two-tower, DeepFM, DIN, DIEN, rating MF, REINFORCE): one row per train example,
   exactly as the feature store served it point-in-time: user, item, rating, the user's history at
@@ -174,22 +174,22 @@ class _TripleDataset(Dataset):
 
 
 class _SequenceDataset(Dataset):
-    """Windows of ``max_len + 1`` consecutive train items per user: input = first max_len, target = next."""
+    """Windows of ``history_length + 1`` consecutive train items per user: input = first history_length, target = next."""
 
-    def __init__(self, sequences: list[list[int]], max_len: int, n_items: int, seed: int) -> None:
+    def __init__(self, sequences: list[list[int]], history_length: int, n_items: int, seed: int) -> None:
         inputs: list[list[int]] = []
         targets: list[list[int]] = []
         for seq in sequences:
-            # Windows end at the newest item and step back by max_len, so every item is a target once.
+            # Windows end at the newest item and step back by history_length, so every item is a target once.
             end = len(seq)
             while end > 1:
-                start = max(0, end - max_len - 1)
+                start = max(0, end - history_length - 1)
                 window = seq[start:end]
                 inputs.append(window[:-1])
                 targets.append(window[1:])
                 end = start + 1
-        self.inputs = right_align(inputs, max_len)
-        self.targets = right_align(targets, max_len)
+        self.inputs = right_align(inputs, history_length)
+        self.targets = right_align(targets, history_length)
         self.n_items = n_items
         self.rng = np.random.default_rng(seed)
 
@@ -264,19 +264,17 @@ class GeneralDataModule(RecDataModule):
 
 
 class SequentialDataModule(RecDataModule):
-    """Whole per-user sequences (windows of max_len + 1), loss at every position."""
+    """Whole per-user sequences (windows of history_length + 1), loss at every position."""
 
-    def __init__(self, split: Split, max_len: int = 50, **kwargs: Any) -> None:
-        kwargs.setdefault("history_length", max_len)
-        super().__init__(split, **kwargs)
-        self.max_len = max_len
+    def __init__(self, split: Split, history_length: int = 50, **kwargs: Any) -> None:
+        super().__init__(split, history_length=history_length, **kwargs)
 
     def setup(self, stage: str | None = None) -> None:
         frame = pd.DataFrame(
             {"u": self.index.users_of(self.train_frame), "i": self.index.items_of(self.train_frame)}
         )
         sequences = frame.groupby("u", sort=True)["i"].agg(list).tolist()  # train_frame is in time order
-        self.train_set = _SequenceDataset(sequences, self.max_len, self.n_items, self.seed)
+        self.train_set = _SequenceDataset(sequences, self.history_length, self.n_items, self.seed)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=_identity)
@@ -440,7 +438,7 @@ class ExampleDataModule(RecDataModule):
 # arguments): part of the model's accepted keys (training.models.hyperparameters).
 DATA_PARAMS: dict[str, dict[str, type]] = {
     "example": {"batch_size": int, "num_negatives": int, "history_length": int},
-    "sequential": {"batch_size": int, "max_len": int},
+    "sequential": {"batch_size": int, "history_length": int},
     "general": {"batch_size": int, "history_length": int},
     "baseline": {"history_length": int},
 }
@@ -463,7 +461,7 @@ def build_datamodule(
     if kind == "sequential":
         return SequentialDataModule(
             split,
-            max_len=int(params.get("max_len", 50)),
+            history_length=int(params.get("history_length", 50)),
             batch_size=batch_size,
             eval_batch_users=eval_batch_users,
             seed=seed,

@@ -21,10 +21,11 @@ import torch
 from pipeline.artifacts import Evaluation, Split, TrainResult, atomic_write_json, atomic_write_text
 from pipeline.config import EvaluationConfig
 from training.artifact import DEFAULT_HISTORY_LENGTH, load_model_artifact
-from training.data import EvalInputs, build_eval_inputs, build_example_set, right_align
+from training.data import EvalInputs, build_eval_inputs, build_example_set
 from training.metrics import RankingAccumulator
 from training.models import build_model
 from training.models.capabilities import PointwiseMetrics, can
+from training.scoring import ArtifactScorer
 from training.split import SplitIndex, train_matrix
 from training.train import evaluate_module
 
@@ -90,29 +91,28 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
 class ForeignScorer:
     """Scores a model artifact trained on ANY split in another split's index space.
 
-    Ids are mapped through the two index spaces: a user the artifact did not train on is scored as
-    unknown (-1, from history, as the service would), history items it does not know are dropped,
-    and items it does not know get -inf (it can never recommend them).
+    Ids are mapped through the two index spaces; the artifact side follows ``training.scoring`` (a
+    user the artifact did not train on is scored as unknown, from history, as the service would;
+    history items it does not know are dropped). Split items the artifact does not know get -inf: it
+    can never recommend them.
     """
 
     def __init__(self, artifact_dir: Path | str, index: SplitIndex) -> None:
         self.artifact = load_model_artifact(Path(artifact_dir))
-        self.history_length = self.artifact.history_length or DEFAULT_HISTORY_LENGTH
+        self.scorer = ArtifactScorer(self.artifact)
+        self.history_length = self.scorer.history_length
         self.n_items = index.n_items
-        art = self.artifact
         self.to_artifact = np.zeros(index.n_items + 1, dtype=np.int64)  # split item -> artifact item
-        self.to_artifact[1:] = [art.item_index.get(str(item), 0) for item in index.item_ids]
+        self.to_artifact[1:] = [self.artifact.item_index.get(str(item), 0) for item in index.item_ids]
         self.split_columns = np.flatnonzero(self.to_artifact)
         self.unknown_items = torch.from_numpy(self.to_artifact == 0)
-        trained = np.diff(art.seen.indptr) > 0
-        self.user_map = np.array([art.user_index.get(str(u), -1) for u in index.user_ids], dtype=np.int64)
-        self.user_map[(self.user_map >= 0) & ~trained[np.clip(self.user_map, 0, None)]] = -1
+        self.user_map = self.scorer.user_rows(index.user_ids)  # split user -> artifact user or -1
 
     def scores(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """(B, n_items + 1) scores for split user indices and right-aligned split item histories."""
         mapped = self.to_artifact[history[:, -self.history_length :].numpy()]
-        own_history = right_align([[i for i in row if i > 0] for row in mapped.tolist()], self.history_length)
-        own = self.artifact.score(torch.from_numpy(self.user_map[users.numpy()]), own_history)
+        own_history = [[i for i in row if i > 0] for row in mapped.tolist()]
+        own = self.scorer.scores(self.user_map[users.numpy()], own_history)
         out = torch.full((own.shape[0], self.n_items + 1), -torch.inf)
         out[:, torch.from_numpy(self.split_columns)] = own[
             :, torch.from_numpy(self.to_artifact[self.split_columns])

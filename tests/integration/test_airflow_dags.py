@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from pipeline.airflow_env import airflow_env, free_port
-from pipeline.cli import stop_process_group
+from orchestration.airflow_env import airflow_env, free_port
+from orchestration.cli import stop_process_group
 from pipeline.layout import Layout
 from tests.integration.pipeline_home import make_home
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.airflow_env import airflow_env
+from orchestration.airflow_env import airflow_env
 from pipeline.layout import Layout
 from tests.integration.pipeline_home import make_home
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 
 PROMOTE_BPR = """
 import dataclasses, json, sys
-from pipeline import stages
+from orchestration import stages
 from pipeline.artifacts import GateDecision
 from pipeline.run_index import RunIndex
 from serving.package import promote_candidate

@@ -1,6 +1,6 @@
 """The lifecycle scenarios that used to replace a good live model, on a real slice of MovieLens-100K.
 
-Each run goes through every real stage in-process (``pipeline.stages.run_all``, the CLI's path): ingest,
+Each run goes through every real stage in-process (``orchestration.stages.run_all``, the CLI's path): ingest,
 validation, Feast features, split, training, evaluation, gate, packaging, promotion, Evidently drift.
 The deployment ``default`` is fixed by the home's config file: an events file, random-holdout
 protocol (on 120 users the temporal protocol makes Popularity unbeatable), NDCG@10. After the first promotion, none of these may change the champion or any online value in the
@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from features.store import feature_store, online_user_features
-from pipeline import stages
+from orchestration import stages
 from pipeline.layout import Layout
 from pipeline.run_index import RunIndex
 from tests.integration.pipeline_home import make_home, ml100k_raw

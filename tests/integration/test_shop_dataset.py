@@ -22,7 +22,7 @@ import yaml
 
 from features.store import feature_store
 from ingestion.examples import write_shop
-from pipeline import stages
+from orchestration import stages
 from pipeline.artifacts import Split
 from pipeline.config import TrainerConfig
 from pipeline.run_index import RunIndex

@@ -12,8 +12,9 @@ import pytest
 import scipy.sparse as sp
 import torch
 
+from orchestration.runs import model_params as load_model_params
 from pipeline.artifacts import FeatureSet
-from pipeline.config import SplitConfig, load_model_params
+from pipeline.config import SplitConfig
 from pipeline.layout import Layout
 from training.attributes import attributes_for
 from training.data import build_example_set

@@ -1,10 +1,10 @@
-"""The pipeline's declaration (pipeline.flow): consistent, and the one thing runners are built from."""
+"""The pipeline's declaration (orchestration.flow): consistent, and the one thing runners are built from."""
 
 from __future__ import annotations
 
 import inspect
 
-from pipeline.flow import DATA_STAGES, MODEL_PIPELINE, STAGES, run_stages
+from orchestration.flow import DATA_STAGES, MODEL_PIPELINE, STAGES, run_stages
 
 
 def test_every_stage_takes_what_it_declares_from_earlier_stages() -> None:
@@ -34,7 +34,7 @@ def test_run_stages_runs_the_declaration_in_order(monkeypatch) -> None:
 
         return stage
 
-    import pipeline.stages as stages_module
+    import orchestration.stages as stages_module
 
     for stage in MODEL_PIPELINE:
         monkeypatch.setattr(stages_module, stage.name, fake(stage.name))

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from orchestration.runs import ensure_run_config
 from pipeline.artifacts import DeploymentEvent, Evaluation, RunConfig, Split
 from pipeline.config import PipelineConfig, SplitConfig, TrainerConfig
 from pipeline.layout import Layout
-from pipeline.runs import ensure_run_config
 from tests.records import make_event
 from training.evaluate import evaluate_run, judge_on_split
 from training.gate import decide

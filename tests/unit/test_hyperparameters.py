@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_model_params
+from orchestration.runs import model_params as load_model_params
 from training.models import MODELS, HyperparameterError, build_model, hyperparameters, validate_hparams
 
 
@@ -33,7 +33,7 @@ def test_a_typo_fails_and_lists_the_accepted_keys() -> None:
         ("bpr", {"embedding_size": 3.5}, "embedding_size=3.5 is not a valid int"),
         ("bpr", {"embedding_size": True}, "embedding_size=True is not a valid int"),
         ("twotower", {"hidden_sizes": [64, "a"]}, "hidden_sizes"),
-        ("sasrec", {"max_len": "50"}, "max_len='50'"),
+        ("sasrec", {"history_length": "50"}, "history_length='50'"),
     ],
 )
 def test_a_wrong_type_fails(name: str, params: dict, message: str) -> None:

@@ -28,7 +28,7 @@ SMALL = {
         "n_layers": 1,
         "n_heads": 2,
         "inner_size": 32,
-        "max_len": 10,
+        "history_length": 10,
         "dropout": 0.0,
         "lr": 0.01,
         "batch_size": 32,
@@ -72,7 +72,7 @@ def test_negatives_are_never_interacted(split) -> None:
 
 
 def test_sequence_windows_cover_every_train_transition(split) -> None:
-    dm = SequentialDataModule(split, max_len=10, batch_size=10_000)
+    dm = SequentialDataModule(split, history_length=10, batch_size=10_000)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     history, targets = batch["history"], batch["targets"]
@@ -105,7 +105,7 @@ def test_eval_inputs_follow_the_contract(split) -> None:
 def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
     torch.manual_seed(0)
     dm_cls = SequentialDataModule if name == "sasrec" else GeneralDataModule
-    dm = dm_cls(split, batch_size=256, **({"max_len": 10} if name == "sasrec" else {}))
+    dm = dm_cls(split, batch_size=256, **({"history_length": 10} if name == "sasrec" else {}))
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestration.run_notes import NOTE_MAX_CHARS, model_of, note_for
 from pipeline.artifacts import GateDecision
 from pipeline.run_index import RunIndex
-from pipeline.run_notes import NOTE_MAX_CHARS, model_of, note_for
 from tests.records import make_event, make_record
 
 

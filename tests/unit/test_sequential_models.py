@@ -19,13 +19,13 @@ from training.split import make_split
 torch.set_num_threads(1)
 NAMES = ["gru4rec", "narm"]
 SMALL = {
-    "gru4rec": {"embedding_size": 16, "hidden_size": 24, "dropout": 0.0, "max_len": 10, "lr": 0.01},
+    "gru4rec": {"embedding_size": 16, "hidden_size": 24, "dropout": 0.0, "history_length": 10, "lr": 0.01},
     "narm": {
         "embedding_size": 16,
         "hidden_size": 24,
         "dropout": 0.0,
         "ct_dropout": 0.0,
-        "max_len": 10,
+        "history_length": 10,
         "lr": 0.01,
     },
 }
@@ -47,7 +47,7 @@ def test_registered_as_sequential_pipeline_models_with_configs() -> None:
         assert MODELS[name].kind == "sequential" and MODELS[name].trainable
         assert name in pipeline_models()
         params = load_model_params(name)
-        assert params["max_len"] == 50
+        assert params["history_length"] == 50
         module = build_model(name, 5, 9, **params)  # the yaml's keys are all accepted
         assert module.full_sort_predict(torch.tensor([0]), torch.tensor([[0, 1, 2]])).shape == (1, 10)
 
@@ -61,7 +61,7 @@ def test_full_sort_predict_shape(name: str, n_layers: int) -> None:
         scores = module.full_sort_predict(torch.tensor([0, 6, -1]), history)
     assert scores.shape == (3, 13) and scores.dtype == torch.float32
     assert torch.isfinite(scores).all()
-    # Histories longer than max_len are cut to their newest max_len items.
+    # Histories longer than history_length are cut to their newest history_length items.
     long = torch.randint(1, 13, (2, 25))
     with torch.no_grad():
         assert torch.equal(
@@ -108,7 +108,7 @@ def test_training_states_are_causal_and_match_serving(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
     torch.manual_seed(0)
-    dm = SequentialDataModule(split, max_len=10, batch_size=256)
+    dm = SequentialDataModule(split, history_length=10, batch_size=256)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])
@@ -119,7 +119,7 @@ def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_artifact_round_trip_gives_identical_scores(name: str, split, tmp_path: Path) -> None:
-    dm = SequentialDataModule(split, max_len=10)
+    dm = SequentialDataModule(split, history_length=10)
     torch.manual_seed(0)
     module = build_model(name, dm.n_users, dm.n_items, **SMALL[name]).eval()
     artifact, users, history, expected = artifact_round_trip(

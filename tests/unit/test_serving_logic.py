@@ -72,9 +72,25 @@ def test_history_is_truncated_to_the_newest(knn: Recommender) -> None:
 
 
 def test_history_length_from_hparams(tmp_path: Path) -> None:
-    path = _artifact(tmp_path, "popularity", max_seq_length=7)
+    path = _artifact(tmp_path, "popularity", history_length=7)
     assert history_length_of(path) == 7
     assert load_recommender(path).history_length == 7
+
+
+def test_artifacts_saved_with_the_old_history_name_still_load(tmp_path: Path) -> None:
+    """Sequential models recorded ``max_len`` before the name was unified: loading renames it."""
+    import json
+
+    hparams = {"history_length": 6, "hidden_size": 8, "n_layers": 1, "n_heads": 1, "inner_size": 8}
+    module = build_model("sasrec", N_USERS, N_ITEMS, **hparams)
+    path = save_model_artifact(
+        tmp_path / "sasrec", "sasrec", module, hparams, ITEM_IDS, USER_IDS, _train_matrix()
+    )
+    info = json.loads((path / "model.json").read_text())
+    info["hparams"]["max_len"] = info["hparams"].pop("history_length")
+    (path / "model.json").write_text(json.dumps(info))
+    assert history_length_of(path) == 6
+    assert load_recommender(path).history_length == 6
 
 
 def test_known_user_gets_model_scores_without_seen_items(knn: Recommender) -> None:
@@ -152,7 +168,9 @@ def test_similar_items_uses_item_embeddings_when_present(pop: Recommender) -> No
     assert [i.item_id for i in rec.similar_items("i1", 2)] == ["i2", "i3"]
 
 
-@pytest.mark.parametrize(("name", "hparams"), [("bpr", {"embedding_size": 8}), ("sasrec", {"max_len": 6})])
+@pytest.mark.parametrize(
+    ("name", "hparams"), [("bpr", {"embedding_size": 8}), ("sasrec", {"history_length": 6})]
+)
 def test_learned_models_serve_known_and_unknown_users(tmp_path: Path, name: str, hparams: dict) -> None:
     """Untrained BPR/SASRec artifacts: the serving paths work with the learned models' contract."""
     torch.manual_seed(0)
@@ -162,7 +180,7 @@ def test_learned_models_serve_known_and_unknown_users(tmp_path: Path, name: str,
     rec = load_recommender(path)
     assert rec.similarity_method == "embedding_cosine" and rec.uses_history
     if name == "sasrec":
-        assert rec.history_length == 6  # the model's max_len, not the feature store's 50
+        assert rec.history_length == 6  # the model's history_length, not the feature store's 50
 
     known = rec.recommend("u0", history=None, k=3, exclude_seen=True)  # SASRec: training items as context
     assert not known.fallback and len(known.items) == 3

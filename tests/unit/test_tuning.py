@@ -1,4 +1,4 @@
-"""pipeline/tuning.py without Airflow: grid expansion, training candidates, choosing on validation only."""
+"""orchestration/tuning.py without Airflow: grid expansion, training candidates, choosing on validation only."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import yaml
 
 import pipeline.config as config
-from pipeline import tuning
+from orchestration import tuning
 from pipeline.artifacts import TrainResult
 from pipeline.config import SplitConfig, load_model_params, load_tuning_grid
 from training.evaluate import evaluate_run

@@ -110,7 +110,7 @@ class DIEN(CTRRanker):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["attributes"])
-        self.n_users, self.n_items, self.max_len = n_users, n_items, history_length
+        self.n_users, self.n_items, self.history_length = n_users, n_items, history_length
         self.lr, self.weight_decay, self.score_budget = lr, weight_decay, score_budget
         self.aux_weight = aux_weight
         d, hidden = embedding_size, hidden_size

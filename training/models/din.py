@@ -142,7 +142,7 @@ class CTRRanker(
     """Shared plumbing of DIN and DIEN: attribute encoder, full ranking and explanations by chunks."""
 
     ROW_BLOCK = 64  # users per full-ranking block (see ``_score``)
-    max_len: int
+    history_length: int
     encoder: CTRInputs
     score_budget: int
 
@@ -150,7 +150,7 @@ class CTRRanker(
         return self.encoder.item_vectors()
 
     def _cut(self, history: torch.Tensor) -> torch.Tensor:
-        return history[:, -self.max_len :] if history.shape[1] > self.max_len else history
+        return history[:, -self.history_length :] if history.shape[1] > self.history_length else history
 
     def _chunk_items(self, batch: int, per_pair: int) -> int:
         """Candidates per chunk so that one chunk holds about ``score_budget`` floats."""
@@ -252,7 +252,7 @@ class DIN(CTRRanker):
             raise ValueError(
                 f"attention_normalisation must be 'none' or 'softmax', not {attention_normalisation!r}"
             )
-        self.n_users, self.n_items, self.max_len = n_users, n_items, history_length
+        self.n_users, self.n_items, self.history_length = n_users, n_items, history_length
         self.lr, self.weight_decay, self.score_budget = lr, weight_decay, score_budget
         self.normalisation = attention_normalisation
         d = embedding_size

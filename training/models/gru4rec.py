@@ -66,13 +66,13 @@ class GRU4Rec(RecommenderModule, ScoresFromHistory, EmbedsItems):
         hidden_size: int = 128,
         n_layers: int = 1,
         dropout: float = 0.3,
-        max_len: int = 50,
+        history_length: int = 50,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.n_users, self.n_items, self.max_len = n_users, n_items, max_len
+        self.n_users, self.n_items, self.history_length = n_users, n_items, history_length
         self.lr, self.weight_decay = lr, weight_decay
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
@@ -101,7 +101,7 @@ class GRU4Rec(RecommenderModule, ScoresFromHistory, EmbedsItems):
         return F.cross_entropy(logits, targets[valid])
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        if history.shape[1] > self.max_len:
-            history = history[:, -self.max_len :]
+        if history.shape[1] > self.history_length:
+            history = history[:, -self.history_length :]
         last = self.encode(history)[:, -1]
         return last @ self.item_embedding.weight.T

@@ -13,7 +13,7 @@ At position t:
 Training: full softmax cross-entropy at EVERY position, like SASRec's ``ce`` loss, with causal
 attention (the local summary at t uses only h_1..h_t), so one window trains all its prefixes in one
 forward and c_t at the last position is exactly what ``full_sort_predict`` computes. The causal
-attention builds a (B, L, L, H) tensor; with batch_size 128, max_len 50 and H 100 that is 32M floats
+attention builds a (B, L, L, H) tensor; with batch_size 128, history_length 50 and H 100 that is 32M floats
 per copy, fine on CPU. ``full_sort_predict`` needs only the last query: (B, L, H).
 
 Measured on ML-100K, leave_last_out (bench/bench_training.py, max 30 epochs, patience 6, 2 threads):
@@ -42,13 +42,13 @@ class NARM(RecommenderModule, ScoresFromHistory, EmbedsItems):
         n_layers: int = 1,
         dropout: float = 0.25,
         ct_dropout: float = 0.5,
-        max_len: int = 50,
+        history_length: int = 50,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.n_users, self.n_items, self.max_len = n_users, n_items, max_len
+        self.n_users, self.n_items, self.history_length = n_users, n_items, history_length
         self.lr, self.weight_decay = lr, weight_decay
         self.item_embedding = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
         self.emb_dropout = nn.Dropout(dropout)
@@ -97,6 +97,6 @@ class NARM(RecommenderModule, ScoresFromHistory, EmbedsItems):
         return F.cross_entropy(logits, targets[valid])
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        if history.shape[1] > self.max_len:
-            history = history[:, -self.max_len :]
+        if history.shape[1] > self.history_length:
+            history = history[:, -self.history_length :]
         return self.encode_last(history) @ self.item_embedding.weight.T

@@ -38,7 +38,7 @@ class SASRec(RecommenderModule, ScoresFromHistory, EmbedsItems):
         n_heads: int = 2,
         inner_size: int = 256,
         dropout: float = 0.2,
-        max_len: int = 50,
+        history_length: int = 50,
         loss_type: str = "ce",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
@@ -47,11 +47,11 @@ class SASRec(RecommenderModule, ScoresFromHistory, EmbedsItems):
         if loss_type not in ("ce", "bce"):
             raise ValueError(f"sasrec loss_type must be 'ce' or 'bce', not {loss_type!r}")
         self.save_hyperparameters()
-        self.n_users, self.n_items, self.max_len = n_users, n_items, max_len
+        self.n_users, self.n_items, self.history_length = n_users, n_items, history_length
         self.n_heads, self.loss_type = n_heads, loss_type
         self.lr, self.weight_decay = lr, weight_decay
         self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
-        self.position_embedding = nn.Embedding(max_len, hidden_size)
+        self.position_embedding = nn.Embedding(history_length, hidden_size)
         self.input_norm = nn.LayerNorm(hidden_size)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
@@ -65,9 +65,9 @@ class SASRec(RecommenderModule, ScoresFromHistory, EmbedsItems):
             self.item_embedding.weight[0].zero_()
 
     def encode(self, history: torch.Tensor) -> torch.Tensor:
-        """Hidden states (B, L, d) of a right-aligned history (B, L), L <= max_len."""
+        """Hidden states (B, L, d) of a right-aligned history (B, L), L <= history_length."""
         length = history.shape[1]
-        positions = torch.arange(self.max_len - length, self.max_len, device=history.device)
+        positions = torch.arange(self.history_length - length, self.history_length, device=history.device)
         x = self.item_embedding(history) + self.position_embedding(positions).unsqueeze(0)
         x = self.input_norm(self.dropout(x))
         pad = history == 0
@@ -93,7 +93,7 @@ class SASRec(RecommenderModule, ScoresFromHistory, EmbedsItems):
         return -(F.logsigmoid(pos) + F.logsigmoid(-neg)).mean()
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        if history.shape[1] > self.max_len:
-            history = history[:, -self.max_len :]
+        if history.shape[1] > self.history_length:
+            history = history[:, -self.history_length :]
         last = self.encode(history)[:, -1]
         return last @ self.item_embedding.weight.T

@@ -3,7 +3,7 @@
 Each function loads its inputs' manifests, calls the stage's plain-Python implementation, saves the
 result's manifest under the run directory and returns that path (a string, so it fits in XCom).
 Every stage of a run takes its settings from the run's ``run_config.json`` (written by the first
-stage that runs, see ``pipeline.runs``), so a retried task uses the settings the run started with.
+stage that runs, see ``orchestration.runs``), so a retried task uses the settings the run started with.
 Heavy libraries are imported inside the functions: the DAG processor imports this module's callers
 on every parse and must stay fast.
 """
@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from orchestration.runs import ensure_run_config, pipeline_config
 from pipeline.artifacts import (
     Evaluation,
     FeatureSet,
@@ -36,7 +37,6 @@ from pipeline.artifacts import (
 from pipeline.config import PipelineConfig, load_config
 from pipeline.layout import Layout
 from pipeline.run_index import RunIndex, now_iso
-from pipeline.runs import ensure_run_config, pipeline_config
 
 log = logging.getLogger(__name__)
 
@@ -308,13 +308,13 @@ def run_all(
     overrides: dict[str, Any] | None = None,
     hparams: dict[str, Any] | None = None,
 ) -> tuple[Path, GateDecision]:
-    """Run every stage of ``pipeline.flow.MODEL_PIPELINE`` in-process (the CLI path; Airflow runs the
+    """Run every stage of ``orchestration.flow.MODEL_PIPELINE`` in-process (the CLI path; Airflow runs the
     same declaration as tasks).
 
     Returns the path of the refreshed summary.json and the run's final gate decision. A failure marks
     the run ``failed`` in the run index and is raised; the deployment's champion is untouched.
     """
-    from pipeline.flow import run_stages
+    from orchestration.flow import run_stages
 
     run_id = run_id or new_run_id()
     try:
@@ -338,7 +338,7 @@ def mark_failed(model: str, run_id: str, error: str, overrides: dict[str, Any] |
 
 def finish(model: str, run_id: str, overrides: dict[str, Any] | None = None) -> str:
     """Mark the run complete and refresh summary.json + leaderboard.md; returns the summary path."""
-    from pipeline.summary import write_summary
+    from orchestration.summary import write_summary
 
     run = run_context(model, run_id, overrides)
     atomic_write_json(

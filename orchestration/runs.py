@@ -11,39 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import subprocess
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import RunConfig, file_lock
-from pipeline.config import REPO_ROOT, PipelineConfig, load_model_params
+from pipeline.config import PipelineConfig, load_model_params
+from pipeline.provenance import code_commit
 
 log = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
-
-
-@cache
-def code_commit() -> str:
-    """The git commit of the code, with ``+dirty`` when tracked files differ from it; "unknown" without git."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10
-        )
-        if head.returncode != 0 or not head.stdout.strip():
-            return "unknown"
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def config_hash(config: dict[str, Any], hparams: dict[str, Any]) -> str:
@@ -98,7 +76,7 @@ def ensure_run_config(
     with file_lock(Path(run_dir) / ".run_config.lock"):  # two first tasks of one run may race
         if path.is_file():
             return RunConfig.load(path)
-        params = load_model_params(model, hparams)
+        params = model_params(model, hparams)
         config = json.loads(cfg.model_dump_json(by_alias=True))
         eligible, why = eligibility(cfg)
         run_config = RunConfig(
@@ -116,6 +94,16 @@ def ensure_run_config(
         run_config.save(path)
     log.info("run %s/%s: %s", model, run_id, why)
     return run_config
+
+
+def model_params(model: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model's hyperparameters (its YAML + overrides) checked against what it accepts: unknown keys
+    and wrong types fail here, naming the accepted keys (``training.models.validate_hparams``). Names
+    that are not registered models (monitor runs) keep their overrides as given."""
+    from training.models import MODELS, validate_hparams
+
+    params = load_model_params(model, overrides)
+    return validate_hparams(model, params) if model in MODELS else params
 
 
 def pipeline_config(run_config: RunConfig) -> PipelineConfig:

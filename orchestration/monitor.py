@@ -6,8 +6,8 @@ import json
 import logging
 from typing import Any
 
-from pipeline import stages
-from pipeline.flow import DATA_STAGES, run_stages
+from orchestration import stages
+from orchestration.flow import DATA_STAGES, run_stages
 from pipeline.run_index import RunIndex
 
 log = logging.getLogger(__name__)

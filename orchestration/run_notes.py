@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 
+from orchestration.stages import context, mark_failed, safe_run_id
 from pipeline.artifacts import GateDecision
 from pipeline.run_index import RunIndex
-from pipeline.stages import context, mark_failed, safe_run_id
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Hyperparameter tuning as pipeline stages: a small grid, one training per candidate, pick on VALIDATION.
 
 What ``recsys_tune_<model>`` (dags/recsys_tuning.py) runs, callable without Airflow
-(``python -m pipeline.tuning bpr --max-candidates 4``) and from tests:
+(``python -m orchestration.tuning bpr --max-candidates 4``) and from tests:
 
-1. the shared ingest -> validate -> features -> split stages of ``pipeline.stages`` (the split is the
+1. the shared ingest -> validate -> features -> split stages of ``orchestration.stages`` (the split is the
    same one every model and baseline uses, so a tuned model stays comparable);
 2. ``candidate_grid``: the model YAML's ``tuning_grid:`` (hyperparameter -> values) or, without one, a
    default grid of learning rate x model width around the YAML defaults; capped at ``max_candidates``;
@@ -31,9 +31,10 @@ from typing import Any
 
 import yaml
 
+from orchestration.runs import model_params
+from orchestration.stages import _run_dir, context, new_run_id, run_context, safe_run_id
 from pipeline.artifacts import Split, TrainResult, atomic_write_json, atomic_write_text
 from pipeline.config import load_model_params, load_tuning_grid
-from pipeline.stages import _run_dir, context, new_run_id, run_context, safe_run_id
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +86,13 @@ def candidate_grid(
     combos = [dict(zip(keys, values, strict=True)) for values in itertools.product(*grid.values())]
     combos = list({json.dumps(c, sort_keys=True): c for c in combos}.values())  # drop duplicates
     combos.sort(key=lambda c: sum(defaults.get(k) != v for k, v in c.items()))  # stable: product order
-    return [
+    candidates = [
         {"id": f"c{i:02d}", "hparams": {**(base or {}), **combo}}
         for i, combo in enumerate(combos[:max_candidates])
     ]
+    for candidate in candidates:  # a typo in the grid fails here, before any candidate trains
+        model_params(model, candidate["hparams"])
+    return candidates
 
 
 def tuning_dir(model: str, run_id: str, overrides: dict[str, Any] | None = None) -> Path:
@@ -110,7 +114,7 @@ def train_candidate(
     run_dir = tuning_dir(model, run_id, overrides) / "candidates" / candidate["id"]
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "candidate.json", candidate)
-    params = load_model_params(model, candidate["hparams"])
+    params = model_params(model, candidate["hparams"])
     result = train_model(model, Split.load(split_manifest), params, cfg.trainer, run_dir)
     log.info("candidate %s %s: %s %.4f", candidate["id"], candidate["hparams"], SELECTION_METRIC,
              result.best_valid_ndcg10)  # fmt: skip
@@ -201,7 +205,7 @@ def run_tuning(
     hparams: dict[str, Any] | None = None,
 ) -> Path:
     """The whole tuning run in-process (the DAG runs the same functions as tasks); returns tuning.json."""
-    from pipeline.flow import DATA_STAGES, run_stages
+    from orchestration.flow import DATA_STAGES, run_stages
 
     run_id = tuning_run_id(run_id or new_run_id())
     split_manifest = run_stages(model, run_id, overrides, names=DATA_STAGES)["split"]

@@ -1,4 +1,4 @@
-"""Airflow tasks built from the pipeline's declaration (``pipeline.flow``): one task per stage.
+"""Airflow tasks built from the pipeline's declaration (``orchestration.flow``): one task per stage.
 
 ``stage_tasks`` turns a sequence of declared stages into tasks of the DAG being defined, wires each
 to the outputs it takes (paths through XCom) and to the stages it must follow, and returns the tasks'
@@ -15,8 +15,8 @@ from typing import Any
 
 from airflow.sdk import get_current_context, task
 
-from pipeline.dag_params import overrides_from_params
-from pipeline.flow import STAGES, Stage
+from orchestration.dag_params import overrides_from_params
+from orchestration.flow import STAGES, Stage
 
 RETRY_DELAY = timedelta(seconds=10)
 

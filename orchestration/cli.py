@@ -27,10 +27,10 @@ from typing import Any
 
 import yaml
 
-from pipeline import stages
-from pipeline.airflow_env import airflow_env, free_port
+from orchestration import stages
+from orchestration.airflow_env import airflow_env, free_port
+from orchestration.summary import write_summary
 from pipeline.config import ConfigError
-from pipeline.summary import write_summary
 
 log = logging.getLogger("recforge")
 

@@ -1,12 +1,12 @@
 """The model pipeline, declared once: its stages, what each takes, how Airflow runs it.
 
 ``MODEL_PIPELINE`` is the ordered declaration. Everything that runs stages is built from it:
-``run_stages`` runs it (or a part) in-process, for the CLI (``pipeline.stages.run_all``), the drift
-monitor and the leaderboard; ``pipeline.dag_tasks.stage_tasks`` turns it into Airflow tasks for the
+``run_stages`` runs it (or a part) in-process, for the CLI (``orchestration.stages.run_all``), the drift
+monitor and the leaderboard; ``orchestration.dag_tasks.stage_tasks`` turns it into Airflow tasks for the
 ``recsys_<model>`` DAGs, and the tuning DAGs take its ``DATA_STAGES``. The model is always passed in
 (by closure in the DAGs), never parsed back out of a DAG id.
 
-Each stage is a function of ``pipeline.stages`` with the signature
+Each stage is a function of ``orchestration.stages`` with the signature
 ``stage(model, run_id, *input_paths, overrides=None[, hparams=None]) -> output path``, imported on
 first use so that parsing the DAGs stays cheap.
 """
@@ -40,7 +40,7 @@ class Stage:
 
     @property
     def function(self) -> Callable[..., str]:
-        return getattr(importlib.import_module("pipeline.stages"), self.name)
+        return getattr(importlib.import_module("orchestration.stages"), self.name)
 
     def run(
         self,
