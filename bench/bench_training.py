@@ -103,8 +103,12 @@ def train_and_evaluate(
     patience: int,
     threads: int,
     run_id: str | None = None,
+    train_seed: int | None = None,
 ) -> dict[str, Any]:
     """Split (reused when it exists), train and evaluate one model; the row the benches report.
+
+    ``seed`` seeds the split; ``train_seed`` the training (initialisation, sampling, shuffling),
+    default ``TrainerConfig``'s: vary it alone to see how much a number moves between trainings.
 
     Shared by this bench and bench/leaderboard.py, so both measure exactly the same thing. Meant to
     run in its own process (peak RSS is the process's).
@@ -113,11 +117,15 @@ def train_and_evaluate(
     layout = Layout(Path(home))
     split = make_split(feature_set, SplitConfig(protocol=protocol, seed=seed), layout)
     trainer_cfg = TrainerConfig(max_epochs=max_epochs, patience=patience, num_threads=threads)
+    if train_seed is not None:
+        trainer_cfg = trainer_cfg.model_copy(update={"seed": train_seed})
     start = time.perf_counter()
     # Keyed by the configuration: two benches of different hyperparameters in one home never share
     # (and overwrite) a checkpoint directory.
     config_key = hashlib.sha256(
-        json.dumps([params, seed, max_epochs, patience], sort_keys=True, default=str).encode()
+        json.dumps(
+            [params, seed, max_epochs, patience, trainer_cfg.seed], sort_keys=True, default=str
+        ).encode()
     ).hexdigest()[:8]
     run_dir = layout.run(model, run_id or f"bench-{protocol}-{config_key}")
     result = train_model(model, split, params, trainer_cfg, run_dir)

@@ -169,6 +169,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
             patience=job["patience"],
             threads=job["threads"],
             run_id=run_id,
+            train_seed=job.get("train_seed"),
         )
     except Exception as exc:  # noqa: BLE001 - one broken model must not sink the leaderboard
         return {
@@ -353,7 +354,8 @@ def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: 
         f"Python {meta['python']}, torch {meta['torch']}.",
         f"- {meta['workers']} worker processes x {meta['threads']} thread(s), a fresh process per run; "
         f"max {meta['max_epochs']} epochs, early stopping on validation NDCG@10 (patience {meta['patience']}); "
-        f"split seed {meta['seed']}.",
+        f"split seed {meta['seed']}"
+        + (f", training seed {meta['train_seed']}." if meta.get("train_seed") is not None else "."),
         f"- **Total wall time: {meta['wall_seconds'] / 60:.1f} min** ({meta['wall_seconds']:.0f} s) for "
         f"{meta['n_ok']} runs ({meta['n_failed']} failed, {meta['n_skipped']} skipped).",
         "- Test metrics, full ranking over all items, seen items excluded. Lift = NDCG@10 / Popularity's on "
@@ -535,6 +537,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-epochs", type=int, default=defaults.trainer.max_epochs)
     parser.add_argument("--patience", type=int, default=defaults.trainer.patience)
     parser.add_argument("--seed", type=int, default=defaults.split.seed, help="split seed")
+    parser.add_argument(
+        "--train-seed", type=int, default=None, help="training seed (default: the trainer config's)"
+    )
     parser.add_argument("--home", default=str(defaults.home_dir), help="RECFORGE_HOME (data is reused)")
     parser.add_argument("--hparam", action="append", default=[], metavar="MODEL.KEY=VALUE")
     parser.add_argument("--out-json", default=str(RESULTS_JSON))
@@ -585,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
                     "feature_set": str(feature_manifest),
                     "home": str(home),
                     "seed": args.seed,
+                    "train_seed": args.train_seed,
                     "max_epochs": args.max_epochs,
                     "patience": args.patience,
                     "threads": args.threads,
@@ -618,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_epochs": args.max_epochs,
         "patience": args.patience,
         "seed": args.seed,
+        "train_seed": args.train_seed,
         "protocols": protocols,
         "wall_seconds": wall,
         "n_ok": sum(r["status"] == "ok" for r in records),

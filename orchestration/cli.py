@@ -171,7 +171,10 @@ def cmd_example(args: argparse.Namespace) -> None:
         args.out_dir, n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed
     )
     print(f"wrote {files.events}, {files.users}, {files.items} and the schema {files.schema}")
-    print(f"run a model on it: RECFORGE_CONFIG={files.config} .venv/bin/recforge run twotower")
+    # A home of its own: the shop's runs, champion and features stay apart from other data's.
+    env = f"RECFORGE_HOME={files.config.parent / 'home'} RECFORGE_CONFIG={files.config}"
+    print(f"run a model on it: {env} .venv/bin/recforge run twotower")
+    print(f"serve the champion: {env} make serve")
 
 
 def cmd_feast(args: argparse.Namespace) -> None:

@@ -39,6 +39,7 @@ from training.artifact import (
 )
 from training.models.capabilities import (
     EmbedsItems,
+    EmbedsNewItems,
     Explains,
     ItemSimilarity,
     RanksCandidates,
@@ -133,6 +134,10 @@ class Recommender:
             and can(module, ScoresFromAttributes)
         )
         self.is_ranker = can(module, RanksCandidates)
+        # /similar_items for an item outside the catalogue, given by its attributes.
+        self.embeds_new_items = (
+            can(module, EmbedsNewItems) and art.attributes is not None and bool(art.attributes.items.fields)
+        )
         self.can_explain = can(module, Explains)
         if self.retriever is not None:
             if not self.is_ranker:
@@ -225,6 +230,7 @@ class Recommender:
             "cold_start": [*cold, POPULARITY],
             "ranks_unknown_users": self.retriever is None or self._ranks_unknown_users,
             "explanations": self.can_explain,
+            "new_items_from_attributes": self.embeds_new_items,
         }
 
     # ---- endpoints -------------------------------------------------------------------------------
@@ -314,6 +320,31 @@ class Recommender:
         # Zero similarity means "no evidence", not "similar": never return those as neighbours.
         if self.similarity_method != "embedding_cosine":
             scores[scores <= 0] = -torch.inf
+        return self._top_k(scores, k)
+
+    def similar_to_attributes(self, item_features: dict[str, Any], k: int) -> list[ScoredItem]:
+        """The ``k`` catalogue items most similar (cosine) to a new item described by ``item_features``.
+
+        Raises ``ValueError`` when the model cannot embed an item from attributes, or when none of the
+        given attributes is known to it (the vector would be that of an unknown item, the same for all).
+        """
+        if not self.embeds_new_items:
+            raise ValueError(
+                f"model {self.name!r} cannot place an item it was not trained on from item_features; "
+                "models that can: those declaring EmbedsNewItems (twotower, deepfm, content)"
+            )
+        codes, numbers = self.artifact.attributes.items.encode([item_features])  # type: ignore[union-attr]
+        if not (codes.any() or numbers.any()):
+            raise ValueError(
+                f"item_features {sorted(item_features)}: no value is known to model {self.name!r} "
+                "(unseen categories and empty values carry no information)"
+            )
+        with torch.no_grad():
+            vector = self.artifact.module.item_embeddings_from_attributes(
+                torch.from_numpy(codes), torch.from_numpy(numbers)
+            )[0].float()
+        scores = self._item_vectors @ (vector / vector.norm().clamp_min(1e-8))  # type: ignore[operator]
+        scores[0] = -torch.inf
         return self._top_k(scores, k)
 
     # ---- internals -------------------------------------------------------------------------------

@@ -207,11 +207,19 @@ class LiveModel:
     @property
     def user_attribute_names(self) -> list[str]:
         """The user attributes of this model's data schema (what ``user_features`` may hold)."""
+        return self._attribute_names("users")
+
+    @property
+    def item_attribute_names(self) -> list[str]:
+        """The item attributes of this model's data schema (what ``item_features`` may hold)."""
+        return self._attribute_names("items")
+
+    def _attribute_names(self, side: str) -> list[str]:
         schema = self.metadata.get("schema")
-        if schema:
-            return list(schema.get("user_features", {}))
+        if schema:  # the declared schema the model was trained with
+            return list(schema.get("user_features" if side == "users" else "item_features", {}))
         attributes = self.rec.artifact.attributes
-        return [f.name for f in attributes.users.fields] if attributes is not None else []
+        return [f.name for f in getattr(attributes, side).fields] if attributes is not None else []
 
 
 def load_live_model(
@@ -494,6 +502,7 @@ def served_schema(tag: str) -> DataSchema:
 # Documented in the OpenAPI from the schema of the model served at start; a model swapped in later
 # may declare other attributes, so requests are also checked against the live model's schema.
 UserFeatures = attribute_model("UserFeatures", served_schema(MODEL_TAG).user_features)
+ItemFeatures = attribute_model("ItemFeatures", served_schema(MODEL_TAG).item_features)
 
 
 class SimilarItemsResponse(BaseModel):
@@ -723,24 +732,39 @@ class Recommender:
         )
 
     @bentoml.api
-    def similar_items(self, item_id: ItemId, k: K = 10) -> SimilarItemsResponse:
-        """Items most similar to ``item_id`` (cosine of item embeddings / item-item similarity)."""
+    def similar_items(
+        self, item_id: ItemId, k: K = 10, item_features: ItemFeatures | None = None
+    ) -> SimilarItemsResponse:
+        """Items most similar to ``item_id`` (cosine of item embeddings / item-item similarity).
+
+        An item not in the served catalogue (a product added since training) is described by
+        ``item_features``: models that embed items from attributes place it among the catalogue
+        (``/metadata`` ``serving.new_items_from_attributes``). For an item of the catalogue its own
+        vector is used and ``item_features`` is ignored.
+        """
         live = self.live
         iid = str(item_id).strip()
-        try:
+        method = live.rec.similarity_method
+        if iid in live.rec.item_index:
             items = live.rec.similar_items(iid, k)
-        except KeyError:
+        elif features := _item_features(live, item_features):
+            try:
+                items = live.rec.similar_to_attributes(features, k)
+            except ValueError as exc:  # the model cannot place it: the item stays unknown to it
+                raise NotFound(f"unknown item_id {clip(iid)!r}, and {exc}") from None
+            method = "attribute_embedding_cosine"
+        else:
             raise NotFound(
                 f"unknown item_id {clip(iid)!r}: the model {live.tag} was trained on {live.rec.n_items} items "
-                "and this is not one of them"
-            ) from None
+                "and this is not one of them (describe a new item with item_features)"
+            )
         return SimilarItemsResponse(
             item_id=iid,
             items=_items(items),
             model=live.rec.name,
             model_tag=live.tag,
             deployment=TARGET.deployment,
-            method=live.rec.similarity_method,
+            method=method,
         )
 
     @metadata_app.get("/metadata")
@@ -774,18 +798,29 @@ class Recommender:
         }
 
 
+def _requested_attributes(requested: BaseModel | None, field: str, declared: list[str], tag: str) -> dict:
+    """The attributes a request gives (empty when none), checked against the live model's ``declared``."""
+    given = requested.model_dump(exclude_none=True) if requested is not None else {}
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise InvalidArgument(
+            f"{field} {clip(str(unknown))}: the served model {tag} knows the "
+            f"{field.split('_')[0]} attributes {declared}"
+        )
+    return given
+
+
+def _item_features(live: LiveModel, requested: BaseModel | None) -> dict[str, Any]:
+    """A new item's attributes from the request."""
+    return _requested_attributes(requested, "item_features", live.item_attribute_names, live.tag)
+
+
 def _attributes(
     live: LiveModel, uid: str, requested: BaseModel | None
 ) -> tuple[dict[str, Any] | None, str | None]:
     """The cold user's attributes: the request's fields over the Feast profile row's."""
-    given = requested.model_dump(exclude_none=True) if requested is not None else {}
     declared = live.user_attribute_names
-    unknown = sorted(set(given) - set(declared))
-    if unknown:
-        raise InvalidArgument(
-            f"user_features {clip(str(unknown))}: the served model {live.tag} knows the user attributes "
-            f"{declared}"
-        )
+    given = _requested_attributes(requested, "user_features", declared, live.tag)
     missing = [name for name in declared if name not in given]
     stored = (live.online.profile(uid, missing) or {}) if missing else {}
     merged = {**stored, **given}

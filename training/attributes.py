@@ -341,7 +341,8 @@ def encode_side(
     that order (``padding``: a zero row 0 in front, the item index convention)."""
     fields = [fit_field(name, spec, rows[name].tolist()) for name, spec in schema.fields(entity).items()]
     aligned = rows.reindex(ids)
-    records = aligned.to_dict("records")
+    # A frame without attribute columns gives no records at all: one empty record per entity instead.
+    records = aligned.to_dict("records") if len(aligned.columns) else [{}] * len(aligned)
     side = EntityAttributes(entity, fields, np.zeros((0, 0), np.int64), np.zeros((0, 0), np.float32))
     codes, numbers = side.encode(records)
     if padding:  # item index 0 is padding: a row of zeros in front

@@ -269,6 +269,11 @@ def test_similar_items(client: httpx.Client, home: ServingHome) -> None:
     body = resp.json()
     ids = [i["item_id"] for i in body["items"]]
     assert 0 < len(ids) <= 5 and item not in ids and body["method"] == "item_similarity"
+    # A product outside the catalogue, described by attributes: ItemKNN cannot place it, and says so.
+    resp = client.post("/similar_items", json={"item_id": "new-item", "item_features": {"genres": ["Drama"]}})
+    assert resp.status_code == 404 and "cannot place an item" in resp.text, resp.text
+    resp = client.post("/similar_items", json={"item_id": "new-item"})
+    assert resp.status_code == 404 and "unknown item_id" in resp.text
 
 
 def test_two_stage_ranker_serves_known_and_cold_users(

@@ -239,3 +239,52 @@ def test_adding_an_attribute_is_an_edit_of_the_schema_only(shop) -> None:
         }
     assert all("device" not in names for names in seen["without"].values()), seen
     assert all("device" in names for names in seen["with"].values()), seen
+
+
+def test_the_shop_served_over_http_new_customers_and_new_products(shop, tmp_path) -> None:
+    """The promoted two-tower behind a real ``bentoml serve``: a customer it never saw is served from
+    ``user_features``, a product the catalogue does not have is placed from ``item_features``."""
+    import httpx
+
+    from tests.serving_fixtures import serve
+
+    files, layout, _, _ = shop
+    users = pd.read_csv(files.users, dtype=str).set_index("user_id")
+    items = pd.read_csv(files.items, dtype=str).set_index("item_id")
+    with serve(layout, tmp_path / "server.log") as server:
+        server.wait_ready()
+        client = httpx.Client(base_url=server.url, timeout=60)
+        meta = client.get("/metadata").json()
+        assert meta["model"] == "twotower" and meta["serving"]["new_items_from_attributes"]
+
+        profile = users.iloc[0]
+        features = {"segment": profile["segment"], "country": profile["country"], "device": profile["device"]}
+        body = client.post(
+            "/recommend", json={"user_id": "new-customer", "k": 10, "user_features": {**features, "age": 30}}
+        ).json()
+        assert body["strategy"] == "attributes" and len(body["items"]) == 10, body
+
+        # A new product: a catalogue item's attributes under an id the model was never given.
+        product = items.iloc[3]
+        new = {
+            "category": product["category"],
+            "brand": product["brand"],
+            "price": float(product["price"]),
+            "tags": product["tags"].split("|"),
+            "title": product["title"],
+        }
+        resp = client.post("/similar_items", json={"item_id": "sku-brand-new", "item_features": new, "k": 10})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["item_id"] == "sku-brand-new" and body["method"] == "attribute_embedding_cosine"
+        neighbours = [i["item_id"] for i in body["items"]]
+        same_category = np.mean([items.loc[i, "category"] == product["category"] for i in neighbours])
+        base_rate = np.mean(items["category"] == product["category"])
+        assert len(neighbours) == 10 and same_category >= 0.5 > 2 * base_rate, (same_category, base_rate)
+
+        # Bad requests say what is wrong.
+        typo = client.post("/similar_items", json={"item_id": "sku-2", "item_features": {"colour": "red"}})
+        assert typo.status_code == 400 and "colour" in typo.text
+        unknown = client.post("/similar_items", json={"item_id": "sku-brand-new"})
+        assert unknown.status_code == 404 and "item_features" in unknown.text
+    assert "Traceback" not in (tmp_path / "server.log").read_text()

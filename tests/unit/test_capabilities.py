@@ -22,6 +22,7 @@ from training.models import MODELS, build_model, get_spec
 from training.models.capabilities import (
     ALL,
     EmbedsItems,
+    EmbedsNewItems,
     Explains,
     ItemSimilarity,
     NeedsKnowledgeGraph,
@@ -109,6 +110,24 @@ def test_uses_attributes(name: str, split) -> None:
         assert module is with_attributes or size(with_attributes) > size(module)
         with torch.no_grad():
             assert torch.isfinite(module.full_sort_predict(torch.tensor([0, 1]), history)[:, 1:]).all()
+
+
+@pytest.mark.parametrize("name", declaring(EmbedsNewItems))
+def test_embeds_new_items(name: str, split) -> None:
+    """An item given only by its attributes (not in the catalogue) embeds exactly as a catalogue item with
+    the same attributes and no training events, and different attributes give different vectors."""
+    matrix = train_matrix(split).tolil()
+    cold = [1, 2, 5]  # clusters 1, 2, 1 (conftest: cluster = item number % 4)
+    matrix[:, cold] = 0
+    module = built(name, split, matrix.tocsr())
+    items = attributes_for(split).items
+    codes, numbers = torch.from_numpy(items.codes[cold]), torch.from_numpy(items.numbers[cold])
+    with torch.no_grad():
+        new = module.item_embeddings_from_attributes(codes, numbers)
+        catalogue = module.item_embeddings()[cold]
+    assert new.shape == catalogue.shape
+    assert torch.allclose(new, catalogue, atol=1e-5)
+    assert not torch.allclose(new[0], new[1], atol=1e-3)
 
 
 @pytest.mark.parametrize("name", declaring(ScoresColdItems))

@@ -111,3 +111,24 @@ def test_encode_side_aligns_rows_to_the_index_and_pads_items() -> None:
     codes, numbers = items.encode([{"price": 20.0, "tags": ["y"], "title": "red"}])
     assert np.array_equal(codes[0], items.codes[1][: codes.shape[1]]) is False  # another title, other codes
     assert numbers[0, 0] == pytest.approx(items.numbers[1, 0])
+
+
+def test_a_schema_without_attributes_encodes_one_empty_row_per_entity() -> None:
+    """An ids-only dataset (no attribute declared) still has one (empty) row per user and item, so the
+    attribute-aware models train on the ids alone."""
+    import torch
+
+    from training.attributes import AttributeEncoder, Attributes
+    from training.models import build_model
+
+    schema = DataSchema.model_validate({"name": "ids_only"})
+    rows = pd.DataFrame(index=pd.Index(["p1", "p2"], name="item_id"))
+    items = encode_side("item", schema, rows, ["p1", "p2", "p3"], padding=True)
+    users = encode_side("user", schema, pd.DataFrame(index=["u1"]), ["u1", "u2"], padding=False)
+    assert items.codes.shape == (4, 0) and users.codes.shape == (2, 0) and users.numbers.shape == (2, 0)
+    assert AttributeEncoder(items, 4)(torch.tensor([1, 3])).shape == (2, 0, 4)
+    module = build_model("twotower", 2, 3, Attributes(schema, users, items), embedding_size=8)
+    with torch.no_grad():
+        assert torch.isfinite(
+            module.full_sort_predict(torch.tensor([0, 1]), torch.zeros(2, 1).long())[:, 1:]
+        ).all()

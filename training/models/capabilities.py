@@ -16,6 +16,7 @@ documents it); the model implements the methods.
 | ``RanksCandidatesFromAttributes`` | ``score_candidates_from_attributes(codes, numbers, history, candidates)`` | service |
 | ``Explains`` | ``explain(users, history, candidates, top)``: the history items behind each score | service |
 | ``EmbedsItems`` | ``item_embeddings() -> (n_items + 1, d)`` | service (``/similar_items``) |
+| ``EmbedsNewItems`` | ``item_embeddings_from_attributes(codes, numbers) -> (B, d)``, in the space of ``item_embeddings()``, for items outside the catalogue | service (``/similar_items`` with ``item_features``) |
 | ``ItemSimilarity`` | a ``similarity`` buffer (n_items + 1, n_items + 1) | service (``/similar_items``) |
 | ``NeedsTrainMatrix`` | ``set_train_matrix(csr)`` before training/scoring | trainer |
 | ``NeedsKnowledgeGraph`` | ``set_knowledge_graph(graph)`` before training/scoring | trainer, artifact loader |
@@ -82,6 +83,14 @@ class EmbedsItems(Capability):
         return self.item_embedding.weight  # type: ignore[attr-defined]
 
 
+class EmbedsNewItems(EmbedsItems):
+    """Embeds an item it was never given (not in the catalogue) from encoded attributes, in the space of
+    ``item_embeddings()``; an item of the catalogue without training events embeds the same both ways."""
+
+    def item_embeddings_from_attributes(self, codes: Any, numbers: Any) -> Any:
+        raise NotImplementedError
+
+
 class ItemSimilarity(Capability):
     """Keeps an item x item similarity matrix (``similarity``, (n_items + 1, n_items + 1))."""
 
@@ -116,6 +125,7 @@ ALL: tuple[type[Capability], ...] = (
     RanksCandidatesFromAttributes,
     Explains,
     EmbedsItems,
+    EmbedsNewItems,
     ItemSimilarity,
     NeedsTrainMatrix,
     NeedsKnowledgeGraph,

@@ -36,22 +36,30 @@ import torch.nn.functional as F
 
 from training.attributes import Attributes
 from training.models.baselines import FittedBaseline
-from training.models.capabilities import EmbedsItems, ScoresColdItems, ScoresFromHistory, UsesAttributes
+from training.models.capabilities import EmbedsNewItems, ScoresColdItems, ScoresFromHistory, UsesAttributes
 
 # Block weight of each attribute type unless ``field_weights`` names the field.
 TYPE_WEIGHTS = {"categorical": 1.0, "list": 1.0, "numeric": 0.5, "text": 0.5}
 
 
-def tfidf(terms: np.ndarray) -> np.ndarray:
-    """TF-IDF of a (rows, terms) count matrix; row 0 (padding) and empty rows are ignored in df."""
+def idf(terms: np.ndarray) -> np.ndarray:
+    """IDF per term of a (rows, terms) count matrix; row 0 (padding) and empty rows are ignored in df."""
     real = terms[1:]
     n_docs = max(int((real.sum(axis=1) > 0).sum()), 1)
     df = (real > 0).sum(axis=0)
-    idf = np.log((1.0 + n_docs) / (1.0 + df)) + 1.0
-    return (terms * idf).astype(np.float32)
+    return (np.log((1.0 + n_docs) / (1.0 + df)) + 1.0).astype(np.float32)
 
 
-class ContentBased(FittedBaseline, UsesAttributes, ScoresColdItems, ScoresFromHistory, EmbedsItems):
+def _term_counts(codes: np.ndarray, cardinality: int) -> np.ndarray:
+    """(rows, cardinality) term counts of one field's codes (rows, width); code 0 (unknown) is no term."""
+    rows = codes.shape[0]
+    terms = np.zeros((rows, cardinality), dtype=np.float32)
+    np.add.at(terms, (np.repeat(np.arange(rows), codes.shape[1]), codes.ravel()), 1.0)
+    terms[:, 0] = 0.0
+    return terms
+
+
+class ContentBased(FittedBaseline, UsesAttributes, ScoresColdItems, ScoresFromHistory, EmbedsNewItems):
     def __init__(
         self,
         n_users: int,
@@ -87,13 +95,16 @@ class ContentBased(FittedBaseline, UsesAttributes, ScoresColdItems, ScoresFromHi
         """The L2-normalised TF-IDF item vectors (deterministic: same attributes, same buffer)."""
         side = attributes.items
         rows = self.n_items + 1
+        self._item_fields = list(zip(side.fields, side.offsets, strict=True))
+        # Per field, the catalogue's IDF times the field weight: what a new item's terms are scaled by.
+        # Rebuilt from the attributes at construction, like the vectors, so not part of the state dict.
+        self._term_weights: list[np.ndarray] = []
         blocks = []
-        for encoding, offset in zip(side.fields, side.offsets, strict=True):
-            codes = side.codes[:rows, offset : offset + encoding.width]
-            terms = np.zeros((rows, encoding.cardinality), dtype=np.float32)
-            np.add.at(terms, (np.repeat(np.arange(rows), codes.shape[1]), codes.ravel()), 1.0)
-            terms[:, 0] = 0.0  # code 0 = unknown value / padding token: not a term
-            blocks.append(tfidf(terms) * self.field_weights[encoding.name])
+        for encoding, offset in self._item_fields:
+            terms = _term_counts(side.codes[:rows, offset : offset + encoding.width], encoding.cardinality)
+            weights = idf(terms) * self.field_weights[encoding.name]
+            self._term_weights.append(weights)
+            blocks.append(terms * weights)
         if not blocks:
             return torch.zeros(rows, 0)
         vectors = torch.from_numpy(np.concatenate(blocks, axis=1))
@@ -138,3 +149,14 @@ class ContentBased(FittedBaseline, UsesAttributes, ScoresColdItems, ScoresFromHi
     def item_embeddings(self) -> torch.Tensor:
         """The TF-IDF item vectors (used by the service's /similar_items)."""
         return self.item_vectors
+
+    def item_embeddings_from_attributes(self, codes: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """(B, D) L2-normalised TF-IDF vectors of new items, weighted by the catalogue's IDF."""
+        codes_np = codes.cpu().numpy()
+        blocks = [
+            _term_counts(codes_np[:, offset : offset + encoding.width], encoding.cardinality) * weights
+            for (encoding, offset), weights in zip(self._item_fields, self._term_weights, strict=True)
+        ]
+        if not blocks:
+            return torch.zeros(codes.shape[0], 0)
+        return F.normalize(torch.from_numpy(np.concatenate(blocks, axis=1).astype(np.float32)), dim=1)

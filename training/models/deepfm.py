@@ -33,7 +33,7 @@ from torch import nn
 from training.attributes import AttributeEncoder, Attributes
 from training.models.base import CandidateRanker
 from training.models.capabilities import (
-    EmbedsItems,
+    EmbedsNewItems,
     NeedsTrainMatrix,
     ScoresColdItems,
     ScoresFromAttributes,
@@ -58,7 +58,7 @@ class DeepFM(
     ScoresColdItems,
     ScoresFromHistory,
     ScoresFromAttributes,
-    EmbedsItems,
+    EmbedsNewItems,
     NeedsTrainMatrix,
 ):
     def __init__(
@@ -198,3 +198,12 @@ class DeepFM(
         """(n_items + 1, item fields * k): concatenated item-side field vectors (for /similar_items)."""
         items = torch.arange(self.n_items + 1, device=self.item_id.weight.device)
         return self._item_fields(items)[..., : self.k].flatten(-2)
+
+    def item_embeddings_from_attributes(self, codes: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """(B, item fields * k) of new items: the unknown id row (as for items never in train) and
+        the encoded attributes, laid out as ``item_embeddings``."""
+        ids = torch.full(codes.shape[:-1], self.unknown_item, dtype=torch.long, device=codes.device)
+        fields = torch.cat(
+            [self.item_id(ids).unsqueeze(-2), self.item_attributes.vectors(codes, numbers)], dim=-2
+        )
+        return fields[..., : self.k].flatten(-2)

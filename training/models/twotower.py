@@ -46,7 +46,7 @@ from torch import nn
 from training.attributes import AttributeEncoder, Attributes
 from training.models.base import RecommenderModule
 from training.models.capabilities import (
-    EmbedsItems,
+    EmbedsNewItems,
     NeedsTrainMatrix,
     ScoresColdItems,
     ScoresFromAttributes,
@@ -77,7 +77,7 @@ class TwoTower(
     ScoresColdItems,
     ScoresFromHistory,
     ScoresFromAttributes,
-    EmbedsItems,
+    EmbedsNewItems,
     NeedsTrainMatrix,
 ):
     def __init__(
@@ -176,6 +176,13 @@ class TwoTower(
         """(n_items + 1, d) item tower outputs (row 0 = padding, not a real item)."""
         items = torch.arange(self.n_items + 1, device=self.item_id.weight.device)
         return self._item_vectors(items, self._item_id_rows(items))
+
+    def item_embeddings_from_attributes(self, codes: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """(B, d) item tower outputs of new items: the unknown id row (as for items never in train)
+        and the encoded attributes."""
+        ids = torch.full(codes.shape[:-1], self.unknown_item, dtype=torch.long, device=codes.device)
+        parts = [self.item_id(ids), self.item_attributes.vectors(codes, numbers).flatten(-2)]
+        return F.normalize(self.item_tower(torch.cat(parts, dim=-1)), dim=-1)
 
     # ---- training -------------------------------------------------------------------------------
     def _drop_ids(self, ids: torch.Tensor, rate: float, unknown: int) -> torch.Tensor:
