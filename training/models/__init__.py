@@ -165,6 +165,9 @@ register(ModelSpec("lightgcn", "general", "training.models.lightgcn:LightGCN", "
 register(ModelSpec("sasrec", "sequential", "training.models.sasrec:SASRec", "self-attentive next-item model"))
 register(ModelSpec("gru4rec", "sequential", "training.models.gru4rec:GRU4Rec", "GRU session/sequence model"))
 register(ModelSpec("narm", "sequential", "training.models.narm:NARM", "attentive GRU encoder (NARM)"))
+register(
+    ModelSpec("hybridmf", "general", "training.models.hybridmf:HybridMF", "MF with user/item side features")
+)
 register(ModelSpec("mf", "example", "training.models.mf:RatingMF", "latent factor model on explicit ratings"))
 register(
     ModelSpec("content", "general", "training.models.content:ContentBased", "TF-IDF item attributes", False)
