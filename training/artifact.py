@@ -21,7 +21,7 @@ from pipeline.artifacts import atomic_path
 from training.attributes import Attributes
 from training.knowledge_graph import KnowledgeGraph
 from training.models import build_model, get_spec
-from training.models.capabilities import NeedsKnowledgeGraph, ScoresColdItems, can
+from training.models.capabilities import ScoresColdItems, UsesKnowledgeGraph, can
 
 ATTRIBUTES_DIR = "attributes"
 # The one hyperparameter name for the number of history items a model reads (sequential models,
@@ -118,9 +118,9 @@ def save_model_artifact(
         sp.save_npz(tmp / "seen.npz", train_matrix.tocsr())
         if attributes is not None:
             attributes.save(tmp / ATTRIBUTES_DIR)
-        # A knowledge-aware model keeps the graph it was given (``set_knowledge_graph``); it sizes the
-        # entity tables, so it travels with the weights like the side features.
-        if can(module, NeedsKnowledgeGraph) and isinstance(module.knowledge_graph, KnowledgeGraph):
+        # A knowledge-aware model keeps the graph it was built from; it sizes the entity tables, so it
+        # travels with the weights like the side features.
+        if can(module, UsesKnowledgeGraph) and isinstance(module.knowledge_graph, KnowledgeGraph):
             module.knowledge_graph.save(tmp / KNOWLEDGE_GRAPH_DIR)
     return out_dir
 
@@ -131,9 +131,8 @@ def load_model_artifact(path: Path | str) -> ModelArtifact:
     # Attribute-aware models size their inputs from the attributes they were trained with.
     attributes = Attributes.load(path / ATTRIBUTES_DIR) if (path / ATTRIBUTES_DIR).exists() else None
     hparams = _renamed_legacy_keys(info["hparams"])
-    module = build_model(info["name"], info["n_users"], info["n_items"], attributes, **hparams)
-    if (path / KNOWLEDGE_GRAPH_DIR).exists() and can(module, NeedsKnowledgeGraph):
-        module.set_knowledge_graph(KnowledgeGraph.load(path / KNOWLEDGE_GRAPH_DIR))  # sizes entity tables
+    graph = KnowledgeGraph.load(path / KNOWLEDGE_GRAPH_DIR) if (path / KNOWLEDGE_GRAPH_DIR).exists() else None
+    module = build_model(info["name"], info["n_users"], info["n_items"], attributes, graph, **hparams)
     state = torch.load(path / "weights.pt", map_location="cpu", weights_only=True)
     # Fitted baselines size some buffers from data (e.g. the user x item matrix): adopt saved shapes.
     for key, value in state.items():

@@ -27,9 +27,9 @@ from training.attributes import attributes_for
 from training.data import build_datamodule, build_eval_inputs
 from training.knowledge_graph import knowledge_graph_for
 from training.metrics import RankingAccumulator, ranking_exclusions
-from training.models import build_model, get_spec, uses_attributes
+from training.models import build_model, get_spec, uses_attributes, uses_knowledge_graph
 from training.models.base import VALID_MONITOR
-from training.models.capabilities import NeedsKnowledgeGraph, NeedsTrainMatrix, can
+from training.models.capabilities import NeedsTrainMatrix, can
 from training.split import SplitIndex, train_matrix
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,22 @@ def artifact_meta(split: Split) -> dict[str, Any]:
     }
 
 
-def attach_split_data(module: torch.nn.Module, split: Split, matrix: Any) -> None:
-    """Hand a model the data beyond ids it declares it needs, by the hooks it implements.
-
-    ``set_train_matrix(csr)``: the training user x item graph (LightGCN, content-based profiles).
-    ``set_knowledge_graph(KnowledgeGraph)``: item knowledge graph triples (CKE).
-    """
+def build_for_split(model: str, split: Split, params: dict[str, Any], matrix: Any) -> torch.nn.Module:
+    """``model`` as trained on ``split``: built from the split's sizes and the data it declares it is
+    built from (attributes, knowledge graph), then given the training matrix if it needs one
+    (``NeedsTrainMatrix``: LightGCN's graph, which items have training events)."""
+    index = SplitIndex.load(split)
+    module = build_model(
+        model,
+        index.n_users,
+        index.n_items,
+        attributes_for(split) if uses_attributes(model) else None,
+        knowledge_graph_for(split) if uses_knowledge_graph(model) else None,
+        **params,
+    )
     if can(module, NeedsTrainMatrix):
         module.set_train_matrix(matrix)
-    if can(module, NeedsKnowledgeGraph):
-        module.set_knowledge_graph(knowledge_graph_for(split))
+    return module
 
 
 def evaluate_module(
@@ -109,8 +115,7 @@ def train_model(
             f"{VALID_MONITOR} is impossible; use a protocol/shares that leave validation events"
         )
     attributes = attributes_for(split) if uses_attributes(model) else None
-    module = build_model(model, index.n_users, index.n_items, attributes, **hparams)
-    attach_split_data(module, split, datamodule.train_matrix)
+    module = build_for_split(model, split, hparams, datamodule.train_matrix)
     timer = EpochTimer()
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -136,8 +141,7 @@ def train_model(
 
     best_path = Path(checkpoint.best_model_path)
     state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
-    best = build_model(model, index.n_users, index.n_items, attributes, **hparams)
-    attach_split_data(best, split, datamodule.train_matrix)
+    best = build_for_split(model, split, hparams, datamodule.train_matrix)
     best.load_state_dict(state)
     best.eval()
     save_model_artifact(
@@ -187,9 +191,7 @@ def _fit_baseline(
     matrix = train_matrix(split)
     start = time.perf_counter()
     attributes = attributes_for(split) if uses_attributes(model) else None
-    module = build_model(model, index.n_users, index.n_items, attributes, **hparams)
-    attach_split_data(module, split, matrix)
-    module = module.fit(matrix)
+    module = build_for_split(model, split, hparams, matrix).fit(matrix)
     seconds = time.perf_counter() - start
     valid = build_eval_inputs(split, "valid", int(hparams.get("history_length", 50)))
     valid_ndcg = evaluate_module(module, valid, [10], 512)["ndcg@10"] if valid.n_users else 0.0

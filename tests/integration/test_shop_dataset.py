@@ -194,11 +194,10 @@ def _train_like_the_pipeline(module, split: Split, params: dict, cfg: TrainerCon
     import lightning as L
 
     from training.data import build_datamodule
-    from training.train import attach_split_data
 
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_datamodule("example", split, params, seed=cfg.seed)
-    attach_split_data(module, split, datamodule.train_matrix)
+    module.set_train_matrix(datamodule.train_matrix)
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=cfg.max_epochs,

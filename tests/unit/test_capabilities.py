@@ -18,6 +18,7 @@ from pipeline.config import SplitConfig
 from pipeline.layout import Layout
 from training.attributes import attributes_for
 from training.data import build_example_set
+from training.knowledge_graph import knowledge_graph_for
 from training.models import MODELS, build_model, get_spec
 from training.models.capabilities import (
     ALL,
@@ -25,7 +26,6 @@ from training.models.capabilities import (
     EmbedsNewItems,
     Explains,
     ItemSimilarity,
-    NeedsKnowledgeGraph,
     NeedsTrainMatrix,
     PointwiseMetrics,
     RanksCandidates,
@@ -33,10 +33,10 @@ from training.models.capabilities import (
     ScoresFromAttributes,
     ScoresFromHistory,
     UsesAttributes,
+    UsesKnowledgeGraph,
     can,
 )
 from training.split import SplitIndex, make_split, train_matrix
-from training.train import attach_split_data
 
 torch.set_num_threads(1)
 
@@ -67,8 +67,10 @@ def built(name: str, split, matrix: sp.csr_matrix | None = None, with_attributes
     attributes = (
         attributes_for(split) if with_attributes and can(get_spec(name).factory, UsesAttributes) else None
     )
-    module = build_model(name, index.n_users, index.n_items, attributes, **params)
-    attach_split_data(module, split, matrix)
+    graph = knowledge_graph_for(split) if can(get_spec(name).factory, UsesKnowledgeGraph) else None
+    module = build_model(name, index.n_users, index.n_items, attributes, graph, **params)
+    if can(module, NeedsTrainMatrix):
+        module.set_train_matrix(matrix)
     if not get_spec(name).trainable:
         module = module.fit(matrix)
     return module.eval()
@@ -225,15 +227,26 @@ def test_needs_train_matrix(name: str, split) -> None:
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("name", declaring(NeedsKnowledgeGraph))
-def test_needs_knowledge_graph(name: str, split) -> None:
+@pytest.mark.parametrize("name", declaring(UsesKnowledgeGraph))
+def test_uses_knowledge_graph(name: str, split) -> None:
     from training.knowledge_graph import KnowledgeGraph
 
     module = built(name, split)
     assert isinstance(module.knowledge_graph, KnowledgeGraph)
-    module.set_knowledge_graph(KnowledgeGraph.empty(SplitIndex.load(split).n_items))
+    # Built without a graph (a dataset without one) it still scores; the stored graph rebuilds it.
+    index = SplitIndex.load(split)
+    bare = build_model(name, index.n_users, index.n_items, None, None, **load_model_params(name)).eval()
+    assert isinstance(bare.knowledge_graph, KnowledgeGraph)
+    rebuilt = build_model(
+        name, index.n_users, index.n_items, None, module.knowledge_graph, **load_model_params(name)
+    )
+    rebuilt.load_state_dict(module.state_dict())
     with torch.no_grad():
-        assert torch.isfinite(module.full_sort_predict(torch.tensor([0]), _history([1]))[:, 1:]).all()
+        assert torch.isfinite(bare.full_sort_predict(torch.tensor([0]), _history([1]))[:, 1:]).all()
+        torch.testing.assert_close(
+            rebuilt.eval().full_sort_predict(torch.tensor([0]), _history([1])),
+            module.full_sort_predict(torch.tensor([0]), _history([1])),
+        )
 
 
 @pytest.mark.parametrize("name", declaring(PointwiseMetrics))

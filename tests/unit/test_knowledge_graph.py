@@ -206,8 +206,7 @@ def tiny_graph() -> KnowledgeGraph:
 
 
 def test_transr_distance_by_hand() -> None:
-    model = build_model("cke", 2, 3, embedding_size=2, kg_embedding_size=2)
-    model.set_knowledge_graph(tiny_graph())
+    model = build_model("cke", 2, 3, knowledge_graph=tiny_graph(), embedding_size=2, kg_embedding_size=2)
     with torch.no_grad():
         model.entity_embedding.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 2.0], [0.0, 1.0], [3.0, -1.0]]))
         model.relation_embedding.weight.copy_(torch.tensor([[0.5, 0.5], [1.0, 0.0]]))
@@ -224,8 +223,7 @@ def test_transr_distance_by_hand() -> None:
 
 
 def test_shapes_padding_and_unknown_user_fold_in() -> None:
-    model = build_model("cke", 4, 3, **SMALL)
-    model.set_knowledge_graph(tiny_graph())
+    model = build_model("cke", 4, 3, knowledge_graph=tiny_graph(), **SMALL)
     history = torch.tensor([[0, 0, 1], [0, 2, 3]])
     scores = model.full_sort_predict(torch.tensor([0, -1]), history)
     assert scores.shape == (2, 4)
@@ -235,8 +233,7 @@ def test_shapes_padding_and_unknown_user_fold_in() -> None:
 
 def test_loss_falls_when_overfitting_one_batch() -> None:
     torch.manual_seed(0)
-    model = build_model("cke", 4, 3, **SMALL)
-    model.set_knowledge_graph(tiny_graph())
+    model = build_model("cke", 4, 3, knowledge_graph=tiny_graph(), **SMALL)
     batch = {
         "users": torch.tensor([0, 1, 2, 3]),
         "positives": torch.tensor([1, 2, 3, 1]),
@@ -252,8 +249,7 @@ def test_loss_falls_when_overfitting_one_batch() -> None:
 def test_artifact_round_trip_gives_identical_scores(tmp_path: Path, kg_split: Split) -> None:
     graph = knowledge_graph_for(kg_split)
     index = SplitIndex.load(kg_split)
-    model = build_model("cke", index.n_users, index.n_items, **SMALL)
-    model.set_knowledge_graph(graph)
+    model = build_model("cke", index.n_users, index.n_items, knowledge_graph=graph, **SMALL)
     with torch.no_grad():  # non-trivial entity vectors, so a lost graph would change the scores
         model.entity_embedding.weight[1:].normal_()
     train = train_matrix(kg_split)

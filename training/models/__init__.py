@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from training.attributes import Attributes
+    from training.knowledge_graph import KnowledgeGraph
 
 # Which data module trains the model (training/data.py): "general" = (user, positive, negative)
 # triples, "sequential" = next-item windows, "example" = point-in-time examples with history, rating
@@ -66,7 +67,7 @@ def get_spec(name: str) -> ModelSpec:
 
 
 # Constructor arguments that come from the data, not from the model's YAML.
-DATA_ARGUMENTS = ("self", "n_users", "n_items", "attributes")
+DATA_ARGUMENTS = ("self", "n_users", "n_items", "attributes", "knowledge_graph")
 
 
 class HyperparameterError(ValueError):
@@ -122,18 +123,26 @@ def validate_hparams(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_model(
-    name: str, n_users: int, n_items: int, attributes: Attributes | None = None, **hparams: Any
+    name: str,
+    n_users: int,
+    n_items: int,
+    attributes: Attributes | None = None,
+    knowledge_graph: KnowledgeGraph | None = None,
+    **hparams: Any,
 ) -> nn.Module:
     """The model, built with the split's sizes and its constructor's hyperparameters (keys its data
-    module reads, like ``batch_size``, stay out). A model whose class declares ``uses_attributes``
-    also gets the split's encoded attributes (None: an ids-only dataset), from which it sizes its inputs."""
-    from training.models.capabilities import UsesAttributes, can
+    module reads, like ``batch_size``, stay out). The data a model declares it is built from comes as
+    constructor arguments too: the split's encoded ``attributes`` (``UsesAttributes``; None = an
+    ids-only dataset) and the item ``knowledge_graph`` (``UsesKnowledgeGraph``; None = no graph)."""
+    from training.models.capabilities import UsesAttributes, UsesKnowledgeGraph, can
 
     factory = get_spec(name).factory
     arguments = inspect.signature(factory.__init__).parameters
     own = {key: value for key, value in hparams.items() if key in arguments and key not in DATA_ARGUMENTS}
     if can(factory, UsesAttributes):
         own["attributes"] = attributes
+    if can(factory, UsesKnowledgeGraph):
+        own["knowledge_graph"] = knowledge_graph
     return factory(n_users=n_users, n_items=n_items, **own)
 
 
@@ -141,6 +150,12 @@ def uses_attributes(name: str) -> bool:
     from training.models.capabilities import UsesAttributes, can
 
     return can(get_spec(name).factory, UsesAttributes)
+
+
+def uses_knowledge_graph(name: str) -> bool:
+    from training.models.capabilities import UsesKnowledgeGraph, can
+
+    return can(get_spec(name).factory, UsesKnowledgeGraph)
 
 
 def pipeline_models() -> list[str]:

@@ -19,7 +19,7 @@ documents it); the model implements the methods.
 | ``EmbedsNewItems`` | ``item_embeddings_from_attributes(codes, numbers) -> (B, d)``, in the space of ``item_embeddings()``, for items outside the catalogue | service (``/similar_items`` with ``item_features``) |
 | ``ItemSimilarity`` | a ``similarity`` buffer (n_items + 1, n_items + 1) | service (``/similar_items``) |
 | ``NeedsTrainMatrix`` | ``set_train_matrix(csr)`` before training/scoring | trainer |
-| ``NeedsKnowledgeGraph`` | ``set_knowledge_graph(graph)`` before training/scoring | trainer, artifact loader |
+| ``UsesKnowledgeGraph`` | constructor argument ``knowledge_graph`` (``training.knowledge_graph.KnowledgeGraph``, None = no graph) | trainer, artifact loader |
 | ``PointwiseMetrics`` | ``pointwise_metrics(examples) -> {name: value}`` on test examples | evaluator |
 """
 
@@ -102,11 +102,9 @@ class NeedsTrainMatrix(Capability):
         raise NotImplementedError
 
 
-class NeedsKnowledgeGraph(Capability):
-    """Needs the item knowledge graph before it trains or scores."""
-
-    def set_knowledge_graph(self, graph: Any) -> None:
-        raise NotImplementedError
+class UsesKnowledgeGraph(Capability):
+    """Built from the item knowledge graph (constructor argument ``knowledge_graph``), which it keeps
+    as ``self.knowledge_graph`` so that the artifact can store it beside the weights."""
 
 
 class PointwiseMetrics(Capability):
@@ -128,7 +126,7 @@ ALL: tuple[type[Capability], ...] = (
     EmbedsNewItems,
     ItemSimilarity,
     NeedsTrainMatrix,
-    NeedsKnowledgeGraph,
+    UsesKnowledgeGraph,
     PointwiseMetrics,
 )
 

@@ -9,8 +9,9 @@ and the loss prefers true tails over a uniformly corrupted one, ``softplus(d(h,r
 so the KG regularises the item vectors where interactions are few. Items without a linked entity use
 entity row 0, which is zero: their vector is the id embedding alone (plain BPR-MF).
 
-The graph comes through ``set_knowledge_graph`` (training/train.py attach_split_data, and
-training/artifact.py at load), which sizes the entity and relation tables deterministically from it.
+The graph is a constructor argument (``UsesKnowledgeGraph``: the trainer passes the split's, the
+artifact loader the stored one); it sizes the entity and relation tables, so loading is construct +
+``load_state_dict``. Without a graph the model is BPR-MF.
 The textual/visual parts of CKE (stacked auto-encoders) are not implemented.
 """
 
@@ -22,14 +23,15 @@ from torch import nn
 
 from training.knowledge_graph import KnowledgeGraph
 from training.models.base import RecommenderModule, bpr_loss, fold_in_users, latent_factor_tables
-from training.models.capabilities import EmbedsItems, NeedsKnowledgeGraph, ScoresFromHistory
+from training.models.capabilities import EmbedsItems, ScoresFromHistory, UsesKnowledgeGraph
 
 
-class CKE(RecommenderModule, ScoresFromHistory, EmbedsItems, NeedsKnowledgeGraph):
+class CKE(RecommenderModule, ScoresFromHistory, EmbedsItems, UsesKnowledgeGraph):
     def __init__(
         self,
         n_users: int,
         n_items: int,
+        knowledge_graph: KnowledgeGraph | None = None,
         embedding_size: int = 64,
         kg_embedding_size: int = 64,
         lr: float = 2e-3,
@@ -39,27 +41,19 @@ class CKE(RecommenderModule, ScoresFromHistory, EmbedsItems, NeedsKnowledgeGraph
         kg_batch_size: int = 1024,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["knowledge_graph"])
         self.n_users, self.n_items = n_users, n_items
         self.embedding_size, self.kg_embedding_size = embedding_size, kg_embedding_size
         self.lr, self.reg_weight = lr, reg_weight
         self.kg_weight, self.kg_reg_weight, self.kg_batch_size = kg_weight, kg_reg_weight, kg_batch_size
         self.user_embedding, self.item_embedding = latent_factor_tables(n_users, n_items, embedding_size)
-        # Usable (as BPR-MF) before a graph is attached; attach_split_data replaces this one.
-        self.set_knowledge_graph(KnowledgeGraph.empty(n_items))
-
-    def set_knowledge_graph(self, graph: KnowledgeGraph) -> None:
-        """Create the entity/relation tables sized from ``graph`` and keep its triples as buffers.
-
-        The triples are non-persistent buffers: the artifact stores the graph itself and calls this
-        hook again before loading the weights, so the state dict holds only learned parameters.
-        """
-        if len(graph.item_entity) != self.n_items + 1:
+        graph = knowledge_graph if knowledge_graph is not None else KnowledgeGraph.empty(n_items)
+        if len(graph.item_entity) != n_items + 1:
             raise ValueError(
-                f"knowledge graph maps {len(graph.item_entity) - 1} items, the model has {self.n_items}"
+                f"knowledge graph maps {len(graph.item_entity) - 1} items, the model has {n_items}"
             )
         self.knowledge_graph = graph
-        d, k = self.embedding_size, self.kg_embedding_size
+        d, k = embedding_size, kg_embedding_size
         self.entity_embedding = nn.Embedding(graph.n_entities, d, padding_idx=0)
         self.relation_embedding = nn.Embedding(max(graph.n_relations, 1), k)
         self.transfer = nn.Parameter(torch.empty(max(graph.n_relations, 1), d, k))
@@ -68,6 +62,8 @@ class CKE(RecommenderModule, ScoresFromHistory, EmbedsItems, NeedsKnowledgeGraph
         nn.init.xavier_uniform_(self.transfer)
         with torch.no_grad():
             self.entity_embedding.weight[0].zero_()
+        # Non-persistent: the artifact stores the graph itself, so the state dict holds only what was
+        # learned.
         self.register_buffer("item_entity", torch.from_numpy(graph.item_entity).long(), persistent=False)
         self.register_buffer("kg_heads", torch.from_numpy(graph.heads).long(), persistent=False)
         self.register_buffer("kg_relations", torch.from_numpy(graph.relations).long(), persistent=False)

@@ -6,8 +6,8 @@ E^(0..K) (``n_layers`` = K, default 3). Score(u, i) = <e_u, e_i>. Loss on the Ge
 triples: BPR on the propagated embeddings + ``reg_weight`` * L2 of the EGO embeddings the batch touched
 (divided by the batch size), as in the paper.
 
-The graph: training calls ``set_train_matrix(train_csr)`` (training/train.py does so for any module
-that has the method) before fitting; the normalised adjacency is a plain attribute, NOT a buffer
+The graph: training calls ``set_train_matrix(train_csr)`` (training/train.py does so for every model
+declaring ``NeedsTrainMatrix``) before fitting; the normalised adjacency is a plain attribute, NOT a buffer
 (sparse tensors do not round-trip through state_dict / weights_only loading, and serving must not
 need the training graph). Instead the propagated embeddings are cached in the dense buffers
 ``user_final`` / ``item_final`` (flag ``cache_ready``): they are recomputed, whenever the weights
