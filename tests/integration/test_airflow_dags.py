@@ -101,7 +101,7 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.models.dagrun import DagRun
 from airflow.utils.session import create_session
 from sqlalchemy import select
-dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag("recsys_bpr")
+dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag(sys.argv[2])
 run = dag.test(run_conf=json.loads(sys.argv[1]))
 states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
 with create_session() as session:  # the note is written by recforge's plugin when the run ends
@@ -110,9 +110,9 @@ print(json.dumps({"state": str(run.state), "tasks": states, "note": note, "run_i
 """
 
 
-def _dag_test(env: dict[str, str], conf: dict) -> dict:
+def _dag_test(env: dict[str, str], conf: dict, dag_id: str = "recsys_bpr") -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", DAG_TEST, json.dumps(conf)],
+        [sys.executable, "-c", DAG_TEST, json.dumps(conf), dag_id],
         env=env,
         capture_output=True,
         text=True,
@@ -167,6 +167,45 @@ def test_dag_test_runs_recsys_bpr_end_to_end_and_says_whether_it_promoted(tmp_pa
     ]
     run_config = json.loads(Path(records[1].run_dir, "run_config.json").read_text())
     assert run_config["hparams"]["lr"] == 0.01 and run_config["config"]["trainer"]["max_epochs"] == 4
+
+
+def test_dag_test_runs_the_shop_through_an_attribute_aware_model(tmp_path):
+    """A shop's data (its own schema, not MovieLens) through recsys_deepfm under real Airflow: the
+    schema's attributes reach the model, the evaluation and the drift report."""
+    from ingestion.examples import write_shop
+    from training.artifact import load_model_artifact
+
+    files = write_shop(tmp_path / "shop", n_users=300, n_items=200, n_events=6000, cold_items=5, seed=5)
+    source = {
+        "kind": "events",
+        "path": str(files.events),
+        "users": str(files.users),
+        "items": str(files.items),
+        "name": "shop",
+        "schema": str(files.schema),
+        "sample_users": None,
+    }
+    env = airflow_env(Layout(tmp_path), base=make_home(tmp_path, source=source, max_epochs=2))
+    migrate = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+
+    run = _dag_test(env, {"hparams": {"embedding_size": 8, "batch_size": 256}}, "recsys_deepfm")
+    assert run["state"] == "success", run
+    assert all(run["tasks"][t] == "success" for t in ("train", "evaluate", "gate", "drift", "finish")), run
+    deepfm = json.loads((tmp_path / "summary.json").read_text())["models"]["deepfm"]
+    assert 0.0 < deepfm["metrics"]["ndcg@10"] <= 1.0 and deepfm["metrics"]["auc"] > 0.5, deepfm["metrics"]
+    assert run["note"].startswith("PROMOTED" if deepfm["promoted"] else "NOT PROMOTED"), run["note"]
+    artifact = load_model_artifact(Path(deepfm["run_dir"]) / "model")
+    assert [f.name for f in artifact.attributes.items.fields] == [
+        "category",
+        "brand",
+        "price",
+        "tags",
+        "title",
+    ]
+    drift = json.loads(Path(deepfm["run_dir"], "drift.json").read_text())
+    assert {"segment", "country", "category", "brand", "price"} <= set(drift["data_columns"])
+    assert Path(drift["data_drift_html"]).is_file()
 
 
 def test_dag_test_runs_a_tuning_dag_on_tiny_synthetic_data(tmp_path):
