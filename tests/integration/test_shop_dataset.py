@@ -281,6 +281,29 @@ def test_the_shop_served_over_http_new_customers_and_new_products(shop, tmp_path
         base_rate = np.mean(items["category"] == product["category"])
         assert len(neighbours) == 10 and same_category >= 0.5 > 2 * base_rate, (same_category, base_rate)
 
+        # A catalogue product without any event yet is recommended by /recommend too: it ranks higher
+        # for customers who bought its category and brand than for customers who never bought its category.
+        events = pd.read_csv(files.events, dtype=str)
+        bought = events.join(items[["category", "brand"]], on="item_id")
+        lifts = []
+        for cold in sorted(set(items.index) - set(events["item_id"])):
+            category, brand = items.loc[cold, "category"], items.loc[cold, "brand"]
+            buyers = bought.loc[(bought["category"] == category) & (bought["brand"] == brand), "user_id"]
+            never = sorted(
+                set(events["user_id"]) - set(bought.loc[bought["category"] == category, "user_id"])
+            )
+            percentiles = {}
+            for group, who in (("buyers", sorted(set(buyers))[:8]), ("others", never[:8])):
+                ranks = []
+                for user in who:
+                    listed = client.post("/recommend", json={"user_id": user, "k": 1000}).json()["items"]
+                    ids = [i["item_id"] for i in listed]
+                    assert cold in ids, (cold, user)  # a cold item is never masked out
+                    ranks.append(1 - ids.index(cold) / len(ids))
+                percentiles[group] = np.mean(ranks)
+            lifts.append(percentiles["buyers"] - percentiles["others"])
+        assert np.mean(lifts) > 0.15, lifts  # 0 = cannot tell buyers from others
+
         # Bad requests say what is wrong.
         typo = client.post("/similar_items", json={"item_id": "sku-2", "item_features": {"colour": "red"}})
         assert typo.status_code == 400 and "colour" in typo.text
