@@ -25,7 +25,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, Field, FileSource, PushSource, ValueType
 from feast.types import Array, Float64, Int64, String
 
 from pipeline.schema import load_schema
@@ -34,6 +34,7 @@ RECFORGE_HOME = Path(os.environ.get("RECFORGE_HOME") or Path(__file__).resolve()
 OFFLINE_DIR = Path(os.environ.get("RECFORGE_FEAST_DIR") or RECFORGE_HOME / "feast") / "offline"
 SCHEMA = load_schema(os.environ.get("RECFORGE_FEAST_SCHEMA") or None)
 NEVER_EXPIRES = timedelta(0)
+USER_ACTIVITY_PUSH = "user_activity_push"  # serving.online.ACTIVITY_PUSH_SOURCE names it too
 FEAST_TYPES = {"numeric": Float64, "categorical": String, "list": Array(String), "text": String}
 
 
@@ -85,9 +86,12 @@ user_activity = FeatureView(
         Field(name="recent_items", dtype=Array(String)),
     ],
     online=True,
-    source=_source("user_activity"),
+    # Batch rows come from the offline table; the service pushes a user's new state when events
+    # arrive online (POST /events), so the next request reads the new history.
+    source=PushSource(name=USER_ACTIVITY_PUSH, batch_source=_source("user_activity")),
     description="The user's history strictly before the row's timestamp (last N items oldest first); "
-    "the newest row of a user (just after the last event) is what serving reads online",
+    "the newest row of a user (just after the last event, or pushed by the service) is what serving "
+    "reads online",
 )
 
 item_popularity = FeatureView(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import pandas as pd
 
+from ingestion.event_log import EventLog
 from ingestion.fetch import fetch_ml100k
 from ingestion.readers import read_events, read_grouplens_100k, read_movielens_dat, read_recbole_atomic
 from ingestion.schema import RawTables, declared_attributes
@@ -85,6 +87,9 @@ def ingest(source: SourceConfig, layout: Layout, run_id: str) -> Path:
     The attribute tables keep the columns of the source's schema (``source.schema``).
     """
     raw = keep_declared(read_source(source, layout), source.data_schema)
+    logged = {}
+    if source.event_log:
+        raw, logged = with_event_log(raw, EventLog(layout.event_log))
     if source.sample_users:
         raw = sample_users(raw, source.sample_users)
     staging = layout.staging(run_id)
@@ -94,11 +99,45 @@ def ingest(source: SourceConfig, layout: Layout, run_id: str) -> Path:
             table = getattr(raw, name)
             if table is not None:
                 table.to_parquet(tmp / f"{name}.parquet", index=False)
-        atomic_write_json(tmp / "source.json", source.model_dump(by_alias=True))
+        atomic_write_json(tmp / "source.json", {**source.model_dump(by_alias=True), "event_log_read": logged})
     log.info(
-        "staged %d interaction rows (%d malformed lines) in %s",
+        "staged %d interaction rows (%d malformed lines; %s) in %s",
         len(raw.interactions),
         len(raw.malformed),
+        describe_event_log(logged),
         staging,
     )
     return staging
+
+
+def with_event_log(raw: RawTables, event_log: EventLog) -> tuple[RawTables, dict[str, int]]:
+    """The source's tables plus the logged events it does not hold yet (same user, item and time)."""
+    from ingestion.validate import parse_timestamps  # validate imports this module
+
+    logged = event_log.read()
+    if logged.empty:
+        return raw, {"files": 0, "events": 0, "already_in_source": 0}
+    source_keys = set(
+        zip(
+            raw.interactions["user_id"].astype("string").str.strip(),
+            raw.interactions["item_id"].astype("string").str.strip(),
+            parse_timestamps(raw.interactions["timestamp"]),
+            strict=True,
+        )
+    )
+    times = parse_timestamps(logged["timestamp"])
+    held = [key in source_keys for key in zip(logged["user_id"], logged["item_id"], times, strict=True)]
+    new = logged[[not h for h in held]]
+    new = new[raw.interactions.columns].astype(raw.interactions.dtypes.to_dict())
+    interactions = pd.concat([raw.interactions, new], ignore_index=True)
+    summary = {"files": len(event_log.files()), "events": len(logged), "already_in_source": sum(held)}
+    return dataclasses.replace(raw, interactions=interactions), summary
+
+
+def describe_event_log(summary: dict[str, int]) -> str:
+    if not summary or not summary.get("events"):
+        return "no pushed events"
+    return (
+        f"{summary['events'] - summary['already_in_source']} pushed events from the event log, "
+        f"{summary['already_in_source']} of them already in the source"
+    )

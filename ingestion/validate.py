@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Container
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pipeline.schema import DataSchema, FieldSpec, resolve_schema
 log = logging.getLogger(__name__)
 
 KNOWLEDGE_GRAPH_FILE = "knowledge_graph.parquet"
+MAX_EPOCH_SECONDS = 9.2e9  # pd.Timestamp.max is 2262-04-11 (9.22e9 s after 1970)
 SCHEMA_FILE = "schema.json"
 
 
@@ -45,6 +47,8 @@ def _blank(values: pd.Series) -> pd.Series:
 def parse_timestamps(values: pd.Series) -> pd.Series:
     """Epoch seconds (int or float, as MovieLens stores them) or ISO-8601 strings -> UTC timestamps."""
     numeric = pd.to_numeric(values, errors="coerce")
+    # Outside pandas' nanosecond range (years 1677-2262) the conversion raises instead of coercing.
+    numeric = numeric.where(numeric.abs() < MAX_EPOCH_SECONDS)
     parsed = pd.to_datetime(numeric, unit="s", utc=True, errors="coerce")
     textual = numeric.isna() & ~_blank(values)
     if textual.any():
@@ -62,6 +66,41 @@ def _validate_attributes(frame: pd.DataFrame, key: str) -> tuple[pd.DataFrame, p
     _reject(reasons, _blank(frame[key]), f"missing_{key}")
     _reject(reasons, frame[key].duplicated(keep="first"), f"duplicate_{key}")
     return frame, reasons
+
+
+def interaction_reasons(
+    inter: pd.DataFrame,
+    cfg: ValidationConfig,
+    now: datetime,
+    known_users: Container[str] | None = None,
+    known_items: Container[str] | None = None,
+) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """The rules every interaction row meets, wherever it comes from (a source file at ingestion, a
+    batch pushed to the service's ``/events``): (reason per row, NA = valid; parsed timestamps;
+    parsed ratings). ``known_users``/``known_items``: ids an event must name (None: not checked).
+    The first failing rule names the row; a row repeating an earlier valid row's (user, item,
+    timestamp) is a ``duplicate_event``."""
+    reasons = pd.Series(pd.NA, index=inter.index, dtype="string")
+    for column in ("user_id", "item_id", "timestamp"):
+        _reject(reasons, _blank(inter[column]), f"missing_{column}")
+    timestamps = parse_timestamps(inter["timestamp"])
+    _reject(reasons, timestamps.isna(), "unparseable_timestamp")
+    _reject(
+        reasons,
+        timestamps > pd.Timestamp(now + timedelta(seconds=cfg.future_tolerance_seconds)),
+        "future_timestamp",
+    )
+    ratings = pd.to_numeric(inter["rating"], errors="coerce")
+    _reject(reasons, ratings.isna() & ~_blank(inter["rating"]), "unparseable_rating")
+    _reject(reasons, (ratings < cfg.rating_min) | (ratings > cfg.rating_max), "rating_out_of_range")
+    if known_users is not None:
+        _reject(reasons, ~inter["user_id"].map(known_users.__contains__).astype(bool), "unknown_user")
+    if known_items is not None:
+        _reject(reasons, ~inter["item_id"].map(known_items.__contains__).astype(bool), "unknown_item")
+    candidate = reasons.isna()
+    duplicate = inter[["user_id", "item_id"]].assign(ts=timestamps)[candidate].duplicated(keep="first")
+    _reject(reasons, duplicate.reindex(inter.index, fill_value=False), "duplicate_event")
+    return reasons, timestamps, ratings
 
 
 def validate(
@@ -91,26 +130,9 @@ def validate(
     known_users = set(users.loc[user_reasons.isna(), "user_id"])
     known_items = set(items.loc[item_reasons.isna(), "item_id"])
 
-    reasons = pd.Series(pd.NA, index=inter.index, dtype="string")
-    for column in ("user_id", "item_id", "timestamp"):
-        _reject(reasons, _blank(inter[column]), f"missing_{column}")
-    timestamps = parse_timestamps(inter["timestamp"])
-    _reject(reasons, timestamps.isna(), "unparseable_timestamp")
-    _reject(
-        reasons,
-        timestamps > pd.Timestamp(now + timedelta(seconds=cfg.future_tolerance_seconds)),
-        "future_timestamp",
-    )
-    ratings = pd.to_numeric(inter["rating"], errors="coerce")
-    _reject(reasons, ratings.isna() & ~_blank(inter["rating"]), "unparseable_rating")
-    _reject(reasons, (ratings < cfg.rating_min) | (ratings > cfg.rating_max), "rating_out_of_range")
-    if cfg.require_known_entities and known_users:
-        _reject(reasons, ~inter["user_id"].isin(known_users), "unknown_user")
-    if cfg.require_known_entities and known_items:
-        _reject(reasons, ~inter["item_id"].isin(known_items), "unknown_item")
-    candidate = reasons.isna()
-    duplicate = inter[["user_id", "item_id"]].assign(ts=timestamps)[candidate].duplicated(keep="first")
-    _reject(reasons, duplicate.reindex(inter.index, fill_value=False), "duplicate_event")
+    check_users = known_users if cfg.require_known_entities and known_users else None
+    check_items = known_items if cfg.require_known_entities and known_items else None
+    reasons, timestamps, ratings = interaction_reasons(inter, cfg, now, check_users, check_items)
 
     kept_inter = _normalise_interactions(
         inter[reasons.isna()], timestamps[reasons.isna()], ratings[reasons.isna()]

@@ -177,6 +177,16 @@ def cmd_example(args: argparse.Namespace) -> None:
     print(f"serve the champion: {env} make serve")
 
 
+def cmd_push_events(args: argparse.Namespace) -> None:
+    """Send an events file to a running service's POST /events (RECFORGE_API_KEY if it has a key)."""
+    from serving.client import API_KEY_ENV, push_events
+
+    report = push_events(Path(args.file), args.url, os.environ.get(API_KEY_ENV) or None, args.batch_size)
+    print(report.describe())
+    if report.refused:
+        raise SystemExit(1)
+
+
 def cmd_feast(args: argparse.Namespace) -> None:
     """The feast CLI on one namespace (default: the namespace the deployment's champion serves from)."""
     from features.store import DIR_ENV, PROJECT_ENV, repo_path, store_yaml
@@ -333,6 +343,15 @@ def main(argv: list[str] | None = None) -> None:
     example.add_argument("--items", type=int, default=1_500)
     example.add_argument("--seed", type=int, default=7)
     example.set_defaults(func=cmd_example)
+
+    push = sub.add_parser(
+        "push-events",
+        help="send an events file (CSV/Parquet: user_id,item_id,timestamp[,rating]) to a running service",
+    )
+    push.add_argument("file")
+    push.add_argument("--url", default="http://127.0.0.1:3000", help="the service (default: make serve's)")
+    push.add_argument("--batch-size", type=int, default=1000, help="events per request (at most 1000)")
+    push.set_defaults(func=cmd_push_events)
 
     feast = sub.add_parser("feast", help="the feast CLI on one Feast namespace (data version)")
     feast.add_argument("--namespace", help="default: the namespace of the deployment's champion")

@@ -52,6 +52,9 @@ class SourceConfig(_Strict):
     # The user/item attribute columns (pipeline/schema.py): a file path, the name of a file in
     # configs/schemas/, or the mapping itself. None = the built-in "movielens" schema.
     schema_: str | dict[str, Any] | None = Field(None, alias="schema")
+    # Also ingest the events pushed to the service since (``$RECFORGE_HOME/event_log``, see
+    # ingestion/event_log.py); events the source already holds are not ingested twice.
+    event_log: bool = True
 
 
 class ValidationConfig(_Strict):

@@ -19,6 +19,12 @@ class Layout:
     def cache(self) -> Path:  # downloaded raw files (never committed)
         return self.home / "cache"
 
+    @property
+    def event_log(
+        self,
+    ) -> Path:  # events pushed to the service, read by every ingest (ingestion/event_log.py)
+        return self.home / "event_log"
+
     def staging(self, run_id: str) -> Path:  # ingest output before validation
         return self.home / "staging" / run_id
 

@@ -35,6 +35,7 @@ from http import HTTPStatus
 from typing import Any
 
 import anyio
+from bentoml.exceptions import InvalidArgument
 
 log = logging.getLogger("recforge.serving.http")
 
@@ -136,6 +137,18 @@ def error_body(status: int, message: str, details: list[dict[str, str]] | None =
     if details:
         error["details"] = details[:MAX_DETAILS]
     return {"error": error}
+
+
+DETAILS_MARK = "recforge-error-with-details:"
+
+
+def rows_invalid(message: str, details: list[dict[str, str]]) -> InvalidArgument:
+    """A 400 whose body lists ``details`` (one per bad row), not only a message.
+
+    BentoML turns an exception into its message text alone; the JSON carried here is unpacked by the
+    middleware (``_error_content``) into the service's error shape.
+    """
+    return InvalidArgument(DETAILS_MARK + json.dumps({"message": message, "details": details[:MAX_DETAILS]}))
 
 
 def validation_details(errors: Iterable[Any]) -> list[dict[str, str]]:
@@ -517,6 +530,9 @@ def _error_content(
             message = detail
     elif isinstance(data, str):
         message = data
+    if message and message.startswith(DETAILS_MARK):
+        carried = json.loads(message[len(DETAILS_MARK) :])
+        return str(carried["message"]), carried["details"]
     if status == 404 and message in (None, "Not Found"):
         message = f"no such endpoint: {method} {clip(path)}"
     elif status == 405 and message in (None, "Method Not Allowed"):

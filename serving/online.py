@@ -8,6 +8,10 @@ champion's requests, and a swap to another champion brings its own reader. The r
 single feature only (see ``OnlineHistory._read`` for why). Reading never writes: a namespace that was
 never built is reported as unreachable, not created.
 
+One write: ``append_events`` adds events pushed to the service (``POST /events``) to the users'
+``user_activity`` rows through the view's push source, so the next request reads them without waiting
+for the batch pipeline (which ingests the same events from the event log at its next run).
+
 Which store: ``RECFORGE_FEATURE_REPO`` (a directory with ``feature_store.yaml``) if set, else
 ``<repo>/feature_repo``; the home (registry, SQLite online store under ``feast/<namespace>/``) is the
 given one, else ``RECFORGE_HOME``. ``RECFORGE_FEAST_PROFILE`` selects another profile (production: Redis).
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -30,6 +35,11 @@ log = logging.getLogger(__name__)
 HISTORY_VIEW = "user_activity"
 HISTORY_FEATURE = "recent_items"
 ONLINE_FEATURES = [f"{HISTORY_VIEW}:{HISTORY_FEATURE}"]
+ACTIVITY_FEATURES = [
+    f"{HISTORY_VIEW}:{name}" for name in ("user_interaction_count", "user_mean_rating", HISTORY_FEATURE)
+]
+ACTIVITY_PUSH_SOURCE = "user_activity_push"  # feature_repo/definitions.py USER_ACTIVITY_PUSH
+DEFAULT_HISTORY_LENGTH = 50
 PROFILE_VIEW = "user_profile"
 HEALTHCHECK_USER = "__recforge_healthcheck__"
 
@@ -133,6 +143,54 @@ class OnlineHistory:
         out = self._store.get_online_features(features=features, entity_rows=[{"user_id": user_id}]).to_dict()
         return {key: values[0] for key, values in out.items() if values}
 
+    @property
+    def history_length(self) -> int:
+        """Items kept per user: the namespace's ``_h<N>`` suffix (features.store.namespace_for)."""
+        match = re.search(r"_h(\d+)$", self.namespace)
+        return int(match.group(1)) if match else DEFAULT_HISTORY_LENGTH
+
+    def append_events(self, events: Any) -> None:
+        """Add new events (DataFrame: user_id, item_id, timestamp ISO-8601, rating text) to each
+        user's ``user_activity`` row in the online store, through the view's push source.
+
+        The new row: the stored history followed by the events in time order, cut to the newest
+        ``history_length`` items; the count grows by the number of events; the mean rating takes the
+        rated events in, weighted by the stored count (exact for rating datasets, where every event is
+        rated). It is stamped after both its newest event and now, so a store that keeps the newest
+        row (Redis ignores older writes) takes it. Raises when the store cannot be read or written:
+        the caller reports it, the events are already in the event log.
+        """
+        import pandas as pd
+        from feast.data_source import PushMode
+
+        events = events.assign(_time=pd.to_datetime(events["timestamp"], utc=True)).sort_values("_time")
+        now = pd.Timestamp.now(tz="UTC")
+        rows = []
+        with self._lock:
+            self.connect()
+            for user_id, group in events.groupby("user_id", sort=True):
+                stored = self._read(str(user_id), ACTIVITY_FEATURES)
+                history = [str(i) for i in (_feature(stored, HISTORY_FEATURE) or [])]
+                count = int(_feature(stored, "user_interaction_count") or 0)
+                mean = _feature(stored, "user_mean_rating")
+                ratings = pd.to_numeric(group["rating"], errors="coerce").dropna()
+                if len(ratings):
+                    known = mean is not None and not pd.isna(mean) and count > 0
+                    total = (float(mean) * count if known else 0.0) + float(ratings.sum())
+                    mean = total / ((count if known else 0) + len(ratings))
+                rows.append(
+                    {
+                        "user_id": str(user_id),
+                        "event_timestamp": max(group["_time"].max() + pd.Timedelta(microseconds=1), now),
+                        "user_interaction_count": count + len(group),
+                        "user_mean_rating": float("nan") if mean is None else float(mean),
+                        HISTORY_FEATURE: (history + [str(i) for i in group["item_id"]])[
+                            -self.history_length :
+                        ],
+                    }
+                )
+            self._store.push(ACTIVITY_PUSH_SOURCE, pd.DataFrame(rows), to=PushMode.ONLINE)
+
     def health(self) -> tuple[bool, str]:
         """(reachable, detail), cached for ``health_ttl_s`` so probes cost nothing under load."""
         checked_at, ok, detail = self._health
@@ -147,3 +205,9 @@ class OnlineHistory:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         self._health = (time.monotonic(), ok, detail)
         return ok, detail
+
+
+def _feature(row: dict[str, Any], name: str) -> Any:
+    """A feature of an online read, whichever way Feast keyed it (``name`` or ``view__name``)."""
+    value = row.get(name)
+    return row.get(f"{HISTORY_VIEW}__{name}") if value is None else value

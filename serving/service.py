@@ -18,6 +18,11 @@ Which model:
   ``serving.package`` bakes it into its environment. Its Feast namespace: ``RECFORGE_FEATURE_NAMESPACE``,
   else the model's metadata, else the newest deployment event of that tag in the run index.
 
+Fresh events: ``POST /events`` takes a batch of interactions (checked with the ingestion rules; an
+invalid batch is refused whole), appends it to the event log in ``$RECFORGE_HOME/event_log`` (which the
+next pipeline run ingests with its source, ``ingestion.event_log``) and adds it to the users' online
+history, so the next ``/recommend`` uses it. ``recforge push-events FILE`` is its client.
+
 The tag is also resolved when this module is imported, because BentoML packages into a Bento only
 models declared as class attributes (``bentoml.models.BentoModel``); an unresolvable tag (no champion,
 nothing pinned) is an import error that says what to do.
@@ -72,18 +77,22 @@ from fastapi import FastAPI
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
 )
 
+from ingestion.event_log import MAX_BATCH as MAX_EVENTS
+from ingestion.event_log import EventLog, check_batch
 from pipeline.artifacts import DeploymentEvent
-from pipeline.config import load_config
+from pipeline.config import ValidationConfig, load_config
 from pipeline.layout import Layout
 from pipeline.run_index import RunIndex, index_url, now_iso
 from pipeline.schema import DataSchema, resolve_schema
-from serving.http_safety import ServingSafety, clip
+from serving.http_safety import ServingSafety, clip, rows_invalid
 from serving.online import ONLINE_FEATURES, OnlineHistory
 from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, TITLES_FILE, verify_checksums
 from serving.request_models import attribute_model
@@ -129,6 +138,9 @@ class ServingTarget:
     deployment: str
     index_url: str
     pinned_tag: str | None  # RECFORGE_MODEL_TAG: serve this model and follow nothing
+    validation: ValidationConfig = dataclasses.field(
+        default_factory=ValidationConfig
+    )  # rules of pushed events
 
     @property
     def mode(self) -> str:
@@ -144,7 +156,7 @@ def serving_target() -> ServingTarget:
     layout = Layout(cfg.home_dir)
     deployment = os.environ.get(DEPLOYMENT_ENV, "").strip() or cfg.deployment
     pinned = os.environ.get(MODEL_TAG_ENV, "").strip() or None
-    return ServingTarget(layout, deployment, index_url(layout, cfg.run_index.url), pinned)
+    return ServingTarget(layout, deployment, index_url(layout, cfg.run_index.url), pinned, cfg.validation)
 
 
 def champion_of(target: ServingTarget) -> DeploymentEvent:
@@ -442,6 +454,7 @@ def _exit_nonzero_if_a_worker_failed() -> None:
 
 TARGET = serving_target()
 MODEL_TAG = model_tag_to_serve(TARGET)
+EVENT_LOG = EventLog(TARGET.layout.event_log)  # what POST /events appends to; every ingest reads it
 if not _in_bentoml_worker():
     atexit.register(_exit_nonzero_if_a_worker_failed)
 
@@ -529,6 +542,30 @@ K = Annotated[json_int(ge=1, le=MAX_K), Field(description=f"number of items, 1..
 Candidates = Annotated[
     json_int(ge=1, le=MAX_CANDIDATES), Field(description="retrieval depth of two-stage serving")
 ]
+
+
+class Event(BaseModel):
+    """One interaction, as in a source file: who, what, when (epoch seconds or ISO-8601), and a rating
+    for explicit-feedback data."""
+
+    model_config = ConfigDict(extra="forbid")
+    user_id: UserId
+    item_id: ItemId
+    timestamp: Annotated[
+        StrictStr | StrictInt | StrictFloat,
+        Field(description="epoch seconds, or ISO-8601 (UTC when no offset is given)"),
+    ]
+    rating: StrictFloat | StrictInt | None = None
+
+
+class EventsResponse(BaseModel):
+    received: int  # events in the batch (all valid: an invalid batch is refused whole)
+    appended: int  # new events written to the event log
+    duplicates: int  # events the log already held (a retried batch is harmless)
+    users: int  # users whose online history was updated (or would have been)
+    history_updated: bool  # False: logged, but the next /recommend will not see them yet (see note)
+    note: str | None = None
+
 
 HEALTH_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -729,6 +766,46 @@ class Recommender:
             history_used=result.history_used,
             attributes_source=source if result.strategy == "attributes" else None,
             note=result.note,
+        )
+
+    @bentoml.api
+    def events(
+        self,
+        events: Annotated[list[Event], Field(min_length=1, max_length=MAX_EVENTS)],
+    ) -> EventsResponse:
+        """Take a batch of fresh interactions: checked with the ingestion rules (an invalid batch is
+        refused whole, each bad row named with its reason), appended durably to the event log that
+        the next pipeline run ingests, and added to each user's online history so that the next
+        ``/recommend`` for them uses it. Pushing the same events again appends nothing."""
+        live = self.live
+        records = [e.model_dump() for e in events]
+        intake = check_batch(records, TARGET.validation, live.rec.item_index)
+        if intake.events is None:
+            raise rows_invalid(
+                f"{len(intake.bad)} of {len(records)} events are invalid; nothing was applied",
+                [
+                    {"field": f"events[{b.row}]", "message": f"{b.reason}: {clip(b.event)}", "type": b.reason}
+                    for b in intake.bad
+                ],
+            )
+        appended = EVENT_LOG.append(intake.events)
+        fresh = appended.events
+        updated, note = True, None
+        if appended.appended:
+            try:
+                live.online.append_events(fresh)
+            except Exception as exc:  # noqa: BLE001 - logged durably; the history catches up at the next run
+                log.warning("events logged but online history not updated: %s", one_line(exc))
+                updated, note = False, f"logged; the online history was not updated: {one_line(exc)}"
+        elif appended.duplicates:
+            note = "every event was already logged: nothing to do"
+        return EventsResponse(
+            received=len(records),
+            appended=appended.appended,
+            duplicates=appended.duplicates,
+            users=int(fresh["user_id"].nunique()) if appended.appended else 0,
+            history_updated=updated and appended.appended > 0,
+            note=note,
         )
 
     @bentoml.api

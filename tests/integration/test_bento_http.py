@@ -325,3 +325,130 @@ def test_two_stage_ranker_serves_known_and_cold_users(
     assert len(body["items"]) == 5
     body = ranker_client.post("/recommend", json={"user_id": "signed-up-now", "k": 5}).json()
     assert body["fallback"] is True and body["strategy"] == "popularity" and len(body["items"]) == 5
+
+
+def test_pushed_events_reach_the_next_recommendation_and_the_event_log(
+    client: httpx.Client, home: ServingHome
+) -> None:
+    from ingestion.event_log import EventLog
+
+    log = EventLog(home.layout.event_log)
+    before = len(log.read())
+    visitor = "visitor-pushing-events"
+    first = client.post("/recommend", json={"user_id": visitor, "k": 5}).json()
+    assert first["strategy"] == "popularity" and first["history_used"] == 0
+
+    now = int(time.time())
+    clicked = home.item_ids[:2]
+    batch = [
+        {"user_id": visitor, "item_id": item, "timestamp": now - 60 + i} for i, item in enumerate(clicked)
+    ]
+    resp = client.post("/events", json={"events": batch})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["received"], body["appended"], body["duplicates"], body["users"]) == (2, 2, 0, 1)
+    assert body["history_updated"] is True, body
+
+    after = client.post("/recommend", json={"user_id": visitor, "k": 5}).json()
+    assert after["strategy"] == "history" and after["history_used"] == 2 and not after["fallback"], after
+    assert not {i["item_id"] for i in after["items"]} & set(clicked)  # what they just saw is excluded
+    assert [i["item_id"] for i in after["items"]] != [i["item_id"] for i in first["items"]]
+
+    # A retried push (ISO-8601 this time) appends nothing; the log holds each event once.
+    iso = [
+        {**e, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e["timestamp"]))} for e in batch
+    ]
+    again = client.post("/events", json={"events": iso}).json()
+    assert (again["appended"], again["duplicates"]) == (0, 2) and "already logged" in again["note"]
+    assert len(log.read()) == before + 2
+
+    # A known user's next recommendation reads the longer history.
+    user = home.user_ids[2]
+    known_before = client.post("/recommend", json={"user_id": user, "k": 5}).json()
+    unseen = next(i for i in home.item_ids if i not in home.seen[user] and i not in home.history[user])
+    client.post(
+        "/events", json={"events": [{"user_id": user, "item_id": unseen, "timestamp": now, "rating": 4}]}
+    )
+    known_after = client.post("/recommend", json={"user_id": user, "k": 5}).json()
+    assert known_after["history_used"] == known_before["history_used"] + 1
+    assert unseen not in {i["item_id"] for i in known_after["items"]}
+
+
+def test_an_invalid_event_batch_is_refused_whole_naming_each_row(
+    client: httpx.Client, home: ServingHome
+) -> None:
+    from ingestion.event_log import EventLog
+
+    log = EventLog(home.layout.event_log)
+    before = len(log.read())
+    now = int(time.time())
+    batch = [
+        {"user_id": "u-ok", "item_id": home.item_ids[0], "timestamp": now},
+        {"user_id": "u-ok", "item_id": "no-such-item", "timestamp": now},
+        {"user_id": "u-ok", "item_id": home.item_ids[1], "timestamp": now + 10 * 86400},
+        {"user_id": "u-ok", "item_id": home.item_ids[2], "timestamp": "last tuesday"},
+    ]
+    resp = client.post("/events", json={"events": batch})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["message"] == "3 of 4 events are invalid; nothing was applied"
+    assert [(d["field"], d["type"]) for d in error["details"]] == [
+        ("events[1]", "unknown_item"),
+        ("events[2]", "future_timestamp"),
+        ("events[3]", "unparseable_timestamp"),
+    ]
+    assert len(log.read()) == before  # nothing half-applied
+    assert client.post("/recommend", json={"user_id": "u-ok", "k": 3}).json()["history_used"] == 0
+    for payload, needle in (
+        ({"events": []}, "at least 1 item"),
+        ({"events": [{"user_id": "a", "item_id": "b"}]}, "timestamp"),
+        ({"events": [{"user_id": "a", "item_id": "b", "timestamp": 1, "colour": "red"}]}, "Extra inputs"),
+    ):
+        resp = client.post("/events", json=payload)
+        assert resp.status_code == 400 and needle in resp.text, resp.text
+
+
+def test_push_events_cli_sends_a_file_and_names_bad_lines(
+    server: str, client: httpx.Client, home: ServingHome, tmp_path
+) -> None:
+    import subprocess
+    import sys
+
+    from pipeline.config import REPO_ROOT
+
+    now = int(time.time())
+    good = tmp_path / "clicks.csv"
+    good.write_text(
+        "user_id,item_id,timestamp,rating\n"
+        + "".join(f"cli-visitor,{item},{now - 30 + i},\n" for i, item in enumerate(home.item_ids[3:6]))
+    )
+
+    def push(path):
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "orchestration.cli",
+                "push-events",
+                str(path),
+                "--url",
+                server,
+                "--batch-size",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_ROOT,
+        )
+
+    result = push(good)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pushed 3 events in 2 batches: 3 appended, 0 already logged" in result.stdout, result.stdout
+    assert client.post("/recommend", json={"user_id": "cli-visitor", "k": 3}).json()["history_used"] == 3
+    assert "0 appended, 3 already logged" in push(good).stdout  # pushing the file again is harmless
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"user_id,item_id,timestamp\ncli-2,{home.item_ids[0]},{now}\ncli-2,no-such-item,{now}\n")
+    result = push(bad)
+    assert result.returncode == 1 and "STOPPED" in result.stdout and "line 3: unknown_item" in result.stdout

@@ -11,6 +11,7 @@ accepted, requests without the key refused. The server log must hold no tracebac
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -63,8 +64,20 @@ def test_openapi_declares_the_error_shape_and_the_key(server: ServerProcess) -> 
 def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
     server: ServerProcess, tmp_path: Path
 ) -> None:
+    # A schema-valid event batch may still break the ingestion rules (an item outside the catalogue, a
+    # time in the future): /events refuses it with a 400 naming each row, which no OpenAPI schema can
+    # express, and random ids rarely name a catalogue item (so most generated batches are refused:
+    # the "validation mismatch" warning is expected for it, and only for it). Everywhere else a
+    # schema-valid request must be accepted and any warning fails the test.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        '[[operations]]\ninclude-path = "/events"\n'
+        'checks.positive_data_acceptance.expected-statuses = ["2xx", 400]\n'
+    )
     cmd = [
         str(Path(sys.executable).with_name("schemathesis")),
+        "--config-file",
+        str(config),
         "run",
         f"{server.url}/docs.json",
         "--header",
@@ -89,7 +102,12 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]
-    assert "No issues found" in output, output[-3000:]
+    assert re.search(r"(\d+) generated, \1 passed", output), output[-3000:]
+    warned = output.split("WARNINGS ===", 1)[1].split("SUMMARY ===", 1)[0] if "WARNINGS ===" in output else ""
+    operations = re.findall(r"^\s+- (\w+ /\S+)", warned, flags=re.MULTILINE)
+    assert "No issues found" in output or (
+        "Schema validation mismatch: 1 operation" in warned and operations == ["POST /events"]
+    ), output[-3000:]
     summary = [line.strip() for line in output.splitlines() if "generated" in line]
     print(summary[-1] if summary else output[-500:])
     log = server.log()
