@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.config import load_config  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
+from pipeline.provenance import code_commit  # noqa: E402
 from pipeline.run_index import RunIndex  # noqa: E402
 from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, stored_model_dir  # noqa: E402
 from tests.serving_fixtures import serve  # noqa: E402
@@ -88,6 +89,36 @@ def run_load(url: str, users: list[str], concurrency: int, n_requests: int, k: i
         "mean_ms": round(statistics.fmean(ms), 2),
         "rps": round(len(ms) / wall, 1),
         "wall_s": round(wall, 2),
+    }
+
+
+def run_events(url: str, users: list[str], items: list[str], batches: int, size: int) -> dict[str, Any]:
+    """``batches`` sequential POST /events of ``size`` new events each (known users, catalogue items,
+    distinct timestamps in the last day): latency per batch and events/s, one client."""
+    import random
+
+    rng = random.Random(2026)
+    base = int(time.time()) - 86400
+    latencies, errors = [], 0
+    started = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for b in range(batches):
+            batch = [
+                {"user_id": rng.choice(users), "item_id": rng.choice(items), "timestamp": base + b * size + i}
+                for i in range(size)
+            ]
+            t0 = time.perf_counter()
+            resp = client.post("/events", json={"events": batch})
+            latencies.append((time.perf_counter() - t0) * 1000)
+            errors += resp.status_code != 200 or not resp.json().get("history_updated")
+    wall = time.perf_counter() - started
+    return {
+        "batches": batches,
+        "batch_size": size,
+        "errors": errors,
+        "p50_ms": round(_pct(latencies, 50), 2),
+        "p99_ms": round(_pct(latencies, 99), 2),
+        "events_per_s": round(batches * size / wall, 1),
     }
 
 
@@ -172,6 +203,20 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, nargs="+", default=[1], help="server worker processes to compare"
     )
+    parser.add_argument(
+        "--served-log",
+        nargs="+",
+        default=["on", "off"],
+        choices=["on", "off"],
+        help="log every answer (serving/served_log.py) or not: compare the overhead",
+    )
+    parser.add_argument(
+        "--event-batches",
+        type=int,
+        default=60,
+        help="POST /events batches to time (demo homes only: they append to the home's event log)",
+    )
+    parser.add_argument("--event-batch-size", type=int, default=100)
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     args = parser.parse_args()
 
@@ -200,28 +245,46 @@ def main() -> None:
     users = json.loads((model_dir / ARTIFACT_SUBDIR / "user_ids.json").read_text())
     n_items = len(json.loads((model_dir / ARTIFACT_SUBDIR / "item_ids.json").read_text()))
 
+    item_ids = json.loads((model_dir / ARTIFACT_SUBDIR / "item_ids.json").read_text())
     runs = []
+    events = None
+    # Alternating server configurations, each measured in turn, keeps slow drifts of the shared
+    # machine from landing on one side of a comparison.
     for workers in args.workers:
         for policy in args.omp:
-            log_path = Path(tempfile.mkdtemp(prefix="recforge-bench-log-")) / "bentoml.log"
-            env = {
-                "OMP_WAIT_POLICY": policy,
-                "RECFORGE_SERVE_WORKERS": str(workers),
-                "RECFORGE_DEPLOYMENT": args.deployment,
-            }
-            with serve(layout, log_path, env=env) as server:  # `bentoml serve`, own process group
-                started = time.perf_counter()
-                server.wait_ready(timeout_s=180)
-                startup_s = time.perf_counter() - started
-                run_load(server.url, users, 1, 30, args.k)  # warm-up: first calls, registry cache
-                for c in args.concurrency:
-                    result = run_load(server.url, users, c, args.requests, args.k)
-                    result.update(omp_wait_policy=policy, workers=workers, startup_s=round(startup_s, 1))
-                    print(json.dumps(result), flush=True)
-                    runs.append(result)
+            for logged in args.served_log:
+                log_path = Path(tempfile.mkdtemp(prefix="recforge-bench-log-")) / "bentoml.log"
+                env = {
+                    "OMP_WAIT_POLICY": policy,
+                    "RECFORGE_SERVE_WORKERS": str(workers),
+                    "RECFORGE_DEPLOYMENT": args.deployment,
+                    "RECFORGE_LOG_SERVED": "1" if logged == "on" else "0",
+                }
+                with serve(layout, log_path, env=env) as server:  # `bentoml serve`, own process group
+                    started = time.perf_counter()
+                    server.wait_ready(timeout_s=180)
+                    startup_s = time.perf_counter() - started
+                    run_load(server.url, users, 1, 30, args.k)  # warm-up: first calls, registry cache
+                    for c in args.concurrency:
+                        result = run_load(server.url, users, c, args.requests, args.k)
+                        result.update(
+                            omp_wait_policy=policy,
+                            workers=workers,
+                            served_log=logged,
+                            startup_s=round(startup_s, 1),
+                        )
+                        print(json.dumps(result), flush=True)
+                        runs.append(result)
+                    if args.demo and events is None and args.event_batches:
+                        events = run_events(
+                            server.url, users, item_ids, args.event_batches, args.event_batch_size
+                        )
+                        print(json.dumps(events), flush=True)
 
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "code_commit": code_commit(),
+        "command": "python bench/bench_serving.py " + " ".join(sys.argv[1:]),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
@@ -242,6 +305,7 @@ def main() -> None:
         },
         "server": {"threads_per_worker": 4, "torch_threads": 1},
         "runs": runs,
+        "events": events,
         "in_process_breakdown": breakdown(layout, model_dir, champion.feature_namespace, users, cold_users),
     }
     out = Path(args.out)
@@ -256,21 +320,30 @@ def _markdown(report: dict) -> str:
     lines = [
         "# Serving benchmark",
         "",
-        f"`bench/bench_serving.py`, {report['measured_at']}: real `bentoml serve serving.service:Recommender`, "
+        f"`{report['command']}` at commit `{report['code_commit']}`, {report['measured_at']}: real "
+        "`bentoml serve serving.service:Recommender`, "
         f"`POST /recommend` (k={report['request']['k']}, exclude_seen, Feast online read per request) over "
         f"loopback HTTP. Model `{report['model_tag']}` ({report['model']}, {report['n_users']} users x "
         f"{report['n_items']} items{', synthetic demo home' if report['demo'] else ''}). "
         f"{report['machine']['cpus']} CPUs shared by client and server (load avg {report['machine']['loadavg_1m_at_end']}"
         " at the end); 4 request threads per worker, 1 torch thread.",
         "",
-        "| workers | OMP_WAIT_POLICY | clients | requests | errors | p50 ms | p90 ms | p99 ms | req/s |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| workers | OMP_WAIT_POLICY | served log | clients | requests | errors | p50 ms | p90 ms | p99 ms | req/s |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["runs"]:
         lines.append(
-            f"| {r['workers']} | {r['omp_wait_policy']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['p50_ms']} | "
-            f"{r['p90_ms']} | {r['p99_ms']} | {r['rps']} |"
+            f"| {r['workers']} | {r['omp_wait_policy']} | {r.get('served_log', 'on')} | {r['concurrency']} | "
+            f"{r['requests']} | {r['errors']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['rps']} |"
         )
+    e = report.get("events")
+    if e:
+        lines += [
+            "",
+            f"`POST /events` ({e['batches']} batches of {e['batch_size']} new events, one client, each batch "
+            f"checked, appended to the event log and pushed to Feast): p50 {e['p50_ms']} ms / p99 "
+            f"{e['p99_ms']} ms per batch, {e['events_per_s']} events/s, {e['errors']} errors.",
+        ]
     b = report["in_process_breakdown"]
     lines += [
         "",

@@ -25,6 +25,10 @@ class Layout:
     ) -> Path:  # events pushed to the service, read by every ingest (ingestion/event_log.py)
         return self.home / "event_log"
 
+    @property
+    def served_log(self) -> Path:  # every /recommend answer (serving/served_log.py)
+        return self.home / "served_log"
+
     def staging(self, run_id: str) -> Path:  # ingest output before validation
         return self.home / "staging" / run_id
 

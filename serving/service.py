@@ -96,6 +96,7 @@ from serving.http_safety import ServingSafety, clip, rows_invalid
 from serving.online import ONLINE_FEATURES, OnlineHistory
 from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, TITLES_FILE, verify_checksums
 from serving.request_models import attribute_model
+from serving.served_log import ServedLog, logging_enabled, new_request_id, served_now
 
 if TYPE_CHECKING:
     from serving.recommender import Recommender as Model
@@ -486,6 +487,7 @@ class Item(BaseModel):
 
 
 class RecommendResponse(BaseModel):
+    request_id: str  # this answer in the served log (serving.served_log); send it back with the clicks
     user_id: str
     items: list[Item]
     model: str
@@ -600,6 +602,10 @@ HEALTH_SCHEMA: dict[str, Any] = {
             "type": ["object", "null"],
             "description": "following mode: how often the run index is polled, when it last answered, its error",
         },
+        "served_log": {
+            "type": ["object", "null"],
+            "description": "this worker's log of served answers: records written, pending, dropped, last error",
+        },
     },
 }
 
@@ -660,6 +666,7 @@ class Recommender:
 
         torch.set_num_threads(int(os.environ.get("RECFORGE_TORCH_THREADS", "1")))
         self.target = TARGET
+        self.served_log = ServedLog(TARGET.layout.served_log) if logging_enabled() else None
         self.follower: ChampionFollower | None = None
         tag = TARGET.pinned_tag or "the champion"
         try:
@@ -701,6 +708,8 @@ class Recommender:
     def _stop_following(self) -> None:
         if self.follower is not None:
             self.follower.stop()
+        if self.served_log is not None:
+            self.served_log.close()
 
     # ---- probes --------------------------------------------------------------------------------
 
@@ -719,6 +728,7 @@ class Recommender:
             "feature_store": {"reachable": reachable, "detail": detail},
             "pending": self.follower.pending if self.follower else None,
             "follow": self.follower.describe() if self.follower else None,
+            "served_log": self.served_log.describe() if self.served_log else None,
         }
 
     def __is_ready__(self) -> bool:
@@ -753,7 +763,23 @@ class Recommender:
         result = live.rec.recommend(
             uid, history, k, exclude_seen=exclude_seen, user_features=attributes, candidates=candidates
         )
+        request_id = new_request_id()
+        if self.served_log is not None:
+            self.served_log.record(
+                request_id=request_id,
+                served_at=served_now(),
+                user_id=uid,
+                items=[i.item_id for i in result.items],
+                scores=[float(i.score) for i in result.items],
+                k=k,
+                strategy=result.strategy,
+                fallback=result.fallback,
+                history_used=result.history_used,
+                model_tag=live.tag,
+                deployment=TARGET.deployment,
+            )
         return RecommendResponse(
+            request_id=request_id,
             user_id=uid,
             items=_items(result.items),
             model=live.rec.name,

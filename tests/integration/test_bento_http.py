@@ -452,3 +452,31 @@ def test_push_events_cli_sends_a_file_and_names_bad_lines(
     bad.write_text(f"user_id,item_id,timestamp\ncli-2,{home.item_ids[0]},{now}\ncli-2,no-such-item,{now}\n")
     result = push(bad)
     assert result.returncode == 1 and "STOPPED" in result.stdout and "line 3: unknown_item" in result.stdout
+
+
+def test_every_answer_is_logged_with_its_request_id(client: httpx.Client, home: ServingHome) -> None:
+    from serving.served_log import read_served
+
+    answers = [client.post("/recommend", json={"user_id": user, "k": 4}).json() for user in home.user_ids[:3]]
+    wanted = {a["request_id"]: a for a in answers}
+    assert len(wanted) == 3
+    deadline = time.monotonic() + 30  # the writer flushes every few seconds
+    while time.monotonic() < deadline:
+        logged = read_served(home.layout.served_log)
+        logged = logged[logged["request_id"].isin(list(wanted))]
+        if len(logged) == 3:
+            break
+        time.sleep(0.5)
+    assert len(logged) == 3, logged
+    for row in logged.itertuples():
+        answer = wanted[row.request_id]
+        assert list(row.items) == [i["item_id"] for i in answer["items"]]
+        assert (row.user_id, row.strategy, row.model_tag, row.deployment, row.k) == (
+            answer["user_id"],
+            answer["strategy"],
+            answer["model_tag"],
+            "default",
+            4,
+        )
+    health = client.get("/healthz").json()
+    assert health["served_log"]["written"] >= 3 and health["served_log"]["dropped"] == 0
