@@ -150,7 +150,8 @@ def data_drift_frame(
     """
     out = pd.DataFrame(index=window.index)
     n = max(1, len(window))
-    out["rating"] = pd.to_numeric(window["rating"], errors="coerce").astype("float64")
+    if "rating" in window:  # implicit-feedback data has none
+        out["rating"] = pd.to_numeric(window["rating"], errors="coerce").astype("float64")
     ts = pd.to_datetime(window["event_timestamp"], utc=True)
     out["hour_of_day"] = ts.dt.hour.astype("float64")
     out["day_of_week"] = ts.dt.day_name()
