@@ -8,8 +8,13 @@ and added to the local Evidently workspace (``evidently ui``), one project per m
 Drift methods are fixed by us, not chosen by Evidently from the row count: Evidently's defaults
 switch from p-value tests (K-S, chi-square) to distances at 1000 rows, so the same shift would be
 judged differently in a small test window and a production one, and p-values flag negligible shifts
-at large n. Distances measure effect size: normed Wasserstein (in reference standard deviations) for
-numbers, Jensen-Shannon for categories; a column drifts when its distance reaches the threshold.
+at large n (and assume independent rows, which a user's burst of ratings is not). Distances measure
+effect size: normed Wasserstein (in reference standard deviations) for numbers, Jensen-Shannon for
+categories; a column drifts when its distance reaches its threshold (the data-drift thresholds come
+from ``MonitoringConfig``, chosen on stationary data; prediction drift keeps the fixed default).
+
+The verdict is known only after all reports ran, so ``label_snapshot`` adds it to each snapshot's
+metadata and tags before it is saved: the workspace's report list then shows it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class DriftReport:
     columns: list[str]
     share: float
     drifted: list[str]
+    distances: dict[str, float]  # column -> drift distance (what the per-column test compared)
 
 
 def column_drift_report(
@@ -47,8 +53,14 @@ def column_drift_report(
     drift_share: float,
     metadata: dict[str, str],
     tags: list[str],
+    num_threshold: float = DRIFT_DISTANCE_THRESHOLD,
+    cat_threshold: float = DRIFT_DISTANCE_THRESHOLD,
+    column_thresholds: dict[str, float] | None = None,
 ) -> DriftReport:
-    """DataDriftPreset of ``current`` against ``reference`` on the given columns (methods: module doc)."""
+    """DataDriftPreset of ``current`` against ``reference`` on the given columns (methods: module doc).
+
+    ``column_thresholds`` override the per-type thresholds for the columns they name.
+    """
     columns = numerical + categorical
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
     preset = DataDriftPreset(
@@ -56,15 +68,16 @@ def column_drift_report(
         drift_share=drift_share,
         num_method=NUM_METHOD,
         cat_method=CAT_METHOD,
-        num_threshold=DRIFT_DISTANCE_THRESHOLD,
-        cat_threshold=DRIFT_DISTANCE_THRESHOLD,
+        num_threshold=num_threshold,
+        cat_threshold=cat_threshold,
+        per_column_threshold={c: t for c, t in (column_thresholds or {}).items() if c in columns} or None,
     )
     snapshot = Report([preset], metadata=metadata, tags=tags, include_tests=True).run(
         Dataset.from_pandas(current[columns], data_definition=definition),
         Dataset.from_pandas(reference[columns], data_definition=definition),
     )
-    share, drifted = drift_summary(snapshot)
-    return DriftReport(snapshot=snapshot, columns=columns, share=share, drifted=drifted)
+    share, drifted, distances = drift_summary(snapshot)
+    return DriftReport(snapshot=snapshot, columns=columns, share=share, drifted=drifted, distances=distances)
 
 
 def ranking_report(
@@ -92,8 +105,9 @@ def ranking_report(
     return snapshot, ranking_summary(snapshot)
 
 
-def drift_summary(snapshot: Any) -> tuple[float, list[str]]:
-    """(share of drifted columns, names of drifted columns) from a DataDriftPreset snapshot's dict.
+def drift_summary(snapshot: Any) -> tuple[float, list[str], dict[str, float]]:
+    """(share of drifted columns, names of drifted columns, {column: distance}) from a DataDriftPreset
+    snapshot's dict.
 
     The drifted names come from the per-column ValueDrift tests (``include_tests=True``), so they agree
     with the report's own verdict per column.
@@ -110,7 +124,22 @@ def drift_summary(snapshot: Any) -> tuple[float, list[str]]:
         if t["metric_config"]["params"].get("type") == "evidently:metric_v2:ValueDrift"
         and t["status"] == "FAIL"
     ]
-    return share, sorted(drifted)
+    distances = {
+        m["config"]["column"]: float(m["value"])
+        for m in payload["metrics"]
+        if m["config"]["type"] == "evidently:metric_v2:ValueDrift"
+    }
+    return share, sorted(drifted), distances
+
+
+def label_snapshot(snapshot: Any, metadata: dict[str, str], tags: list[str]) -> None:
+    """Add metadata and tags to a snapshot that already ran (the verdict: see module doc).
+
+    Evidently 0.7 takes them only when a report runs and has no public setter on the snapshot, whose
+    ``_metadata`` / ``_tags`` are what ``save_html``, ``json`` and ``Workspace.add_run`` serialise.
+    """
+    snapshot._metadata.update(metadata)
+    snapshot._tags.extend(tag for tag in tags if tag not in snapshot._tags)
 
 
 def ranking_summary(snapshot: Any) -> dict[str, float]:

@@ -1,18 +1,28 @@
 """What the drift monitor compares: the two windows, their monitored columns, and the model's answers.
 
-Windows (both read from the split's Parquet examples, see docs/architecture.md):
+Windows (read from the split's Parquet examples, train + valid + test, ordered by
+``(event_timestamp, event_id)``; see docs/architecture.md):
 
-- **reference** = the training window: ``split.train`` examples, minus any event that also lies in
-  the current window (under ``random_holdout``/``leave_last_out`` the training part spans the whole
-  timeline; keeping the two windows disjoint stops the newest events being compared with themselves).
-- **current** = the newest ``current_window_share`` of *all* examples (train + valid + test),
-  ordered by ``(event_timestamp, event_id)``. A share of rows rather than a time span keeps the window
-  size predictable whatever the traffic, and it is the same definition for every split protocol; under
-  the default temporal split with ``test_share == current_window_share`` it is the test period.
+- **current** = the newest ``current_window_share`` of all events;
+- **reference** = the window of the same number of events immediately before it.
 
-Monitored columns (``data_drift_frame``): behaviour (ratings, counts, history length, time of day, day
-of week) for every dataset, plus the attributes its schema declares (``drift_columns``; text
-attributes are not monitored).
+Both are counted in events, not in time: a drift test's sensitivity depends on how many events each
+side holds, so equal counts keep the two sides equally noisy whatever the traffic did, and the same
+definition serves every split protocol. The time bounds of each window are reported next to its size.
+Comparing with the whole training part instead would set a long, old window against a short, new one,
+which differs even for an unchanged audience.
+
+Monitored columns (``data_drift_frame``) are *per-event* features, whose distribution over a window
+does not change with the window's age: the rating, hour of day and day of week; the item's and the
+user's share of the window's events (popularity and activity within the window); whether the user and
+the item were new (no event before the window started); plus the attributes the schema declares
+(``drift_columns``; text is not monitored). Cumulative features of the examples (interaction counts,
+history length, running mean ratings) are not monitored: they grow with time, so an older and a newer
+window always differ in them, and a detector fed with them fires on every run.
+
+Besides their distributions, the monitored columns' shares of missing values are compared
+(``missing_shares``): a column an upstream feed stopped filling is a broken feed, not drift, and the
+drift test alone does not see it (it ignores missing values).
 
 The model's answers are scored with ``training.scoring.ArtifactScorer``, the scorer the service and
 the evaluator use (who is known, history alignment, exclusion):
@@ -26,17 +36,12 @@ the evaluator use (who is known, history alignment, exclusion):
   store served then); ground truth = the user's items in the window. Definitions match
   ``training.metrics`` (binary gains, full ranking, items already seen are excluded from ranking but
   still count in the denominator).
-
-Known behaviour worth reading the numbers with: the cumulative features (``user_interaction_count``,
-``item_interaction_count``, ``history_length``, and the running means, which are noisy early on) grow
-over time and differ between an older and a newer window even for a stationary audience, so the share
-threshold fires only when several other columns (audience, ratings, catalogue, time of day) move as
-well; measured shares are in the drift reports, not here.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,37 +55,42 @@ from training.scoring import ArtifactScorer, top_k
 
 K = 10
 SAMPLE_SEED = 2026
-# Behaviour columns monitored for every dataset; the schema's attributes are added (see drift_columns).
-BEHAVIOUR_NUMERICAL = [
-    "rating",
-    "user_interaction_count",
-    "user_mean_rating",
-    "history_length",
-    "item_interaction_count",
-    "item_mean_rating",
-    "hour_of_day",
-]
-BEHAVIOUR_CATEGORICAL = ["day_of_week"]
+# Per-event behaviour columns monitored for every dataset; the schema's attributes are added (see
+# drift_columns).
+BEHAVIOUR_NUMERICAL = ["rating", "hour_of_day", "item_window_share", "user_window_share"]
+BEHAVIOUR_CATEGORICAL = ["day_of_week", "new_user", "new_item"]
 
 # ------------------------------------------------------------------------------------------- windows
 
 
-def select_windows(split: Split, current_window_share: float) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(reference, current) example frames, both sorted by (event_timestamp, event_id); see module doc."""
-    train = pd.read_parquet(split.train)
-    parts = [train] + [pd.read_parquet(p) for p in (split.valid, split.test) if Path(p).exists()]
+@dataclass(frozen=True)
+class Windows:
+    """The compared windows (equal numbers of events, ``reference`` right before ``current``), both sorted
+    by (event_timestamp, event_id), and the (user_id, item_id) of every event before ``reference``, which
+    says who and what was new in each window."""
+
+    reference: pd.DataFrame
+    current: pd.DataFrame
+    earlier: pd.DataFrame
+
+
+def select_windows(split: Split, current_window_share: float) -> Windows:
+    """The newest ``current_window_share`` of all events and the equally long window before it."""
+    parts = [pd.read_parquet(p) for p in (split.train, split.valid, split.test) if Path(p).exists()]
     timeline = pd.concat(parts, ignore_index=True).drop_duplicates("event_id")
     timeline = timeline.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(drop=True)
-    n_current = max(1, math.ceil(current_window_share * len(timeline)))
-    current = timeline.iloc[len(timeline) - n_current :].reset_index(drop=True)
-    reference = train[~train["event_id"].isin(current["event_id"])]
-    reference = reference.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(drop=True)
-    if reference.empty:
+    n = max(1, math.ceil(current_window_share * len(timeline)))
+    if 2 * n > len(timeline):
         raise ValueError(
-            f"{split.train}: no training event lies before the newest {current_window_share:.0%} of the "
-            "timeline; lower monitoring.current_window_share so the reference window is not empty"
+            f"{split.dir}: {len(timeline)} events cannot hold two windows of {n} events (the newest "
+            f"{current_window_share:.0%}); lower monitoring.current_window_share"
         )
-    return reference, current
+    end = len(timeline)
+    return Windows(
+        reference=timeline.iloc[end - 2 * n : end - n].reset_index(drop=True),
+        current=timeline.iloc[end - n :].reset_index(drop=True),
+        earlier=timeline.iloc[: end - 2 * n][["user_id", "item_id"]].reset_index(drop=True),
+    )
 
 
 def window_bounds(frame: pd.DataFrame) -> list[str]:
@@ -130,27 +140,56 @@ def prediction_columns(schema: DataSchema) -> tuple[list[str], list[str]]:
     return numerical, categorical
 
 
-def data_drift_frame(examples: pd.DataFrame, schema: DataSchema) -> pd.DataFrame:
-    """Monitored columns of an examples frame: features as stored, plus derived ones (why: history length,
-    time of day and the main category mix shift with the audience even when raw ids do not)."""
-    out = pd.DataFrame(index=examples.index)
-    numerical, _ = drift_columns(schema)
-    for column in numerical:
-        if column in examples:
-            out[column] = pd.to_numeric(examples[column], errors="coerce").astype("float64")
-    if "recent_items" in examples:
-        out["history_length"] = examples["recent_items"].map(lambda r: len(_as_list(r))).astype(float)
-    ts = pd.to_datetime(examples["event_timestamp"], utc=True)
+def data_drift_frame(
+    window: pd.DataFrame, schema: DataSchema, seen_users: pd.Series, seen_items: pd.Series
+) -> pd.DataFrame:
+    """Monitored columns of one window's events (see module doc).
+
+    ``seen_users`` / ``seen_items``: the ids of every event before the window starts; a user or item
+    not among them is new in the window.
+    """
+    out = pd.DataFrame(index=window.index)
+    n = max(1, len(window))
+    if "rating" in window:  # implicit-feedback data has none
+        out["rating"] = pd.to_numeric(window["rating"], errors="coerce").astype("float64")
+    ts = pd.to_datetime(window["event_timestamp"], utc=True)
     out["hour_of_day"] = ts.dt.hour.astype("float64")
     out["day_of_week"] = ts.dt.day_name()
+    users, items = window["user_id"].astype(str), window["item_id"].astype(str)
+    out["item_window_share"] = items.map(items.value_counts()).astype("float64") / n
+    out["user_window_share"] = users.map(users.value_counts()).astype("float64") / n
+    out["new_user"] = np.where(users.isin(set(seen_users.astype(str))), "returning", "new")
+    out["new_item"] = np.where(items.isin(set(seen_items.astype(str))), "returning", "new")
     for name, spec in {**schema.user_features, **schema.item_features}.items():
-        if name not in examples:
+        if name not in window:
             continue
-        if spec.type == "categorical":
-            out[name] = examples[name].astype("object").where(examples[name].notna(), None)
+        if spec.type == "numeric":
+            out[name] = pd.to_numeric(window[name], errors="coerce").astype("float64")
+        elif spec.type == "categorical":
+            out[name] = window[name].astype("object").where(window[name].notna(), None)
         elif spec.type == "list":
-            out[f"primary_{name}"] = examples[name].map(_first_token)
+            out[f"primary_{name}"] = window[name].map(_first_token)
     return out
+
+
+def window_frames(windows: Windows, schema: DataSchema) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(reference, current) ``data_drift_frame``s; each window's "new" is relative to its own start."""
+    before_current = pd.concat([windows.earlier, windows.reference[["user_id", "item_id"]]])
+    return (
+        data_drift_frame(windows.reference, schema, windows.earlier["user_id"], windows.earlier["item_id"]),
+        data_drift_frame(windows.current, schema, before_current["user_id"], before_current["item_id"]),
+    )
+
+
+def missing_shares(
+    reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]
+) -> dict[str, tuple[float, float]]:
+    """{column: (share missing in reference, share missing in current)} for the columns both frames have."""
+    return {
+        column: (float(reference[column].isna().mean()), float(current[column].isna().mean()))
+        for column in columns
+        if column in reference and column in current and len(reference) and len(current)
+    }
 
 
 def usable_columns(

@@ -372,8 +372,10 @@ class DeploymentEvent(Manifest):
 class DriftResult(Manifest):
     """Outcome of one drift run; saved as ``out_dir/drift.json`` and read by the drift DAG.
 
-    ``drift_detected`` is the one bit the DAG acts on; ``reasons`` says which check fired and with
-    which numbers, so an on-call reader need not open the HTML to know why retraining started.
+    ``drift_detected`` is the one bit the DAG acts on (retraining is requested); ``reasons`` says which
+    check fired and with which numbers, ``verdict`` sums them up in one sentence and ``action`` says
+    what to do, so an on-call reader need not open the HTML to know why retraining started (or why it
+    did not, e.g. for a broken upstream column).
     """
 
     drift_detected: bool
@@ -381,7 +383,8 @@ class DriftResult(Manifest):
     model: str
     data_version: str
     created_at: str
-    # Windows: row counts and [first, last] event timestamps (ISO, UTC).
+    # Windows of equal event counts, reference right before current: row counts and [first, last]
+    # event timestamps (ISO, UTC).
     reference_rows: int
     current_rows: int
     reference_window: list[str]
@@ -414,3 +417,10 @@ class DriftResult(Manifest):
     run_ids: dict[str, str]
     seconds: float
     timings: dict[str, float]  # seconds per step: load, data_drift, prediction_drift, ranking, save
+    verdict: str = ""  # one sentence: what the checks found
+    action: str = ""  # what to do about it
+    data_drift_distances: dict[str, float] = dataclasses.field(default_factory=dict)
+    data_drift_thresholds: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Monitored column -> [share missing in reference, share missing in current].
+    missing_shares: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    broken_columns: list[str] = dataclasses.field(default_factory=list)

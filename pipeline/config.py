@@ -128,11 +128,23 @@ class RunIndexConfig(_Strict):
 
 
 class MonitoringConfig(_Strict):
-    # Share of drifted columns in a report above which the report counts as drift.
+    # The drift thresholds below were chosen on stationary MovieLens-100K windows by bench/bench_drift.py;
+    # bench/results/drift_calibration.md says how, and what false-alarm and detection rates they give.
+    # Data drift: a monitored column drifts when its distance between the two windows reaches its
+    # threshold (normed Wasserstein for numbers, Jensen-Shannon for categories); the report counts as
+    # drift when the share of drifted columns exceeds data_drift_share_threshold (0: any one column).
+    num_drift_threshold: float = Field(0.1, gt=0.0)
+    cat_drift_threshold: float = Field(0.1, gt=0.0, le=1.0)
+    column_drift_thresholds: dict[str, float] = Field(default_factory=dict)  # per-column overrides
+    data_drift_share_threshold: float = Field(0.0, ge=0.0, lt=1.0)
+    # A monitored column whose share of missing values grew by more than this is a broken feed.
+    missing_share_increase: float = Field(0.1, gt=0.0, le=1.0)
+    # Prediction drift: share of drifted recommendation columns above which it counts as drift.
     drift_share_threshold: float = Field(0.5, ge=0.0, le=1.0)
     # Ranking quality on the newest window below this NDCG@10 also counts as drift.
     min_current_ndcg10: float = Field(0.0, ge=0.0)
-    current_window_share: float = Field(0.1, gt=0.0, lt=1.0)
+    # The current window is the newest share of events; the reference is as many events before it.
+    current_window_share: float = Field(0.1, gt=0.0, le=0.5)
     max_users: int = 500
 
 

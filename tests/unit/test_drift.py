@@ -212,9 +212,23 @@ def _scenario(tmp_path: Path, shifted: bool) -> tuple[Split, Path]:
 
 # ------------------------------------------------------------------------------------------------- tests
 
+# The synthetic windows hold far fewer events than the windows the default thresholds were calibrated
+# on (bench/bench_drift.py), so their distances are noisier and the tests set wider thresholds.
 CFG = MonitoringConfig(
-    drift_share_threshold=0.5, min_current_ndcg10=0.0, current_window_share=0.2, max_users=200
+    drift_share_threshold=0.5,
+    min_current_ndcg10=0.0,
+    current_window_share=0.2,
+    max_users=200,
+    num_drift_threshold=0.2,
+    cat_drift_threshold=0.2,
 )
+CUMULATIVE = {
+    "user_interaction_count",
+    "item_interaction_count",
+    "history_length",
+    "user_mean_rating",
+    "item_mean_rating",
+}
 
 
 @pytest.fixture(scope="module")
@@ -231,9 +245,15 @@ def test_stationary_timeline_reports_no_drift(stationary) -> None:
     _, _, _, result = stationary
     assert result.drift_detected is False, result.reasons
     assert result.reasons == []
-    assert 0.0 <= result.data_drift_share <= CFG.drift_share_threshold
+    assert result.data_drift_share == 0.0 and result.data_drifted_columns == []
     assert result.prediction_drift_share <= CFG.drift_share_threshold
-    assert {"rating", "age", "gender", "occupation", "history_length"} <= set(result.data_columns)
+    assert result.verdict == "no drift" and result.action == "nothing to do"
+    assert {"rating", "age", "gender", "occupation", "item_window_share", "new_user"} <= set(
+        result.data_columns
+    )
+    # Cumulative features grow with time: they are not tested for drift.
+    assert not CUMULATIVE & set(result.data_columns)
+    assert result.reference_rows == result.current_rows
     assert {"score", "item_popularity"} <= set(result.prediction_columns)
     # Ranking quality was measured by Evidently on real recommendations of the current window.
     assert result.ranking_users > 0
@@ -288,8 +308,10 @@ def test_shifted_current_window_is_detected(tmp_path: Path) -> None:
     split, model_dir = _scenario(tmp_path, shifted=True)
     result = run_drift(split, model_dir, CFG, tmp_path / "out", tmp_path / "evidently", "recforge-test")
     assert result.drift_detected is True
-    assert result.data_drift_share > CFG.drift_share_threshold
+    assert result.data_drift_share > CFG.data_drift_share_threshold
     assert any(r.startswith("data drift:") for r in result.reasons)
+    assert result.verdict.startswith("data drift in ") and "rating" in result.verdict
+    assert result.action.endswith("retrain on recent data (requested)")
     assert {"age", "gender", "occupation", "rating", "hour_of_day", "primary_genres"} <= set(
         result.data_drifted_columns
     )
@@ -298,15 +320,20 @@ def test_shifted_current_window_is_detected(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "drift.json").exists()
 
 
-def test_windows_are_disjoint_and_current_is_newest(tmp_path: Path) -> None:
+def test_windows_are_equal_consecutive_and_current_is_newest(tmp_path: Path) -> None:
     from monitoring.drift import select_windows
 
     split, _ = _scenario(tmp_path, shifted=False)
-    reference, current = select_windows(split, 0.2)
-    assert not set(reference["event_id"]) & set(current["event_id"])
-    assert reference["event_timestamp"].max() <= current["event_timestamp"].min()
+    windows = select_windows(split, 0.2)
+    reference, current, earlier = windows.reference, windows.current, windows.earlier
     total = sum(split.counts.values())
-    assert len(current) == int(np.ceil(0.2 * total))
+    assert len(current) == len(reference) == int(np.ceil(0.2 * total))
+    assert not set(reference["event_id"]) & set(current["event_id"])
+    # Consecutive: reference ends where current starts, and everything else came before reference.
+    assert reference["event_timestamp"].max() <= current["event_timestamp"].min()
+    assert len(earlier) == total - 2 * len(current)
+    with pytest.raises(ValueError, match="two windows"):
+        select_windows(split, 0.6)
 
 
 def test_evidently_ndcg_matches_training_metrics(stationary) -> None:
@@ -319,7 +346,7 @@ def test_evidently_ndcg_matches_training_metrics(stationary) -> None:
 
     split, model_dir, _, result = stationary
     artifact = load_model_artifact(model_dir)
-    _, current = select_windows(split, CFG.current_window_share)
+    current = select_windows(split, CFG.current_window_share).current
     first = current.drop_duplicates("user_id", keep="first").set_index("user_id")
     seen_counts = np.diff(artifact.seen.indptr)
     users, histories = [], []
@@ -347,3 +374,115 @@ def test_evidently_ndcg_matches_training_metrics(stationary) -> None:
     metrics, _ = per_user_metrics(scores, truth, exclude, [10])
     assert result.current_ndcg10 == pytest.approx(metrics["ndcg@10"].mean().item(), abs=1e-6)
     assert result.ranking_metrics["recall@10"] == pytest.approx(metrics["recall@10"].mean().item(), abs=1e-6)
+
+
+def test_reports_carry_the_verdict_in_the_workspace(stationary) -> None:
+    from evidently.ui.workspace import Workspace
+
+    _, _, tmp, result = stationary
+    ws = Workspace(str(tmp / "evidently"))
+    run = ws.get_run(result.project_id, result.run_ids["data_drift"])
+    assert run.metadata["verdict"] == result.verdict == "no drift"
+    assert run.metadata["action"] == "nothing to do"
+    assert run.metadata["reference_window"].endswith(f"({result.reference_rows} events)")
+    assert run.metadata["current_window"].startswith(result.current_window[0])
+    assert "no-drift" in run.tags
+
+
+# ------------------------------------------------------------------ the data-drift decision, no model
+
+
+def _session_halves(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two disjoint halves of one stationary timeline, split by whole (user, day) sessions, equal size."""
+    events, users, items = synthetic_events(seed=seed, shifted=False)
+    examples = examples_from_events(events, users, items)
+    session = examples["user_id"] + "@" + examples["event_timestamp"].dt.strftime("%Y-%m-%d")
+    rng = np.random.default_rng(seed)
+    sides = pd.Series(rng.random(session.nunique()) < 0.5, index=session.unique())
+    in_a = session.map(sides).to_numpy()
+    a, b = examples[in_a], examples[~in_a]
+    size = min(len(a), len(b))
+    return a.iloc[:size].reset_index(drop=True), b.iloc[:size].reset_index(drop=True)
+
+
+def _data_decision(a: pd.DataFrame, b: pd.DataFrame, cfg: MonitoringConfig):
+    from monitoring.drift import Checks, data_thresholds, decide
+    from monitoring.reports import DriftReport, column_drift_report
+    from monitoring.windows import data_drift_frame, drift_columns, missing_shares, usable_columns
+    from pipeline.schema import DataSchema
+
+    schema = DataSchema.load(Path(__file__).resolve().parents[2] / "configs" / "schemas" / "movielens.yaml")
+    none = pd.Series([], dtype=object)
+    ref, cur = data_drift_frame(a, schema, none, none), data_drift_frame(b, schema, none, none)
+    num, cat = usable_columns(ref, cur, *drift_columns(schema))
+    data = column_drift_report(
+        ref,
+        cur,
+        num,
+        cat,
+        cfg.data_drift_share_threshold,
+        {},
+        [],
+        cfg.num_drift_threshold,
+        cfg.cat_drift_threshold,
+    )
+    quiet = DriftReport(snapshot=None, columns=[], share=0.0, drifted=[], distances={})
+    checks = Checks(
+        data, quiet, True, 1.0, data_thresholds(num + cat, num, cfg), missing_shares(ref, cur, num + cat)
+    )
+    return data, decide(checks, cfg)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_stationary_resample_is_not_drift(seed: int) -> None:
+    a, b = _session_halves(seed)
+    assert len(a) == len(b)
+    data, decision = _data_decision(a, b, CFG)
+    assert data.drifted == [], data.distances
+    assert decision.reasons == [] and decision.retrain is False
+    assert (decision.verdict, decision.action) == ("no drift", "nothing to do")
+
+
+def test_rating_scale_shift_is_drift_naming_the_rating() -> None:
+    a, b = _session_halves(1)
+    data, decision = _data_decision(a, b.assign(rating=b["rating"] * 2), CFG)
+    assert data.drifted == ["rating"], data.distances
+    assert decision.retrain is True
+    assert decision.reasons[0].startswith("data drift: 1 of ") and "rating" in decision.reasons[0]
+    assert decision.verdict == "data drift in rating"
+    assert "ratings moved" in decision.action and decision.action.endswith(
+        "retrain on recent data (requested)"
+    )
+
+
+def test_broken_column_is_reported_and_holds_retraining_back() -> None:
+    a, b = _session_halves(2)
+    broken = b.assign(occupation=b["occupation"].where(np.arange(len(b)) % 10 == 0, None))
+    _, decision = _data_decision(a, broken, CFG)
+    assert decision.broken_columns == ["occupation"]
+    assert decision.retrain is False
+    assert any(r.startswith("broken feed: occupation is missing in 90%") for r in decision.reasons)
+    assert decision.verdict.startswith("broken upstream column: occupation")
+    assert decision.action.startswith("fix the upstream feed of occupation")
+
+
+def test_verdict_names_what_moved_and_what_to_do() -> None:
+    from monitoring.drift import Checks, decide
+    from monitoring.reports import DriftReport
+
+    def checks(drifted: list[str], ndcg: float = 0.5) -> Checks:
+        columns = ["rating", "item_window_share", "new_user", "age", "hour_of_day"]
+        data = DriftReport(None, columns, len(drifted) / len(columns), drifted, dict.fromkeys(columns, 0.3))
+        quiet = DriftReport(None, [], 0.0, [], {})
+        return Checks(data, quiet, True, ndcg, dict.fromkeys(columns, 0.2), {}, frozenset({"age"}))
+
+    taste = decide(checks(["item_window_share", "rating"]), CFG)
+    assert taste.verdict == "data drift in item popularity, rating"
+    assert taste.action.startswith("the audience's taste moved; ratings moved")
+    audience = decide(checks(["age", "new_user"]), CFG)
+    assert audience.verdict == "data drift in age, share of new users"
+    assert audience.action == "the audience changed: retrain on recent data (requested)"
+    floor = CFG.model_copy(update={"min_current_ndcg10": 0.9})
+    quality = decide(checks([]), floor)
+    assert quality.retrain and quality.verdict == "ranking quality below the floor"
+    assert decide(checks([]), CFG).verdict == "no drift"
