@@ -112,6 +112,45 @@ def cmd_history(args: argparse.Namespace) -> None:
         print(f"       {e.reason}")
 
 
+def cmd_status(args: argparse.Namespace) -> None:
+    """What is live and how it does online: the champion, the logs, served quality per model and day."""
+    from datetime import timedelta
+
+    from ingestion.event_log import EventLog
+    from monitoring.online_quality import online_quality
+    from serving.served_log import read_served
+
+    index, deployment = _index(args.deployment)
+    _, layout = stages.context()
+    champion = index.champion(deployment)
+    if champion is None:
+        print(f"deployment {deployment!r}: no champion yet ({index.describe()})")
+    else:
+        print(
+            f"deployment {deployment!r}: {champion.model} {champion.model_tag}, live since {champion.at[:19]} "
+            f"({champion.action}; {champion.metric} {champion.value:.4f} offline)"
+        )
+    served = read_served(layout.served_log)
+    events = EventLog(layout.event_log).read()
+    print(f"served log {layout.served_log}: {len(served)} answers logged")
+    print(f"event log {layout.event_log}: {len(events)} pushed events")
+    quality = online_quality(served, events, k=args.k, horizon=timedelta(hours=args.horizon_hours))
+    if quality.empty:
+        print("online quality: nothing served yet")
+        return
+    print(
+        f"online quality: lists served, and of those whose {args.horizon_hours} h horizon has ended, the share "
+        f"followed by an interaction with one of their first {args.k} items (hit rate) and NDCG@{args.k}"
+    )
+    print(f"{'model_tag':44} {'day':10} {'lists':>6} {'scored':>6} {'users':>6} {'hit rate':>8} {'ndcg':>7}")
+    for row in quality.itertuples():
+        hit = "-" if row.scored == 0 else f"{row.hit_rate:.3f}"
+        ndcg = "-" if row.scored == 0 else f"{row.ndcg:.4f}"
+        print(
+            f"{row.model_tag[:44]:44} {row.day:10} {row.lists:>6} {row.scored:>6} {row.users:>6} {hit:>8} {ndcg:>7}"
+        )
+
+
 def cmd_rollback(args: argparse.Namespace) -> None:
     from serving.package import RollbackError, rollback
 
@@ -325,6 +364,14 @@ def main(argv: list[str] | None = None) -> None:
     history.add_argument("--deployment", help="default: the config's deployment")
     history.add_argument("--json", action="store_true")
     history.set_defaults(func=cmd_history)
+
+    status = sub.add_parser("status", help="the live champion and how its served lists do online")
+    status.add_argument("--deployment")
+    status.add_argument("--k", type=int, default=10, help="list depth scored")
+    status.add_argument(
+        "--horizon-hours", type=float, default=24.0, help="how long after serving a click counts"
+    )
+    status.set_defaults(func=cmd_status)
 
     rollback = sub.add_parser("rollback", help="restore the previous (or a named) champion, atomically")
     rollback.add_argument("--deployment", help="default: the config's deployment")

@@ -480,3 +480,49 @@ def test_every_answer_is_logged_with_its_request_id(client: httpx.Client, home: 
         )
     health = client.get("/healthz").json()
     assert health["served_log"]["written"] >= 3 and health["served_log"]["dropped"] == 0
+
+
+def test_status_scores_the_served_lists_by_the_events_that_followed(
+    client: httpx.Client, home: ServingHome
+) -> None:
+    import math
+    import os
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from ingestion.event_log import EventLog
+    from monitoring.online_quality import score_lists
+    from pipeline.config import REPO_ROOT
+    from serving.served_log import read_served
+
+    visitor = "status-visitor"
+    answer = client.post("/recommend", json={"user_id": visitor, "k": 5}).json()
+    picked = answer["items"][1]["item_id"]  # the visitor then takes the second item of the list
+    event = {"user_id": visitor, "item_id": picked, "timestamp": time.time()}
+    assert client.post("/events", json={"events": [event]}).json()["appended"] == 1
+    horizon = timedelta(seconds=5)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        served = read_served(home.layout.served_log)
+        if answer["request_id"] in set(served["request_id"]):
+            break
+        time.sleep(0.5)
+    time.sleep(horizon.total_seconds())  # the list's horizon is over: it is scored, not pending
+    lists = score_lists(served, EventLog(home.layout.event_log).read(), 5, horizon).set_index("request_id")
+    mine = lists.loc[answer["request_id"]]
+    assert mine["scored"] and mine["hit"] == 1.0 and mine["ndcg"] == pytest.approx(1 / math.log2(3))
+
+    env = {**os.environ, "RECFORGE_HOME": str(home.layout.home)}
+    result = subprocess.run(
+        [sys.executable, "-m", "orchestration.cli", "status", "--k", "5", "--horizon-hours", "0.0014"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"deployment 'default': itemknn {answer['model_tag']}" in result.stdout, result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith(answer["model_tag"]))
+    assert float(row.split()[-2]) > 0.0, result.stdout  # some served list was followed by a click

@@ -1,0 +1,71 @@
+"""Online quality of served lists against the events that followed them, checked by hand."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+
+from monitoring.online_quality import online_quality
+
+NOW = datetime(2026, 1, 5, tzinfo=UTC)
+
+
+def _served(*rows: tuple) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "request_id": r,
+                "model_tag": tag,
+                "user_id": u,
+                "served_at": pd.Timestamp(t, tz="UTC"),
+                "items": items,
+            }
+            for r, tag, u, t, items in rows
+        ]
+    )
+
+
+def _events(*rows: tuple) -> pd.DataFrame:
+    return pd.DataFrame(
+        [{"user_id": u, "item_id": i, "timestamp": pd.Timestamp(t, tz="UTC").isoformat()} for u, i, t in rows]
+    )
+
+
+def test_hits_and_ndcg_per_model_and_day() -> None:
+    served = _served(
+        ("r1", "A", "u1", "2026-01-01 10:00", ["a", "b", "c"]),
+        ("r2", "A", "u2", "2026-01-01 10:00", ["d", "e"]),
+        ("r3", "B", "u1", "2026-01-02 09:00", ["b", "x"]),
+        ("r4", "B", "u3", "2026-01-04 23:30", ["a"]),  # its day is not over at NOW: pending
+    )
+    events = _events(
+        ("u1", "a", "2026-01-01 09:00"),  # before r1: not a response to it
+        ("u1", "b", "2026-01-01 10:30"),
+        ("u1", "c", "2026-01-01 11:00"),
+        ("u2", "e", "2026-01-03 10:00"),  # after r2's one-day horizon
+        ("u1", "x", "2026-01-02 10:00"),
+    )
+    quality = online_quality(served, events, k=2, horizon=timedelta(days=1), now=NOW).set_index(
+        ["model_tag", "day"]
+    )
+    a = quality.loc[("A", "2026-01-01")]
+    # r1: top-2 [a, b], relevant {b, c}: DCG 1/log2(3), ideal 1 + 1/log2(3). r2: nothing relevant.
+    r1 = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
+    assert (a["lists"], a["scored"], a["pending"], a["users"]) == (2, 2, 0, 2)
+    assert a["hit_rate"] == pytest.approx(0.5) and a["ndcg"] == pytest.approx(r1 / 2)
+    b = quality.loc[("B", "2026-01-02")]
+    assert b["hit_rate"] == 1.0 and b["ndcg"] == pytest.approx(
+        1 / math.log2(3)
+    )  # x at rank 2, alone relevant
+    pending = quality.loc[("B", "2026-01-04")]
+    assert (pending["lists"], pending["scored"], pending["pending"]) == (1, 0, 1) and math.isnan(
+        pending["hit_rate"]
+    )
+
+
+def test_nothing_served_gives_an_empty_table() -> None:
+    empty = pd.DataFrame(columns=["request_id", "model_tag", "user_id", "served_at", "items"])
+    assert online_quality(empty, _events(("u1", "a", "2026-01-01"))).empty
