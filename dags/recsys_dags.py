@@ -10,12 +10,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from airflow.sdk import DAG, Asset, Param, task
+from airflow.sdk import DAG, Asset, AssetAlias, Param, task
 
 # The DAG processor runs this file from the dags folder; the stage packages live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestration.dag_params import PIPELINE_PARAMS  # noqa: E402
+from orchestration.dag_params import MONITOR_PARAMS, PIPELINE_PARAMS  # noqa: E402
 from orchestration.dag_tasks import run_overrides, stage_tasks  # noqa: E402
 from orchestration.flow import MODEL_PIPELINE  # noqa: E402
 from training.models import MODELS, pipeline_models  # noqa: E402
@@ -60,43 +60,47 @@ detected in this model's data (asset `recforge://retrain/{model}`). Artifacts la
     return dag
 
 
+RETRAIN_ALIAS = AssetAlias("recforge-retrain")  # resolved at run time to the drifted champion's asset
+
+
 def build_drift_monitor_dag() -> DAG:
-    """Daily drift check of the champion; a detected drift emits the model's retrain asset event."""
+    """Daily drift check of a deployment's champion; real drift emits that model's retrain asset event."""
     with DAG(
         dag_id="recsys_drift_monitor",
-        description="Evidently drift check of the promoted model; drift triggers retraining",
+        description="Evidently drift check of the deployment's champion; drift triggers its retraining",
         doc_md="""
 ### recsys_drift_monitor
-Reads the deployment's champion from the run index, re-runs the Evidently drift checks of its run
-against the newest data, and when drift is over the thresholds emits `recforge://retrain/<model>`, which
-schedules `recsys_<model>`. Reports land in the run directory and the Evidently workspace.
+Reads the deployment's champion from the run index and compares the newest window of events with the
+window just before it (same size, per-event columns, thresholds calibrated by `bench/bench_drift.py`),
+plus the champion's recommendations and its ranking quality on the newest window. The report states
+the windows, the verdict and what to do; it lands in the monitor's run directory and the Evidently
+workspace. On drift, **request_retrain** emits `recforge://retrain/<champion model>` (through the asset
+alias `recforge-retrain`), which schedules `recsys_<model>`; otherwise it emits nothing and says why.
+The form sets the deployment, the window and the thresholds for this run.
 """,
         schedule="@daily",
         catchup=False,
         tags=["recforge", "monitoring"],
-        params=PIPELINE_PARAMS,
+        params=MONITOR_PARAMS,
     ) as dag:
 
-        @task(doc_md="Drift of the champion's latest run against the newest data.")
+        @task(doc_md="Drift of the deployment's champion: the newest window against the one before it.")
         def check_champion() -> dict:
             from orchestration.monitor import check_champion_drift
 
             return check_champion_drift(run_overrides())
 
-        result = check_champion()
-        for model in pipeline_models():
+        @task(
+            outlets=[RETRAIN_ALIAS],
+            doc_md="On drift, emit the champion model's retrain asset event; otherwise nothing.",
+        )
+        def request_retrain(result: dict, *, outlet_events=None) -> str:
+            if not result.get("drift_detected"):
+                return f"no retraining: {result.get('verdict') or 'no drift'} ({result.get('model') or 'no champion'})"
+            outlet_events[RETRAIN_ALIAS].add(retrain_asset(result["model"]))
+            return f"retraining {result['model']}: {'; '.join(result.get('reasons', []))}"
 
-            @task.short_circuit(
-                task_id=f"drift_on_{model}", doc_md=f"Go on only if {model} is champion and drifted."
-            )
-            def drifted(result: dict, model: str = model) -> bool:
-                return bool(result.get("drift_detected")) and result.get("model") == model
-
-            @task(task_id=f"request_retrain_{model}", outlets=[retrain_asset(model)])
-            def request_retrain() -> None:
-                """Succeeding emits the asset event that schedules the model's DAG."""
-
-            drifted(result) >> request_retrain()
+        request_retrain(check_champion())
     return dag
 
 

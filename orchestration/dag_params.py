@@ -22,18 +22,27 @@ PARAM_TO_CONFIG = {
     "strategy": "trainer.strategy",
     "sample_users": "source.sample_users",
     "min_lift_over_popularity": "gate.min_lift_over_popularity",
+    # the drift monitor's form
+    "current_window_share": "monitoring.current_window_share",
+    "data_drift_share_threshold": "monitoring.data_drift_share_threshold",
     "drift_share_threshold": "monitoring.drift_share_threshold",
+    "min_current_ndcg10": "monitoring.min_current_ndcg10",
+    "missing_share_increase": "monitoring.missing_share_increase",
+    "max_users": "monitoring.max_users",
 }
 
 # Form defaults come from configs/pipeline.yaml, so the form and the CLI never disagree.
 _defaults = load_config()
 
+
+def _deployment(description: str) -> Param:
+    return Param(_defaults.deployment, enum=sorted(_defaults.deployments), description=description)
+
+
 PIPELINE_PARAMS: dict[str, Param] = {
-    "deployment": Param(
-        _defaults.deployment,
-        enum=sorted(_defaults.deployments),
-        description="The deployment this run competes for (its data source, protocol and metric are "
-        "fixed in the pipeline config; a run that does not match them is never promoted there).",
+    "deployment": _deployment(
+        "The deployment this run competes for (its data source, protocol and metric are fixed in the "
+        "pipeline config; a run that does not match them is never promoted there)."
     ),
     "split_protocol": Param(
         _defaults.split.protocol,
@@ -73,12 +82,55 @@ PIPELINE_PARAMS: dict[str, Param] = {
         minimum=1.0,
         description="Gate: candidate NDCG@10 >= this x Popularity's.",
     ),
+}
+
+# The drift monitor's own form: which deployment, how much recent data, and when to call it drift.
+_monitoring = _defaults.monitoring
+MONITOR_PARAMS: dict[str, Param] = {
+    "deployment": _deployment("The deployment whose champion is checked (and retrained on drift)."),
+    "current_window_share": Param(
+        _monitoring.current_window_share,
+        type="number",
+        exclusiveMinimum=0,
+        maximum=0.5,
+        description="The newest share of events (the current window); the reference is as many events "
+        "just before it.",
+    ),
+    "data_drift_share_threshold": Param(
+        _monitoring.data_drift_share_threshold,
+        type="number",
+        minimum=0,
+        maximum=0.99,
+        description="Data drift when more than this share of the monitored columns drifted (0: any "
+        "one column); each column against its own threshold (configs/pipeline.yaml, calibrated by "
+        "bench/bench_drift.py).",
+    ),
     "drift_share_threshold": Param(
-        _defaults.monitoring.drift_share_threshold,
+        _monitoring.drift_share_threshold,
         type="number",
         minimum=0,
         maximum=1,
-        description="Share of drifted columns that counts as drift.",
+        description="Prediction drift when more than this share of the recommendation columns drifted.",
+    ),
+    "min_current_ndcg10": Param(
+        _monitoring.min_current_ndcg10,
+        type="number",
+        minimum=0,
+        description="Ranking quality on the current window below this NDCG@10 also asks for retraining.",
+    ),
+    "missing_share_increase": Param(
+        _monitoring.missing_share_increase,
+        type="number",
+        exclusiveMinimum=0,
+        maximum=1,
+        description="A column whose share of missing values grew by more than this is a broken feed "
+        "(reported; it holds retraining back until the feed is fixed).",
+    ),
+    "max_users": Param(
+        _monitoring.max_users,
+        type="integer",
+        minimum=1,
+        description="Users sampled per window for the prediction and ranking checks.",
     ),
 }
 

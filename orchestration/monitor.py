@@ -19,7 +19,8 @@ def check_champion_drift(
     """Re-read the newest data and run the drift checks for the deployment's champion.
 
     Ingest, validation, features and split are content-addressed, so unchanged data costs little.
-    Returns ``{"model", "drift_detected", "drift_manifest", "reasons"}``; no champion -> no drift.
+    Returns ``{"model", "drift_detected", "drift_manifest", "reasons", "verdict", "action"}``; no
+    champion -> no drift.
     """
     cfg, layout = stages.context(overrides)
     champion = RunIndex.for_layout(layout, cfg.run_index.url).champion(cfg.deployment)
@@ -52,4 +53,6 @@ def check_champion_drift(
         "drift_detected": bool(result.get("drift_detected")),
         "drift_manifest": manifest,
         "reasons": result.get("reasons", []),
+        "verdict": result.get("verdict", ""),
+        "action": result.get("action", ""),
     }
