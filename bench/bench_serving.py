@@ -248,8 +248,8 @@ def main() -> None:
     item_ids = json.loads((model_dir / ARTIFACT_SUBDIR / "item_ids.json").read_text())
     runs = []
     events = None
-    # Alternating server configurations, each measured in turn, keeps slow drifts of the shared
-    # machine from landing on one side of a comparison.
+    # Server configurations measured in turn (repeat them, e.g. --served-log on off on off, to see the
+    # spread): slow drifts of the shared machine then do not land on one side of a comparison.
     for workers in args.workers:
         for policy in args.omp:
             for logged in args.served_log:
@@ -275,7 +275,9 @@ def main() -> None:
                         )
                         print(json.dumps(result), flush=True)
                         runs.append(result)
-                    if args.demo and events is None and args.event_batches:
+                    last = (workers, policy, logged) == (args.workers[-1], args.omp[-1], args.served_log[-1])
+                    # Last, so that the pushed events (longer histories) reach no latency comparison.
+                    if args.demo and last and args.event_batches:
                         events = run_events(
                             server.url, users, item_ids, args.event_batches, args.event_batch_size
                         )
