@@ -250,38 +250,35 @@ def main() -> None:
     events = None
     # Server configurations measured in turn (repeat them, e.g. --served-log on off on off, to see the
     # spread): slow drifts of the shared machine then do not land on one side of a comparison.
-    for workers in args.workers:
-        for policy in args.omp:
-            for logged in args.served_log:
-                log_path = Path(tempfile.mkdtemp(prefix="recforge-bench-log-")) / "bentoml.log"
-                env = {
-                    "OMP_WAIT_POLICY": policy,
-                    "RECFORGE_SERVE_WORKERS": str(workers),
-                    "RECFORGE_DEPLOYMENT": args.deployment,
-                    "RECFORGE_LOG_SERVED": "1" if logged == "on" else "0",
-                }
-                with serve(layout, log_path, env=env) as server:  # `bentoml serve`, own process group
-                    started = time.perf_counter()
-                    server.wait_ready(timeout_s=180)
-                    startup_s = time.perf_counter() - started
-                    run_load(server.url, users, 1, 30, args.k)  # warm-up: first calls, registry cache
-                    for c in args.concurrency:
-                        result = run_load(server.url, users, c, args.requests, args.k)
-                        result.update(
-                            omp_wait_policy=policy,
-                            workers=workers,
-                            served_log=logged,
-                            startup_s=round(startup_s, 1),
-                        )
-                        print(json.dumps(result), flush=True)
-                        runs.append(result)
-                    last = (workers, policy, logged) == (args.workers[-1], args.omp[-1], args.served_log[-1])
-                    # Last, so that the pushed events (longer histories) reach no latency comparison.
-                    if args.demo and last and args.event_batches:
-                        events = run_events(
-                            server.url, users, item_ids, args.event_batches, args.event_batch_size
-                        )
-                        print(json.dumps(events), flush=True)
+    configurations = [(w, p, s) for w in args.workers for p in args.omp for s in args.served_log]
+    for position, (workers, policy, logged) in enumerate(configurations):
+        log_path = Path(tempfile.mkdtemp(prefix="recforge-bench-log-")) / "bentoml.log"
+        env = {
+            "OMP_WAIT_POLICY": policy,
+            "RECFORGE_SERVE_WORKERS": str(workers),
+            "RECFORGE_DEPLOYMENT": args.deployment,
+            "RECFORGE_LOG_SERVED": "1" if logged == "on" else "0",
+        }
+        with serve(layout, log_path, env=env) as server:  # `bentoml serve`, own process group
+            started = time.perf_counter()
+            server.wait_ready(timeout_s=180)
+            startup_s = time.perf_counter() - started
+            run_load(server.url, users, 1, 30, args.k)  # warm-up: first calls, registry cache
+            for c in args.concurrency:
+                result = run_load(server.url, users, c, args.requests, args.k)
+                result.update(
+                    omp_wait_policy=policy,
+                    workers=workers,
+                    served_log=logged,
+                    startup_s=round(startup_s, 1),
+                )
+                print(json.dumps(result), flush=True)
+                runs.append(result)
+            last = position == len(configurations) - 1
+            # Last, so that the pushed events (longer histories) reach no latency comparison.
+            if args.demo and last and args.event_batches:
+                events = run_events(server.url, users, item_ids, args.event_batches, args.event_batch_size)
+                print(json.dumps(events), flush=True)
 
     report = {
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
