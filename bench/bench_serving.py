@@ -335,6 +335,24 @@ def _markdown(report: dict) -> str:
             f"| {r['workers']} | {r['omp_wait_policy']} | {r.get('served_log', 'on')} | {r['concurrency']} | "
             f"{r['requests']} | {r['errors']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['rps']} |"
         )
+    settings = sorted({r.get("served_log", "on") for r in report["runs"]})
+    if len(settings) > 1:
+        lines += ["", "Served-answer logging, median over the servers of each setting:", ""]
+        for c in sorted({r["concurrency"] for r in report["runs"]}):
+            parts = []
+            for setting in settings:
+                same = [
+                    r
+                    for r in report["runs"]
+                    if r["concurrency"] == c and r.get("served_log", "on") == setting
+                ]
+                p50 = statistics.median(r["p50_ms"] for r in same)
+                p99 = statistics.median(r["p99_ms"] for r in same)
+                spread = f"{min(r['p50_ms'] for r in same)}-{max(r['p50_ms'] for r in same)}"
+                parts.append(
+                    f"{setting}: p50 {p50:.2f} ms (range {spread}), p99 {p99:.2f} ms ({len(same)} servers)"
+                )
+            lines.append(f"- {c} client{'s' if c > 1 else ''}: " + "; ".join(parts))
     e = report.get("events")
     if e:
         lines += [
