@@ -92,3 +92,141 @@ def online_quality_of_home(
 
     layout = Layout(Path(home))
     return online_quality(read_served(layout.served_log), EventLog(layout.event_log).read(), k, horizon, now)
+
+
+# ---- the Evidently workspace -------------------------------------------------------------------
+
+ONLINE_PROJECT = "recforge online quality"
+INDEX_FILE = "online_quality_runs.json"  # (model tag, day) -> the run that holds it, and its list count
+TAB = "Online quality"
+MAX_MODELS_PLOTTED = 6  # the newest model tags get a line each
+
+
+def publish_online_quality(
+    home: Path,
+    workspace: Path,
+    k: int = 10,
+    horizon: timedelta = timedelta(days=1),
+    now: datetime | None = None,
+) -> dict[str, int]:
+    """One Evidently run per (model tag, day) of scored served lists (hit@k and NDCG@k means, list
+    count) in the workspace project ``ONLINE_PROJECT``, and its dashboard: a tab of line plots per
+    model tag. A day whose scored lists changed since the last call gets its run replaced; unchanged
+    days are left alone. Returns counts of runs added, replaced and kept."""
+    import json
+
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.metrics import MeanValue, SumValue
+    from evidently.ui.workspace import Workspace
+
+    from ingestion.event_log import EventLog
+    from pipeline.artifacts import atomic_write_text, file_lock
+    from pipeline.layout import Layout
+    from serving.served_log import read_served
+
+    layout = Layout(Path(home))
+    served = read_served(layout.served_log)
+    counts = {"added": 0, "replaced": 0, "kept": 0}
+    if served.empty:
+        return counts
+    lists = score_lists(served, EventLog(layout.event_log).read(), k, horizon, now)
+    lists = lists[lists["scored"]]
+    workspace = Path(workspace)
+    with file_lock(workspace / ".recforge.lock"):
+        ws = Workspace.create(str(workspace))
+        found = ws.search_project(ONLINE_PROJECT)
+        project = (
+            found[0]
+            if found
+            else ws.create_project(
+                ONLINE_PROJECT,
+                description="How the served lists did: hit rate and NDCG of what users did next",
+            )
+        )
+        index_path = workspace / INDEX_FILE
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        for (tag, day), group in lists.groupby(["model_tag", "day"], sort=True):
+            key = f"{tag}|{day}"
+            known = index.get(key)
+            hours = horizon / timedelta(hours=1)
+            if known and (known["scored"], known.get("k"), known.get("horizon_hours")) == (
+                len(group),
+                k,
+                hours,
+            ):
+                counts["kept"] += 1
+                continue
+            # Columns named per model: the UI tells a panel's lines apart by metric parameters (the
+            # first line whose parameters match takes a point), not by run tags.
+            hit, ndcg, lists_column = _columns(tag)
+            frame = pd.DataFrame(
+                {hit: group["hit"].to_numpy(float), ndcg: group["ndcg"].to_numpy(float), lists_column: 1.0}
+            )
+            dataset = Dataset.from_pandas(
+                frame, data_definition=DataDefinition(numerical_columns=[hit, ndcg, lists_column])
+            )
+            snapshot = Report(
+                [MeanValue(column=hit), MeanValue(column=ndcg), SumValue(column=lists_column)]
+            ).run(
+                dataset,
+                None,
+                timestamp=datetime.fromisoformat(day).replace(hour=12, tzinfo=UTC),
+                tags=["online-quality", tag],
+                metadata={
+                    "model_tag": tag,
+                    "day": day,
+                    "k": str(k),
+                    "horizon_hours": str(horizon / timedelta(hours=1)),
+                },
+                name=f"online quality {day} {tag}",
+            )
+            if known:
+                ws.delete_run(project.id, known["run_id"])
+                counts["replaced"] += 1
+            else:
+                counts["added"] += 1
+            run = ws.add_run(project.id, snapshot, name=f"online quality {day} {tag}")
+            index[key] = {"run_id": str(run.id), "scored": len(group), "k": k, "horizon_hours": hours}
+        atomic_write_text(index_path, json.dumps(index, indent=1))
+        newest_day: dict[str, str] = {}
+        for key in index:
+            tag, day = key.rsplit("|", 1)
+            newest_day[tag] = max(day, newest_day.get(tag, day))
+        tags = sorted(newest_day, key=newest_day.__getitem__)
+        ws.save_dashboard(project.id, _dashboard(tags[-MAX_MODELS_PLOTTED:], k))
+    return counts
+
+
+def _dashboard(model_tags: list[str], k: int):
+    """The online-quality tab: what it shows, then hit rate, NDCG and lists per day, one line per model."""
+    from evidently.sdk.models import DashboardModel, DashboardTabModel, PanelMetric
+    from evidently.sdk.panels import bar_plot_panel, line_plot_panel, text_panel
+
+    def per_model(metric: str, column: int) -> list[PanelMetric]:
+        return [
+            PanelMetric(
+                legend=tag,
+                metric=metric,
+                metric_labels={"column": _columns(tag)[column]},
+                tags=["online-quality", tag],
+            )
+            for tag in model_tags
+        ]
+
+    panels = [
+        text_panel(
+            "Served lists, judged by what users did next",
+            f"Each point: one model's lists of one day whose horizon has ended. Hit rate@{k}: share of lists "
+            f"with an interaction on one of their first {k} items after serving; NDCG@{k}: binary gains. "
+            "Events: those pushed to the service (POST /events). recforge status prints the same table.",
+        ),
+        line_plot_panel(f"Hit rate@{k} of served lists", per_model("MeanValue", 0), size="half"),
+        line_plot_panel(f"NDCG@{k} of served lists", per_model("MeanValue", 1), size="half"),
+        bar_plot_panel("Lists scored per day", per_model("SumValue", 2), size="full"),
+    ]
+    tab = DashboardTabModel(title=TAB, panels=[p.id for p in panels])
+    return DashboardModel(tabs=[tab], panels=panels)
+
+
+def _columns(model_tag: str) -> tuple[str, str, str]:
+    return f"hit {model_tag}", f"ndcg {model_tag}", f"lists {model_tag}"

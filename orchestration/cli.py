@@ -117,7 +117,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     from datetime import timedelta
 
     from ingestion.event_log import EventLog
-    from monitoring.online_quality import online_quality
+    from monitoring.online_quality import ONLINE_PROJECT, online_quality, publish_online_quality
     from serving.served_log import read_served
 
     index, deployment = _index(args.deployment)
@@ -138,6 +138,13 @@ def cmd_status(args: argparse.Namespace) -> None:
     if quality.empty:
         print("online quality: nothing served yet")
         return
+    published = publish_online_quality(
+        layout.home, layout.evidently_workspace, k=args.k, horizon=timedelta(hours=args.horizon_hours)
+    )
+    print(
+        f"online quality in the Evidently workspace (make drift-ui, project '{ONLINE_PROJECT}'): "
+        f"{published['added']} days added, {published['replaced']} updated"
+    )
     print(
         f"online quality: lists served, and of those whose {args.horizon_hours} h horizon has ended, the share "
         f"followed by an interaction with one of their first {args.k} items (hit rate) and NDCG@{args.k}"

@@ -48,6 +48,7 @@ def check_champion_drift(
     )
     manifest = outputs["drift"]
     result = json.loads(open(manifest).read())
+    online = publish_served_quality(layout)
     return {
         "model": model,
         "drift_detected": bool(result.get("drift_detected")),
@@ -55,4 +56,17 @@ def check_champion_drift(
         "reasons": result.get("reasons", []),
         "verdict": result.get("verdict", ""),
         "action": result.get("action", ""),
+        "online_quality": online,
     }
+
+
+def publish_served_quality(layout: Any) -> dict[str, Any]:
+    """Refresh the online-quality runs and dashboard in the Evidently workspace (served lists judged by
+    the events that followed). A failure is logged and returned, not raised: the drift verdict stands."""
+    from monitoring.online_quality import publish_online_quality
+
+    try:
+        return publish_online_quality(layout.home, layout.evidently_workspace)
+    except Exception as exc:  # noqa: BLE001 - the dashboard is a view; the drift decision must not wait on it
+        log.warning("online quality not published to %s: %s", layout.evidently_workspace, exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}

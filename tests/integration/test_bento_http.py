@@ -526,3 +526,5 @@ def test_status_scores_the_served_lists_by_the_events_that_followed(
     assert f"deployment 'default': itemknn {answer['model_tag']}" in result.stdout, result.stdout
     row = next(line for line in result.stdout.splitlines() if line.startswith(answer["model_tag"]))
     assert float(row.split()[-2]) > 0.0, result.stdout  # some served list was followed by a click
+    assert "online quality in the Evidently workspace" in result.stdout
+    assert (home.layout.evidently_workspace / "online_quality_runs.json").is_file()

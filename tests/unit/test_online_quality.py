@@ -69,3 +69,54 @@ def test_hits_and_ndcg_per_model_and_day() -> None:
 def test_nothing_served_gives_an_empty_table() -> None:
     empty = pd.DataFrame(columns=["request_id", "model_tag", "user_id", "served_at", "items"])
     assert online_quality(empty, _events(("u1", "a", "2026-01-01"))).empty
+
+
+def test_published_to_the_evidently_workspace_with_a_dashboard(tmp_path) -> None:
+    import asyncio
+
+    from evidently.ui.service.base import SeriesFilter
+    from evidently.ui.service.storage.local import create_local_project_manager
+    from evidently.ui.workspace import Workspace
+
+    from ingestion.event_log import EventLog
+    from monitoring.online_quality import ONLINE_PROJECT, publish_online_quality
+    from pipeline.layout import Layout
+    from serving.served_log import ServedLog
+
+    layout = Layout(tmp_path / "home")
+    log = ServedLog(layout.served_log, flush_s=3600)
+    for r, tag, user, when, items in (
+        ("r1", "A", "u1", "2026-01-01T10:00:00+00:00", ["a", "b"]),
+        ("r2", "A", "u2", "2026-01-01T10:00:00+00:00", ["c", "d"]),
+        ("r3", "B", "u1", "2026-01-02T09:00:00+00:00", ["b", "x"]),
+    ):
+        log.record(request_id=r, served_at=when, user_id=user, items=items, scores=[1.0, 0.5], k=2,
+                   strategy="known_user", fallback=False, history_used=0, model_tag=tag, deployment="default")  # fmt: skip
+    log.close()
+    events = _events(("u1", "b", "2026-01-01 10:30"), ("u1", "x", "2026-01-02 10:00"))
+    EventLog(layout.event_log).directory.mkdir(parents=True)
+    events.assign(rating="").to_parquet(layout.event_log / "events-test.parquet", index=False)
+
+    workspace = tmp_path / "evidently"
+    assert publish_online_quality(layout.home, workspace, k=2, now=NOW) == {
+        "added": 2,
+        "replaced": 0,
+        "kept": 2 - 2,
+    }
+    assert publish_online_quality(layout.home, workspace, k=2, now=NOW)["kept"] == 2  # idempotent
+
+    ws = Workspace.create(str(workspace))
+    (project,) = ws.search_project(ONLINE_PROJECT)
+    assert len(ws.list_runs(project.id)) == 2
+    dashboard = project.dashboard.model()
+    assert [t.title for t in dashboard.tabs] == ["Online quality"] and len(dashboard.panels) == 4
+    # The hit-rate panel's series, as the UI asks for them: one point per model and day.
+    hit_panel = dashboard.panels[1]
+    filters = [SeriesFilter(metric=m.metric, metric_labels=m.metric_labels, tags=m.tags, metadata={})
+               for m in hit_panel.values]  # fmt: skip
+    storage = create_local_project_manager(str(workspace), False).data_storage  # what `evidently ui` reads
+    series = asyncio.run(storage.get_data_series(project.id, filters, None, None))
+    values = sorted(v for s in series.series for v in s.values if v is not None)
+    assert values == pytest.approx(
+        [0.5, 1.0]
+    )  # A on Jan 1: one of two lists followed; B on Jan 2: one of one
