@@ -82,6 +82,28 @@ def online_quality(
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+def served_quality_drop(
+    quality: pd.DataFrame, model_tag: str, max_drop: float, min_lists: int, baseline_days: int = 3
+) -> str | None:
+    """Why the served lists of ``model_tag`` got worse, or None: its newest scored day's hit rate is
+    more than ``max_drop`` below the mean of its first ``baseline_days`` scored days (each day with at
+    least ``min_lists`` scored lists; the newest day is never part of its own baseline)."""
+    if max_drop <= 0:
+        return None
+    days = quality[(quality["model_tag"] == model_tag) & (quality["scored"] >= min_lists)].sort_values("day")
+    if len(days) < 2:
+        return None
+    newest = days.iloc[-1]
+    baseline = days.iloc[:-1].head(baseline_days)
+    reference = float(baseline["hit_rate"].mean())
+    if newest["hit_rate"] < reference * (1 - max_drop):
+        return (
+            f"served quality: hit rate {newest['hit_rate']:.3f} on {newest['day']} ({int(newest['scored'])} "
+            f"lists) < {1 - max_drop:.2f} x {reference:.3f}, its first days' ({', '.join(baseline['day'])})"
+        )
+    return None
+
+
 def online_quality_of_home(
     home: Path, k: int = 10, horizon: timedelta = timedelta(days=1), now: datetime | None = None
 ) -> pd.DataFrame:

@@ -48,7 +48,16 @@ def check_champion_drift(
     )
     manifest = outputs["drift"]
     result = json.loads(open(manifest).read())
-    online = publish_served_quality(layout)
+    online = publish_served_quality(layout, cfg.monitoring)
+    served = served_quality_check(layout, cfg.monitoring, champion.model_tag)
+    if served:  # the lists users were shown got worse: retrain, whatever the data windows say
+        result["reasons"] = [*result.get("reasons", []), served]
+        no_drift = not result.get("drift_detected")
+        result["drift_detected"] = True
+        result["verdict"] = (
+            "served quality dropped" if no_drift else f"{result['verdict']}; served quality dropped"
+        )
+        result["action"] = "retrain on recent data (requested); the served lists are followed less often"
     return {
         "model": model,
         "drift_detected": bool(result.get("drift_detected")),
@@ -60,13 +69,33 @@ def check_champion_drift(
     }
 
 
-def publish_served_quality(layout: Any) -> dict[str, Any]:
+def served_quality_check(layout: Any, cfg: Any, model_tag: str) -> str | None:
+    """A reason to retrain when the champion's served lists got worse (``served_quality_drop``)."""
+    from datetime import timedelta
+
+    from monitoring.online_quality import online_quality_of_home, served_quality_drop
+
+    horizon = timedelta(hours=cfg.served_quality_horizon_hours)
+    quality = online_quality_of_home(layout.home, cfg.served_quality_k, horizon)
+    if quality.empty:
+        return None
+    return served_quality_drop(quality, model_tag, cfg.max_served_quality_drop, cfg.min_served_lists)
+
+
+def publish_served_quality(layout: Any, cfg: Any) -> dict[str, Any]:
     """Refresh the online-quality runs and dashboard in the Evidently workspace (served lists judged by
     the events that followed). A failure is logged and returned, not raised: the drift verdict stands."""
+    from datetime import timedelta
+
     from monitoring.online_quality import publish_online_quality
 
     try:
-        return publish_online_quality(layout.home, layout.evidently_workspace)
+        return publish_online_quality(
+            layout.home,
+            layout.evidently_workspace,
+            cfg.served_quality_k,
+            timedelta(hours=cfg.served_quality_horizon_hours),
+        )
     except Exception as exc:  # noqa: BLE001 - the dashboard is a view; the drift decision must not wait on it
         log.warning("online quality not published to %s: %s", layout.evidently_workspace, exc)
         return {"error": f"{type(exc).__name__}: {exc}"}

@@ -146,6 +146,13 @@ class MonitoringConfig(_Strict):
     # The current window is the newest share of events; the reference is as many events before it.
     current_window_share: float = Field(0.1, gt=0.0, le=0.5)
     max_users: int = 500
+    # Served quality (monitoring/online_quality.py): the champion's served lists, judged by the events
+    # that followed within the horizon. Its newest day's hit rate@k falling more than this share below
+    # its first days' asks for retraining too (0 switches it off); days with fewer lists are not judged.
+    served_quality_k: int = Field(10, ge=1)
+    served_quality_horizon_hours: float = Field(24.0, gt=0)
+    max_served_quality_drop: float = Field(0.3, ge=0.0, lt=1.0)
+    min_served_lists: int = Field(100, ge=1)
 
 
 class PipelineConfig(_Strict):

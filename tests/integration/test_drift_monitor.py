@@ -88,6 +88,45 @@ def test_monitor_rechecks_the_champion_and_requests_retraining(tmp_path):
     newest = max((tmp_path / "runs" / "bpr-monitor").glob("*/drift.json"), key=lambda p: p.stat().st_mtime)
     assert json.loads(newest.read_text())["drift_detected"] is False
 
+    # Same calm data, but the champion's served lists were followed far less on their latest day.
+    champion_tag = json.loads(promote.stdout.strip().splitlines()[-1])["model_tag"]
+    _served_lists(Layout(tmp_path), champion_tag, followed=[0.4, 0.4, 0.4, 0.05])
+    report = _run_monitor(env, calm)
+    assert report["tasks"] == {"check_champion": "success", "request_retrain": "success"}, report
+    assert report["asset_events"] == ["recforge://retrain/bpr"] * 2  # the served-quality drop asked again
+    assert (tmp_path / "evidently" / "online_quality_runs.json").is_file()  # and the dashboard has the days
+
+
+def _served_lists(layout: Layout, model_tag: str, followed: list[float], per_day: int = 150) -> None:
+    """``per_day`` logged answers of ``model_tag`` on each of the last days, and events following the
+    given share of them within an hour."""
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    import pandas as pd
+
+    from serving.served_log import ServedLog
+
+    rng = random.Random(0)
+    log = ServedLog(layout.served_log, flush_s=3600)
+    start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
+        days=len(followed) + 1
+    )
+    events = []
+    for day, share in enumerate(followed):
+        for n in range(per_day):
+            served = start + timedelta(days=day, minutes=n)
+            user, items = f"served-{n}", [str(i) for i in range(1, 11)]
+            log.record(request_id=f"{day}-{n}", served_at=served.isoformat(), user_id=user, items=items,
+                       scores=[1.0] * 10, k=10, strategy="known_user", fallback=False, history_used=0,
+                       model_tag=model_tag, deployment="default")  # fmt: skip
+            if rng.random() < share:
+                when = (served + timedelta(minutes=30)).isoformat()
+                events.append({"user_id": user, "item_id": items[0], "timestamp": when, "rating": ""})
+    log.close()
+    layout.event_log.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(events).to_parquet(layout.event_log / "events-served-test.parquet", index=False)
+
 
 def _run_monitor(env: dict[str, str], conf: dict) -> dict:
     monitor = subprocess.run(

@@ -120,3 +120,28 @@ def test_published_to_the_evidently_workspace_with_a_dashboard(tmp_path) -> None
     assert values == pytest.approx(
         [0.5, 1.0]
     )  # A on Jan 1: one of two lists followed; B on Jan 2: one of one
+
+
+def test_a_drop_in_served_quality_is_a_reason_to_retrain() -> None:
+    from monitoring.online_quality import served_quality_drop
+
+    def days(*rates: float, lists: int = 200) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "model_tag": "A",
+                "day": [f"2026-01-0{i + 1}" for i in range(len(rates))],
+                "lists": lists,
+                "scored": lists,
+                "pending": 0,
+                "users": lists,
+                "hit_rate": list(rates),
+                "ndcg": 0.1,
+            }  # fmt: skip
+        )
+
+    reason = served_quality_drop(days(0.30, 0.32, 0.28, 0.18), "A", max_drop=0.3, min_lists=100)
+    assert reason and "hit rate 0.180 on 2026-01-04" in reason and "0.300" in reason  # 0.18 < 0.7 x 0.30
+    assert served_quality_drop(days(0.30, 0.32, 0.28, 0.25), "A", 0.3, 100) is None  # within 30 %
+    assert served_quality_drop(days(0.30, 0.10, lists=50), "A", 0.3, 100) is None  # too few lists to judge
+    assert served_quality_drop(days(0.30, 0.10), "B", 0.3, 100) is None  # another model's lists
+    assert served_quality_drop(days(0.30, 0.10), "A", 0.0, 100) is None  # switched off
