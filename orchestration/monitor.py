@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 from orchestration import stages
@@ -50,6 +51,15 @@ def check_champion_drift(
     result = json.loads(open(manifest).read())
     online = publish_served_quality(layout, cfg.monitoring)
     served = served_quality_check(layout, cfg.monitoring, champion.model_tag)
+    answers = served_prediction_check(layout, cfg.monitoring, champion, Path(manifest).parent)
+    result["served_prediction_drift"] = answers
+    if answers.get("drifted"):
+        result["reasons"] = [*result.get("reasons", []), answers["reason"]]
+        result["verdict"] = (
+            f"{result['verdict']}; " if result.get("drift_detected") else ""
+        ) + f"served prediction drift in {', '.join(answers['columns'])}"
+        result["drift_detected"] = True
+        result["action"] = "retrain on recent data (requested); what the service serves changed"
     if served:  # the lists users were shown got worse: retrain, whatever the data windows say
         result["reasons"] = [*result.get("reasons", []), served]
         no_drift = not result.get("drift_detected")
@@ -66,6 +76,45 @@ def check_champion_drift(
         "verdict": result.get("verdict", ""),
         "action": result.get("action", ""),
         "online_quality": online,
+    }
+
+
+def served_prediction_check(layout: Any, cfg: Any, champion: Any, out_dir: Path) -> dict[str, Any]:
+    """Prediction drift of the champion's logged answers (``monitoring.served_drift``), its report saved
+    beside the monitor's drift report; ``{"measured": False, "why": ...}`` with too few answers."""
+    import numpy as np
+
+    from monitoring.reports import save_report
+    from monitoring.served_drift import served_prediction_drift
+    from serving.served_log import read_served
+
+    model_dir = layout.home / "runs" / champion.run_uid / "model"
+    item_ids = json.loads((model_dir / "item_ids.json").read_text())
+    counts = np.load(model_dir / "popularity.npy")[1:]  # row 0 is the padding item
+    report = served_prediction_drift(
+        read_served(layout.served_log),
+        champion.model_tag,
+        dict(zip(item_ids, counts.tolist(), strict=True)),
+        cfg.served_window,
+        cfg.drift_share_threshold,
+        {"model_tag": champion.model_tag, "report": "served_prediction_drift"},
+        ["recforge", "served-prediction-drift", champion.model],
+    )
+    if report is None:
+        return {
+            "measured": False,
+            "why": f"fewer than 2 x {cfg.served_window} logged answers of {champion.model_tag}",
+        }
+    html, report_json = save_report(report.snapshot, out_dir, "served_prediction_drift")
+    return {
+        "measured": True,
+        "drifted": report.share > cfg.drift_share_threshold,
+        "share": report.share,
+        "columns": report.drifted,
+        "html": str(html),
+        "json": str(report_json),
+        "reason": f"served prediction drift: {report.share:.2f} of {len(report.columns)} columns of the served "
+        f"answers drifted (> {cfg.drift_share_threshold:.2f}): {', '.join(report.drifted)}",
     }
 
 

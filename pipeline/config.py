@@ -153,6 +153,9 @@ class MonitoringConfig(_Strict):
     served_quality_horizon_hours: float = Field(24.0, gt=0)
     max_served_quality_drop: float = Field(0.3, ge=0.0, lt=1.0)
     min_served_lists: int = Field(100, ge=1)
+    # Prediction drift of the served answers (monitoring/served_drift.py): the newest this many of the
+    # champion's logged answers against as many before them.
+    served_window: int = Field(500, ge=10)
 
 
 class PipelineConfig(_Strict):

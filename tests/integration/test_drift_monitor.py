@@ -50,7 +50,9 @@ print(json.dumps({"state": str(run.state), "tasks": states, "asset_events": list
 
 def test_monitor_rechecks_the_champion_and_requests_retraining(tmp_path):
     # A ranking-quality floor no model reaches makes the verdict deterministic: drift is detected.
-    home = make_home(tmp_path, sample_users=80, max_epochs=1, monitoring={"min_current_ndcg10": 1.0})
+    home = make_home(
+        tmp_path, sample_users=80, max_epochs=1, monitoring={"min_current_ndcg10": 1.0, "served_window": 200}
+    )
     env = airflow_env(Layout(tmp_path), base=home)
     promote = subprocess.run(
         [sys.executable, "-c", PROMOTE_BPR], env=env, capture_output=True, text=True, timeout=600
@@ -95,6 +97,9 @@ def test_monitor_rechecks_the_champion_and_requests_retraining(tmp_path):
     assert report["tasks"] == {"check_champion": "success", "request_retrain": "success"}, report
     assert report["asset_events"] == ["recforge://retrain/bpr"] * 2  # the served-quality drop asked again
     assert (tmp_path / "evidently" / "online_quality_runs.json").is_file()  # and the dashboard has the days
+    # The served answers' own prediction drift was measured (600 logged answers: two windows of 200).
+    newest = max((tmp_path / "runs" / "bpr-monitor").glob("*/drift.json"), key=lambda p: p.stat().st_mtime)
+    assert (newest.parent / "served_prediction_drift.html").is_file()
 
 
 def _served_lists(layout: Layout, model_tag: str, followed: list[float], per_day: int = 150) -> None:
