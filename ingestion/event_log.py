@@ -9,6 +9,11 @@ with microseconds, the rating empty when none) and ``received_at``.
 A batch is checked with the rules every interaction meets (``ingestion.validate.interaction_reasons``)
 and appended only if every row passes: a bad batch changes nothing and names each bad row's reason.
 
+Production profile: with ``RECFORGE_ONLINE_LOG_URL`` set (a SQLAlchemy URL, e.g.
+``postgresql+psycopg://...``) the log is the table ``recforge_events`` there instead
+(``SqlEventLog``): the key is a unique constraint and an insert skips the keys it holds, so several
+service containers append to one log. ``open_event_log`` picks the one the environment asks for.
+
 Exactly once. An event is its (user_id, item_id, timestamp) key. The log appends only keys it does not
 hold yet (a retried batch appends nothing and reports its rows as duplicates); several service workers
 append under one file lock. The batch pipeline reads the whole log with the source on every run
@@ -34,6 +39,7 @@ from pipeline.artifacts import file_lock
 from pipeline.config import ValidationConfig
 
 KEY = ["user_id", "item_id", "timestamp"]
+ONLINE_LOG_URL_ENV = "RECFORGE_ONLINE_LOG_URL"  # a database for the event and served logs (production)
 MAX_BATCH = 1000  # events per request: bounded memory and lock time per call
 
 
@@ -127,6 +133,10 @@ class EventLog:
         self._read_files: set[str] = set()
         self._lock = threading.Lock()
 
+    @property
+    def location(self) -> str:
+        return str(self.directory)
+
     def files(self) -> list[Path]:
         return sorted(self.directory.glob("events-*.parquet")) if self.directory.is_dir() else []
 
@@ -170,3 +180,112 @@ class EventLog:
             frames = [pd.DataFrame({c: pd.Series(dtype="string") for c in INTERACTION_COLUMNS + PROVENANCE})]
         text = {c: "string" for c in INTERACTION_COLUMNS + ["source_file"]}
         return pd.concat(frames, ignore_index=True).astype({**text, "source_line": "int64"})
+
+
+class SqlEventLog:
+    """The event log as a database table (see the module docstring); same interface as ``EventLog``."""
+
+    TABLE = "recforge_events"
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        self.url = url
+        self.engine = _engine(url)
+        metadata = sa.MetaData()
+        self.table = sa.Table(
+            self.TABLE,
+            metadata,
+            sa.Column(
+                "seq",
+                sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+                primary_key=True,
+                autoincrement=True,
+            ),
+            *(sa.Column(c, sa.Text, nullable=c == "rating") for c in [*INTERACTION_COLUMNS, "received_at"]),
+            sa.UniqueConstraint(*KEY, name="recforge_events_key"),
+        )
+        create_tables(self.engine, metadata)
+
+    @property
+    def location(self) -> str:
+        import sqlalchemy as sa
+
+        return f"{sa.engine.make_url(self.url).render_as_string(hide_password=True)}#{self.TABLE}"
+
+    def append(self, events: pd.DataFrame) -> Appended:
+        """Insert the events whose key the table does not hold yet (one statement, atomic)."""
+        received = datetime.now(UTC).isoformat(timespec="microseconds")
+        rows = events.assign(received_at=received)[[*INTERACTION_COLUMNS, "received_at"]].to_dict("records")
+        insert = _insert_for(self.engine.dialect.name)
+        statement = (
+            insert(self.table)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=KEY)
+            .returning(*(self.table.c[c] for c in KEY))
+        )
+        with self.engine.begin() as connection:
+            inserted = {tuple(row) for row in connection.execute(statement)}
+        fresh = events[
+            [
+                key in inserted
+                for key in zip(events["user_id"], events["item_id"], events["timestamp"], strict=True)
+            ]
+        ]
+        return Appended(len(fresh), len(events) - len(fresh), self.location if len(fresh) else None, fresh)
+
+    def read(self) -> pd.DataFrame:
+        """Every logged event as raw interaction rows with provenance (this table, the row's sequence)."""
+        import sqlalchemy as sa
+
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.select(self.table).order_by(self.table.c.seq)).mappings().all()
+        frame = pd.DataFrame(rows, columns=["seq", *INTERACTION_COLUMNS, "received_at"])
+        text = {c: "string" for c in INTERACTION_COLUMNS}
+        out = frame[INTERACTION_COLUMNS].astype(text)
+        out["source_file"] = pd.Series([self.location] * len(frame), dtype="string")
+        out["source_line"] = frame["seq"].astype("int64")
+        return out
+
+
+def open_event_log(layout: Any) -> EventLog | SqlEventLog:
+    """The event log of this environment: ``RECFORGE_ONLINE_LOG_URL``'s table, else the home's files."""
+    url = os.environ.get(ONLINE_LOG_URL_ENV, "").strip()
+    return SqlEventLog(url) if url else EventLog(layout.event_log)
+
+
+def _insert_for(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - the profiles use Postgres (production) or SQLite (tests)
+        raise ValueError(f"{ONLINE_LOG_URL_ENV}: {dialect} is not supported (postgresql or sqlite)")
+    return insert
+
+
+_ENGINES: dict[str, Any] = {}
+_CREATE = threading.Lock()
+
+
+def create_tables(engine: Any, metadata: Any) -> None:
+    """Create the tables that do not exist yet. Several containers may start at once: the loser of a
+    creation race finds the table there and goes on."""
+    import sqlalchemy as sa
+
+    with _CREATE:
+        try:
+            metadata.create_all(engine, checkfirst=True)
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+            missing = [t.name for t in metadata.sorted_tables if not sa.inspect(engine).has_table(t.name)]
+            if missing:
+                raise
+
+
+def _engine(url: str) -> Any:
+    """One engine (connection pool) per URL and process."""
+    import sqlalchemy as sa
+
+    if url not in _ENGINES:
+        _ENGINES[url] = sa.create_engine(url, pool_pre_ping=True)
+    return _ENGINES[url]

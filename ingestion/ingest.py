@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from ingestion.event_log import EventLog
+from ingestion.event_log import EventLog, SqlEventLog, open_event_log
 from ingestion.fetch import fetch_ml100k
 from ingestion.readers import read_events, read_grouplens_100k, read_movielens_dat, read_recbole_atomic
 from ingestion.schema import RawTables, declared_attributes
@@ -89,7 +90,7 @@ def ingest(source: SourceConfig, layout: Layout, run_id: str) -> Path:
     raw = keep_declared(read_source(source, layout), source.data_schema)
     logged = {}
     if source.event_log:
-        raw, logged = with_event_log(raw, EventLog(layout.event_log))
+        raw, logged = with_event_log(raw, open_event_log(layout))
     if source.sample_users:
         raw = sample_users(raw, source.sample_users)
     staging = layout.staging(run_id)
@@ -110,13 +111,13 @@ def ingest(source: SourceConfig, layout: Layout, run_id: str) -> Path:
     return staging
 
 
-def with_event_log(raw: RawTables, event_log: EventLog) -> tuple[RawTables, dict[str, int]]:
+def with_event_log(raw: RawTables, event_log: EventLog | SqlEventLog) -> tuple[RawTables, dict[str, Any]]:
     """The source's tables plus the logged events it does not hold yet (same user, item and time)."""
     from ingestion.validate import parse_timestamps  # validate imports this module
 
     logged = event_log.read()
     if logged.empty:
-        return raw, {"files": 0, "events": 0, "already_in_source": 0}
+        return raw, {"source": event_log.location, "events": 0, "already_in_source": 0}
     source_keys = set(
         zip(
             raw.interactions["user_id"].astype("string").str.strip(),
@@ -130,14 +131,14 @@ def with_event_log(raw: RawTables, event_log: EventLog) -> tuple[RawTables, dict
     new = logged[[not h for h in held]]
     new = new[raw.interactions.columns].astype(raw.interactions.dtypes.to_dict())
     interactions = pd.concat([raw.interactions, new], ignore_index=True)
-    summary = {"files": len(event_log.files()), "events": len(logged), "already_in_source": sum(held)}
+    summary = {"source": event_log.location, "events": len(logged), "already_in_source": sum(held)}
     return dataclasses.replace(raw, interactions=interactions), summary
 
 
-def describe_event_log(summary: dict[str, int]) -> str:
+def describe_event_log(summary: dict[str, Any]) -> str:
     if not summary or not summary.get("events"):
         return "no pushed events"
     return (
-        f"{summary['events'] - summary['already_in_source']} pushed events from the event log, "
-        f"{summary['already_in_source']} of them already in the source"
+        f"{summary['events']} pushed events in the event log {summary['source']} "
+        f"({summary['already_in_source']} already in the source, not ingested twice)"
     )

@@ -108,12 +108,12 @@ def online_quality_of_home(
     home: Path, k: int = 10, horizon: timedelta = timedelta(days=1), now: datetime | None = None
 ) -> pd.DataFrame:
     """``online_quality`` of a RECFORGE_HOME's served log and event log."""
-    from ingestion.event_log import EventLog
+    from ingestion.event_log import open_event_log
     from pipeline.layout import Layout
-    from serving.served_log import read_served
+    from serving.served_log import read_served, served_store
 
     layout = Layout(Path(home))
-    return online_quality(read_served(layout.served_log), EventLog(layout.event_log).read(), k, horizon, now)
+    return online_quality(read_served(served_store(layout)), open_event_log(layout).read(), k, horizon, now)
 
 
 # ---- the Evidently workspace -------------------------------------------------------------------
@@ -141,17 +141,17 @@ def publish_online_quality(
     from evidently.metrics import MeanValue, SumValue
     from evidently.ui.workspace import Workspace
 
-    from ingestion.event_log import EventLog
+    from ingestion.event_log import open_event_log
     from pipeline.artifacts import atomic_write_text, file_lock
     from pipeline.layout import Layout
-    from serving.served_log import read_served
+    from serving.served_log import read_served, served_store
 
     layout = Layout(Path(home))
-    served = read_served(layout.served_log)
+    served = read_served(served_store(layout))
     counts = {"added": 0, "replaced": 0, "kept": 0}
     if served.empty:
         return counts
-    lists = score_lists(served, EventLog(layout.event_log).read(), k, horizon, now)
+    lists = score_lists(served, open_event_log(layout).read(), k, horizon, now)
     lists = lists[lists["scored"]]
     workspace = Path(workspace)
     with file_lock(workspace / ".recforge.lock"):

@@ -116,9 +116,9 @@ def cmd_status(args: argparse.Namespace) -> None:
     """What is live and how it does online: the champion, the logs, served quality per model and day."""
     from datetime import timedelta
 
-    from ingestion.event_log import EventLog
+    from ingestion.event_log import open_event_log
     from monitoring.online_quality import ONLINE_PROJECT, online_quality, publish_online_quality
-    from serving.served_log import read_served
+    from serving.served_log import read_served, served_store
 
     index, deployment = _index(args.deployment)
     _, layout = stages.context()
@@ -130,10 +130,10 @@ def cmd_status(args: argparse.Namespace) -> None:
             f"deployment {deployment!r}: {champion.model} {champion.model_tag}, live since {champion.at[:19]} "
             f"({champion.action}; {champion.metric} {champion.value:.4f} offline)"
         )
-    served = read_served(layout.served_log)
-    events = EventLog(layout.event_log).read()
-    print(f"served log {layout.served_log}: {len(served)} answers logged")
-    print(f"event log {layout.event_log}: {len(events)} pushed events")
+    served = read_served(served_store(layout))
+    events = open_event_log(layout).read()
+    print(f"served log {served_store(layout).location}: {len(served)} answers logged")
+    print(f"event log {open_event_log(layout).location}: {len(events)} pushed events")
     quality = online_quality(served, events, k=args.k, horizon=timedelta(hours=args.horizon_hours))
     if quality.empty:
         print("online quality: nothing served yet")

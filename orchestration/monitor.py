@@ -86,13 +86,13 @@ def served_prediction_check(layout: Any, cfg: Any, champion: Any, out_dir: Path)
 
     from monitoring.reports import save_report
     from monitoring.served_drift import served_prediction_drift
-    from serving.served_log import read_served
+    from serving.served_log import read_served, served_store
 
     model_dir = layout.home / "runs" / champion.run_uid / "model"
     item_ids = json.loads((model_dir / "item_ids.json").read_text())
     counts = np.load(model_dir / "popularity.npy")[1:]  # row 0 is the padding item
     report = served_prediction_drift(
-        read_served(layout.served_log),
+        read_served(served_store(layout)),
         champion.model_tag,
         dict(zip(item_ids, counts.tolist(), strict=True)),
         cfg.served_window,

@@ -13,7 +13,9 @@ records are written when the service shuts down.
 Files: ``$RECFORGE_HOME/served_log/date=<YYYY-MM-DD>/part-<time>-<pid>-<seq>.parquet`` (a new directory
 per UTC day, one file per flush, each written to a temporary name and renamed), the same home as the
 event log; ``read_served`` (or any Parquet reader, the directory being a Hive-partitioned dataset)
-reads them back. ``RECFORGE_LOG_SERVED=0`` turns logging off.
+reads them back. With ``RECFORGE_ONLINE_LOG_URL`` (the production profile) the records go to the
+table ``recforge_served`` of that database instead, beside the event log (``served_store``).
+``RECFORGE_LOG_SERVED=0`` turns logging off.
 """
 
 from __future__ import annotations
@@ -58,9 +60,13 @@ class ServedLog:
     """Buffered, rotated Parquet writer of served recommendations (see the module docstring)."""
 
     def __init__(
-        self, directory: Path, flush_s: float = 5.0, flush_rows: int = 5000, max_buffer: int = 100_000
+        self,
+        store: Path | ParquetServedStore | SqlServedStore,
+        flush_s: float = 5.0,
+        flush_rows: int = 5000,
+        max_buffer: int = 100_000,
     ) -> None:
-        self.directory = Path(directory)
+        self.store = ParquetServedStore(store) if isinstance(store, Path | str) else store
         self.flush_s, self.flush_rows, self.max_buffer = flush_s, flush_rows, max_buffer
         self.written = 0
         self.dropped = 0
@@ -70,7 +76,6 @@ class ServedLog:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._seq = 0
         self._thread = threading.Thread(target=self._run, name="recforge-served-log", daemon=True)
         self._thread.start()
 
@@ -98,7 +103,9 @@ class ServedLog:
         if not batch:
             return
         try:
-            self._write(batch)
+            frame = pd.DataFrame(batch, columns=COLUMNS)
+            frame["served_at"] = pd.to_datetime(frame["served_at"], utc=True)
+            self.store.write(frame)
         except Exception as exc:  # noqa: BLE001 - never let the writer thread die
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.warning("served log: %d records not written yet: %s", len(batch), self.last_error)
@@ -111,18 +118,6 @@ class ServedLog:
         self.files += 1
         self.last_error = None
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
-        now = datetime.now(UTC)
-        day = self.directory / f"date={now.strftime('%Y-%m-%d')}"
-        day.mkdir(parents=True, exist_ok=True)
-        self._seq += 1
-        name = f"part-{now.strftime('%H%M%S%f')}-{os.getpid()}-{self._seq}.parquet"
-        tmp = day / f".{name}.tmp"
-        frame = pd.DataFrame(batch, columns=COLUMNS)
-        frame["served_at"] = pd.to_datetime(frame["served_at"], utc=True)
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, day / name)
-
     def close(self, timeout_s: float = 10.0) -> None:
         """Stop the writer and write what is pending."""
         self._stop.set()
@@ -134,7 +129,7 @@ class ServedLog:
         with self._lock:
             pending = len(self._buffer)
         return {
-            "directory": str(self.directory),
+            "store": self.store.location,
             "written": self.written,
             "pending": pending,
             "dropped": self.dropped,
@@ -143,12 +138,105 @@ class ServedLog:
         }
 
 
-def read_served(directory: Path, since: datetime | None = None) -> pd.DataFrame:
+class ParquetServedStore:
+    """Records as Parquet files: one per flush, in a directory per UTC day (temp + rename)."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        self._seq = 0
+
+    @property
+    def location(self) -> str:
+        return str(self.directory)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        now = datetime.now(UTC)
+        day = self.directory / f"date={now.strftime('%Y-%m-%d')}"
+        day.mkdir(parents=True, exist_ok=True)
+        self._seq += 1
+        name = f"part-{now.strftime('%H%M%S%f')}-{os.getpid()}-{self._seq}.parquet"
+        tmp = day / f".{name}.tmp"
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, day / name)
+
+    def read(self) -> pd.DataFrame:
+        files = sorted(self.directory.glob("date=*/part-*.parquet"))
+        if not files:
+            return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+class SqlServedStore:
+    """Records as rows of the table ``recforge_served`` (``RECFORGE_ONLINE_LOG_URL``, the production
+    profile): several service containers write one log; items and scores as JSON arrays."""
+
+    TABLE = "recforge_served"
+
+    def __init__(self, url: str) -> None:
+        import sqlalchemy as sa
+
+        from ingestion.event_log import _engine, create_tables
+
+        self.url = url
+        self.engine = _engine(url)
+        metadata = sa.MetaData()
+        self.table = sa.Table(
+            self.TABLE,
+            metadata,
+            sa.Column("request_id", sa.Text, primary_key=True),
+            sa.Column("served_at", sa.DateTime(timezone=True), index=True),
+            sa.Column("user_id", sa.Text),
+            sa.Column("items", sa.JSON),
+            sa.Column("scores", sa.JSON),
+            sa.Column("k", sa.Integer),
+            sa.Column("strategy", sa.Text),
+            sa.Column("fallback", sa.Boolean),
+            sa.Column("history_used", sa.Integer),
+            sa.Column("model_tag", sa.Text, index=True),
+            sa.Column("deployment", sa.Text),
+        )
+        create_tables(self.engine, metadata)
+
+    @property
+    def location(self) -> str:
+        import sqlalchemy as sa
+
+        return f"{sa.engine.make_url(self.url).render_as_string(hide_password=True)}#{self.TABLE}"
+
+    def write(self, frame: pd.DataFrame) -> None:
+        rows = frame.astype({"k": int, "history_used": int, "fallback": bool}).to_dict("records")
+        for row in rows:
+            row["served_at"] = row["served_at"].to_pydatetime()
+            row["items"], row["scores"] = list(row["items"]), [float(v) for v in row["scores"]]
+        with self.engine.begin() as connection:
+            connection.execute(self.table.insert(), rows)
+
+    def read(self) -> pd.DataFrame:
+        import sqlalchemy as sa
+
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.select(self.table)).mappings().all()
+        frame = pd.DataFrame(rows, columns=COLUMNS)
+        frame["served_at"] = pd.to_datetime(frame["served_at"], utc=True)
+        return frame
+
+
+def served_store(layout: Any) -> ParquetServedStore | SqlServedStore:
+    """The served log of this environment: ``RECFORGE_ONLINE_LOG_URL``'s table, else the home's files."""
+    from ingestion.event_log import ONLINE_LOG_URL_ENV
+
+    url = os.environ.get(ONLINE_LOG_URL_ENV, "").strip()
+    return SqlServedStore(url) if url else ParquetServedStore(layout.served_log)
+
+
+def read_served(
+    store: Path | ParquetServedStore | SqlServedStore, since: datetime | None = None
+) -> pd.DataFrame:
     """Every logged answer (oldest first); ``since``: only those served at or after it."""
-    files = sorted(Path(directory).glob("date=*/part-*.parquet"))
-    if not files:
-        return pd.DataFrame({c: pd.Series(dtype="object") for c in COLUMNS})
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    store = ParquetServedStore(store) if isinstance(store, Path | str) else store
+    frame = store.read()
+    if frame.empty:
+        return frame
     if since is not None:
         frame = frame[frame["served_at"] >= pd.Timestamp(since)]
     return frame.sort_values("served_at", kind="stable").reset_index(drop=True)

@@ -86,7 +86,7 @@ from pydantic import (
 )
 
 from ingestion.event_log import MAX_BATCH as MAX_EVENTS
-from ingestion.event_log import EventLog, check_batch
+from ingestion.event_log import check_batch, open_event_log
 from pipeline.artifacts import DeploymentEvent
 from pipeline.config import ValidationConfig, load_config
 from pipeline.layout import Layout
@@ -96,7 +96,7 @@ from serving.http_safety import ServingSafety, clip, rows_invalid
 from serving.online import ONLINE_FEATURES, OnlineHistory
 from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, TITLES_FILE, verify_checksums
 from serving.request_models import attribute_model
-from serving.served_log import ServedLog, logging_enabled, new_request_id, served_now
+from serving.served_log import ServedLog, logging_enabled, new_request_id, served_now, served_store
 
 if TYPE_CHECKING:
     from serving.recommender import Recommender as Model
@@ -455,7 +455,7 @@ def _exit_nonzero_if_a_worker_failed() -> None:
 
 TARGET = serving_target()
 MODEL_TAG = model_tag_to_serve(TARGET)
-EVENT_LOG = EventLog(TARGET.layout.event_log)  # what POST /events appends to; every ingest reads it
+EVENT_LOG = open_event_log(TARGET.layout)  # what POST /events appends to; every ingest reads it
 if not _in_bentoml_worker():
     atexit.register(_exit_nonzero_if_a_worker_failed)
 
@@ -666,7 +666,7 @@ class Recommender:
 
         torch.set_num_threads(int(os.environ.get("RECFORGE_TORCH_THREADS", "1")))
         self.target = TARGET
-        self.served_log = ServedLog(TARGET.layout.served_log) if logging_enabled() else None
+        self.served_log = ServedLog(served_store(TARGET.layout)) if logging_enabled() else None
         self.follower: ChampionFollower | None = None
         tag = TARGET.pinned_tag or "the champion"
         try:

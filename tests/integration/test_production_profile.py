@@ -131,3 +131,38 @@ def test_run_index_on_postgres_has_one_winner_per_race(database):
     index.save_run(make_record("bpr/r1"))
     assert index.update_run("bpr/r1", status="completed").status == "completed"
     assert index.append_event(make_event("m:next"), expected_tag=winners[0]).id is not None
+
+
+@requires_servers
+def test_event_and_served_logs_on_postgres(database):
+    """The production profile's online logs: two service containers append the same events, the table
+    keeps each once; served answers round-trip with their lists."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+
+    from ingestion.event_log import SqlEventLog, check_batch
+    from pipeline.config import ValidationConfig
+    from serving.served_log import ServedLog, SqlServedStore, read_served, served_now
+
+    url = f"postgresql+psycopg://{PG['user']}@127.0.0.1:5432/{database}"
+    batch = [{"user_id": f"u{n % 7}", "item_id": f"i{n}", "timestamp": 1700000000 + n} for n in range(200)]
+    events = check_batch(batch, ValidationConfig(), now=datetime(2026, 1, 1, tzinfo=UTC)).events
+    with ThreadPoolExecutor(4) as pool:  # four writers race on the same batch
+        results = list(pool.map(lambda _: SqlEventLog(url).append(events), range(4)))
+    assert sum(r.appended for r in results) == 200 and sum(r.duplicates for r in results) == 600
+    logged = SqlEventLog(url).read()
+    assert (
+        len(logged) == 200 and logged["item_id"].is_unique and "secret" not in logged["source_file"].iloc[0]
+    )
+
+    store = SqlServedStore(url)
+    log = ServedLog(store, flush_s=3600)
+    for n in range(5):
+        log.record(request_id=f"r{n}", served_at=served_now(), user_id="u1", items=["i1", "i2"], scores=[0.9, 0.1],
+                   k=2, strategy="history", fallback=False, history_used=2, model_tag="m:1", deployment="default")  # fmt: skip
+    log.close()
+    served = read_served(store)
+    assert list(served["request_id"]) == [f"r{n}" for n in range(5)] and list(served.loc[4, "items"]) == [
+        "i1",
+        "i2",
+    ]

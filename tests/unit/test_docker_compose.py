@@ -61,6 +61,7 @@ def test_settings_the_code_reads_are_set():
     needed = set(re.findall(r"\$\{(\w+)\}", profile)) - {PROJECT_ENV, DIR_ENV}
     assert needed <= set(env), f"Feast production profile needs {sorted(needed - set(env))}"
     assert env["RECFORGE_RUN_INDEX_URL"].startswith("postgresql+psycopg://")
+    assert env["RECFORGE_ONLINE_LOG_URL"].startswith("postgresql+psycopg://")  # event and served logs
     assert env["AIRFLOW__CORE__PLUGINS_FOLDER"] == "/opt/recforge/plugins"
     assert env["RECFORGE_FEAST_PROFILE"] == "production"
     api_port = SERVICES["airflow-apiserver"]["command"][-1]

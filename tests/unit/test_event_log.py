@@ -95,7 +95,7 @@ def test_the_pipeline_ingests_pushed_events_exactly_once(tmp_path: Path) -> None
         return validate(staging, CFG, layout, "ml-100k", now=NOW), read
 
     first, read = snapshot("run-1")
-    assert read == {"files": 1, "events": 2, "already_in_source": 1}
+    assert read == {"source": str(layout.event_log), "events": 2, "already_in_source": 1}
     events = pd.read_parquet(first.interactions)
     assert len(events) == len(GOOD) + 1 and first.rows_quarantined == 0
     assert len(events[(events["user_id"] == "2") & (events["item_id"] == "12")]) == 1
@@ -112,3 +112,31 @@ def test_check_batch_takes_any_user(tmp_path: Path) -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
     intake = check_batch(_events(("brand-new-visitor", "10", 1700000000)), CFG, ITEMS, now=now)
     assert intake.events is not None and intake.bad == []
+
+
+def test_the_database_log_appends_each_event_once_across_writers(tmp_path: Path, monkeypatch) -> None:
+    """The production profile's log (a table; SQLite here, Postgres in test_production_profile.py)."""
+    from ingestion.event_log import ONLINE_LOG_URL_ENV, SqlEventLog, open_event_log
+
+    url = f"sqlite:///{tmp_path / 'online.db'}"
+    monkeypatch.setenv(ONLINE_LOG_URL_ENV, url)
+    log = open_event_log(Layout(tmp_path / "home"))
+    assert isinstance(log, SqlEventLog) and log.location.endswith("online.db#recforge_events")
+    first = check_batch(_events(("7", "10", 1700000000, 4), ("7", "11", 1700000060)), CFG, ITEMS, now=NOW)
+    assert log.append(first.events).appended == 2
+    again = check_batch(
+        _events(("7", "10", "2023-11-14T22:13:20Z", 4), ("7", "12", 1700000120)), CFG, ITEMS, now=NOW
+    )
+    other = SqlEventLog(url).append(again.events)  # another service container
+    assert (other.appended, other.duplicates, list(other.events["item_id"])) == (1, 1, ["12"])
+    logged = log.read()
+    assert list(logged["item_id"]) == ["10", "11", "12"] and list(logged["rating"]) == ["4.0", "", ""]
+    assert (
+        list(logged["source_line"]) == [1, 2, 3]
+        and logged["source_file"].str.endswith("#recforge_events").all()
+    )
+
+    # The pipeline reads it like the files.
+    source = SourceConfig(kind="recbole_ml100k", path=str(write_recbole(tmp_path / "raw", GOOD)))
+    staging = ingest(source, Layout(tmp_path / "home"), "run-db")
+    assert json.loads((staging / "source.json").read_text())["event_log_read"]["events"] == 3

@@ -70,3 +70,16 @@ def test_when_writing_fails_records_are_kept_up_to_the_bound_then_dropped(tmp_pa
     blocked.unlink()
     log.close()
     assert list(read_served(blocked)["user_id"]) == ["u0", "u1", "u2", "u3"] and log.last_error is None
+
+
+def test_the_database_store_round_trips_records(tmp_path: Path) -> None:
+    from serving.served_log import SqlServedStore
+
+    store = SqlServedStore(f"sqlite:///{tmp_path / 'online.db'}")
+    log = ServedLog(store, flush_s=3600)
+    ids = [_record(log, f"u{i}") for i in range(3)]
+    log.close()
+    frame = read_served(store)
+    assert list(frame["request_id"]) == ids and list(frame.columns) == COLUMNS
+    assert list(frame.loc[0, "items"]) == ["a", "b"] and list(frame.loc[0, "scores"]) == [0.9, 0.5]
+    assert frame["served_at"].dt.tz is not None and not frame["fallback"].any()
