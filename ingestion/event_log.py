@@ -182,7 +182,29 @@ class EventLog:
         return pd.concat(frames, ignore_index=True).astype({**text, "source_line": "int64"})
 
 
-class SqlEventLog:
+class SqlLogTable:
+    """A log kept as one database table (``RECFORGE_ONLINE_LOG_URL``): created on first use, named in
+    provenance without its password."""
+
+    TABLE = ""
+
+    def __init__(self, url: str, *columns: Any) -> None:
+        import sqlalchemy as sa
+
+        self.url = url
+        self.engine = _engine(url)
+        metadata = sa.MetaData()
+        self.table = sa.Table(self.TABLE, metadata, *columns)
+        create_tables(self.engine, metadata)
+
+    @property
+    def location(self) -> str:
+        import sqlalchemy as sa
+
+        return f"{sa.engine.make_url(self.url).render_as_string(hide_password=True)}#{self.TABLE}"
+
+
+class SqlEventLog(SqlLogTable):
     """The event log as a database table (see the module docstring); same interface as ``EventLog``."""
 
     TABLE = "recforge_events"
@@ -190,12 +212,8 @@ class SqlEventLog:
     def __init__(self, url: str) -> None:
         import sqlalchemy as sa
 
-        self.url = url
-        self.engine = _engine(url)
-        metadata = sa.MetaData()
-        self.table = sa.Table(
-            self.TABLE,
-            metadata,
+        super().__init__(
+            url,
             sa.Column(
                 "seq",
                 sa.BigInteger().with_variant(sa.Integer, "sqlite"),
@@ -205,13 +223,6 @@ class SqlEventLog:
             *(sa.Column(c, sa.Text, nullable=c == "rating") for c in [*INTERACTION_COLUMNS, "received_at"]),
             sa.UniqueConstraint(*KEY, name="recforge_events_key"),
         )
-        create_tables(self.engine, metadata)
-
-    @property
-    def location(self) -> str:
-        import sqlalchemy as sa
-
-        return f"{sa.engine.make_url(self.url).render_as_string(hide_password=True)}#{self.TABLE}"
 
     def append(self, events: pd.DataFrame) -> Appended:
         """Insert the events whose key the table does not hold yet (one statement, atomic)."""

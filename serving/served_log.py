@@ -30,6 +30,8 @@ from typing import Any
 
 import pandas as pd
 
+from ingestion.event_log import SqlLogTable
+
 log = logging.getLogger(__name__)
 
 ENABLED_ENV = "RECFORGE_LOG_SERVED"
@@ -166,7 +168,7 @@ class ParquetServedStore:
         return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
 
 
-class SqlServedStore:
+class SqlServedStore(SqlLogTable):
     """Records as rows of the table ``recforge_served`` (``RECFORGE_ONLINE_LOG_URL``, the production
     profile): several service containers write one log; items and scores as JSON arrays."""
 
@@ -175,14 +177,8 @@ class SqlServedStore:
     def __init__(self, url: str) -> None:
         import sqlalchemy as sa
 
-        from ingestion.event_log import _engine, create_tables
-
-        self.url = url
-        self.engine = _engine(url)
-        metadata = sa.MetaData()
-        self.table = sa.Table(
-            self.TABLE,
-            metadata,
+        super().__init__(
+            url,
             sa.Column("request_id", sa.Text, primary_key=True),
             sa.Column("served_at", sa.DateTime(timezone=True), index=True),
             sa.Column("user_id", sa.Text),
@@ -195,13 +191,6 @@ class SqlServedStore:
             sa.Column("model_tag", sa.Text, index=True),
             sa.Column("deployment", sa.Text),
         )
-        create_tables(self.engine, metadata)
-
-    @property
-    def location(self) -> str:
-        import sqlalchemy as sa
-
-        return f"{sa.engine.make_url(self.url).render_as_string(hide_password=True)}#{self.TABLE}"
 
     def write(self, frame: pd.DataFrame) -> None:
         rows = frame.astype({"k": int, "history_used": int, "fallback": bool}).to_dict("records")
