@@ -10,7 +10,7 @@ Writes:
 - ``bench/results/leaderboard.json``: a list of records ``{model, protocol, status, metrics, epochs,
   epoch_seconds, train_seconds, peak_rss_mb, best_valid_ndcg10, params, ...}`` (``status`` "ok", or
   "skipped"/"failed" with ``error``);
-- ``bench/leaderboard.md``: per-protocol tables by NDCG@10 with lift over Popularity, the issue-#3 target
+- ``bench/leaderboard.md``: per-protocol tables by NDCG@10 with lift over Popularity, the accuracy target
   checks (PASS/FAIL with numbers), notes to fill per failing target, published reference numbers;
 - ``bench/leaderboard_quality_vs_time.svg``: NDCG@10 against training time (hand-written SVG:
   matplotlib is not a dependency of this project).
@@ -278,7 +278,7 @@ def _check(target: str, model: str, protocol: str, value: float | None, ref_name
 def target_checks(
     records: list[dict[str, Any]], models: list[str], protocols: list[str]
 ) -> list[dict[str, Any]]:
-    """The issue-#3 targets, evaluated on the measured numbers (models not run show as N/A)."""
+    """The accuracy targets, evaluated on the measured numbers (models not run show as N/A)."""
     checks = []
     learned = [m for m in models if MODELS[m].trainable]
     for protocol in protocols:
@@ -403,7 +403,7 @@ def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: 
         "SVG drawn by `bench/leaderboard.py` itself (matplotlib is not installed in `.venv` and is not a "
         "dependency); x = training seconds (log scale), y = test NDCG@10, one colour per protocol.",
         "",
-        "## Targets (issue #3)",
+        "## Targets",
         "",
         "| result | target | model | protocol | numbers (NDCG@10) |",
         "|---|---|---|---|---|",
@@ -441,7 +441,7 @@ def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: 
         "## Published reference numbers",
         "",
         f"RecBole's leaderboard, MovieLens-**1M** tables ({RECBOLE_SOURCE}), full ranking, test NDCG@10, values as "
-        "quoted in issue #3. "
+        "published there. "
         "**Those are ML-1M; ours above are "
         f"{meta['dataset']}** (fewer users and items, different split seeds and tuning): compare the "
         "ordering of models and their lift over Pop, not absolute values.",

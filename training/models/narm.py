@@ -16,9 +16,7 @@ forward and c_t at the last position is exactly what ``full_sort_predict`` compu
 attention builds a (B, L, L, H) tensor; with batch_size 128, history_length 50 and H 100 that is 32M floats
 per copy, fine on CPU. ``full_sort_predict`` needs only the last query: (B, L, H).
 
-Measured on ML-100K, leave_last_out (bench/bench_training.py, max 30 epochs, patience 6, 2 threads):
-test NDCG@10 0.0848 with lr 0.002 (0.0699 with lr 0.001), 10-18 s/epoch (the causal attention is
-most of it); GRU4Rec 0.0945, SASRec 0.0924, BPR 0.0604 on the same split.
+Numbers on ML-100K: bench/leaderboard.md; how its defaults were set: bench/results/model_defaults.md.
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@ Two branches with their own user/item embeddings:
 logit(u, i) = h^T [GMF, MLP] + b.
 
 Training on the GeneralDataModule's (user, positive, negative) triples. ``loss_type``:
-- ``bpr`` (default): -log sigmoid(logit_pos - logit_neg), the pairwise loss on the NeuMF logit; on
-  ML-100K with the tuned L2 it ranked better than BCE in the same 30 epochs (0.274 vs 0.266 test
-  NDCG@10; BCE wins only under weak L2, see configs/models/neumf.yaml);
+- ``bpr`` (default): -log sigmoid(logit_pos - logit_neg), the pairwise loss on the NeuMF logit
+  (the comparison with BCE: bench/results/model_defaults.md);
 - ``bce``: the paper's pointwise log loss with the sampled negative as the 0 label.
 Plus an L2 penalty (``reg_weight``) on the embeddings the batch touched, as in BPR.
 

@@ -36,11 +36,9 @@ item gains up to K times more chance to be shown), so it differs from the logged
 ``logged_reward`` = mean r of the logged events (the behaviour policy's value), for comparison.
 Caveat: beta is itself estimated, so the estimate is only as good as beta's fit to the real logger.
 
-Measured on ML-100K (bench_training.py, 1 thread, max 30 epochs, patience 6; configs/models/reinforce.yaml):
-test NDCG@10 0.1471 random_holdout (Popularity 0.1460), 0.0585 leave_last_out (Popularity 0.0441),
-10.6-27 s/epoch on a shared 2-core machine. With weight_cap 10 and dropout 0.2 the valid NDCG peaked by
-epoch ~4-6 and swung +-0.01 between epochs (0.0940 / 0.0409 test): capping pi/beta at 2 cuts the variance
-of the importance-weighted gradient, as the paper's capping does.
+Capping pi/beta (``weight_cap``) cuts the variance of the importance-weighted gradient, as the paper's
+capping does: with a large cap and little dropout the validation curve peaked early and swung between
+epochs (bench/results/model_defaults.md).
 """
 
 from __future__ import annotations

@@ -16,17 +16,15 @@ price of not keeping a per-user mask. ``logq_correction`` subtracts log of each 
 draws (in-batch positives arrive in proportion to train popularity, negatives uniformly: the
 mixed-sampling correction of Yang et al., 2020), which removes the popularity discount of in-batch
 negatives. Off by default: with de-duplicated candidates the discount is small, and on ML-100K the
-correction cost 0.002 valid NDCG@10 (full ranking rewards popular items).
+correction lowered valid NDCG@10 (full ranking rewards popular items).
 
 History: the user tower pools the point-in-time history, which makes next-item prediction from the
-most recent items an easy shortcut. Under leave_last_out that is the signal (test NDCG@10 0.096 vs
-SASRec's 0.092); under random_holdout the held-out items are spread over the whole timeline and the
-shortcut hurts (valid NDCG@10 after ~6 epochs: 0.188 with the history, 0.218 with none).
+most recent items an easy shortcut. Under leave_last_out that is the signal; under random_holdout the
+held-out items are spread over the whole timeline and the shortcut hurts validation NDCG@10.
 ``history_dropout`` empties the history of a share of the training rows so the id and attributes
 must carry the user on their own; ``pool_history: false`` drops the history input altogether: the configured
-default, because the issue's target is random_holdout (test NDCG@10 0.308 without the history vs
-0.231 with it; leave_last_out 0.057 vs 0.096). Cold users are then scored from attributes only, and
-the instance's ``scores_from_history`` is False.
+default, chosen on random_holdout validation data (bench/results/model_defaults.md). Cold users are then scored from attributes
+only, and the instance's ``scores_from_history`` is False.
 
 Cold start: with probability ``user_id_dropout`` a training row's user id is replaced by a shared
 "unknown" row (index ``n_users``), so the tower learns to work from attributes + history alone;
