@@ -58,9 +58,9 @@ sys.path.insert(0, str(REPO_ROOT))
 from ingestion.fetch import fetch_ml100k  # noqa: E402
 from ingestion.readers import read_recbole_atomic  # noqa: E402
 from ingestion.schema import GENRE_SEPARATOR  # noqa: E402
-from monitoring.drift import Checks, data_thresholds, decide  # noqa: E402
-from monitoring.reports import DriftReport, column_drift_report  # noqa: E402
-from monitoring.windows import data_drift_frame, drift_columns, missing_shares, usable_columns  # noqa: E402
+from monitoring.drift import Checks, data_drift_check, data_thresholds, decide  # noqa: E402
+from monitoring.reports import DriftReport  # noqa: E402
+from monitoring.windows import data_drift_frame, drift_columns  # noqa: E402
 from pipeline.config import MonitoringConfig, load_config  # noqa: E402
 from pipeline.provenance import code_commit  # noqa: E402
 from pipeline.schema import DataSchema  # noqa: E402
@@ -148,39 +148,22 @@ def inject(shift: str, a: pd.DataFrame, b: pd.DataFrame, rng: np.random.Generato
 
 
 def measure(
-    a: pd.DataFrame, b: pd.DataFrame, earlier: pd.DataFrame, schema: DataSchema, cfg: MonitoringConfig
+    a: pd.DataFrame,
+    b: pd.DataFrame,
+    earlier: pd.DataFrame,
+    schema: DataSchema,
+    cfg: MonitoringConfig,
+    earlier_b: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """The monitor's data-drift checks of ``b`` against ``a`` (both relative to ``earlier``)."""
+    """The monitor's data-drift decision of ``b`` against ``a``; a user or item is new in a window when
+    it is not in ``earlier`` (``earlier_b`` for ``b`` when the windows start at different times)."""
+    earlier_b = earlier if earlier_b is None else earlier_b
     ref = data_drift_frame(a, schema, earlier["user_id"], earlier["item_id"])
-    cur = data_drift_frame(b, schema, earlier["user_id"], earlier["item_id"])
-    numerical, categorical = drift_columns(schema)
-    num, cat = usable_columns(ref, cur, numerical, categorical)
-    data = column_drift_report(
-        ref,
-        cur,
-        num,
-        cat,
-        drift_share=cfg.data_drift_share_threshold,
-        metadata={},
-        tags=[],
-        num_threshold=cfg.num_drift_threshold,
-        cat_threshold=cfg.cat_drift_threshold,
-        column_thresholds=cfg.column_drift_thresholds,
-    )
-    missing = missing_shares(ref, cur, numerical + categorical)
+    cur = data_drift_frame(b, schema, earlier_b["user_id"], earlier_b["item_id"])
+    data, thresholds, missing = data_drift_check(ref, cur, schema, cfg, {}, [])
     quiet = DriftReport(snapshot=None, columns=[], share=0.0, drifted=[], distances={})
-    decision = decide(
-        Checks(
-            data,
-            quiet,
-            True,
-            math.inf,
-            data_thresholds=data_thresholds(num + cat, num, cfg),
-            missing=missing,
-            user_columns=frozenset(schema.user_features),
-        ),
-        cfg,
-    )
+    checks = Checks(data, quiet, True, math.inf, thresholds, missing, frozenset(schema.user_features))
+    decision = decide(checks, cfg)
     return {
         "rows": [len(a), len(b)],
         "distances": data.distances,
@@ -217,50 +200,20 @@ def choose_thresholds(tuning: list[dict[str, Any]], schema: DataSchema) -> dict[
 def timeline_pairs(events: pd.DataFrame, n: int, schema: DataSchema, cfg: MonitoringConfig) -> list[dict]:
     """Consecutive windows of n events along the timeline, ending with the monitor's pair (newest two)."""
     out = []
-    ends = list(range(len(events), 2 * n - 1, -n))[::-1]
-    for end in ends:
+    for end in list(range(len(events), 2 * n - 1, -n))[::-1]:
         ref, cur = events.iloc[end - 2 * n : end - n], events.iloc[end - n : end]
         before_ref = events.iloc[: end - 2 * n][["user_id", "item_id"]]
         before_cur = events.iloc[: end - n][["user_id", "item_id"]]
-        numerical, categorical = drift_columns(schema)
-        rf = data_drift_frame(ref, schema, before_ref["user_id"], before_ref["item_id"])
-        cf = data_drift_frame(cur, schema, before_cur["user_id"], before_cur["item_id"])
-        num, cat = usable_columns(rf, cf, numerical, categorical)
-        data = column_drift_report(
-            rf,
-            cf,
-            num,
-            cat,
-            drift_share=cfg.data_drift_share_threshold,
-            metadata={},
-            tags=[],
-            num_threshold=cfg.num_drift_threshold,
-            cat_threshold=cfg.cat_drift_threshold,
-            column_thresholds=cfg.column_drift_thresholds,
-        )
-        missing = missing_shares(rf, cf, numerical + categorical)
-        quiet = DriftReport(snapshot=None, columns=[], share=0.0, drifted=[], distances={})
-        decision = decide(
-            Checks(
-                data,
-                quiet,
-                True,
-                math.inf,
-                data_thresholds(num + cat, num, cfg),
-                missing,
-                frozenset(schema.user_features),
-            ),
-            cfg,
-        )
+        result = measure(ref, cur, before_ref, schema, cfg, earlier_b=before_cur)
         out.append(
             {
                 "reference": [str(ref["event_timestamp"].min()), str(ref["event_timestamp"].max())],
                 "current": [str(cur["event_timestamp"].min()), str(cur["event_timestamp"].max())],
-                "rows": [len(ref), len(cur)],
+                "rows": result["rows"],
                 "monitor_pair": end == len(events),
-                "distances": data.distances,
-                "verdict": decision.verdict,
-                "fired": bool(decision.reasons),
+                "distances": result["distances"],
+                "verdict": result["verdict"],
+                "fired": result["fired"],
             }
         )
     return out

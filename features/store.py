@@ -147,6 +147,12 @@ def namespace_for(data_version: str, cfg: FeatureConfig) -> str:
     return f"recforge_{version}_h{cfg.history_length}"
 
 
+def history_length_of(namespace: str) -> int | None:
+    """The history length a namespace's ``recent_items`` hold (its ``_h<N>`` suffix), or None."""
+    match = re.search(r"_h(\d+)$", namespace)
+    return int(match.group(1)) if match else None
+
+
 @contextlib.contextmanager
 def _feast_env(home: Path, namespace: str) -> Iterator[None]:
     """Set what ``feature_store.yaml`` and the definitions expand while Feast reads them; restore after."""

@@ -37,6 +37,7 @@ import pandas as pd
 from ingestion.schema import INTERACTION_COLUMNS, PROVENANCE
 from pipeline.artifacts import file_lock
 from pipeline.config import ValidationConfig
+from pipeline.run_index import sql_engine
 
 KEY = ["user_id", "item_id", "timestamp"]
 ONLINE_LOG_URL_ENV = "RECFORGE_ONLINE_LOG_URL"  # a database for the event and served logs (production)
@@ -192,7 +193,7 @@ class SqlLogTable:
         import sqlalchemy as sa
 
         self.url = url
-        self.engine = _engine(url)
+        self.engine = sql_engine(url)
         metadata = sa.MetaData()
         self.table = sa.Table(self.TABLE, metadata, *columns)
         create_tables(self.engine, metadata)
@@ -275,7 +276,6 @@ def _insert_for(dialect: str) -> Any:
     return insert
 
 
-_ENGINES: dict[str, Any] = {}
 _CREATE = threading.Lock()
 
 
@@ -291,12 +291,3 @@ def create_tables(engine: Any, metadata: Any) -> None:
             missing = [t.name for t in metadata.sorted_tables if not sa.inspect(engine).has_table(t.name)]
             if missing:
                 raise
-
-
-def _engine(url: str) -> Any:
-    """One engine (connection pool) per URL and process."""
-    import sqlalchemy as sa
-
-    if url not in _ENGINES:
-        _ENGINES[url] = sa.create_engine(url, pool_pre_ping=True)
-    return _ENGINES[url]

@@ -103,6 +103,34 @@ def data_thresholds(columns: list[str], numerical: list[str], cfg: MonitoringCon
     }
 
 
+def data_drift_check(
+    ref_data: pd.DataFrame,
+    cur_data: pd.DataFrame,
+    schema: DataSchema,
+    cfg: MonitoringConfig,
+    metadata: dict[str, str],
+    tags: list[str],
+) -> tuple[DriftReport, dict[str, float], dict[str, tuple[float, float]]]:
+    """The data-drift report of two windows' ``data_drift_frame``s with the configured thresholds, the
+    threshold of each tested column, and each monitored column's (reference, current) missing share."""
+    numerical, categorical = drift_columns(schema)
+    usable_num, usable_cat = usable_columns(ref_data, cur_data, numerical, categorical)
+    data = column_drift_report(
+        ref_data,
+        cur_data,
+        usable_num,
+        usable_cat,
+        drift_share=cfg.data_drift_share_threshold,
+        metadata=metadata,
+        tags=tags,
+        num_threshold=cfg.num_drift_threshold,
+        cat_threshold=cfg.cat_drift_threshold,
+        column_thresholds=cfg.column_drift_thresholds,
+    )
+    thresholds = data_thresholds(usable_num + usable_cat, usable_num, cfg)
+    return data, thresholds, missing_shares(ref_data, cur_data, numerical + categorical)
+
+
 def decide(checks: Checks, cfg: MonitoringConfig) -> Decision:
     """Reasons to retrain, the verdict and what to do. Thresholds: ``MonitoringConfig``.
 
@@ -238,22 +266,9 @@ def run_drift(
     lap("load")
 
     ref_data, cur_data = window_frames(windows, schema)
-    numerical, categorical = drift_columns(schema)
-    usable_num, usable_cat = usable_columns(ref_data, cur_data, numerical, categorical)
-    thresholds = data_thresholds(usable_num + usable_cat, usable_num, cfg)
-    data = column_drift_report(
-        ref_data,
-        cur_data,
-        usable_num,
-        usable_cat,
-        drift_share=cfg.data_drift_share_threshold,
-        metadata={**metadata, "report": "data_drift"},
-        tags=tags,
-        num_threshold=cfg.num_drift_threshold,
-        cat_threshold=cfg.cat_drift_threshold,
-        column_thresholds=cfg.column_drift_thresholds,
+    data, thresholds, missing = data_drift_check(
+        ref_data, cur_data, schema, cfg, {**metadata, "report": "data_drift"}, tags
     )
-    missing = missing_shares(ref_data, cur_data, numerical + categorical)
     lap("data_drift")
 
     items = item_descriptions(pd.concat([reference, current], ignore_index=True), scorer, schema)

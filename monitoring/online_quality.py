@@ -104,18 +104,6 @@ def served_quality_drop(
     return None
 
 
-def online_quality_of_home(
-    home: Path, k: int = 10, horizon: timedelta = timedelta(days=1), now: datetime | None = None
-) -> pd.DataFrame:
-    """``online_quality`` of a RECFORGE_HOME's served log and event log."""
-    from ingestion.event_log import open_event_log
-    from pipeline.layout import Layout
-    from serving.served_log import read_served, served_store
-
-    layout = Layout(Path(home))
-    return online_quality(read_served(served_store(layout)), open_event_log(layout).read(), k, horizon, now)
-
-
 # ---- the Evidently workspace -------------------------------------------------------------------
 
 ONLINE_PROJECT = "recforge online quality"
@@ -125,7 +113,8 @@ MAX_MODELS_PLOTTED = 6  # the newest model tags get a line each
 
 
 def publish_online_quality(
-    home: Path,
+    served: pd.DataFrame,
+    events: pd.DataFrame,
     workspace: Path,
     k: int = 10,
     horizon: timedelta = timedelta(days=1),
@@ -134,24 +123,20 @@ def publish_online_quality(
     """One Evidently run per (model tag, day) of scored served lists (hit@k and NDCG@k means, list
     count) in the workspace project ``ONLINE_PROJECT``, and its dashboard: a tab of line plots per
     model tag. A day whose scored lists changed since the last call gets its run replaced; unchanged
-    days are left alone. Returns counts of runs added, replaced and kept."""
+    days are left alone. ``served``/``events``: the served log and the event log, as read. Returns counts
+    of runs added, replaced and kept."""
     import json
 
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import MeanValue, SumValue
     from evidently.ui.workspace import Workspace
 
-    from ingestion.event_log import open_event_log
     from pipeline.artifacts import atomic_write_text, file_lock
-    from pipeline.layout import Layout
-    from serving.served_log import read_served, served_store
 
-    layout = Layout(Path(home))
-    served = read_served(served_store(layout))
     counts = {"added": 0, "replaced": 0, "kept": 0}
     if served.empty:
         return counts
-    lists = score_lists(served, open_event_log(layout).read(), k, horizon, now)
+    lists = score_lists(served, events, k, horizon, now)
     lists = lists[lists["scored"]]
     workspace = Path(workspace)
     with file_lock(workspace / ".recforge.lock"):

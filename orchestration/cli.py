@@ -139,7 +139,7 @@ def cmd_status(args: argparse.Namespace) -> None:
         print("online quality: nothing served yet")
         return
     published = publish_online_quality(
-        layout.home, layout.evidently_workspace, k=args.k, horizon=timedelta(hours=args.horizon_hours)
+        served, events, layout.evidently_workspace, k=args.k, horizon=timedelta(hours=args.horizon_hours)
     )
     print(
         f"online quality in the Evidently workspace (make drift-ui, project '{ONLINE_PROJECT}'): "

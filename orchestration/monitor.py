@@ -49,25 +49,30 @@ def check_champion_drift(
     )
     manifest = outputs["drift"]
     result = json.loads(open(manifest).read())
-    online = publish_served_quality(layout, cfg.monitoring)
-    served = served_quality_check(layout, cfg.monitoring, champion.model_tag)
-    answers = served_prediction_check(layout, cfg.monitoring, champion, Path(manifest).parent)
+    # The online logs, read once: what was served, and what users did after.
+    from ingestion.event_log import open_event_log
+    from serving.served_log import read_served, served_store
+
+    served_log = read_served(served_store(layout))
+    events = open_event_log(layout).read()
+    online = publish_served_quality(layout.evidently_workspace, served_log, events, cfg.monitoring)
+    answers = served_prediction_check(layout, served_log, cfg.monitoring, champion, Path(manifest).parent)
     result["served_prediction_drift"] = answers
     if answers.get("drifted"):
-        result["reasons"] = [*result.get("reasons", []), answers["reason"]]
-        result["verdict"] = (
-            f"{result['verdict']}; " if result.get("drift_detected") else ""
-        ) + f"served prediction drift in {', '.join(answers['columns'])}"
-        result["drift_detected"] = True
-        result["action"] = "retrain on recent data (requested); what the service serves changed"
-    if served:  # the lists users were shown got worse: retrain, whatever the data windows say
-        result["reasons"] = [*result.get("reasons", []), served]
-        no_drift = not result.get("drift_detected")
-        result["drift_detected"] = True
-        result["verdict"] = (
-            "served quality dropped" if no_drift else f"{result['verdict']}; served quality dropped"
+        _retrain_for(
+            result,
+            answers["reason"],
+            f"served prediction drift in {', '.join(answers['columns'])}",
+            "retrain on recent data (requested); what the service serves changed",
         )
-        result["action"] = "retrain on recent data (requested); the served lists are followed less often"
+    served = served_quality_check(served_log, events, cfg.monitoring, champion.model_tag)
+    if served:  # the lists users were shown got worse: retrain, whatever the data windows say
+        _retrain_for(
+            result,
+            served,
+            "served quality dropped",
+            "retrain on recent data (requested); the served lists are followed less often",
+        )
     return {
         "model": model,
         "drift_detected": bool(result.get("drift_detected")),
@@ -79,20 +84,29 @@ def check_champion_drift(
     }
 
 
-def served_prediction_check(layout: Any, cfg: Any, champion: Any, out_dir: Path) -> dict[str, Any]:
+def _retrain_for(result: dict[str, Any], reason: str, verdict: str, action: str) -> None:
+    """Add a reason to retrain to the drift ``result``: its verdict extended, its action replaced."""
+    result["reasons"] = [*result.get("reasons", []), reason]
+    result["verdict"] = f"{result['verdict']}; {verdict}" if result.get("drift_detected") else verdict
+    result["drift_detected"] = True
+    result["action"] = action
+
+
+def served_prediction_check(
+    layout: Any, served_log: Any, cfg: Any, champion: Any, out_dir: Path
+) -> dict[str, Any]:
     """Prediction drift of the champion's logged answers (``monitoring.served_drift``), its report saved
     beside the monitor's drift report; ``{"measured": False, "why": ...}`` with too few answers."""
     import numpy as np
 
     from monitoring.reports import save_report
     from monitoring.served_drift import served_prediction_drift
-    from serving.served_log import read_served, served_store
 
     model_dir = layout.home / "runs" / champion.run_uid / "model"
     item_ids = json.loads((model_dir / "item_ids.json").read_text())
     counts = np.load(model_dir / "popularity.npy")[1:]  # row 0 is the padding item
     report = served_prediction_drift(
-        read_served(served_store(layout)),
+        served_log,
         champion.model_tag,
         dict(zip(item_ids, counts.tolist(), strict=True)),
         cfg.served_window,
@@ -118,20 +132,20 @@ def served_prediction_check(layout: Any, cfg: Any, champion: Any, out_dir: Path)
     }
 
 
-def served_quality_check(layout: Any, cfg: Any, model_tag: str) -> str | None:
+def served_quality_check(served_log: Any, events: Any, cfg: Any, model_tag: str) -> str | None:
     """A reason to retrain when the champion's served lists got worse (``served_quality_drop``)."""
     from datetime import timedelta
 
-    from monitoring.online_quality import online_quality_of_home, served_quality_drop
+    from monitoring.online_quality import online_quality, served_quality_drop
 
     horizon = timedelta(hours=cfg.served_quality_horizon_hours)
-    quality = online_quality_of_home(layout.home, cfg.served_quality_k, horizon)
+    quality = online_quality(served_log, events, cfg.served_quality_k, horizon)
     if quality.empty:
         return None
     return served_quality_drop(quality, model_tag, cfg.max_served_quality_drop, cfg.min_served_lists)
 
 
-def publish_served_quality(layout: Any, cfg: Any) -> dict[str, Any]:
+def publish_served_quality(workspace: Path, served_log: Any, events: Any, cfg: Any) -> dict[str, Any]:
     """Refresh the online-quality runs and dashboard in the Evidently workspace (served lists judged by
     the events that followed). A failure is logged and returned, not raised: the drift verdict stands."""
     from datetime import timedelta
@@ -140,11 +154,12 @@ def publish_served_quality(layout: Any, cfg: Any) -> dict[str, Any]:
 
     try:
         return publish_online_quality(
-            layout.home,
-            layout.evidently_workspace,
+            served_log,
+            events,
+            workspace,
             cfg.served_quality_k,
             timedelta(hours=cfg.served_quality_horizon_hours),
         )
     except Exception as exc:  # noqa: BLE001 - the dashboard is a view; the drift decision must not wait on it
-        log.warning("online quality not published to %s: %s", layout.evidently_workspace, exc)
+        log.warning("online quality not published to %s: %s", workspace, exc)
         return {"error": f"{type(exc).__name__}: {exc}"}

@@ -69,7 +69,8 @@ def index_url(layout: Layout, configured: str = "") -> str:
 
 
 @cache
-def _engine(url: str) -> sa.Engine:
+def sql_engine(url: str) -> sa.Engine:
+    """One engine (connection pool) per database URL and process, for the run index and the online logs."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -86,6 +87,12 @@ def _engine(url: str) -> sa.Engine:
             cursor.close()
     else:
         engine = sa.create_engine(url, pool_pre_ping=True)
+    return engine
+
+
+@cache
+def _engine(url: str) -> sa.Engine:
+    engine = sql_engine(url)
     metadata.create_all(engine)
     return engine
 

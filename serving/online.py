@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -145,9 +144,10 @@ class OnlineHistory:
 
     @property
     def history_length(self) -> int:
-        """Items kept per user: the namespace's ``_h<N>`` suffix (features.store.namespace_for)."""
-        match = re.search(r"_h(\d+)$", self.namespace)
-        return int(match.group(1)) if match else DEFAULT_HISTORY_LENGTH
+        """Items kept per user, as the namespace was built with (``features.store.namespace_for``)."""
+        from features.store import history_length_of
+
+        return history_length_of(self.namespace) or DEFAULT_HISTORY_LENGTH
 
     def append_events(self, events: Any) -> None:
         """Add new events (DataFrame: user_id, item_id, timestamp ISO-8601, rating text) to each

@@ -10,13 +10,13 @@ import torch
 from pipeline.artifacts import FeatureSet
 from pipeline.config import SplitConfig
 from pipeline.layout import Layout
+from tests.model_helpers import cold_start_holdout
 from training.attributes import attributes_for
 from training.data import GeneralDataModule
 from training.models import build_model
 from training.split import make_split
 
 torch.set_num_threads(1)
-N_CLUSTERS = 4  # tests/conftest.py: item i and users preferring cluster c have i % 4 == c
 # Heavier id dropout than the default: ~36 training users give the attribute vectors few rows otherwise.
 PARAMS = {"embedding_size": 16, "lr": 0.01, "reg_weight": 1e-3, "id_dropout": 0.8}
 
@@ -24,10 +24,6 @@ PARAMS = {"embedding_size": 16, "lr": 0.01, "reg_weight": 1e-3, "id_dropout": 0.
 @pytest.fixture
 def split(feature_set: FeatureSet, layout: Layout):
     return make_split(feature_set, SplitConfig(protocol="leave_last_out"), layout)
-
-
-def _clusters(ids: list[str]) -> np.ndarray:
-    return np.asarray([int(i[1:]) % N_CLUSTERS for i in ids])
 
 
 def _train(module, matrix: sp.csr_matrix, epochs: int) -> None:
@@ -54,21 +50,7 @@ def _train(module, matrix: sp.csr_matrix, epochs: int) -> None:
 def _held_out(split):
     """The train matrix without two users per cluster and one item per cluster (the cold ones)."""
     dm = GeneralDataModule(split, batch_size=128, history_length=10)
-    item_cluster = np.concatenate([[-1], _clusters(dm.index.item_ids)])
-    attributes = attributes_for(split).users
-    occupation = [f.name for f in attributes.fields].index("occupation")
-    vocab = attributes.fields[occupation].vocab
-    # conftest: a user's occupation names the cluster their behaviour starts in.
-    user_cluster = np.asarray(
-        [int(vocab[c - 1][-1]) for c in attributes.codes[:, attributes.offsets[occupation]]]
-    )
-    cold_users = np.concatenate([np.flatnonzero(user_cluster == c)[:2] for c in range(N_CLUSTERS)])
-    cold_items = np.asarray([np.flatnonzero(item_cluster == c)[0] for c in range(N_CLUSTERS)])
-    matrix = dm.train_matrix.tocsr().copy()
-    matrix[cold_users] = 0
-    matrix[:, cold_items] = 0
-    matrix.eliminate_zeros()
-    return dm, matrix, user_cluster, item_cluster, cold_users, cold_items
+    return dm, *cold_start_holdout(split, dm.index, dm.train_matrix)
 
 
 def test_cold_users_and_items_are_placed_by_their_attributes(split) -> None:

@@ -81,7 +81,7 @@ def test_published_to_the_evidently_workspace_with_a_dashboard(tmp_path) -> None
     from ingestion.event_log import EventLog
     from monitoring.online_quality import ONLINE_PROJECT, publish_online_quality
     from pipeline.layout import Layout
-    from serving.served_log import ServedLog
+    from serving.served_log import ServedLog, read_served
 
     layout = Layout(tmp_path / "home")
     log = ServedLog(layout.served_log, flush_s=3600)
@@ -98,12 +98,16 @@ def test_published_to_the_evidently_workspace_with_a_dashboard(tmp_path) -> None
     events.assign(rating="").to_parquet(layout.event_log / "events-test.parquet", index=False)
 
     workspace = tmp_path / "evidently"
-    assert publish_online_quality(layout.home, workspace, k=2, now=NOW) == {
+
+    def logs():
+        return read_served(layout.served_log), EventLog(layout.event_log).read()
+
+    assert publish_online_quality(*logs(), workspace, k=2, now=NOW) == {
         "added": 2,
         "replaced": 0,
         "kept": 2 - 2,
     }
-    assert publish_online_quality(layout.home, workspace, k=2, now=NOW)["kept"] == 2  # idempotent
+    assert publish_online_quality(*logs(), workspace, k=2, now=NOW)["kept"] == 2  # idempotent
 
     ws = Workspace.create(str(workspace))
     (project,) = ws.search_project(ONLINE_PROJECT)

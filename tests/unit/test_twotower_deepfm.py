@@ -13,7 +13,7 @@ import torch
 from pipeline.artifacts import FeatureSet
 from pipeline.config import SplitConfig, TrainerConfig
 from pipeline.layout import Layout
-from tests.model_helpers import artifact_round_trip, overfit_losses
+from tests.model_helpers import artifact_round_trip, cold_start_holdout, overfit_losses
 from training.artifact import load_model_artifact
 from training.attributes import attributes_for
 from training.data import ExampleDataModule, build_eval_inputs, build_example_set
@@ -47,7 +47,6 @@ SMALL = {
     },
 }
 NAMES = list(SMALL)
-N_CLUSTERS = 4  # tests/conftest.py: item i and users preferring cluster c have i % 4 == c
 
 
 @pytest.fixture
@@ -210,37 +209,22 @@ def test_train_model_beats_popularity(name: str, split, tmp_path: Path) -> None:
         assert metrics["auc"] > 0.6 and math.isfinite(metrics["logloss"]), metrics
 
 
-def _clusters(ids: list[str]) -> np.ndarray:
-    return np.asarray([int(i[1:]) % N_CLUSTERS for i in ids])
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_cold_users_and_items_are_scored_from_attributes(name: str, split) -> None:
     """Users and items removed from training are placed by their attributes alone."""
     torch.manual_seed(0)
     dm = _datamodule(name, split)
-    item_cluster = np.concatenate([[-1], _clusters(dm.index.item_ids)])
-    # conftest: a user's occupation is "occupation<c>" for the cluster c their behaviour starts in
-    # (random jumps then spread it, so about 40 % of their events stay in c vs 20 % per other cluster).
-    attributes = attributes_for(split).users
-    occupation = [f.name for f in attributes.fields].index("occupation")
-    vocab = attributes.fields[occupation].vocab
-    user_cluster = np.asarray(
-        [int(vocab[c - 1][-1]) for c in attributes.codes[:, attributes.offsets[occupation]]]
+    train_matrix, user_cluster, item_cluster, cold_users, cold_items = cold_start_holdout(
+        split, dm.index, dm.train_matrix
     )
-    cold_users = np.concatenate([np.flatnonzero(user_cluster == c)[:2] for c in range(N_CLUSTERS)])
-    cold_items = np.asarray([np.flatnonzero(item_cluster == c)[0] for c in range(N_CLUSTERS)])
     examples = dm.examples
     keep = ~np.isin(examples.users, cold_users) & ~np.isin(examples.items, cold_items)
-    train_matrix = dm.train_matrix.tocsr().copy()
-    train_matrix[cold_users] = 0
-    train_matrix[:, cold_items] = 0
-    train_matrix.eliminate_zeros()
     module = _module(name, dm, split, train_matrix)
     # Heavier id dropout than the defaults: ~36 training users give few "unknown user" rows otherwise.
     module.user_id_dropout = module.item_id_dropout = 0.5
     _train(module, dm, np.flatnonzero(keep), epochs=20)
 
+    attributes = attributes_for(split).users
     codes, numbers = (
         torch.from_numpy(attributes.codes[cold_users]),
         torch.from_numpy(attributes.numbers[cold_users]),

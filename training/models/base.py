@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,6 +62,12 @@ def fold_in_users(
         count = mask.sum(dim=1, keepdim=True).clamp(min=1)
         vectors = torch.where(known.unsqueeze(1), vectors, items.sum(dim=1) / count)
     return vectors
+
+
+def item_train_counts(matrix: Any) -> torch.Tensor:
+    """(n_items + 1,) float32: how many users interacted with each item in the training matrix
+    (the models that score items without training interactions from attributes tell them apart by it)."""
+    return torch.from_numpy(np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.float32))
 
 
 class RecommenderModule(L.LightningModule):

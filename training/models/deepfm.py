@@ -25,13 +25,12 @@ probability ``user_id_dropout`` / ``item_id_dropout`` while training; users unkn
 
 from __future__ import annotations
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
 from training.attributes import AttributeEncoder, Attributes
-from training.models.base import CandidateRanker
+from training.models.base import CandidateRanker, item_train_counts
 from training.models.capabilities import (
     EmbedsNewItems,
     NeedsTrainMatrix,
@@ -113,7 +112,7 @@ class DeepFM(
     # ---- hooks ----------------------------------------------------------------------------------
     def set_train_matrix(self, matrix: sp.csr_matrix) -> None:
         """Items with training interactions keep their id row; the others use the unknown row."""
-        self.item_in_train.copy_(torch.from_numpy(np.asarray((matrix > 0).sum(axis=0)).ravel() > 0))
+        self.item_in_train.copy_(item_train_counts(matrix) > 0)
 
     # ---- fields ---------------------------------------------------------------------------------
     def _drop_ids(self, ids: torch.Tensor, rate: float, unknown: int) -> torch.Tensor:

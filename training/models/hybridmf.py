@@ -25,14 +25,13 @@ With an ids-only schema the model is BPR-MF with an item bias.
 
 from __future__ import annotations
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.attributes import AttributeEncoder, Attributes
-from training.models.base import RecommenderModule, latent_factor_tables
+from training.models.base import RecommenderModule, item_train_counts, latent_factor_tables
 from training.models.capabilities import (
     EmbedsNewItems,
     NeedsTrainMatrix,
@@ -81,8 +80,7 @@ class HybridMF(
 
     def set_train_matrix(self, matrix: sp.csr_matrix) -> None:
         """Which items have training interactions: the others are scored from their attributes."""
-        counts = np.asarray((matrix > 0).sum(axis=0)).ravel()
-        self.item_in_train.copy_(torch.from_numpy(counts > 0))
+        self.item_in_train.copy_(item_train_counts(matrix) > 0)
 
     # ---- vectors --------------------------------------------------------------------------------
     def _kept(self, shape: torch.Size, device: torch.device) -> torch.Tensor:

@@ -35,14 +35,13 @@ items without a training interaction always use it, so they are scored from thei
 
 from __future__ import annotations
 
-import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.attributes import AttributeEncoder, Attributes
-from training.models.base import RecommenderModule
+from training.models.base import RecommenderModule, item_train_counts
 from training.models.capabilities import (
     EmbedsNewItems,
     NeedsTrainMatrix,
@@ -134,7 +133,7 @@ class TwoTower(
     # ---- hooks ----------------------------------------------------------------------------------
     def set_train_matrix(self, matrix: sp.csr_matrix) -> None:
         """Which items have training interactions (others use the unknown id row) and their counts."""
-        counts = torch.from_numpy(np.asarray((matrix > 0).sum(axis=0)).ravel().astype(np.float32))
+        counts = item_train_counts(matrix)
         self.item_in_train.copy_(counts > 0)
         self.item_log_count.copy_(torch.log(counts.clamp(min=1.0)))
 
