@@ -15,10 +15,15 @@ how often does it catch a real change? Both on windows the size the monitor comp
   items are "new" when they have no event before the period. The first ``--tune`` pairs choose the
   thresholds, the next ``--evaluate`` pairs (other seeds) measure the false-alarm rate out of sample.
 - **Injected shifts**, each applied to the second half of fresh stationary pairs: (a) popularity moves
-  towards other genres (half of the events on items outside a random third of the genres dropped),
-  (b) a surge of new users (the users of about a third of the events get ids never seen before),
-  (c) the rating scale changes (ratings x2, 2-10), (d) a broken upstream column (one attribute, in
-  turn, missing in most events). Detected = the decision fired *and* named the shifted column.
+  towards other genres (half, or in the ``_strong`` variant three quarters, of the events on items
+  outside a random third of the genres dropped), (b) a surge of new users: new visitors with short
+  visits (1-5 events each) take over a third of the events, (c) the rating scale changes (ratings x2,
+  2-10), (d) a broken upstream column (one attribute, in turn, missing in most events). Detected = the
+  decision fired *and* named a column of the shift (for a surge: the share of new users or user
+  activity). Also reported: ``new_user_relabel``, existing users (a third of the events) relabelled to
+  new ids with their behaviour unchanged. Most of a MovieLens window's events already come from users
+  new to it (users rate in a burst after signing up; the table reports the share), so relabelling
+  barely moves any distribution: it measures what the monitor cannot see, not a miss to tune away.
 - **The real timeline**: the monitor's windows (the newest share against the window before it) and
   every consecutive pair of windows along the timeline, for reading; nothing is tuned on them.
 
@@ -68,7 +73,16 @@ from pipeline.schema import DataSchema  # noqa: E402
 SCHEMA = REPO_ROOT / "configs" / "schemas" / "movielens.yaml"
 EFFECT_FLOOR = {"numerical": 0.05, "categorical": 0.05, "missing": 0.1}
 MARGIN = 1.5
-SHIFTS = ("genre_popularity", "new_user_surge", "rating_scale_x2", "broken_column")
+SHIFTS = (
+    "genre_popularity",
+    "genre_popularity_strong",
+    "new_user_surge",
+    "new_user_relabel",
+    "rating_scale_x2",
+    "broken_column",
+)
+# The columns that may name each shift: a surge of new visitors shows as new users or as light activity.
+AUDIENCE_COLUMNS = ("new_user", "log_user_window_events")
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -112,26 +126,39 @@ def stationary_pair(events: pd.DataFrame, n: int, rng: np.random.Generator) -> t
 
 
 def inject(shift: str, a: pd.DataFrame, b: pd.DataFrame, rng: np.random.Generator, attribute: str) -> tuple:
-    """(a, b shifted, the column the shift should be named by, what was done in words)."""
+    """(a, b shifted, the columns that may name the shift, what was done in words)."""
     b = b.copy()
-    if shift == "genre_popularity":
+    if shift.startswith("genre_popularity"):
         genres = sorted({g for gs in b["genres"] for g in gs})
         target = {str(g) for g in rng.choice(genres, max(1, len(genres) // 3), replace=False)}
         hit = b["genres"].map(lambda gs: bool(target & set(gs))).to_numpy()
-        keep = hit | (rng.random(len(b)) < 0.5)
+        kept_elsewhere = 0.25 if shift.endswith("_strong") else 0.5
+        keep = hit | (rng.random(len(b)) < kept_elsewhere)
         before = hit.mean()
         b = b[keep].reset_index(drop=True)
         a = a.iloc[np.sort(rng.choice(len(a), len(b), replace=False))].reset_index(drop=True)
-        return a, b, "primary_genres", f"events on {sorted(target)}: {before:.0%} -> {hit[keep].mean():.0%}"
+        what = f"events on {sorted(target)}: {before:.0%} -> {hit[keep].mean():.0%}"
+        return a, b, ("primary_genres",), what
     if shift == "new_user_surge":
+        # New visitors, each with a short visit (1-5 events), take over a third of the window's events.
+        taken = np.flatnonzero(rng.random(len(b)) < 1 / 3)
+        visit_lengths = rng.integers(1, 6, size=len(taken))
+        visitor = np.repeat(np.arange(len(taken)), visit_lengths)[: len(taken)]
+        b.loc[taken, "user_id"] = [f"visitor-{v}" for v in visitor]
+        what = (
+            f"{len(taken) / len(b):.0%} of the events by {visitor.max() + 1} new visitors (1-5 events each)"
+        )
+        return a, b, AUDIENCE_COLUMNS, what
+    if shift == "new_user_relabel":
+        # Existing users (about a third of the events) get ids never seen before, behaviour unchanged.
         counts = b["user_id"].value_counts().sample(frac=1.0, random_state=int(rng.integers(1 << 31)))
         chosen = counts.index[counts.cumsum() <= len(b) / 3]
         renamed = b["user_id"].isin(chosen)
         b.loc[renamed, "user_id"] = "surge-" + b.loc[renamed, "user_id"]
-        return a, b, "new_user", f"{renamed.mean():.0%} of the events by users never seen before"
+        return a, b, AUDIENCE_COLUMNS, f"{renamed.mean():.0%} of the events relabelled to new user ids"
     if shift == "rating_scale_x2":
         b["rating"] = b["rating"] * 2
-        return a, b, "rating", "ratings x2 (scale 2-10)"
+        return a, b, ("rating",), "ratings x2 (scale 2-10)"
     if shift == "broken_column":
         broken = rng.random(len(b)) < 0.8
         if attribute == "genres":
@@ -140,7 +167,7 @@ def inject(shift: str, a: pd.DataFrame, b: pd.DataFrame, rng: np.random.Generato
         else:
             b[attribute] = b[attribute].astype(object).where(~broken, None)
             column = attribute
-        return a, b, column, f"{attribute} missing in {broken.mean():.0%} of the events"
+        return a, b, (column,), f"{attribute} missing in {broken.mean():.0%} of the events"
     raise ValueError(shift)
 
 
@@ -272,11 +299,18 @@ def main() -> None:
         for k in range(args.shift_pairs):
             rng = np.random.default_rng(20_000 + 1000 * s_i + k)
             a, b, earlier = stationary_pair(events, n, rng)
-            a, b, column, what = inject(shift, a, b, rng, attributes[k % len(attributes)])
+            a, b, columns, what = inject(shift, a, b, rng, attributes[k % len(attributes)])
             result = measure(a, b, earlier, schema, cfg)
-            named = column in result["drifted"] or column in result["broken"]
+            named = bool(set(columns) & {*result["drifted"], *result["broken"]})
+            new_share = [new_user_share(w, earlier) for w in (a, b)]
             runs.append(
-                {**result, "expected_column": column, "what": what, "detected": result["fired"] and named}
+                {
+                    **result,
+                    "expected_columns": list(columns),
+                    "what": what,
+                    "detected": result["fired"] and named,
+                    "new_user_event_share": new_share,
+                }
             )
         shifts[shift] = {
             "pairs": len(runs),
@@ -346,6 +380,11 @@ def measure_fired_from_distances(run: dict[str, Any], cfg: MonitoringConfig, sch
     return bool(drifted and share > cfg.data_drift_share_threshold) or broken
 
 
+def new_user_share(window: pd.DataFrame, earlier: pd.DataFrame) -> float:
+    """Share of a window's events by users with no event before the period."""
+    return float((~window["user_id"].isin(set(earlier["user_id"]))).mean())
+
+
 def quantiles(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     columns = sorted({c for r in runs for c in r["distances"]})
     out = {}
@@ -358,9 +397,19 @@ def quantiles(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 
 def slim(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keep = ("rows", "expected_column", "what", "fired", "detected", "verdict", "drifted", "broken")
+    keep = ("rows", "expected_columns", "what", "fired", "detected", "verdict", "drifted", "broken")
     return [
-        {k: r[k] for k in keep} | {"distance": round(r["distances"].get(r["expected_column"], math.nan), 4)}
+        {k: r[k] for k in keep}
+        | {
+            "distance": round(
+                max(
+                    (r["distances"][c] for c in r["expected_columns"] if c in r["distances"]),
+                    default=math.nan,
+                ),
+                4,
+            ),
+            "new_user_event_share": [round(x, 3) for x in r["new_user_event_share"]],
+        }
         for r in runs
     ]
 
@@ -415,16 +464,20 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "## Detection of injected shifts",
         "",
-        "| shift | pairs | fired | detected (named the column) | example | distance of the shifted column (median) |",
-        "|---|---:|---:|---:|---|---:|",
+        "| shift | pairs | fired | detected (named the column) | example | distance of the shifted column (median) "
+        "| events by new users, median (reference -> shifted) |",
+        "|---|---:|---:|---:|---|---:|---|",
     ]
     for name, s in r["shifts"].items():
         if not s["runs"]:
             continue
         med = float(np.nanmedian([x["distance"] for x in s["runs"]]))
+        new_ref, new_cur = (
+            float(np.median([x["new_user_event_share"][i] for x in s["runs"]])) for i in (0, 1)
+        )
         lines.append(
             f"| {name} | {s['pairs']} | {s['fired']} | **{s['detected']} ({s['detected'] / max(1, s['pairs']):.0%})** | "
-            f'{s["runs"][0]["what"]}: "{s["runs"][0]["verdict"]}" | {med:.3f} |'
+            f'{s["runs"][0]["what"]}: "{s["runs"][0]["verdict"]}" | {med:.3f} | {new_ref:.0%} -> {new_cur:.0%} |'
         )
     lines += [
         "",

@@ -61,9 +61,9 @@ COLUMN_MEANINGS = {
     "rating": "rating",
     "hour_of_day": "hour of day",
     "day_of_week": "day of week",
-    "item_window_share": "item popularity",
+    "log_item_window_events": "item popularity",
     "new_item": "share of new items",
-    "user_window_share": "user activity",
+    "log_user_window_events": "user activity",
     "new_user": "share of new users",
 }
 
@@ -213,7 +213,7 @@ def _action(checks: Checks, fired: list[str], broken: list[str]) -> str:
     why = []
     if "data" in fired:
         drifted = set(checks.data.drifted)
-        audience = {"new_user", "user_window_share"} | set(checks.user_columns)
+        audience = {"new_user", "log_user_window_events"} | set(checks.user_columns)
         if drifted & audience:
             why.append("the audience changed")
         if drifted - audience - {"rating", "hour_of_day", "day_of_week"}:

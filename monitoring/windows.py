@@ -13,10 +13,10 @@ Comparing with the whole training part instead would set a long, old window agai
 which differs even for an unchanged audience.
 
 Monitored columns (``data_drift_frame``) are *per-event* features, whose distribution over a window
-does not change with the window's age: the rating, hour of day and day of week; the item's and the
-user's share of the window's events (popularity and activity within the window); whether the user and
-the item were new (no event before the window started); plus the attributes the schema declares
-(``drift_columns``; text is not monitored). Cumulative features of the examples (interaction counts,
+does not change with the window's age: the rating, hour of day and day of week; the log of the item's
+and of the user's number of events in the window (popularity and activity within equally long windows);
+whether the user and the item were new (no event before the window started); plus the attributes the
+schema declares (``drift_columns``; text is not monitored). Cumulative features of the examples (interaction counts,
 history length, running mean ratings) are not monitored: they grow with time, so an older and a newer
 window always differ in them, and a detector fed with them fires on every run.
 
@@ -57,7 +57,7 @@ K = 10
 SAMPLE_SEED = 2026
 # Per-event behaviour columns monitored for every dataset; the schema's attributes are added (see
 # drift_columns).
-BEHAVIOUR_NUMERICAL = ["rating", "hour_of_day", "item_window_share", "user_window_share"]
+BEHAVIOUR_NUMERICAL = ["rating", "hour_of_day", "log_item_window_events", "log_user_window_events"]
 BEHAVIOUR_CATEGORICAL = ["day_of_week", "new_user", "new_item"]
 
 # ------------------------------------------------------------------------------------------- windows
@@ -149,15 +149,17 @@ def data_drift_frame(
     not among them is new in the window.
     """
     out = pd.DataFrame(index=window.index)
-    n = max(1, len(window))
     if "rating" in window:  # implicit-feedback data has none
         out["rating"] = pd.to_numeric(window["rating"], errors="coerce").astype("float64")
     ts = pd.to_datetime(window["event_timestamp"], utc=True)
     out["hour_of_day"] = ts.dt.hour.astype("float64")
     out["day_of_week"] = ts.dt.day_name()
     users, items = window["user_id"].astype(str), window["item_id"].astype(str)
-    out["item_window_share"] = items.map(items.value_counts()).astype("float64") / n
-    out["user_window_share"] = users.map(users.value_counts()).astype("float64") / n
+    # Log scale: activity is heavy-tailed (a handful of users rate hundreds of items in a day), and on a
+    # raw scale those few set both the distance and its normalising spread; a surge of light visitors
+    # or a flattened popularity curve moves the bulk of the distribution, which the log shows.
+    out["log_item_window_events"] = np.log(items.map(items.value_counts()).astype("float64"))
+    out["log_user_window_events"] = np.log(users.map(users.value_counts()).astype("float64"))
     out["new_user"] = np.where(users.isin(set(seen_users.astype(str))), "returning", "new")
     out["new_item"] = np.where(items.isin(set(seen_items.astype(str))), "returning", "new")
     for name, spec in {**schema.user_features, **schema.item_features}.items():

@@ -39,8 +39,8 @@ PUSHED = 1000  # more than the monitor's current window (10 % of the slice's eve
 # On a 60-user slice most columns differ between any two windows (the thresholds in configs/pipeline.yaml
 # are calibrated for 10,000-event windows); here only the rating may drift, so the test shows the loop
 # reacting to the injected shift and to nothing else.
-COLUMNS = ["age", "day_of_week", "gender", "hour_of_day", "item_window_share", "new_item", "new_user",
-           "occupation", "primary_genres", "release_year", "user_window_share"]  # fmt: skip
+COLUMNS = ["age", "day_of_week", "gender", "hour_of_day", "log_item_window_events", "log_user_window_events",
+           "new_item", "new_user", "occupation", "primary_genres", "release_year"]  # fmt: skip
 MONITORING = {
     "column_drift_thresholds": {**dict.fromkeys(COLUMNS, 100.0), "rating": 0.37},
     "drift_share_threshold": 1.0,  # prediction drift: off

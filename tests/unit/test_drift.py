@@ -248,7 +248,7 @@ def test_stationary_timeline_reports_no_drift(stationary) -> None:
     assert result.data_drift_share == 0.0 and result.data_drifted_columns == []
     assert result.prediction_drift_share <= CFG.drift_share_threshold
     assert result.verdict == "no drift" and result.action == "nothing to do"
-    assert {"rating", "age", "gender", "occupation", "item_window_share", "new_user"} <= set(
+    assert {"rating", "age", "gender", "occupation", "log_item_window_events", "new_user"} <= set(
         result.data_columns
     )
     # Cumulative features grow with time: they are not tested for drift.
@@ -455,6 +455,20 @@ def test_rating_scale_shift_is_drift_naming_the_rating() -> None:
     )
 
 
+def test_surge_of_light_visitors_is_drift_in_user_activity() -> None:
+    """New visitors with one or two events each take a third of the window: the bulk of the activity
+    distribution moves, which the log scale shows (on a raw scale the heavy users' tail hides it)."""
+    a, b = _session_halves(3)
+    taken = np.arange(len(b)) % 3 == 0
+    visitors = [f"visitor-{i // 2}" for i in range(int(taken.sum()))]
+    surge = b.assign(user_id=b["user_id"].astype(object))
+    surge.loc[taken, "user_id"] = visitors
+    data, decision = _data_decision(a, surge, CFG)
+    assert "log_user_window_events" in data.drifted, data.distances
+    assert "user activity" in decision.verdict
+    assert decision.action.startswith("the audience changed")
+
+
 def test_broken_column_is_reported_and_holds_retraining_back() -> None:
     a, b = _session_halves(2)
     broken = b.assign(occupation=b["occupation"].where(np.arange(len(b)) % 10 == 0, None))
@@ -471,12 +485,12 @@ def test_verdict_names_what_moved_and_what_to_do() -> None:
     from monitoring.reports import DriftReport
 
     def checks(drifted: list[str], ndcg: float = 0.5) -> Checks:
-        columns = ["rating", "item_window_share", "new_user", "age", "hour_of_day"]
+        columns = ["rating", "log_item_window_events", "new_user", "age", "hour_of_day"]
         data = DriftReport(None, columns, len(drifted) / len(columns), drifted, dict.fromkeys(columns, 0.3))
         quiet = DriftReport(None, [], 0.0, [], {})
         return Checks(data, quiet, True, ndcg, dict.fromkeys(columns, 0.2), {}, frozenset({"age"}))
 
-    taste = decide(checks(["item_window_share", "rating"]), CFG)
+    taste = decide(checks(["log_item_window_events", "rating"]), CFG)
     assert taste.verdict == "data drift in item popularity, rating"
     assert taste.action.startswith("the audience's taste moved; ratings moved")
     audience = decide(checks(["age", "new_user"]), CFG)
