@@ -14,7 +14,7 @@ which differs even for an unchanged audience.
 
 Monitored columns (``data_drift_frame``) are *per-event* features, whose distribution over a window
 does not change with the window's age: the rating, hour of day and day of week; the log of the item's
-and of the user's number of events in the window (popularity and activity within equally long windows);
+and of the user's number of events in the window (popularity per event, activity per user);
 whether the user and the item were new (no event before the window started); plus the attributes the
 schema declares (``drift_columns``; text is not monitored). Cumulative features of the examples (interaction counts,
 history length, running mean ratings) are not monitored: they grow with time, so an older and a newer
@@ -59,6 +59,9 @@ SAMPLE_SEED = 2026
 # drift_columns).
 BEHAVIOUR_NUMERICAL = ["rating", "hour_of_day", "log_item_window_events", "log_user_window_events"]
 BEHAVIOUR_CATEGORICAL = ["day_of_week", "new_user", "new_item"]
+# Columns with one value per user (missing on the user's other events): their missing share says how
+# many events a user has, not whether a feed broke, so the broken-feed check leaves them out.
+PER_USER_COLUMNS = ["log_user_window_events"]
 
 # ------------------------------------------------------------------------------------------- windows
 
@@ -159,7 +162,11 @@ def data_drift_frame(
     # raw scale those few set both the distance and its normalising spread; a surge of light visitors
     # or a flattened popularity curve moves the bulk of the distribution, which the log shows.
     out["log_item_window_events"] = np.log(items.map(items.value_counts()).astype("float64"))
-    out["log_user_window_events"] = np.log(users.map(users.value_counts()).astype("float64"))
+    # User activity is a distribution over users, not events: it is set on each user's first event of
+    # the window only (the drift test skips missing values), or one heavy user would count once per
+    # event and its day's burst would swamp the rest.
+    user_events = np.log(users.map(users.value_counts()).astype("float64"))
+    out["log_user_window_events"] = user_events.where(~users.duplicated())
     out["new_user"] = np.where(users.isin(set(seen_users.astype(str))), "returning", "new")
     out["new_item"] = np.where(items.isin(set(seen_items.astype(str))), "returning", "new")
     for name, spec in {**schema.user_features, **schema.item_features}.items():
@@ -186,11 +193,16 @@ def window_frames(windows: Windows, schema: DataSchema) -> tuple[pd.DataFrame, p
 def missing_shares(
     reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]
 ) -> dict[str, tuple[float, float]]:
-    """{column: (share missing in reference, share missing in current)} for the columns both frames have."""
+    """{column: (share missing in reference, share missing in current)} for the columns both frames have,
+    except the per-user ones (``PER_USER_COLUMNS``)."""
     return {
         column: (float(reference[column].isna().mean()), float(current[column].isna().mean()))
         for column in columns
-        if column in reference and column in current and len(reference) and len(current)
+        if column in reference
+        and column in current
+        and column not in PER_USER_COLUMNS
+        and len(reference)
+        and len(current)
     }
 
 
