@@ -484,6 +484,11 @@ def markdown(r: dict[str, Any]) -> str:
         "Broken column: the attribute rotates over the pairs; a fully or mostly missing column is caught by the "
         "missing-share check (the distance test ignores missing values, so its distance stays small).",
         "",
+        "New users: most of a MovieLens window's events already come from users new to it (last column), because "
+        "users rate in a burst after signing up. Existing users relabelled as new (`new_user_relabel`) therefore "
+        "change no distribution the monitor could test; a surge of new visitors with short visits "
+        "(`new_user_surge`) changes the activity per user, which it tests.",
+        "",
         "## The real timeline (consecutive windows; read only, nothing tuned on it)",
         "",
         "| reference | current | events | fired | verdict |",
