@@ -87,6 +87,7 @@ from pydantic import (
 
 from ingestion.event_log import MAX_BATCH as MAX_EVENTS
 from ingestion.event_log import check_batch, open_event_log
+from ingestion.schema import MAX_ID_LENGTH
 from pipeline.artifacts import DeploymentEvent
 from pipeline.config import ValidationConfig, load_config
 from pipeline.layout import Layout
@@ -116,7 +117,6 @@ def _quiet_bentoml_deprecation() -> None:
 
 MAX_K = 1000
 MAX_CANDIDATES = 5000
-MAX_ID_LENGTH = 256
 DEPLOYMENT_ENV = "RECFORGE_DEPLOYMENT"
 MODEL_TAG_ENV = "RECFORGE_MODEL_TAG"
 NAMESPACE_ENV = "RECFORGE_FEATURE_NAMESPACE"
