@@ -123,7 +123,8 @@ def print_check(model: str, cfg: PipelineConfig, hparams: dict[str, Any]) -> Non
     params = model_params(model, hparams)
     source = cfg.source
     print(f"model {model}: hyperparameters {json.dumps(params, sort_keys=True)}")
-    print(f"source {source.kind} {source.path or ''} ({source.name}); split {cfg.split.protocol}")
+    where = f" {source.path}" if source.path else ""
+    print(f"source {source.kind}{where} ({source.name}); split {cfg.split.protocol}")
     print(f"home {cfg.home_dir}; {eligibility(cfg)[1]}")
     print("check passed: nothing was run")
 
