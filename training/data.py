@@ -434,16 +434,6 @@ class ExampleDataModule(RecDataModule):
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=_identity)
 
 
-# What each data module reads from a model's hyperparameters (besides the model's own constructor
-# arguments): part of the model's accepted keys (training.models.hyperparameters).
-DATA_PARAMS: dict[str, dict[str, type]] = {
-    "example": {"batch_size": int, "num_negatives": int, "history_length": int},
-    "sequential": {"batch_size": int, "history_length": int},
-    "general": {"batch_size": int, "history_length": int},
-    "baseline": {"history_length": int},
-}
-
-
 def build_datamodule(
     kind: str, split: Split, params: dict[str, Any], seed: int, eval_batch_users: int = 512
 ) -> RecDataModule:

@@ -179,3 +179,57 @@ def test_cold_users_are_not_evaluated(make_examples, tmp_path: Path) -> None:
     train_users = set(pd.read_parquet(split.train)["user_id"])
     assert "u_cold" not in evaluated
     assert evaluated == set(pd.read_parquet(split.test)["user_id"]) & train_users
+
+
+@pytest.fixture
+def lightning_imported_before_logging():
+    """Lightning's own state when it is imported before logging is configured (an Airflow task, a
+    script): a stderr handler on its loggers, no propagation. Restored afterwards."""
+    import logging
+
+    import lightning  # noqa: F401 - its import adds the handler of the top "lightning" logger
+
+    saved = {}
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        saved[name] = (list(logger.handlers), logger.propagate)
+        if name != "lightning" and not logger.handlers:
+            logger.addHandler(logging.StreamHandler())
+            logger.propagate = False
+    yield
+    for name, (handlers, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
+def test_lightning_logs_at_its_levels_and_one_line_per_epoch(
+    split, tmp_path: Path, caplog, capfd, lightning_imported_before_logging
+) -> None:
+    import logging
+
+    from training.train import route_lightning_logs, train_model
+
+    caplog.set_level(logging.INFO)
+    cfg = TrainerConfig(max_epochs=2, patience=5, num_threads=1)
+    train_model("bpr", split, SMALL["bpr"], cfg, tmp_path / "run")
+    stderr = capfd.readouterr().err
+    assert "Seed set to" not in stderr and "GPU available" not in stderr  # not printed by Lightning itself
+    assert "it/s" not in stderr  # no progress bar off a terminal
+    lightning = [r for r in caplog.records if r.name.startswith("lightning.")]
+    assert any(r.getMessage().startswith("GPU available") and r.levelno == logging.INFO for r in lightning)
+    assert not [r for r in caplog.records if "💡" in r.getMessage()]
+    epochs = [
+        r.getMessage() for r in caplog.records if r.name == "training.train" and " epoch " in r.getMessage()
+    ]
+    assert [m.split(":")[0] for m in epochs] == ["BPR epoch 1/2", "BPR epoch 2/2"]
+    assert "train loss 0." in epochs[0] and "valid/ndcg@10 0." in epochs[0]
+
+    # The setup is idempotent: again, it adds no handler and no filter (pytest's own capture handlers stay).
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
+    before = [(len(logging.getLogger(n).handlers), len(logging.getLogger(n).filters)) for n in names]
+    route_lightning_logs()
+    route_lightning_logs()
+    assert [(len(logging.getLogger(n).handlers), len(logging.getLogger(n).filters)) for n in names] == before
+    assert not [h for n in names for h in logging.getLogger(n).handlers if type(h) is logging.StreamHandler]
+    assert all(logging.getLogger(name).propagate for name in names)
