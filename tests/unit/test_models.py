@@ -151,6 +151,21 @@ def test_train_and_evaluate_end_to_end(name: str, split, tmp_path: Path) -> None
     assert f"| {name} |" in board and "| popularity |" in board and "| itemknn |" in board
 
 
+def test_cached_baseline_numbers_of_other_code_are_recomputed(split) -> None:
+    """A baseline's cached test metrics hold only for the code that produced them (e.g. ItemKNN before a
+    fix of its neighbourhoods): another fingerprint in the cache key means a fresh fit."""
+    from training.evaluate import baseline_code, baseline_metrics
+
+    cfg = EvaluationConfig(ks=[10], batch_users=64)
+    fresh = baseline_metrics("itemknn", split, cfg)
+    cache = split.dir / "baselines" / "itemknn.json"
+    stored = json.loads(cache.read_text())
+    assert stored["key"]["code"] == baseline_code("itemknn")
+    stale = {**stored, "key": {**stored["key"], "code": "older"}, "metrics": {"ndcg@10": -1.0}}
+    cache.write_text(json.dumps(stale))
+    assert baseline_metrics("itemknn", split, cfg) == fresh
+
+
 def test_baseline_run_trains_without_lightning(split, tmp_path: Path) -> None:
     from training.train import train_model
 

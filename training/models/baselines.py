@@ -48,9 +48,15 @@ class Popularity(FittedBaseline):
 class ItemKNN(FittedBaseline, ScoresFromHistory, ItemSimilarity):
     """Item-based collaborative filtering with cosine similarity, keeping each item's ``k`` neighbours.
 
-    A user's score for item j is the sum of similarities between j and the items in the user's
-    history (the request's history for a known user is its training row, so the service and the
-    evaluator agree; for a user unknown at training time the history from the feature store is used).
+    The standard item-kNN (Sarwar et al. 2001; Deshpande & Karypis 2004; RecBole's ItemKNN): each
+    candidate item j keeps its ``k`` most similar items N(j), and a user's score for j is the sum of
+    sim(i, j) over the items i of the user's history that are among N(j). The neighbourhood is the
+    TARGET's: a history item that is not among j's neighbours says nothing about j, even when j is
+    among its own neighbours. ``similarity`` holds row i = the ``k`` neighbours of item i (what
+    ``/similar_items`` returns), so scores = profile @ similarity.T.
+
+    The profile of a known user is its training row (so the service and the evaluator agree); a user
+    unknown at training time is profiled from the request's history (from the feature store).
     """
 
     def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 0.0) -> None:
@@ -68,7 +74,7 @@ class ItemKNN(FittedBaseline, ScoresFromHistory, ItemSimilarity):
         sim = co / denom
         np.fill_diagonal(sim, 0.0)
         if self.k < sim.shape[1]:
-            # Keep the k most similar neighbours of each item (row), zero the rest.
+            # Row i keeps the k neighbours of item i, zero the rest (scoring reads it transposed).
             drop = np.argpartition(-sim, self.k, axis=1)[:, self.k :]
             np.put_along_axis(sim, drop, 0.0, axis=1)
         self.similarity = torch.from_numpy(sim.astype(np.float32))
@@ -85,7 +91,8 @@ class ItemKNN(FittedBaseline, ScoresFromHistory, ItemSimilarity):
             rows = history[unknown]
             profile[unknown] = torch.zeros(rows.shape[0], self.n_items + 1).scatter_(1, rows, 1.0)
             profile[:, 0] = 0.0
-        return profile @ self.similarity
+        # score(j) = sum over history items i of similarity[j, i]: row j holds j's own neighbours.
+        return profile @ self.similarity.T
 
 
 def pearson_similarity(binary: sp.csr_matrix, others: sp.csr_matrix | None = None) -> np.ndarray:
