@@ -45,7 +45,33 @@ class Popularity(FittedBaseline):
         return self.item_counts.unsqueeze(0).expand(users.shape[0], -1).clone()
 
 
-class ItemKNN(FittedBaseline, ScoresFromHistory, ItemSimilarity):
+class ProfileBaseline(FittedBaseline):
+    """Base of the baselines that score a user from their binary item profile (ItemKNN, EASE).
+
+    The profile of a known user is its training row (``user_items``, kept at fit time, so the service
+    and the evaluator agree); a user unknown at training time (index -1) is profiled from the request's
+    history (from the feature store).
+    """
+
+    def __init__(self, n_users: int, n_items: int) -> None:
+        super().__init__(n_users, n_items)
+        self.register_buffer("user_items", torch.zeros(0, n_items + 1))
+
+    def profiles(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """(B, n_items + 1) binary profiles; column 0 (padding) is always 0."""
+        known = (users >= 0) & (users < self.user_items.shape[0])
+        profile = torch.zeros(users.shape[0], self.n_items + 1)
+        if known.any():
+            profile[known] = self.user_items[users[known]]
+        unknown = ~known
+        if unknown.any():
+            rows = history[unknown]
+            profile[unknown] = torch.zeros(rows.shape[0], self.n_items + 1).scatter_(1, rows, 1.0)
+            profile[:, 0] = 0.0
+        return profile
+
+
+class ItemKNN(ProfileBaseline, ScoresFromHistory, ItemSimilarity):
     """Item-based collaborative filtering with cosine similarity, keeping each item's ``k`` neighbours.
 
     The standard item-kNN (Sarwar et al. 2001; Deshpande & Karypis 2004; RecBole's ItemKNN): each
@@ -53,10 +79,7 @@ class ItemKNN(FittedBaseline, ScoresFromHistory, ItemSimilarity):
     sim(i, j) over the items i of the user's history that are among N(j). The neighbourhood is the
     TARGET's: a history item that is not among j's neighbours says nothing about j, even when j is
     among its own neighbours. ``similarity`` holds row i = the ``k`` neighbours of item i (what
-    ``/similar_items`` returns), so scores = profile @ similarity.T.
-
-    The profile of a known user is its training row (so the service and the evaluator agree); a user
-    unknown at training time is profiled from the request's history (from the feature store).
+    ``/similar_items`` returns), so scores = profile @ similarity.T (profiles: ``ProfileBaseline``).
     """
 
     def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 0.0) -> None:
@@ -64,7 +87,6 @@ class ItemKNN(FittedBaseline, ScoresFromHistory, ItemSimilarity):
         self.k = k
         self.shrink = shrink
         self.register_buffer("similarity", torch.zeros(n_items + 1, n_items + 1))
-        self.register_buffer("user_items", torch.zeros(0, n_items + 1))
 
     def fit(self, train: sp.csr_matrix) -> ItemKNN:
         binary = (train > 0).astype(np.float32).tocsc()
@@ -82,17 +104,8 @@ class ItemKNN(FittedBaseline, ScoresFromHistory, ItemSimilarity):
         return self
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        known = (users >= 0) & (users < self.user_items.shape[0])
-        profile = torch.zeros(users.shape[0], self.n_items + 1)
-        if known.any():
-            profile[known] = self.user_items[users[known]]
-        unknown = ~known
-        if unknown.any():
-            rows = history[unknown]
-            profile[unknown] = torch.zeros(rows.shape[0], self.n_items + 1).scatter_(1, rows, 1.0)
-            profile[:, 0] = 0.0
         # score(j) = sum over history items i of similarity[j, i]: row j holds j's own neighbours.
-        return profile @ self.similarity.T
+        return self.profiles(users, history) @ self.similarity.T
 
 
 def pearson_similarity(binary: sp.csr_matrix, others: sp.csr_matrix | None = None) -> np.ndarray:
