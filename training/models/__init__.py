@@ -248,3 +248,6 @@ register(ModelSpec("cke", "general", "training.models.cke:CKE", "knowledge-graph
 register(
     ModelSpec("reinforce", "example", "training.models.reinforce:TopKReinforce", "off-policy top-K REINFORCE")
 )
+register(
+    ModelSpec("ease", "general", "training.models.ease:EASE", "EASE: closed-form item autoencoder", False)
+)
