@@ -12,7 +12,8 @@ every HTTP request before BentoML's routes do:
   (it reveals traffic; Prometheus can send a bearer token), nor are the docs (``/``, ``/docs.json``).
 - Request limits: the POST endpoints take ``application/json`` only (415 otherwise; BentoML would
   also accept multipart forms, whose fields it may download from URLs); bodies larger than
-  ``RECFORGE_MAX_BODY_BYTES`` (64 KiB) get 413 before any endpoint runs: a declared Content-Length is
+  ``RECFORGE_MAX_BODY_BYTES`` (default: room for a full ``/events`` batch at the longest ids) get 413
+  before any endpoint runs: a declared Content-Length is
   checked first, and a chunked body is counted as it arrives.
 - One error shape: every 4xx/5xx body (ours, BentoML's, Starlette's, FastAPI's) leaves as
   ``{"error": {"status": 400, "type": "invalid_request", "message": "...", "details": [...]}}``, and the
@@ -41,7 +42,9 @@ log = logging.getLogger("recforge.serving.http")
 
 API_KEY_ENV = "RECFORGE_API_KEY"
 MAX_BODY_ENV = "RECFORGE_MAX_BODY_BYTES"
-DEFAULT_MAX_BODY_BYTES = 64 * 1024
+# A full /events batch (MAX_BATCH events) with ids at MAX_ID_LENGTH must fit, or a client sending the
+# documented batch size would be refused; anything far larger is not a request this service takes.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz"})  # probes: no API key needed
 ECHO_LIMIT = 100  # characters of any client-supplied value repeated in a response or a log line
 MESSAGE_LIMIT = 500

@@ -32,9 +32,7 @@ def attribute_model(name: str, fields: dict[str, FieldSpec]) -> type[BaseModel]:
 
 
 # Examples shown in the OpenAPI document (and tried by the schema tests): MovieLens-100K's first event.
-# An unknown user is answered too (a popularity fallback), so the /recommend example always works. The
-# event is kept short: schema tests send a full batch (MAX_BATCH) of it, which must stay under the
-# service's default body limit (serving.http_safety).
+# An unknown user is answered too (a popularity fallback), so the /recommend example always works.
 RECOMMEND_EXAMPLE: dict[str, Any] = {"user_id": "196", "k": 10, "exclude_seen": True}
 EVENT_EXAMPLE: dict[str, Any] = {"user_id": "196", "item_id": "242", "timestamp": 881250949}
 EVENTS_EXAMPLE: dict[str, Any] = {"events": [EVENT_EXAMPLE]}
