@@ -20,14 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from orchestration.dag_params import PIPELINE_PARAMS  # noqa: E402
 from orchestration.dag_tasks import run_overrides, stage_tasks  # noqa: E402
 from orchestration.flow import DATA_STAGES  # noqa: E402
+from pipeline.config import load_tuning_grid  # noqa: E402
 from training.models import MODELS, pipeline_models  # noqa: E402
 
 DEFAULT_MAX_CANDIDATES = 6  # keep in step with orchestration.tuning (not imported: parse time)
 
 
 def tunable_models() -> list[str]:
-    """Models with hyperparameters learned by gradient descent (closed-form models have nothing to tune)."""
-    return [name for name in pipeline_models() if MODELS[name].trainable]
+    """Models with hyperparameters to choose on validation: every model trained by gradient descent, and
+    a closed-form one whose YAML declares a ``tuning_grid`` (EASE's λ)."""
+    return [name for name in pipeline_models() if MODELS[name].trainable or load_tuning_grid(name)]
 
 
 RUN_PREFIX = "tune-"  # tuning runs live beside the model's pipeline runs, named apart

@@ -12,7 +12,7 @@ import pandas as pd
 from ingestion.event_log import EventLog, SqlEventLog, open_event_log
 from ingestion.fetch import fetch_ml100k
 from ingestion.readers import read_events, read_grouplens_100k, read_movielens_dat, read_recbole_atomic
-from ingestion.schema import RawTables, declared_attributes
+from ingestion.schema import IngestError, RawTables, declared_attributes
 from pipeline.artifacts import atomic_path, atomic_write_json
 from pipeline.config import SourceConfig
 from pipeline.layout import Layout
@@ -26,19 +26,15 @@ OPTIONAL_STAGING_TABLES = ("knowledge_graph", "item_links")
 
 
 def read_source(source: SourceConfig, layout: Layout) -> RawTables:
+    if problem := source.path_problem():
+        raise IngestError(problem)
     if source.kind == "recbole_ml100k":
         directory = Path(source.path) if source.path else fetch_ml100k(layout.cache)
         return read_recbole_atomic(directory, "ml-100k")
     if source.kind == "grouplens_100k":
-        if not source.path:
-            raise ValueError("source.path must name the directory holding u.data, u.user, u.item, u.genre")
         return read_grouplens_100k(Path(source.path))
     if source.kind == "movielens_dat":
-        if not source.path:
-            raise ValueError("source.path must name the directory holding ratings.dat, users.dat, movies.dat")
         return read_movielens_dat(Path(source.path))
-    if not source.path:
-        raise ValueError("source.path must name the events file (CSV or Parquet)")
     return read_events(
         Path(source.path), source.users and Path(source.users), source.items and Path(source.items)
     )

@@ -21,11 +21,14 @@ from ingestion.schema import (
     INTERACTION_COLUMNS,
     KG_COLUMNS,
     LINK_COLUMNS,
+    PROVENANCE,
     IngestError,
     RawTables,
     attribute_table,
     conform,
 )
+
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str | None, bytes]]:
@@ -38,6 +41,9 @@ def _lines(path: Path, encoding: str) -> Iterator[tuple[int, str | None, bytes]]
         with opener(path, "rb") as handle:
             for number, raw in enumerate(handle, start=1):
                 raw = raw.rstrip(b"\r\n")
+                if number == 1:
+                    # Spreadsheet exports start with a byte-order mark that would glue onto the first column name.
+                    raw = raw.removeprefix(UTF8_BOM)
                 try:
                     yield number, raw.decode(encoding), raw
                 except UnicodeDecodeError:
@@ -110,7 +116,7 @@ def _require(frame: pd.DataFrame, path: Path, required: list[str]) -> None:
     missing = [column for column in required if column not in frame.columns]
     if missing:
         raise IngestError(
-            f"{path}: missing required column(s) {missing}; found {list(frame.columns)}. "
+            f"{path}: missing required column(s) {missing}; found {[c for c in frame.columns if c not in PROVENANCE]}. "
             f"Rename the columns or map them in the source config."
         )
 

@@ -19,6 +19,11 @@ PROVENANCE = ["source_file", "source_line"]
 KG_COLUMNS = ["head_id", "relation_id", "tail_id"]
 LINK_COLUMNS = ["item_id", "entity_id"]
 
+# The longest user or item id taken, in characters, from a source file or a pushed event. A longer one
+# is a mistake (a whole record pasted into the id column) that would otherwise end in the model's id
+# tables and the online store; the service's request ids are capped by the same number.
+MAX_ID_LENGTH = 256
+
 # Readers of MovieLens layouts join a movie's genres with this character (the movielens schema's
 # ``genres`` separator).
 GENRE_SEPARATOR = "|"

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from ingestion.ingest import OPTIONAL_STAGING_TABLES, STAGING_TABLES
+from ingestion.schema import MAX_ID_LENGTH
 from pipeline.artifacts import Snapshot, atomic_path
 from pipeline.config import ValidationConfig
 from pipeline.layout import Layout
@@ -56,6 +57,11 @@ def parse_timestamps(values: pd.Series) -> pd.Series:
     return parsed.astype("datetime64[us, UTC]")
 
 
+def _reject_long_ids(reasons: pd.Series, values: pd.Series, column: str) -> None:
+    too_long = (values.astype("string").str.strip().str.len() > MAX_ID_LENGTH).fillna(False)
+    _reject(reasons, too_long, f"{column}_too_long: longer than {MAX_ID_LENGTH} characters")
+
+
 def _reject(reasons: pd.Series, mask: pd.Series, reason: str) -> None:
     """Record ``reason`` for rows in ``mask`` that have no earlier reason (first failure wins)."""
     reasons[mask & reasons.isna()] = reason
@@ -64,6 +70,7 @@ def _reject(reasons: pd.Series, mask: pd.Series, reason: str) -> None:
 def _validate_attributes(frame: pd.DataFrame, key: str) -> tuple[pd.DataFrame, pd.Series]:
     reasons = pd.Series(pd.NA, index=frame.index, dtype="string")
     _reject(reasons, _blank(frame[key]), f"missing_{key}")
+    _reject_long_ids(reasons, frame[key], key)
     _reject(reasons, frame[key].duplicated(keep="first"), f"duplicate_{key}")
     return frame, reasons
 
@@ -77,12 +84,15 @@ def interaction_reasons(
 ) -> tuple[pd.Series, pd.Series, pd.Series]:
     """The rules every interaction row meets, wherever it comes from (a source file at ingestion, a
     batch pushed to the service's ``/events``): (reason per row, NA = valid; parsed timestamps;
-    parsed ratings). ``known_users``/``known_items``: ids an event must name (None: not checked).
+    parsed ratings). Ids longer than ``MAX_ID_LENGTH`` are refused (``user_id_too_long: ...``).
+    ``known_users``/``known_items``: ids an event must name (None: not checked).
     The first failing rule names the row; a row repeating an earlier valid row's (user, item,
     timestamp) is a ``duplicate_event``."""
     reasons = pd.Series(pd.NA, index=inter.index, dtype="string")
     for column in ("user_id", "item_id", "timestamp"):
         _reject(reasons, _blank(inter[column]), f"missing_{column}")
+    for column in ("user_id", "item_id"):
+        _reject_long_ids(reasons, inter[column], column)
     timestamps = parse_timestamps(inter["timestamp"])
     _reject(reasons, timestamps.isna(), "unparseable_timestamp")
     _reject(
@@ -210,7 +220,7 @@ def validate(
             f"First rejected rows: {examples}. Full list: {staged_quarantine}"
         )
     if kept_inter.empty:
-        raise ValidationFailed(f"no valid interactions left in {staging}; see {staged_quarantine}")
+        raise ValidationFailed(_nothing_kept(inter, staging, counts, staged_quarantine))
 
     # Like the other kept tables, the item knowledge is part of the data version (when there is any),
     # and so is the schema: it decides how the models will encode the attributes.
@@ -250,6 +260,20 @@ def validate(
         )
         snapshot.save(tmp / "snapshot.json")
     return snapshot
+
+
+def _nothing_kept(inter: pd.DataFrame, staging: Path, counts: dict[str, int], quarantine: Path) -> str:
+    """Why no interaction is left, naming the user's input files (not the staging directory)."""
+    files = sorted(set(inter["source_file"].dropna().astype(str)))
+    if not files:
+        source = (
+            json.loads((staging / "source.json").read_text()) if (staging / "source.json").is_file() else {}
+        )
+        files = [source.get("path") or f"the {source.get('kind', 'configured')} source"]
+    named = ", ".join(files)
+    if inter.empty:
+        return f"{named}: no interaction rows (a header line only?); the source needs at least one event"
+    return f"{named}: none of the {len(inter)} interaction rows is valid ({counts}); the rows and reasons: {quarantine}"
 
 
 def validate_knowledge_graph(

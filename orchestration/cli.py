@@ -15,6 +15,7 @@ recforge airflow-ui                # Airflow UI on a free port
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -30,22 +31,67 @@ import yaml
 from orchestration import stages
 from orchestration.airflow_env import airflow_env, free_port
 from orchestration.summary import write_summary
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, PipelineConfig, did_you_mean, load_config
 
 log = logging.getLogger("recforge")
 
 DEMO_MODELS = ("bpr", "sasrec")
+# Shown under `recforge run --help`; tests/unit/test_cli_run.py runs each with --check.
+RUN_EXAMPLES = (
+    ("recforge run bpr", "every stage for BPR with configs/pipeline.yaml"),
+    ("recforge run bpr --check", "check model, settings, paths and hyperparameters, run nothing"),
+    (
+        "recforge run sasrec --set split.protocol=random_holdout --set trainer.max_epochs=5",
+        "override settings",
+    ),
+    ("recforge run bpr --hparam embedding_size=128 --hparam lr=0.001", "override hyperparameters"),
+    ("recforge run twotower --set source.sample_users=300", "a quick run on the first 300 users"),
+)
+USAGE_ERROR = 2  # what argparse exits with for a bad command line
 
 
-def _pairs(values: list[str] | None) -> dict[str, Any]:
+class UsageError(ValueError):
+    """What was typed is wrong (exit status 2): the message names the value and the accepted ones."""
+
+
+def _pairs(values: list[str] | None, flag: str) -> dict[str, Any]:
     """``["a.b=1", "c=x"]`` -> ``{"a.b": 1, "c": "x"}`` (values parsed as YAML scalars)."""
     out: dict[str, Any] = {}
     for item in values or []:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"expected KEY=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} expects KEY=VALUE, got {item!r}")
         out[key.strip()] = yaml.safe_load(value)
     return out
+
+
+def check_model(model: str) -> None:
+    """``model`` must have a pipeline (a ``recsys_<model>`` DAG): registered and not a baseline."""
+    from training.models import MODELS, pipeline_models
+
+    models = pipeline_models()
+    if model in models:
+        return
+    if model in MODELS:
+        raise UsageError(f"{model!r} is a baseline, evaluated inside every run; models: {', '.join(models)}")
+    raise UsageError(f"unknown model {model!r}{did_you_mean(model, models)}; models: {', '.join(models)}")
+
+
+def check_run(model: str, overrides: dict[str, Any], hparams: dict[str, Any]) -> PipelineConfig:
+    """Everything a run can be refused for before its first stage, without importing torch: the model,
+    the ``--set`` keys and values, the source's paths and schema, the ``--hparam`` keys."""
+    from training.models import hyperparameter_names, unknown_hparams_message
+
+    check_model(model)
+    cfg = load_config(overrides=overrides)
+    if problem := cfg.source.path_problem():
+        raise UsageError(problem)
+    cfg.source.data_schema  # noqa: B018 - resolving it checks it (SchemaError)
+    accepted = hyperparameter_names(model)
+    unknown = sorted(set(hparams) - accepted) if accepted is not None else []
+    if unknown:
+        raise UsageError(unknown_hparams_message(model, unknown, sorted(accepted or ())))
+    return cfg
 
 
 def _airflow(args: list[str], env: dict[str, str], check: bool = True) -> int:
@@ -57,15 +103,30 @@ def _airflow(args: list[str], env: dict[str, str], check: bool = True) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    overrides = _pairs(args.set)
+    overrides, hparams = _pairs(args.set, "--set"), _pairs(args.hparam, "--hparam")
+    cfg = check_run(args.model, overrides, hparams)
+    if args.check:
+        print_check(args.model, cfg, hparams)
+        return
     run_id = args.run_id or stages.new_run_id()
-    print(
-        stages.run_context(args.model, run_id, overrides, _pairs(args.hparam)).run_config.eligibility,
-        flush=True,
-    )
-    summary, decision = stages.run_all(args.model, run_id, overrides, _pairs(args.hparam))
+    print(stages.run_context(args.model, run_id, overrides, hparams).run_config.eligibility, flush=True)
+    summary, decision = stages.run_all(args.model, run_id, overrides, hparams)
     print_summary(summary, last_line=False)
     print(decision.headline())
+
+
+def print_check(model: str, cfg: PipelineConfig, hparams: dict[str, Any]) -> None:
+    """``recforge run --check``: the hyperparameters' values checked too (this imports the model), then
+    what the run would use."""
+    from orchestration.runs import eligibility, model_params
+
+    params = model_params(model, hparams)
+    source = cfg.source
+    print(f"model {model}: hyperparameters {json.dumps(params, sort_keys=True)}")
+    where = f" {source.path}" if source.path else ""
+    print(f"source {source.kind}{where} ({source.name}); split {cfg.split.protocol}")
+    print(f"home {cfg.home_dir}; {eligibility(cfg)[1]}")
+    print("check passed: nothing was run")
 
 
 def _index(deployment: str | None = None) -> tuple[Any, str]:
@@ -181,7 +242,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     env = airflow_env(layout)
     started = time.perf_counter()
     _airflow(["db", "migrate"], env)
-    conf = json.dumps(_pairs(args.conf))
+    conf = json.dumps(_pairs(args.conf, "--conf"))
     _airflow(["dags", "reserialize"], env)
     for model in args.models:
         log.info("running DAG recsys_%s through Airflow", model)
@@ -334,15 +395,41 @@ def cmd_airflow_ui(args: argparse.Namespace) -> None:
         stop_process_group(server)
 
 
-def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run_epilog() -> str:
+    """``recforge run --help``'s epilog: the models (from the registry the DAG factory reads), examples."""
+    from training.models import MODELS, pipeline_models
+
+    width = max(map(len, pipeline_models()))
+    models = "\n".join(f"  {name:{width}}  {MODELS[name].description}" for name in pipeline_models())
+    baselines = ", ".join(name for name in MODELS if name not in pipeline_models())
+    examples = "\n".join(f"  {command}\n      {what}" for command, what in RUN_EXAMPLES)
+    return (
+        f"models:\n{models}\n  (baselines, evaluated inside every run: {baselines})\n\n"
+        f"examples:\n{examples}\n\n"
+        "--set takes the keys of configs/pipeline.yaml (section.key); --hparam the model's own\n"
+        "(configs/models/<model>.yaml). Both are checked before any stage runs. An error is one line\n"
+        "(exit status 2: what was typed is wrong; 1: the run failed); --debug adds its traceback."
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recforge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    # Also after the command (`recforge run bpr --debug`); SUPPRESS keeps a flag given before it.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = functools.partial(sub.add_parser, parents=[debug])
 
-    run = sub.add_parser("run", help="run every stage for one model in-process")
-    run.add_argument("model")
+    run = add_parser(
+        "run",
+        help="run every stage for one model in-process",
+        epilog=run_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("model", help="one of the models below")
     run.add_argument("--run-id")
     run.add_argument(
         "--set",
@@ -350,29 +437,34 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="config override, e.g. split.protocol=random_holdout",
     )
-    run.add_argument("--hparam", action="append", metavar="KEY=VALUE", help="model hyperparameter override")
+    run.add_argument(
+        "--hparam", action="append", metavar="KEY=VALUE", help="model hyperparameter override, e.g. lr=0.001"
+    )
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="check everything (model, settings, paths, hyperparameters), run nothing",
+    )
     run.set_defaults(func=cmd_run)
 
-    demo = sub.add_parser(
-        "demo", help="run the model DAGs end to end through Airflow, then print the summary"
-    )
+    demo = add_parser("demo", help="run the model DAGs end to end through Airflow, then print the summary")
     demo.add_argument("--models", nargs="+", default=list(DEMO_MODELS))
     demo.add_argument("--conf", action="append", metavar="PARAM=VALUE", help="DAG params, e.g. max_epochs=5")
     demo.set_defaults(func=cmd_demo)
 
-    sub.add_parser("summary", help="rewrite and print the run summary").set_defaults(func=cmd_summary)
+    add_parser("summary", help="rewrite and print the run summary").set_defaults(func=cmd_summary)
 
-    runs = sub.add_parser("runs", help="the run index: runs, newest first")
+    runs = add_parser("runs", help="the run index: runs, newest first")
     runs.add_argument("--model")
     runs.add_argument("--limit", type=int, default=30)
     runs.set_defaults(func=cmd_runs)
 
-    history = sub.add_parser("history", help="promotions and rollbacks of a deployment")
+    history = add_parser("history", help="promotions and rollbacks of a deployment")
     history.add_argument("--deployment", help="default: the config's deployment")
     history.add_argument("--json", action="store_true")
     history.set_defaults(func=cmd_history)
 
-    status = sub.add_parser("status", help="the live champion and how its served lists do online")
+    status = add_parser("status", help="the live champion and how its served lists do online")
     status.add_argument("--deployment")
     status.add_argument("--k", type=int, default=10, help="list depth scored")
     status.add_argument(
@@ -380,16 +472,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     status.set_defaults(func=cmd_status)
 
-    rollback = sub.add_parser("rollback", help="restore the previous (or a named) champion, atomically")
+    rollback = add_parser("rollback", help="restore the previous (or a named) champion, atomically")
     rollback.add_argument("--deployment", help="default: the config's deployment")
     rollback.add_argument("--to", metavar="TAG", help="a BentoML model tag from `recforge history`")
     rollback.set_defaults(func=cmd_rollback)
 
-    airflow = sub.add_parser("airflow", help="the airflow CLI with recforge's environment")
+    airflow = add_parser("airflow", help="the airflow CLI with recforge's environment")
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=cmd_airflow)
 
-    example = sub.add_parser("example", help="write an example dataset (shop: attributes unlike MovieLens)")
+    example = add_parser("example", help="write an example dataset (shop: attributes unlike MovieLens)")
     example.add_argument("dataset", choices=["shop"])
     example.add_argument("out_dir", type=Path)
     example.add_argument("--events", type=int, default=60_000)
@@ -398,7 +490,7 @@ def main(argv: list[str] | None = None) -> None:
     example.add_argument("--seed", type=int, default=7)
     example.set_defaults(func=cmd_example)
 
-    push = sub.add_parser(
+    push = add_parser(
         "push-events",
         help="send an events file (CSV/Parquet: user_id,item_id,timestamp[,rating]) to a running service",
     )
@@ -407,28 +499,60 @@ def main(argv: list[str] | None = None) -> None:
     push.add_argument("--batch-size", type=int, default=1000, help="events per request (at most 1000)")
     push.set_defaults(func=cmd_push_events)
 
-    feast = sub.add_parser("feast", help="the feast CLI on one Feast namespace (data version)")
+    feast = add_parser("feast", help="the feast CLI on one Feast namespace (data version)")
     feast.add_argument("--namespace", help="default: the namespace of the deployment's champion")
     feast.add_argument("feast_args", nargs=argparse.REMAINDER, help="e.g. feature-views list")
     feast.set_defaults(func=cmd_feast)
 
-    ui = sub.add_parser("airflow-ui", help="airflow standalone (UI + scheduler) on a free port")
+    ui = add_parser("airflow-ui", help="airflow standalone (UI + scheduler) on a free port")
     ui.add_argument("--port", type=int, help="default: $RECFORGE_AIRFLOW_PORT, else a free port")
     ui.set_defaults(func=cmd_airflow_ui)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Parse and run one command; returns the exit status. Errors are one line on stderr (2: what was
+    typed is wrong, 1: it failed); the traceback only with ``--debug``."""
+    from ingestion.schema import IngestError
     from pipeline.schema import SchemaError
     from training.models import HyperparameterError
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, HyperparameterError, SchemaError) as exc:
-        raise SystemExit(f"recforge {args.command}: {exc}") from None
+    except (UsageError, ConfigError, HyperparameterError, SchemaError) as exc:
+        if args.debug:
+            raise
+        print(f"recforge {args.command}: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except IngestError as exc:  # the message names the file and line: nothing to add
+        if args.debug:
+            raise
+        print(f"recforge {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - one line for a person; --debug shows the rest
+        if args.debug:
+            raise
+        text = " ".join(str(exc).split()) or "(no message)"
+        print(
+            f"recforge {args.command}: {type(exc).__name__}: {text} (--debug shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    code = run_cli(argv)
     # Skip interpreter finalisation: duckdb's bindings (Feast's offline store) print hundreds of
-    # "leaked instance" lines at exit, which would bury the summary path that must come last.
+    # "leaked instance" lines at exit, which would bury the summary path (or the error) that must come last.
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(code)
 
 
 if __name__ == "__main__":

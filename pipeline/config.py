@@ -7,13 +7,14 @@ Every path the pipeline writes lives under ``RECFORGE_HOME`` (default: ``<repo>/
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -41,6 +42,29 @@ class SourceConfig(_Strict):
         from pipeline.schema import resolve_schema
 
         return resolve_schema(self.schema_)
+
+    def path_problem(self) -> str | None:
+        """What is wrong with the source's paths, in one line (None: nothing found wrong): a ``path`` its
+        kind needs and does not have, or a file or directory that does not exist (with the nearest names
+        beside it). Checked before a run starts, and again when the source is read."""
+        needs_dir = self.kind != "events"
+        if not self.path and self.kind in ("grouplens_100k", "movielens_dat"):
+            files = (
+                "u.data, u.user, u.item, u.genre"
+                if self.kind == "grouplens_100k"
+                else "ratings.dat, movies.dat"
+            )
+            return f"source.path must name the directory holding {files} (source.kind={self.kind})"
+        if not self.path and self.kind == "events":
+            return "source.path must name the events file (CSV or Parquet), e.g. --set source.path=events.csv"
+        for key, value, is_dir in (
+            ("path", self.path, needs_dir),
+            ("users", self.users, False),
+            ("items", self.items, False),
+        ):
+            if value and not (Path(value).is_dir() if is_dir else Path(value).is_file()):
+                return f"source.{key}={value}: no such {'directory' if is_dir else 'file'}{_nearest_paths(Path(value))}"
+        return None
 
     kind: Literal["recbole_ml100k", "grouplens_100k", "movielens_dat", "events"] = "recbole_ml100k"
     path: str | None = None
@@ -215,6 +239,74 @@ class ConfigError(ValueError):
     """A config file or override is wrong; the message says which key and what would fix it."""
 
 
+def nearest(word: str, choices: list[str]) -> list[str]:
+    """The (at most two) ``choices`` nearest to ``word`` by difflib's ratio, nearest first."""
+    return difflib.get_close_matches(word, choices, n=2)
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the nearest of ``choices``, else ``""``."""
+    close = nearest(word, choices)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _nearest_paths(path: Path) -> str:
+    if not path.parent.is_dir():
+        return f" (nor is there a directory {path.parent})"
+    hint = did_you_mean(path.name, sorted(p.name for p in path.parent.iterdir()))
+    return hint.replace("'", "").replace("mean ", f"mean {path.parent}/") if hint else ""
+
+
+def config_keys(model: type[BaseModel] = PipelineConfig, prefix: str = "") -> list[str]:
+    """Every dotted key an override may set (``split.protocol``, ``source.schema``, ...), in file order."""
+    keys = []
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        nested = field.annotation
+        if isinstance(nested, type) and issubclass(nested, BaseModel):
+            keys.extend(config_keys(nested, key + "."))
+        else:
+            keys.append(key)
+    return keys
+
+
+def check_override_keys(overrides: dict[str, Any]) -> None:
+    """Raise ``ConfigError`` for an override key the config does not have: the nearest keys, and the
+    keys of its section (a key below a mapping setting, like ``monitoring.column_drift_thresholds.age``,
+    is fine)."""
+    keys = config_keys()
+    for key in overrides:
+        if key in keys or any(key.startswith(known + ".") for known in keys):
+            continue
+        section = key.split(".")[0]
+        siblings = [k for k in keys if k.startswith(section + ".")]
+        where = (
+            f"{section} takes {', '.join(k.removeprefix(section + '.') for k in siblings)}"
+            if siblings
+            else f"the sections are {', '.join(dict.fromkeys(k.split('.')[0] for k in keys))}"
+        )
+        raise ConfigError(f"unknown config key {key!r}{did_you_mean(key, keys)}; {where}")
+
+
+def _validated(data: dict[str, Any], origin: str = "") -> PipelineConfig:
+    """``PipelineConfig`` of ``data``; a wrong value is one ``ConfigError`` line naming key, value and
+    what is accepted (the nearest allowed value of a choice); ``origin``: the file, when it is at fault."""
+    prefix = f"{origin}: " if origin else ""
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            raise ConfigError(
+                f"{prefix}unknown config key {key!r}{did_you_mean(key, config_keys())}"
+            ) from None
+        allowed = re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected", "")))
+        hint = did_you_mean(str(error["input"]), allowed) if allowed else ""
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{prefix}{key}={error['input']!r}: {error['msg']}{hint}{more}") from None
+
+
 # Deployment keys are fixed by the config file: a run may choose *which* deployment it competes for
 # (``deployment=...``) but may not redefine what a deployment judges on.
 FROZEN_OVERRIDE_PREFIXES = ("deployments", "run_index")
@@ -233,9 +325,10 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
             f"{', '.join(frozen)}: deployments and the run index are fixed in the config file ({path}); "
             "edit it there, or pick another deployment with deployment=NAME"
         )
-    base = PipelineConfig.model_validate(data)
+    base = _validated(data, str(path))
+    check_override_keys(overrides or {})
     merged = _deep_update(data, dotted_to_nested(overrides)) if overrides else data
-    cfg = PipelineConfig.model_validate(merged)
+    cfg = _validated(merged)  # the file passed: what fails now is an override
     deployments = {
         name: d.model_copy(
             update={"source": d.source or base.source, "protocol": d.protocol or base.split.protocol}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
+import tomllib
 from functools import cache
 
 from pipeline.config import REPO_ROOT
@@ -27,3 +29,17 @@ def code_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+@cache
+def package_version() -> str:
+    """recforge's version: the installed package's, else ``pyproject.toml``'s (a source checkout or a
+    Bento holding the sources), else "unknown"."""
+    try:
+        return importlib.metadata.version("recforge")
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    pyproject = REPO_ROOT / "pyproject.toml"
+    if pyproject.is_file():
+        return str(tomllib.loads(pyproject.read_text()).get("project", {}).get("version", "unknown"))
+    return "unknown"

@@ -12,7 +12,8 @@ every HTTP request before BentoML's routes do:
   (it reveals traffic; Prometheus can send a bearer token), nor are the docs (``/``, ``/docs.json``).
 - Request limits: the POST endpoints take ``application/json`` only (415 otherwise; BentoML would
   also accept multipart forms, whose fields it may download from URLs); bodies larger than
-  ``RECFORGE_MAX_BODY_BYTES`` (64 KiB) get 413 before any endpoint runs: a declared Content-Length is
+  ``RECFORGE_MAX_BODY_BYTES`` (default: room for a full ``/events`` batch at the longest ids) get 413
+  before any endpoint runs: a declared Content-Length is
   checked first, and a chunked body is counted as it arrives.
 - One error shape: every 4xx/5xx body (ours, BentoML's, Starlette's, FastAPI's) leaves as
   ``{"error": {"status": 400, "type": "invalid_request", "message": "...", "details": [...]}}``, and the
@@ -41,7 +42,9 @@ log = logging.getLogger("recforge.serving.http")
 
 API_KEY_ENV = "RECFORGE_API_KEY"
 MAX_BODY_ENV = "RECFORGE_MAX_BODY_BYTES"
-DEFAULT_MAX_BODY_BYTES = 64 * 1024
+# A full /events batch (MAX_BATCH events) with ids at MAX_ID_LENGTH must fit, or a client sending the
+# documented batch size would be refused; anything far larger is not a request this service takes.
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 OPEN_PATHS = frozenset({"/healthz", "/livez", "/readyz"})  # probes: no API key needed
 ECHO_LIMIT = 100  # characters of any client-supplied value repeated in a response or a log line
 MESSAGE_LIMIT = 500
@@ -226,9 +229,17 @@ def install_log_filters() -> None:
 
 
 def patch_openapi(
-    doc: dict[str, Any], api_paths: Iterable[str], api_key_required: bool, health_schema: dict[str, Any]
+    doc: dict[str, Any],
+    api_paths: Iterable[str],
+    api_key_required: bool,
+    health_schema: dict[str, Any],
+    info: dict[str, Any] | None = None,
+    request_examples: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Make BentoML's OpenAPI document declare what the service really answers.
+
+    ``info`` replaces BentoML's (its name, version "None" and a README of badge images fetched from the
+    internet); ``request_examples`` (path -> request body) become the endpoints' body examples.
 
     The document is labelled OpenAPI 3.1 (see below). Every operation's error responses become the ``Error`` schema (BentoML declares its own
     ``InvalidArgument``/``NotFound``/``InternalServerError`` bodies, which the middleware rewrites);
@@ -240,6 +251,8 @@ def patch_openapi(
     # which is OpenAPI 3.1's dialect, not 3.0's (BentoML labels the document 3.0.2): 3.0 readers drop
     # the null branch and then call every null response field a schema violation.
     doc["openapi"] = "3.1.0"
+    if info is not None:
+        doc["info"] = info
     components = doc.setdefault("components", {})
     schemas = components.setdefault("schemas", {})
     for legacy in ("InvalidArgument", "NotFound", "InternalServerError"):
@@ -266,6 +279,9 @@ def patch_openapi(
             if path in api_paths:
                 codes |= {400, 404, 413, 415, 503}
                 _refer_to_components(operation, path, schemas, responses)
+                if path in (request_examples or {}) and "requestBody" in operation:
+                    example = {"summary": "a request", "value": request_examples[path]}
+                    operation["requestBody"]["content"]["application/json"]["examples"] = {"request": example}
             if path in ("/livez", "/readyz"):
                 codes.add(503)
             if api_key_required and path not in OPEN_PATHS:
@@ -318,7 +334,8 @@ class ServingSafety:
 
     ``api_paths``: the JSON POST endpoints (``/recommend``...); ``health``: returns (body, status) for
     ``GET /healthz`` (run in a worker thread: it may touch the feature store); ``health_schema``: the
-    JSON schema of that body, for the OpenAPI document.
+    JSON schema of that body, ``info`` and ``request_examples``: for the OpenAPI document
+    (``patch_openapi``).
     """
 
     def __init__(
@@ -330,11 +347,15 @@ class ServingSafety:
         health_schema: dict[str, Any],
         api_key: str | None = None,
         max_body_bytes: int | None = None,
+        info: dict[str, Any] | None = None,
+        request_examples: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.app = app
         self.api_paths = frozenset(api_paths)
         self.health = health
         self.health_schema = health_schema
+        self.info = info
+        self.request_examples = request_examples
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
         self.api_key = key.encode() if key else None
         self.max_body_bytes = max_body_bytes or int(os.environ.get(MAX_BODY_ENV) or DEFAULT_MAX_BODY_BYTES)
@@ -427,7 +448,14 @@ class ServingSafety:
     def _patch_docs(self, body: bytes) -> bytes:
         doc = json.loads(body)
         return json.dumps(
-            patch_openapi(doc, self.api_paths, self.api_key is not None, self.health_schema)
+            patch_openapi(
+                doc,
+                self.api_paths,
+                self.api_key is not None,
+                self.health_schema,
+                self.info,
+                self.request_examples,
+            )
         ).encode()
 
 

@@ -1,6 +1,6 @@
 """Request models derived from the data schema: what a request may say about a user (or item) the
-model has never seen. Kept apart from ``serving.service`` so they can be built and tested without a
-running service."""
+model has never seen; and the request and response examples of the API's documentation. Kept apart
+from ``serving.service`` so they can be built and tested without a running service."""
 
 from __future__ import annotations
 
@@ -29,3 +29,30 @@ def attribute_model(name: str, fields: dict[str, FieldSpec]) -> type[BaseModel]:
         description = spec.description or f"{spec.type} attribute"
         declared[field_name] = (kind | None, Field(None, description=description))
     return create_model(name, __config__=ConfigDict(extra="forbid"), **declared)
+
+
+# Examples shown in the OpenAPI document (and tried by the schema tests): MovieLens-100K's first event.
+# An unknown user is answered too (a popularity fallback), so the /recommend example always works.
+RECOMMEND_EXAMPLE: dict[str, Any] = {"user_id": "196", "k": 10, "exclude_seen": True}
+EVENT_EXAMPLE: dict[str, Any] = {"user_id": "196", "item_id": "242", "timestamp": 881250949}
+EVENTS_EXAMPLE: dict[str, Any] = {"events": [EVENT_EXAMPLE]}
+RECOMMEND_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "request_id": "3f6c2a9e1b7d4e0f",
+    "user_id": "196",
+    "items": [{"item_id": "50", "score": 4.21, "title": "Star Wars"}],
+    "model": "bpr",
+    "model_tag": "recforge-bpr:abc123",
+    "deployment": "default",
+    "fallback": False,
+    "strategy": "known_user",
+    "stages": ["full_ranking:bpr"],
+    "history_used": 12,
+}
+EVENTS_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "received": 1,
+    "appended": 1,
+    "duplicates": 0,
+    "users": 1,
+    "history_updated": True,
+}
+REQUEST_EXAMPLES = {"/recommend": RECOMMEND_EXAMPLE, "/events": EVENTS_EXAMPLE}

@@ -60,6 +60,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -87,15 +88,24 @@ from pydantic import (
 
 from ingestion.event_log import MAX_BATCH as MAX_EVENTS
 from ingestion.event_log import check_batch, open_event_log
+from ingestion.schema import MAX_ID_LENGTH
 from pipeline.artifacts import DeploymentEvent
 from pipeline.config import ValidationConfig, load_config
 from pipeline.layout import Layout
+from pipeline.provenance import package_version
 from pipeline.run_index import RunIndex, index_url, now_iso
 from pipeline.schema import DataSchema, resolve_schema
 from serving.http_safety import ServingSafety, clip, rows_invalid
 from serving.online import ONLINE_FEATURES, OnlineHistory
 from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, TITLES_FILE, verify_checksums
-from serving.request_models import attribute_model
+from serving.request_models import (
+    EVENT_EXAMPLE,
+    EVENTS_RESPONSE_EXAMPLE,
+    RECOMMEND_EXAMPLE,
+    RECOMMEND_RESPONSE_EXAMPLE,
+    REQUEST_EXAMPLES,
+    attribute_model,
+)
 from serving.served_log import ServedLog, logging_enabled, new_request_id, served_now, served_store
 
 if TYPE_CHECKING:
@@ -116,7 +126,6 @@ def _quiet_bentoml_deprecation() -> None:
 
 MAX_K = 1000
 MAX_CANDIDATES = 5000
-MAX_ID_LENGTH = 256
 DEPLOYMENT_ENV = "RECFORGE_DEPLOYMENT"
 MODEL_TAG_ENV = "RECFORGE_MODEL_TAG"
 NAMESPACE_ENV = "RECFORGE_FEATURE_NAMESPACE"
@@ -487,6 +496,8 @@ class Item(BaseModel):
 
 
 class RecommendResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": RECOMMEND_RESPONSE_EXAMPLE})
+
     request_id: str  # this answer in the served log (serving.served_log); send it back with the clicks
     user_id: str
     items: list[Item]
@@ -534,13 +545,19 @@ _IdString = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH, p
 _IdInt = json_int(ge=-(2**63), le=2**63 - 1)
 UserId = Annotated[
     _IdString | _IdInt,
-    Field(description=f"user id: a string of 1..{MAX_ID_LENGTH} characters, or an integer"),
+    Field(
+        description=f"user id: a string of 1..{MAX_ID_LENGTH} characters, or an integer",
+        examples=[RECOMMEND_EXAMPLE["user_id"]],
+    ),
 ]
 ItemId = Annotated[
     _IdString | _IdInt,
     Field(description=f"item id: a string of 1..{MAX_ID_LENGTH} characters, or an integer"),
 ]
-K = Annotated[json_int(ge=1, le=MAX_K), Field(description=f"number of items, 1..{MAX_K}")]
+K = Annotated[
+    json_int(ge=1, le=MAX_K),
+    Field(description=f"number of items, 1..{MAX_K}", examples=[RECOMMEND_EXAMPLE["k"]]),
+]
 Candidates = Annotated[
     json_int(ge=1, le=MAX_CANDIDATES), Field(description="retrieval depth of two-stage serving")
 ]
@@ -550,7 +567,7 @@ class Event(BaseModel):
     """One interaction, as in a source file: who, what, when (epoch seconds or ISO-8601), and a rating
     for explicit-feedback data."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EVENT_EXAMPLE})
     user_id: UserId
     item_id: ItemId
     timestamp: Annotated[
@@ -561,6 +578,8 @@ class Event(BaseModel):
 
 
 class EventsResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": EVENTS_RESPONSE_EXAMPLE})
+
     received: int  # events in the batch (all valid: an invalid batch is refused whole)
     appended: int  # new events written to the event log
     duplicates: int  # events the log already held (a retried batch is harmless)
@@ -634,11 +653,43 @@ def _health_probe() -> tuple[dict[str, Any], int]:
     return body, 200 if body["status"] == "ok" else 503
 
 
+def api_info(model_tag: str, deployment: str) -> dict[str, Any]:
+    """The OpenAPI ``info`` of the service: what it is, its endpoints, a request to try; plain text and
+    local links only (the page must render offline)."""
+    example = json.dumps(RECOMMEND_EXAMPLE)
+    description = f"""\
+Recommendations from the champion model of the recforge deployment `{deployment}`. The service follows
+the deployment: a promotion or a `recforge rollback` is served without a restart, and every answer
+names the `model_tag` that produced it.
+
+- `POST /recommend`: the top `k` items for a user, from the user's freshest history in the online
+  feature store; a user the model does not know is described by `user_features` or gets the most
+  popular items (`fallback: true`).
+- `POST /similar_items`: the items nearest to an item (or to a new item described by `item_features`).
+- `POST /events`: a batch of fresh interactions, checked with the ingestion rules, logged for the next
+  training run and added to the users' online history (the next `/recommend` uses them).
+- `GET /metadata`: what is served (model tag, offline metrics, data version, features);
+  `GET /healthz`: readiness of the model and the feature store.
+
+Try it (add `-H 'X-API-Key: <key>'` when the service has a key):
+
+    curl -s -X POST localhost:3000/recommend -H 'Content-Type: application/json' -d '{example}'
+
+Errors share one JSON shape (`Error`): a status, a message naming the field at fault, and details.
+Model served when this worker started: `{model_tag}`."""
+    return {
+        "title": "recforge recommender API",
+        "version": f"{package_version()} (model {model_tag})",
+        "description": description,
+    }
+
+
 metadata_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @bentoml.service(
     name="recforge_recommender",
+    description="recforge recommender: a deployment's champion model, with Feast online history",
     traffic={"timeout": 10},
     # One worker (process) by default: 2 shared cores here, and each worker holds its own model copy.
     workers=int(os.environ.get("RECFORGE_SERVE_WORKERS", "1")),
@@ -938,4 +989,6 @@ Recommender.add_asgi_middleware(
     api_paths=[api.route for api in Recommender.apis.values()],
     health=_health_probe,
     health_schema=HEALTH_SCHEMA,
+    info=api_info(MODEL_TAG, TARGET.deployment),
+    request_examples=REQUEST_EXAMPLES,
 )

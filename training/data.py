@@ -15,8 +15,11 @@ Training batches:
 Evaluation batches (``EvalInputs``), for every user with at least one event in the evaluated part and
 at least one train event (cold users are the service's fallback path, not the model's):
 ground truth = the user's items in that part; history = ``recent_items`` of the user's earliest
-example in that part (point-in-time, exactly what the feature store served at that moment), mapped to
-item indices and right-aligned; exclusions = the user's train items (+ valid items when testing).
+example in that part (point-in-time, what the feature store served at that moment), mapped to item
+indices, kept to the items of the parts the model may see (train for validation, train + valid for
+test) and right-aligned; exclusions = those same items. Under ``random_holdout`` a validation event's
+point-in-time history can hold events the split put into test; they never reach the model, or early
+stopping would be steered by test items.
 """
 
 from __future__ import annotations
@@ -68,16 +71,53 @@ def right_align(sequences: list[list[int]], length: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+# The split parts a model may be shown when it is validated / tested (histories, exclusions).
+VISIBLE_PARTS = {"train": ("train",), "valid": ("train",), "test": ("train", "valid")}
+
+
+def without_hidden_events(rows: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
+    """The ``recent_items`` of ``rows`` without the entries that stand for a hidden event.
+
+    ``events``: every event of the split (``user_id``, ``item_id``, ``event_timestamp``, ``event_id``)
+    with a boolean ``hidden`` (its part is one the model may not see). A row's ``recent_items`` lists
+    the items of its user's last events strictly before its ``event_timestamp``, in (time, event_id)
+    order (features/tables.py), so entry k of a list of n stands for the k-th of the user's last n such
+    events; the entries whose event is hidden go. A list that does not match the user's events that way
+    loses every item the user has in a hidden event instead, so nothing hidden is ever kept.
+    """
+    events = events.sort_values(["user_id", "event_timestamp", "event_id"], kind="stable")
+    users = events["user_id"].astype(str).to_numpy()
+    stamps = events["event_timestamp"].to_numpy()
+    items = events["item_id"].astype(str).to_numpy()
+    hidden = events["hidden"].to_numpy(dtype=bool)
+    starts = dict(zip(*np.unique(users, return_index=True), strict=True))
+    kept: list[list[str]] = []
+    for user, stamp, recent in zip(
+        rows["user_id"].astype(str), rows["event_timestamp"].to_numpy(), rows["recent_items"], strict=True
+    ):
+        recent = [str(i) for i in (recent if recent is not None else [])]
+        start = starts.get(user, 0)
+        end = start + int(np.searchsorted(users[start:], user, side="right"))
+        before = start + int(np.searchsorted(stamps[start:end], stamp, side="left"))
+        window = slice(before - len(recent), before)
+        if before - len(recent) >= start and items[window].tolist() == recent:
+            kept.append([i for i, h in zip(recent, hidden[window], strict=True) if not h])
+        else:
+            gone = set(items[start:end][hidden[start:end]])
+            kept.append([i for i in recent if i not in gone])
+    return pd.Series(kept, index=rows.index, dtype=object)
+
+
 def build_eval_inputs(split: Split, part: str, history_length: int = 50) -> EvalInputs:
     """Evaluation inputs for ``part`` ("valid" or "test") of ``split`` (see the module docstring)."""
     if part not in ("valid", "test"):
         raise ValueError(f"evaluate on 'valid' or 'test', not {part!r}")
     index = SplitIndex.load(split)
-    train = read_part(split, "train", ["event_id", "user_id", "item_id", "event_timestamp"])
-    seen = interaction_matrix(train, index)
-    if part == "test":
-        valid = read_part(split, "valid", ["event_id", "user_id", "item_id", "event_timestamp"])
-        seen = ((seen + interaction_matrix(valid, index)) > 0).astype(np.float32).tocsr()
+    ids = ["event_id", "user_id", "item_id", "event_timestamp"]
+    parts = {name: read_part(split, name, ids) for name in PARTS}
+    train = parts["train"]
+    visible = VISIBLE_PARTS[part]
+    seen = interaction_matrix(pd.concat([parts[p] for p in visible]), index)
     columns = EVAL_COLUMNS if _has_column(split, part, "recent_items") else EVAL_COLUMNS[:-1]
     evaluated = read_part(split, part, columns)
     users = index.users_of(evaluated)
@@ -89,14 +129,16 @@ def build_eval_inputs(split: Split, part: str, history_length: int = 50) -> Eval
     # Earliest example of each user in this part: rows are sorted by (time, event_id), take the first.
     first_rows = evaluated.drop_duplicates("user_id", keep="first")
     first_rows = first_rows.assign(_u=index.users_of(first_rows)).set_index("_u").loc[user_list]
-    histories: list[list[int]] = []
-    for recent in first_rows["recent_items"] if "recent_items" in first_rows else [None] * len(user_list):
-        mapped = [index.item_index.get(str(i), 0) for i in (recent if recent is not None else [])]
-        histories.append([i for i in mapped if i > 0])
+    if "recent_items" in first_rows:
+        events = pd.concat([parts[p].assign(hidden=p not in visible) for p in PARTS], ignore_index=True)
+        recent = without_hidden_events(first_rows, events)
+    else:
+        recent = pd.Series([[]] * len(user_list))
+    history = visible_histories(recent, user_list, index, seen, history_length)
     trained = np.asarray(interaction_matrix(train, index).sum(axis=0)).ravel() > 0
     return EvalInputs(
         users=torch.from_numpy(user_list.astype(np.int64)),
-        history=right_align(histories, history_length),
+        history=torch.from_numpy(history),
         truth=truth_all[user_list].tocsr(),
         exclude=seen[user_list].tocsr(),
         n_items=index.n_items,
@@ -303,31 +345,12 @@ class ExampleSet:
         self.n_items = index.n_items
         self.num_negatives = num_negatives
         recent = frame["recent_items"] if "recent_items" in frame else pd.Series([[]] * len(frame))
-        self.history = self._histories(recent, index, _sorted_keys(history_items), history_length)
+        self.history = visible_histories(recent, self.users, index, history_items, history_length)
         self.exclusion_keys = _sorted_keys(exclusions)
         self.rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.users)
-
-    def _histories(
-        self, recent: pd.Series, index: SplitIndex, allowed_keys: np.ndarray, length: int
-    ) -> np.ndarray:
-        """(N, length) right-aligned item indices of each row's history, restricted to allowed items."""
-        lengths = np.fromiter((0 if r is None else len(r) for r in recent), dtype=np.int64, count=len(recent))
-        flat = pd.Series([i for r in recent if r is not None for i in r], dtype=object).astype(str)
-        codes = flat.map(index.item_index).fillna(0).to_numpy(dtype=np.int64)
-        owners = np.repeat(self.users, lengths)
-        keys = owners * (self.n_items + 1) + codes
-        codes = np.where(_member(allowed_keys, keys) & (codes > 0), codes, 0)
-        out = np.zeros((len(recent), length), dtype=np.int64)
-        ends = np.cumsum(lengths)
-        for row, (start, end) in enumerate(zip(ends - lengths, ends, strict=True)):
-            kept = codes[start:end]
-            kept = kept[kept > 0][-length:] if length > 0 else kept[:0]
-            if len(kept):
-                out[row, length - len(kept) :] = kept
-        return out
 
     def sample_negatives(self, users: np.ndarray, count: int) -> np.ndarray:
         """(len(users), count) uniform items outside each user's ``exclusions`` row."""
@@ -380,8 +403,7 @@ def build_example_set(
     index = SplitIndex.load(split)
     ids = ["event_id", "user_id", "item_id", "event_timestamp"]
     parts = {name: read_part(split, name, ids) for name in PARTS}
-    earlier = {"train": ["train"], "valid": ["train"], "test": ["train", "valid"]}[part]
-    history_items = interaction_matrix(pd.concat([parts[p] for p in earlier]), index)
+    history_items = interaction_matrix(pd.concat([parts[p] for p in VISIBLE_PARTS[part]]), index)
     exclusions = history_items if part == "train" else interaction_matrix(pd.concat(parts.values()), index)
     columns = EXAMPLE_COLUMNS if _has_column(split, part, "recent_items") else EXAMPLE_COLUMNS[:-1]
     frame = read_part(split, part, columns)
@@ -402,6 +424,27 @@ def sample_negatives(
             break
         flat[todo] = rng.integers(1, n_items + 1, size=len(todo))
     return flat.reshape(len(users), count)
+
+
+def visible_histories(
+    recent: pd.Series, users: np.ndarray, index: SplitIndex, visible: sp.csr_matrix, length: int
+) -> np.ndarray:
+    """(N, length) right-aligned item indices of each row's ``recent_items`` (item ids, oldest first),
+    keeping only the items its user (``users``, one per row) has in ``visible``: the split parts the
+    model may see at that point (unknown ids are dropped too)."""
+    lengths = np.fromiter((0 if r is None else len(r) for r in recent), dtype=np.int64, count=len(recent))
+    flat = pd.Series([i for r in recent if r is not None for i in r], dtype=object).astype(str)
+    codes = flat.map(index.item_index).fillna(0).to_numpy(dtype=np.int64)
+    keys = np.repeat(users, lengths) * (index.n_items + 1) + codes
+    codes = np.where(_member(_sorted_keys(visible), keys) & (codes > 0), codes, 0)
+    out = np.zeros((len(recent), length), dtype=np.int64)
+    ends = np.cumsum(lengths)
+    for row, (start, end) in enumerate(zip(ends - lengths, ends, strict=True)):
+        kept = codes[start:end]
+        kept = kept[kept > 0][-length:] if length > 0 else kept[:0]
+        if len(kept):
+            out[row, length - len(kept) :] = kept
+    return out
 
 
 def _sorted_keys(matrix: sp.csr_matrix) -> np.ndarray:
@@ -432,16 +475,6 @@ class ExampleDataModule(RecDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=_identity)
-
-
-# What each data module reads from a model's hyperparameters (besides the model's own constructor
-# arguments): part of the model's accepted keys (training.models.hyperparameters).
-DATA_PARAMS: dict[str, dict[str, type]] = {
-    "example": {"batch_size": int, "num_negatives": int, "history_length": int},
-    "sequential": {"batch_size": int, "history_length": int},
-    "general": {"batch_size": int, "history_length": int},
-    "baseline": {"history_length": int},
-}
 
 
 def build_datamodule(

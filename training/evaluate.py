@@ -10,6 +10,9 @@ against identical numbers without refitting. Writes ``metrics.json``, ``leaderbo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from pipeline.config import EvaluationConfig
 from training.artifact import DEFAULT_HISTORY_LENGTH, load_model_artifact
 from training.data import EvalInputs, build_eval_inputs, build_example_set
 from training.metrics import RankingAccumulator
-from training.models import build_model
+from training.models import build_model, get_spec
 from training.models.capabilities import PointwiseMetrics, can
 from training.scoring import ArtifactScorer
 from training.split import SplitIndex, train_matrix
@@ -202,9 +205,13 @@ def baseline_metrics(
     inputs: EvalInputs | None = None,
     params: dict[str, Any] | None = None,
 ) -> dict[str, float]:
-    """Test metrics of baseline ``name`` on ``split``, cached in ``split.dir/baselines/<name>.json``."""
+    """Test metrics of baseline ``name`` on ``split``, cached in ``split.dir/baselines/<name>.json``.
+
+    The cache key holds the fingerprint of the baseline's source (``baseline_code``), so numbers a
+    since-changed baseline produced are recomputed rather than compared against.
+    """
     cache = Path(split.dir) / "baselines" / f"{name}.json"
-    key = {"ks": sorted(cfg.ks), "params": params or {}}
+    key = {"ks": sorted(cfg.ks), "params": params or {}, "code": baseline_code(name)}
     if cache.exists():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
@@ -215,6 +222,12 @@ def baseline_metrics(
     metrics = evaluate_module(module, inputs, list(cfg.ks), cfg.batch_users)
     atomic_write_json(cache, {"key": key, "model": name, "n_users": inputs.n_users, "metrics": metrics})
     return metrics
+
+
+def baseline_code(name: str) -> str:
+    """A fingerprint of the source module that defines model ``name`` (part of the baseline cache key)."""
+    module = importlib.import_module(get_spec(name).factory_path.partition(":")[0])
+    return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:16]
 
 
 def leaderboard_markdown(

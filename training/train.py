@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,60 @@ class EpochTimer(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.seconds.append(time.perf_counter() - self._start)
+
+
+class EpochLog(EpochTimer):
+    """One INFO line per epoch (train loss, validation metric, seconds) through ``logging``: what a log
+    file or an Airflow task log can hold, where a progress bar breaks into one line per refresh."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        metrics = trainer.callback_metrics
+        loss, valid = metrics.get("train/loss"), metrics.get(VALID_MONITOR)
+        log.info(
+            "%s epoch %d/%d: train loss %s, %s %s, %.1f s",
+            type(pl_module).__name__,
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            "-" if loss is None else f"{float(loss):.4f}",
+            VALID_MONITOR,
+            "-" if valid is None else f"{float(valid):.4f}",
+            self.seconds[-1],
+        )
+
+
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+# Lightning's info messages that advertise its cloud services ("💡 Tip: ... litlogger / litmodels").
+LIGHTNING_ADVERT = "💡 Tip"
+
+
+class _DropLightningAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(LIGHTNING_ADVERT)
+
+
+def route_lightning_logs() -> None:
+    """Lightning's log records through the process's logging tree, at their own levels; idempotent.
+
+    Lightning gives its top logger a stderr handler of its own (and, when imported before logging is
+    configured, its ``pytorch``/``fabric`` loggers one more, without propagation): Airflow's task runner
+    files each line on stderr under ERROR, and a record that also propagates is shown twice. This
+    removes those handlers (and adds none), lets the records propagate, and drops Lightning's adverts.
+    """
+    for name in LIGHTNING_LOGGERS:
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(handler)
+        logger.propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        rank_zero = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningAdverts) for f in rank_zero.filters):
+            rank_zero.addFilter(_DropLightningAdverts())
+
+
+def show_progress_bar() -> bool:
+    """Lightning's progress bar only on a terminal; elsewhere ``EpochLog`` lines say the same."""
+    return sys.stderr.isatty()
 
 
 def peak_rss_mb() -> float:
@@ -99,6 +154,7 @@ def train_model(
     """Train ``model`` with ``params`` on ``split``; save the artifact and ``run_dir/train.json``."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    route_lightning_logs()
     torch.set_num_threads(trainer_cfg.num_threads)
     L.seed_everything(trainer_cfg.seed, workers=True)
     spec = get_spec(model)
@@ -116,7 +172,7 @@ def train_model(
         )
     attributes = attributes_for(split) if uses_attributes(model) else None
     module = build_for_split(model, split, hparams, datamodule.train_matrix)
-    timer = EpochTimer()
+    timer = EpochLog()
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best-{epoch}",
@@ -133,7 +189,7 @@ def train_model(
         deterministic=trainer_cfg.deterministic,
         callbacks=[checkpoint, stopping, timer],
         logger=CSVLogger(run_dir, name="lightning_logs"),
-        enable_progress_bar=True,
+        enable_progress_bar=show_progress_bar(),
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )

@@ -38,6 +38,7 @@ def test_dagbag_has_every_model_dag_and_no_import_errors(tmp_path):
         """
 import json, os
 from airflow.dag_processing.dagbag import DagBag
+from pipeline.config import load_tuning_grid
 from training.models import MODELS, pipeline_models
 bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 dags = {d: {"tasks": [t.task_id for t in bag.dags[d].tasks], "params": sorted(bag.dags[d].params),
@@ -46,7 +47,7 @@ dags = {d: {"tasks": [t.task_id for t in bag.dags[d].tasks], "params": sorted(ba
         for d in bag.dag_ids}
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": dags,
                   "models": pipeline_models(),
-                  "trainable": [m for m in pipeline_models() if MODELS[m].trainable]}))
+                  "tunable": [m for m in pipeline_models() if MODELS[m].trainable or load_tuning_grid(m)]}))
 """,
         env,
         timeout=300,
@@ -74,10 +75,12 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
         assert {"split_protocol", "max_epochs", "hparams", "deployment"} <= set(dag["params"])
         assert dag["doc"] and dag["task_docs"]
     assert "recsys_drift_monitor" in report["dags"]
-    # One tuning DAG per trainable model, with the grid as a dynamically mapped task.
+    # One tuning DAG per trained model and per closed-form model with a tuning grid (EASE), with the
+    # grid as a dynamically mapped task.
     tuning = {d for d in report["dags"] if d.startswith("recsys_tune_")}
-    assert tuning == {f"recsys_tune_{m}" for m in report["trainable"]}
-    assert len(report["dags"]) == len(report["models"]) + 1 + len(report["trainable"])
+    assert "ease" in report["models"] and "ease" in report["tunable"] and "content" not in report["tunable"]
+    assert tuning == {f"recsys_tune_{m}" for m in report["tunable"]}
+    assert len(report["dags"]) == len(report["models"]) + 1 + len(report["tunable"])
     for dag_id in tuning:
         dag = report["dags"][dag_id]
         assert dag["tasks"] == [

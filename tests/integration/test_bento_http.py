@@ -26,6 +26,7 @@ import pytest
 from pipeline.artifacts import Evaluation, GateDecision, TrainResult
 from pipeline.layout import Layout
 from pipeline.run_index import RunIndex
+from serving.http_safety import DEFAULT_MAX_BODY_BYTES
 from serving.package import package_model
 from tests.serving_fixtures import (
     STARTUP_TIMEOUT_S,
@@ -231,7 +232,7 @@ def test_integral_floats_are_integers_and_ids_are_stripped(client: httpx.Client,
 def test_limits_and_error_shape(client: httpx.Client, server_process: ServerProcess) -> None:
     """413 (declared or chunked), 415, 404/405 in the one shape; one WARNING line each, no traceback."""
     before = len(server_process.log().splitlines())
-    huge = '{"user_id": "' + "x" * 70_000 + '"}'
+    huge = '{"user_id": "' + "x" * (DEFAULT_MAX_BODY_BYTES + 1) + '"}'
     declared = client.post("/recommend", content=huge, headers={"content-type": "application/json"})
 
     def chunked() -> Iterator[bytes]:  # no Content-Length: the limit holds as the body arrives

@@ -7,17 +7,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline.config import REPO_ROOT
 from pipeline.layout import Layout
 from pipeline.run_index import RunIndex
 from tests.unit.test_package import _promote, _record
 
-RECFORGE = str(Path(sys.executable).with_name("recforge"))
+# The `recforge` entry point of this checkout (the venv's script may belong to another one).
+RECFORGE = [sys.executable, "-m", "orchestration.cli"]
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, RECFORGE_HOME=str(home), RECFORGE_CONFIG=str(home / "none.yaml"))
     env.pop("RECFORGE_RUN_INDEX_URL", None)
-    return subprocess.run([RECFORGE, *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*RECFORGE, *args], env=env, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
 
 
 def test_history_and_rollback_from_the_command_line(tmp_path: Path) -> None:
@@ -50,5 +54,5 @@ def test_history_and_rollback_from_the_command_line(tmp_path: Path) -> None:
 
 def test_a_deployment_override_is_one_clear_line(tmp_path: Path) -> None:
     result = _cli(tmp_path, "run", "bpr", "--set", "deployments.default.protocol=random_holdout")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "fixed in the config file" in result.stderr.strip().splitlines()[-1]

@@ -1,4 +1,5 @@
-"""UserKNN, NeuMF and LightGCN: shapes, Pearson by hand, learning, artifact round trips, the graph hook."""
+"""ItemKNN, UserKNN, NeuMF and LightGCN: shapes, neighbourhoods and Pearson by hand, learning, artifact
+round trips, the graph hook."""
 
 from __future__ import annotations
 
@@ -86,6 +87,40 @@ def test_userknn_scores_are_weighted_neighbour_rows() -> None:
     # Unknown user with u1's items: correlates 1 with u1 -> scored from u1's row.
     unknown = knn.full_sort_predict(torch.tensor([-1]), torch.tensor([[1, 2]]))
     np.testing.assert_allclose(unknown[0].numpy(), HAND[1], atol=1e-6)
+
+
+# 7 users x 4 items H=1, X=2, Y=3, Z=4 (column 0 = padding), built so that neighbourhoods are not
+# mutual: item columns H = {u0, u1, u5}, X = {u0..u3}, Y = {u0..u4}, Z = {u5, u6}, so cosines are
+# HX = 2/sqrt(12), HY = 2/sqrt(15), HZ = 1/sqrt(6), XY = 4/sqrt(20), XZ = YZ = 0. With k = 1: H's
+# neighbour is X, X's is Y, Y's is X, Z's is H.
+KNN_HAND = np.array(
+    [[0, 1, 1, 1, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 0], [0, 1, 0, 0, 1],
+     [0, 0, 0, 0, 1]],
+    dtype=np.float32,
+)  # fmt: skip
+
+
+def test_itemknn_keeps_the_neighbours_of_the_target_item() -> None:
+    """score(j) = sum of sim(i, j) over history items i among j's own k neighbours (standard item-kNN).
+
+    A history of H alone: H is Z's neighbour (Z scores sim(H, Z)), but X, though H's own nearest item,
+    keeps Y as its neighbour, so H says nothing about X. Pruning per history item instead would rank X
+    first (sim(H, X)) and give Z nothing.
+    """
+    knn = build_model("itemknn", 7, 4, k=1).fit(sp.csr_matrix(KNN_HAND))
+    hx, hz, xy = 2 / math.sqrt(12), 1 / math.sqrt(6), 4 / math.sqrt(20)
+    # The similarity rows are each item's own neighbours (what /similar_items reads).
+    np.testing.assert_allclose(
+        knn.similarity[1:, 1:].numpy(),
+        [[0, hx, 0, 0], [0, 0, xy, 0], [0, xy, 0, 0], [hz, 0, 0, 0]],
+        atol=1e-6,
+    )
+    unknown = knn.full_sort_predict(torch.tensor([-1]), torch.tensor([[0, 1]]))  # history: H
+    np.testing.assert_allclose(unknown[0, 1:].numpy(), [0, 0, 0, hz], atol=1e-6)
+    # Known users are profiled from their training rows: u6 (Z only) -> nothing, Z is no one's neighbour;
+    # u4 (Y only) -> X, whose neighbour Y is.
+    known = knn.full_sort_predict(torch.tensor([6, 4]), torch.zeros(2, 1, dtype=torch.long))
+    np.testing.assert_allclose(known[:, 1:].numpy(), [[0, 0, 0, 0], [0, xy, 0, 0]], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["neumf", "lightgcn"])

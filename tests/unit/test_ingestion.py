@@ -213,3 +213,56 @@ def test_movielens_1m_layout(tmp_path):
     users = pd.read_parquet(snapshot.users).set_index("user_id")
     assert (users.loc["2", "gender"], users.loc["2", "age"]) == ("M", 56)
     assert len(pd.read_parquet(snapshot.interactions)) == 3
+
+
+def test_a_csv_starting_with_a_byte_order_mark_is_read(tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_bytes(b"\xef\xbb\xbfuser_id,item_id,timestamp\r\n1,10,881250949\r\n2,10,881250950\r\n")
+    layout = Layout(tmp_path / "home")
+    staging = ingest(SourceConfig(kind="events", path=str(events)), layout, "r")
+    snapshot = validate(staging, ValidationConfig(), layout, "shop", now=NOW)
+    assert sorted(pd.read_parquet(snapshot.interactions)["user_id"]) == ["1", "2"]
+
+
+def test_an_overlong_id_is_quarantined_in_files_and_in_pushed_events(tmp_path):
+    from ingestion.event_log import check_batch
+    from ingestion.schema import MAX_ID_LENGTH
+
+    long_id = "u" * (MAX_ID_LENGTH + 1)
+    events = tmp_path / "events.csv"
+    rows = ["1,10,881250949", "2,10,881250950", f"{long_id},10,881250951", f"1,{long_id},881250952"]
+    events.write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    layout = Layout(tmp_path / "home")
+    staging = ingest(SourceConfig(kind="events", path=str(events)), layout, "r")
+    snapshot = validate(staging, ValidationConfig(max_rejected_share=1.0), layout, "shop", now=NOW)
+    reasons = snapshot.quarantine_reasons
+    assert reasons == {
+        f"user_id_too_long: longer than {MAX_ID_LENGTH} characters": 1,
+        f"item_id_too_long: longer than {MAX_ID_LENGTH} characters": 1,
+    }
+    assert long_id not in set(pd.read_parquet(snapshot.users)["user_id"])
+    assert long_id not in set(pd.read_parquet(snapshot.items)["item_id"])
+
+    pushed = check_batch([{"user_id": long_id, "item_id": "10", "timestamp": 881250953}], ValidationConfig())
+    assert pushed.events is None
+    assert pushed.bad[0].reason == f"user_id_too_long: longer than {MAX_ID_LENGTH} characters"
+
+
+def test_a_header_only_file_is_named_in_the_error(tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text("user_id,item_id,timestamp\n")
+    layout = Layout(tmp_path / "home")
+    staging = ingest(SourceConfig(kind="events", path=str(events), event_log=False), layout, "r")
+    with pytest.raises(ValidationFailed) as failure:
+        validate(staging, ValidationConfig(), layout, "shop", now=NOW)
+    message = str(failure.value)
+    assert message.startswith(f"{events}: no interaction rows") and str(staging) not in message
+
+
+def test_a_missing_column_message_lists_only_the_users_columns(tmp_path):
+    events = tmp_path / "events.csv"
+    events.write_text("user,item_id,timestamp\n1,2,3\n")
+    with pytest.raises(IngestError) as failure:
+        ingest(SourceConfig(kind="events", path=str(events)), Layout(tmp_path / "home"), "r")
+    assert "found ['user', 'item_id', 'timestamp']." in str(failure.value)
+    assert "source_file" not in str(failure.value) and "source_line" not in str(failure.value)

@@ -101,6 +101,76 @@ def test_eval_inputs_follow_the_contract(split) -> None:
     assert sorted(inputs.exclude[row].indices.tolist()) == seen
 
 
+def test_random_holdout_validation_histories_hold_no_test_event(
+    feature_set: FeatureSet, layout: Layout
+) -> None:
+    """Under random_holdout a validation event's point-in-time history holds events the split put into
+    test: the model is shown only the history's train events there (train + valid ones when testing),
+    and the test histories stay exactly what the feature store served."""
+    split = make_split(feature_set, SplitConfig(protocol="random_holdout"), layout)
+    index = SplitIndex.load(split)
+    parts = {
+        name: pd.read_parquet(getattr(split, name)).assign(part=name) for name in ("train", "valid", "test")
+    }
+    events = pd.concat(parts.values()).sort_values(["event_timestamp", "event_id"])
+    items = {name: frame.groupby("user_id")["item_id"].agg(set).to_dict() for name, frame in parts.items()}
+    test_only = {u: items["test"][u] - items["train"].get(u, set()) for u in items["test"]}
+
+    def first(part: str) -> pd.DataFrame:
+        return parts[part].sort_values(["event_timestamp", "event_id"]).drop_duplicates("user_id")
+
+    served = dict(zip(first("valid")["user_id"], first("valid")["recent_items"], strict=True))
+    assert any(set(served[u]) & test_only[u] for u in served)  # the synthetic data has the case
+    valid = build_eval_inputs(split, "valid", history_length=50)
+    stamps = dict(zip(first("valid")["user_id"], first("valid")["event_timestamp"], strict=True))
+    for user, row in zip(valid.users.tolist(), valid.history.tolist(), strict=True):
+        user_id = index.user_ids[user]
+        shown = [index.item_ids[i - 1] for i in row if i > 0]
+        assert not set(shown) & test_only[user_id], user_id
+        # The served list stands for the user's last events before the validation event; only the
+        # train ones are shown, in the same order.
+        mine = events[(events["user_id"] == user_id) & (events["event_timestamp"] < stamps[user_id])]
+        window = mine.tail(len(served[user_id]))
+        assert window["item_id"].tolist() == list(served[user_id])
+        assert shown == window.loc[window["part"] == "train", "item_id"].tolist()
+
+    test = build_eval_inputs(split, "test", history_length=50)
+    recent = dict(zip(first("test")["user_id"], first("test")["recent_items"], strict=True))
+    for user, row in zip(test.users.tolist(), test.history.tolist(), strict=True):
+        expected = [index.item_index[i] for i in recent[index.user_ids[user]]][-50:]
+        assert row == [0] * (50 - len(expected)) + expected
+
+
+def test_hidden_events_leave_histories_by_event_or_by_item() -> None:
+    """An entry goes when its event is hidden (a re-watched item's visible event stays); a list that does
+    not line up with the user's events loses every item of the user's hidden events."""
+    from training.data import without_hidden_events
+
+    t = pd.Timestamp("2024-01-01", tz="UTC")
+    events = pd.DataFrame(
+        {
+            "user_id": ["u", "u", "u", "u"],
+            "item_id": ["a", "b", "a", "c"],
+            "event_timestamp": [
+                t,
+                t + pd.Timedelta(1, "h"),
+                t + pd.Timedelta(2, "h"),
+                t + pd.Timedelta(3, "h"),
+            ],
+            "event_id": [0, 1, 2, 3],
+            "hidden": [False, True, True, False],
+        }
+    )
+    rows = pd.DataFrame(
+        {
+            "user_id": ["u", "u"],
+            "event_timestamp": [t + pd.Timedelta(3, "h"), t + pd.Timedelta(3, "h")],
+            "recent_items": [["a", "b", "a"], ["b", "x", "a"]],
+        }
+    )
+    assert without_hidden_events(rows, events).tolist() == [["a"], ["x"]]
+
+
 @pytest.mark.parametrize("name", ["bpr", "sasrec"])
 def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
     torch.manual_seed(0)
@@ -151,6 +221,21 @@ def test_train_and_evaluate_end_to_end(name: str, split, tmp_path: Path) -> None
     assert f"| {name} |" in board and "| popularity |" in board and "| itemknn |" in board
 
 
+def test_cached_baseline_numbers_of_other_code_are_recomputed(split) -> None:
+    """A baseline's cached test metrics hold only for the code that produced them (e.g. ItemKNN before a
+    fix of its neighbourhoods): another fingerprint in the cache key means a fresh fit."""
+    from training.evaluate import baseline_code, baseline_metrics
+
+    cfg = EvaluationConfig(ks=[10], batch_users=64)
+    fresh = baseline_metrics("itemknn", split, cfg)
+    cache = split.dir / "baselines" / "itemknn.json"
+    stored = json.loads(cache.read_text())
+    assert stored["key"]["code"] == baseline_code("itemknn")
+    stale = {**stored, "key": {**stored["key"], "code": "older"}, "metrics": {"ndcg@10": -1.0}}
+    cache.write_text(json.dumps(stale))
+    assert baseline_metrics("itemknn", split, cfg) == fresh
+
+
 def test_baseline_run_trains_without_lightning(split, tmp_path: Path) -> None:
     from training.train import train_model
 
@@ -179,3 +264,57 @@ def test_cold_users_are_not_evaluated(make_examples, tmp_path: Path) -> None:
     train_users = set(pd.read_parquet(split.train)["user_id"])
     assert "u_cold" not in evaluated
     assert evaluated == set(pd.read_parquet(split.test)["user_id"]) & train_users
+
+
+@pytest.fixture
+def lightning_imported_before_logging():
+    """Lightning's own state when it is imported before logging is configured (an Airflow task, a
+    script): a stderr handler on its loggers, no propagation. Restored afterwards."""
+    import logging
+
+    import lightning  # noqa: F401 - its import adds the handler of the top "lightning" logger
+
+    saved = {}
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        saved[name] = (list(logger.handlers), logger.propagate)
+        if name != "lightning" and not logger.handlers:
+            logger.addHandler(logging.StreamHandler())
+            logger.propagate = False
+    yield
+    for name, (handlers, propagate) in saved.items():
+        logger = logging.getLogger(name)
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+
+
+def test_lightning_logs_at_its_levels_and_one_line_per_epoch(
+    split, tmp_path: Path, caplog, capfd, lightning_imported_before_logging
+) -> None:
+    import logging
+
+    from training.train import route_lightning_logs, train_model
+
+    caplog.set_level(logging.INFO)
+    cfg = TrainerConfig(max_epochs=2, patience=5, num_threads=1)
+    train_model("bpr", split, SMALL["bpr"], cfg, tmp_path / "run")
+    stderr = capfd.readouterr().err
+    assert "Seed set to" not in stderr and "GPU available" not in stderr  # not printed by Lightning itself
+    assert "it/s" not in stderr  # no progress bar off a terminal
+    lightning = [r for r in caplog.records if r.name.startswith("lightning.")]
+    assert any(r.getMessage().startswith("GPU available") and r.levelno == logging.INFO for r in lightning)
+    assert not [r for r in caplog.records if "💡" in r.getMessage()]
+    epochs = [
+        r.getMessage() for r in caplog.records if r.name == "training.train" and " epoch " in r.getMessage()
+    ]
+    assert [m.split(":")[0] for m in epochs] == ["BPR epoch 1/2", "BPR epoch 2/2"]
+    assert "train loss 0." in epochs[0] and "valid/ndcg@10 0." in epochs[0]
+
+    # The setup is idempotent: again, it adds no handler and no filter (pytest's own capture handlers stay).
+    names = ("lightning", "lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
+    before = [(len(logging.getLogger(n).handlers), len(logging.getLogger(n).filters)) for n in names]
+    route_lightning_logs()
+    route_lightning_logs()
+    assert [(len(logging.getLogger(n).handlers), len(logging.getLogger(n).filters)) for n in names] == before
+    assert not [h for n in names for h in logging.getLogger(n).handlers if type(h) is logging.StreamHandler]
+    assert all(logging.getLogger(name).propagate for name in names)

@@ -315,6 +315,24 @@ def test_api_key_is_required_except_on_probes(guarded) -> None:
     assert guarded.get("/readyz").status_code == 200
 
 
+def test_default_body_limit_holds_a_full_events_batch_at_the_longest_ids() -> None:
+    """A client sending the documented batch size is never refused for size."""
+    import json
+
+    from ingestion.event_log import MAX_BATCH
+    from ingestion.schema import MAX_ID_LENGTH
+    from serving.http_safety import DEFAULT_MAX_BODY_BYTES
+
+    event = {
+        "user_id": "u" * MAX_ID_LENGTH,
+        "item_id": "i" * MAX_ID_LENGTH,
+        "timestamp": "2026-12-01T19:00:00.123456+00:00",
+        "rating": 4.5,
+    }
+    body = json.dumps({"events": [event] * MAX_BATCH}, indent=1)
+    assert len(body.encode()) <= DEFAULT_MAX_BODY_BYTES
+
+
 def test_body_limits_content_type_and_error_shape(guarded) -> None:
     key = {"X-API-Key": KEY}
     big = b'{"user_id": "' + b"x" * 2000 + b'"}'

@@ -8,11 +8,14 @@ this registry on every parse and must not pay for importing torch and Lightning 
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.util
 import inspect
 import typing
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -66,6 +69,15 @@ def get_spec(name: str) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; registered: {sorted(MODELS)}") from None
 
 
+# What each data module (training/data.py) reads from a model's hyperparameters, besides the model's
+# own constructor arguments: part of the model's accepted keys (``hyperparameters``).
+DATA_PARAMS: dict[str, dict[str, type]] = {
+    "example": {"batch_size": int, "num_negatives": int, "history_length": int},
+    "sequential": {"batch_size": int, "history_length": int},
+    "general": {"batch_size": int, "history_length": int},
+    "baseline": {"history_length": int},
+}
+
 # Constructor arguments that come from the data, not from the model's YAML.
 DATA_ARGUMENTS = ("self", "n_users", "n_items", "attributes", "knowledge_graph")
 
@@ -77,9 +89,7 @@ class HyperparameterError(ValueError):
 @cache
 def hyperparameters(name: str) -> dict[str, tuple[Any, Any]]:
     """``{key: (type, default)}`` a model accepts: its constructor's typed arguments, plus what its
-    data module reads (``training.data.DATA_PARAMS``; default None there: the module's own)."""
-    from training.data import DATA_PARAMS
-
+    data module reads (``DATA_PARAMS``; default None there: the module's own)."""
     spec = get_spec(name)
     factory = spec.factory
     hints = typing.get_type_hints(factory.__init__)
@@ -96,6 +106,50 @@ def hyperparameters(name: str) -> dict[str, tuple[Any, Any]]:
     return accepted
 
 
+@cache
+def hyperparameter_names(name: str) -> frozenset[str] | None:
+    """The keys ``hyperparameters`` accepts, read from the model class's source instead of importing it
+    (torch and Lightning take seconds to import; the CLI checks ``--hparam`` keys before that). None
+    when the class does not define ``__init__`` itself: then only ``hyperparameters`` knows."""
+    spec = get_spec(name)
+    module, _, class_name = spec.factory_path.partition(":")
+    origin = importlib.util.find_spec(module).origin
+    tree = ast.parse(Path(origin).read_text())
+    inits = [
+        node
+        for cls in tree.body
+        if isinstance(cls, ast.ClassDef) and cls.name == class_name
+        for node in cls.body
+        if isinstance(node, ast.FunctionDef) and node.name == "__init__"
+    ]
+    if not inits:
+        return None
+    arguments = inits[0].args
+    own = {a.arg for a in (*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs)}
+    return frozenset(own - set(DATA_ARGUMENTS)) | set(
+        DATA_PARAMS["baseline" if spec.kind == "baseline" else spec.kind]
+    )
+
+
+def unknown_hparams_message(name: str, unknown: list[str], accepted: list[str]) -> str:
+    """One line: the unknown keys, the nearest accepted ones (or the config key meant), what is taken."""
+    from pipeline.config import config_keys, did_you_mean, nearest
+
+    settings = config_keys()
+    hints = []
+    for key in unknown:
+        near = did_you_mean(key, accepted)
+        close = nearest(key, [setting.rsplit(".", 1)[-1] for setting in settings])
+        if not near and close:
+            setting = next(s for s in settings if s.rsplit(".", 1)[-1] == close[0])
+            near = f" (a pipeline setting? --set {setting}=...)"
+        hints.append(f"{key!r}{near}")
+    return (
+        f"{name}: unknown hyperparameter(s) {', '.join(hints)}; {name} takes {', '.join(accepted)}. Pipeline "
+        "settings are config keys, e.g. --set trainer.max_epochs=5"
+    )
+
+
 def validate_hparams(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` checked against the model's accepted keys and types (strictly: 5 is no float for an
     int, "5" no int); raises ``HyperparameterError`` naming the key and listing what is accepted."""
@@ -104,10 +158,7 @@ def validate_hparams(name: str, params: dict[str, Any]) -> dict[str, Any]:
     accepted = hyperparameters(name)
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise HyperparameterError(
-            f"{name}: unknown hyperparameter(s) {unknown}; {name} takes {sorted(accepted)}. Pipeline "
-            "settings are config keys, e.g. --set trainer.max_epochs=5"
-        )
+        raise HyperparameterError(unknown_hparams_message(name, unknown, sorted(accepted)))
     checked = {}
     for key, value in params.items():
         kind = accepted[key][0]
@@ -196,4 +247,7 @@ register(ModelSpec("dien", "example", "training.models.dien:DIEN", "CTR ranker: 
 register(ModelSpec("cke", "general", "training.models.cke:CKE", "knowledge-graph embedding CF (TransR)"))
 register(
     ModelSpec("reinforce", "example", "training.models.reinforce:TopKReinforce", "off-policy top-K REINFORCE")
+)
+register(
+    ModelSpec("ease", "general", "training.models.ease:EASE", "EASE: closed-form item autoencoder", False)
 )

@@ -45,37 +45,20 @@ class Popularity(FittedBaseline):
         return self.item_counts.unsqueeze(0).expand(users.shape[0], -1).clone()
 
 
-class ItemKNN(FittedBaseline, ScoresFromHistory, ItemSimilarity):
-    """Item-based collaborative filtering with cosine similarity, keeping each item's ``k`` neighbours.
+class ProfileBaseline(FittedBaseline):
+    """Base of the baselines that score a user from their binary item profile (ItemKNN, EASE).
 
-    A user's score for item j is the sum of similarities between j and the items in the user's
-    history (the request's history for a known user is its training row, so the service and the
-    evaluator agree; for a user unknown at training time the history from the feature store is used).
+    The profile of a known user is its training row (``user_items``, kept at fit time, so the service
+    and the evaluator agree); a user unknown at training time (index -1) is profiled from the request's
+    history (from the feature store).
     """
 
-    def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 0.0) -> None:
+    def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__(n_users, n_items)
-        self.k = k
-        self.shrink = shrink
-        self.register_buffer("similarity", torch.zeros(n_items + 1, n_items + 1))
         self.register_buffer("user_items", torch.zeros(0, n_items + 1))
 
-    def fit(self, train: sp.csr_matrix) -> ItemKNN:
-        binary = (train > 0).astype(np.float32).tocsc()
-        norms = np.sqrt(np.asarray(binary.multiply(binary).sum(axis=0)).ravel())
-        co = (binary.T @ binary).toarray()
-        denom = np.outer(norms, norms) + self.shrink + 1e-8
-        sim = co / denom
-        np.fill_diagonal(sim, 0.0)
-        if self.k < sim.shape[1]:
-            # Keep the k most similar neighbours of each item (row), zero the rest.
-            drop = np.argpartition(-sim, self.k, axis=1)[:, self.k :]
-            np.put_along_axis(sim, drop, 0.0, axis=1)
-        self.similarity = torch.from_numpy(sim.astype(np.float32))
-        self.user_items = torch.from_numpy(binary.tocsr().toarray())
-        return self
-
-    def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    def profiles(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """(B, n_items + 1) binary profiles; column 0 (padding) is always 0."""
         known = (users >= 0) & (users < self.user_items.shape[0])
         profile = torch.zeros(users.shape[0], self.n_items + 1)
         if known.any():
@@ -85,7 +68,44 @@ class ItemKNN(FittedBaseline, ScoresFromHistory, ItemSimilarity):
             rows = history[unknown]
             profile[unknown] = torch.zeros(rows.shape[0], self.n_items + 1).scatter_(1, rows, 1.0)
             profile[:, 0] = 0.0
-        return profile @ self.similarity
+        return profile
+
+
+class ItemKNN(ProfileBaseline, ScoresFromHistory, ItemSimilarity):
+    """Item-based collaborative filtering with cosine similarity, keeping each item's ``k`` neighbours.
+
+    The standard item-kNN (Sarwar et al. 2001; Deshpande & Karypis 2004; RecBole's ItemKNN): each
+    candidate item j keeps its ``k`` most similar items N(j), and a user's score for j is the sum of
+    sim(i, j) over the items i of the user's history that are among N(j). The neighbourhood is the
+    TARGET's: a history item that is not among j's neighbours says nothing about j, even when j is
+    among its own neighbours. ``similarity`` holds row i = the ``k`` neighbours of item i (what
+    ``/similar_items`` returns), so scores = profile @ similarity.T (profiles: ``ProfileBaseline``).
+    """
+
+    def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 0.0) -> None:
+        super().__init__(n_users, n_items)
+        self.k = k
+        self.shrink = shrink
+        self.register_buffer("similarity", torch.zeros(n_items + 1, n_items + 1))
+
+    def fit(self, train: sp.csr_matrix) -> ItemKNN:
+        binary = (train > 0).astype(np.float32).tocsc()
+        norms = np.sqrt(np.asarray(binary.multiply(binary).sum(axis=0)).ravel())
+        co = (binary.T @ binary).toarray()
+        denom = np.outer(norms, norms) + self.shrink + 1e-8
+        sim = co / denom
+        np.fill_diagonal(sim, 0.0)
+        if self.k < sim.shape[1]:
+            # Row i keeps the k neighbours of item i, zero the rest (scoring reads it transposed).
+            drop = np.argpartition(-sim, self.k, axis=1)[:, self.k :]
+            np.put_along_axis(sim, drop, 0.0, axis=1)
+        self.similarity = torch.from_numpy(sim.astype(np.float32))
+        self.user_items = torch.from_numpy(binary.tocsr().toarray())
+        return self
+
+    def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        # score(j) = sum over history items i of similarity[j, i]: row j holds j's own neighbours.
+        return self.profiles(users, history) @ self.similarity.T
 
 
 def pearson_similarity(binary: sp.csr_matrix, others: sp.csr_matrix | None = None) -> np.ndarray:

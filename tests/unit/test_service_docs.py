@@ -1,0 +1,60 @@
+"""The service's API page (OpenAPI document) speaks of recforge: title, version, what each endpoint
+does, request examples; nothing fetched from the internet. Read in-process from the real service class
+and its middleware (no server), pinned to a model tag: the document needs no model loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.config import CONFIG_DIR, REPO_ROOT
+from pipeline.provenance import package_version
+
+TAG = "recforge-bpr:docs0test"
+READ_DOCS = """
+import json
+from starlette.testclient import TestClient
+import serving.service as service
+print(json.dumps(TestClient(service.Recommender.to_asgi()).get("/docs.json").json()))
+"""
+
+
+def _docs(home: Path) -> dict:
+    env = dict(
+        os.environ,
+        RECFORGE_HOME=str(home),
+        BENTOML_HOME=str(home / "bentoml"),
+        RECFORGE_CONFIG=str(CONFIG_DIR / "pipeline.yaml"),
+        RECFORGE_MODEL_TAG=TAG,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", READ_DOCS], env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_the_api_page_describes_recforge_with_examples(tmp_path: Path) -> None:
+    doc = _docs(tmp_path / "home")
+    info = doc["info"]
+    assert info["title"] == "recforge recommender API"
+    assert info["version"] != "None" and package_version() in info["version"] and TAG in info["version"]
+    description = info["description"]
+    for endpoint in ("POST /recommend", "POST /events", "POST /similar_items", "GET /metadata"):
+        assert endpoint in description
+    assert "curl -s -X POST localhost:3000/recommend" in description
+    assert "<img" not in description and not re.search(r"!\[[^\]]*\]\(", description)  # no images
+    assert "http://" not in description and "https://" not in description  # nothing to fetch offline
+    assert "created with BentoML" not in description and "contact" not in info
+
+    for path, field in (("/recommend", "user_id"), ("/events", "events")):
+        body = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        example = body["examples"]["request"]["value"]
+        assert field in example, path
+    schemas = doc["components"]["schemas"]
+    assert schemas["recommend__Input"]["properties"]["user_id"]["examples"] == ["196"]
+    assert schemas["Event"]["example"]["item_id"] == "242"
