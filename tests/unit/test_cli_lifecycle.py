@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.layout import Layout
 from pipeline.run_index import RunIndex
 from tests.unit.test_package import _promote, _record
+
+pytestmark = pytest.mark.slow  # the recforge CLI in a subprocess
 
 RECFORGE = str(Path(sys.executable).with_name("recforge"))
 
