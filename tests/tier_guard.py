@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+REPO = Path(__file__).resolve().parent.parent
 EXEMPT_MARKERS = ("slow", "integration")
 
 FIX = "mark the test `slow` (a unit test) or `integration` (the real stack); see CONTRIBUTING.md, Tests"
@@ -40,11 +41,11 @@ ENTRY_POINTS: list[tuple[Any, str, str]] = [
 ]
 
 
+_SEEN = pytest.StashKey[list[str]]()  # a fast-tier test's refused calls
+
+
 class FastTierViolation(pytest.fail.Exception):
     """Raised where the call is made; a ``BaseException``, so ``except Exception`` cannot swallow it."""
-
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def in_fast_tier(item: pytest.Item) -> bool:
@@ -61,12 +62,9 @@ def _refusing(original: Callable[..., Any], what: str, nodeid: str, seen: list[s
     return refuse
 
 
-_SEEN = pytest.StashKey[list[str]]()
-
-
 def _called_from() -> str:
     """The innermost call in this repository's code (not the guard), where the fix usually goes."""
-    for frame in reversed(traceback.extract_stack()[:-2]):
+    for frame in reversed(traceback.extract_stack()):
         path = Path(frame.filename)
         ours = path.is_relative_to(REPO) and not {".venv", "site-packages"} & set(path.parts)
         if ours and path != Path(__file__).resolve():
