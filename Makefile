@@ -8,23 +8,41 @@ export RECFORGE_HOME ?= $(CURDIR)/.recforge
 export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast airflow serve drift-ui leaderboard bench lint format clean
+.PHONY: demo test test-fast check check-results airflow serve drift-ui leaderboard bench lint format clean
 
+# The lock is the tested pin set. Installed after it, recforge's own requirements (pyproject.toml,
+# extras included) are already satisfied, so pip installs only recforge but still checks them all.
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	$(BIN)/python -m pip install --quiet -e '.[dev,production]'
 	touch $@
 
 demo: $(BIN)/.installed  ## the main job: both DAGs end to end through Airflow (SQLite, local Feast)
 	$(BIN)/recforge demo
 
-test: $(BIN)/.installed  ## the whole suite (unit + integration against the real stack)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900 tests
+test: $(BIN)/.installed  ## the whole suite (unit + integration against the real stack); what CI runs
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900 --durations=25 tests
 
-test-fast: $(BIN)/.installed  ## unit tests only
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not integration" tests
+# The fast tier: neither `integration` nor `slow` (CONTRIBUTING.md, "Tests"), meant to stay within
+# two minutes on two cores; a test in it that starts a process or a server fails (tests/tier_guard.py).
+test-fast: $(BIN)/.installed  ## unit tests without the slow ones: pure logic, tiny tensors, no processes
+	$(BIN)/python -m pytest -q -p no:cacheprovider --timeout 900 -m "not integration and not slow" tests
+
+# What CI runs before the tests: lint, formatting and the typed modules ([tool.mypy] files).
+check: $(BIN)/.installed  ## ruff check, ruff format --check, mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# bench/check_results.py needs only the standard library and git: no venv to build first.
+STDLIB_PYTHON = $(or $(wildcard $(BIN)/python),$(PYTHON))
+
+# Lists committed benchmark results measured at a commit older than the last change to the code they
+# measure (or with no commit recorded). Reruns nothing; STRICT=1 exits non-zero when any is listed.
+check-results:  ## which bench/results/ predate the code they measure
+	$(STDLIB_PYTHON) bench/check_results.py $(if $(STRICT),--strict)
 
 airflow: $(BIN)/.installed  ## Airflow UI (standalone) on a free local port; prints URL and login
 	$(BIN)/recforge airflow-ui
@@ -35,6 +53,10 @@ airflow: $(BIN)/.installed  ## Airflow UI (standalone) on a free local port; pri
 LEADERBOARD_ARGS ?=
 leaderboard: $(BIN)/.installed  ## train + evaluate every model; leaderboard with target checks
 	$(BIN)/python bench/leaderboard.py $(LEADERBOARD_ARGS)
+
+# Running a benchmark is a decision (minutes to an hour; each rewrites its bench/results/ files).
+bench:  ## lists the benchmarks: what each measures, its commands (quick ones too), its results; runs none
+	$(STDLIB_PYTHON) bench/check_results.py --list
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

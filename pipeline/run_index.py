@@ -205,7 +205,7 @@ class RunIndex:
                     f"not {expected_tag or 'none'} as judged"
                 )
             body = json.dumps(event.to_dict(), sort_keys=True, default=str)
-            new_id = conn.execute(
+            inserted = conn.execute(
                 events_table.insert().values(
                     deployment=event.deployment,
                     at=event.at,
@@ -213,7 +213,10 @@ class RunIndex:
                     model_tag=event.model_tag,
                     record=body,
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            if inserted is None:  # a single-row insert into a table with a primary key always has one
+                raise RuntimeError(f"deployment {event.deployment!r}: the database returned no event id")
+            new_id = inserted[0]
         return DeploymentEvent.from_dict({**event.to_dict(), "id": int(new_id)})
 
     @contextmanager

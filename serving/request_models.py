@@ -23,7 +23,7 @@ def attribute_model(name: str, fields: dict[str, FieldSpec]) -> type[BaseModel]:
             kind: Any = Annotated[float, Field(ge=spec.min, le=spec.max, strict=True)]
         elif spec.type == "list":
             token = Annotated[StrictStr, Field(max_length=MAX_ATTRIBUTE_LENGTH)]
-            kind = Annotated[list[token], Field(max_length=MAX_LIST_TOKENS)]  # type: ignore[valid-type]
+            kind = Annotated[list[token], Field(max_length=MAX_LIST_TOKENS)]
         else:
             kind = Annotated[StrictStr, Field(max_length=MAX_ATTRIBUTE_LENGTH)]
         description = spec.description or f"{spec.type} attribute"

@@ -11,7 +11,10 @@ cluster, so feature-aware models can score users and items from attributes alone
 
 from __future__ import annotations
 
+import gc
 import os
+import platform
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +23,8 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+pytest_plugins = ["tests.tier_guard"]
 
 
 def synthetic_examples(
@@ -112,21 +117,34 @@ def layout(tmp_path: Path):
     return Layout(home=tmp_path / "home")
 
 
-# duckdb 2 (used by Feast's offline store through ibis) keeps module-level objects alive until the
-# interpreter finalises, and its nanobind bindings then print hundreds of "leaked instance" lines
-# *after* pytest's summary, burying the result. The process is ending anyway: skip finalisation.
-_exit_status = 0
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Read, before any test runs, the per-process facts whose first read starts a subprocess.
+
+    The code's commit (``pipeline.provenance.code_commit``: ``git``), stamped by packaging and run
+    records, and the processor name (``platform.uname().processor``: ``uname -p``), stamped by
+    BentoML on every stored model. Both are cached for the life of the process, as in a service;
+    reading them here keeps those subprocesses out of the fast tier's tests (tests/tier_guard.py).
+    """
+    from pipeline.provenance import code_commit
+
+    code_commit()
+    _ = platform.uname().processor
 
 
-def pytest_sessionfinish(session, exitstatus):
-    global _exit_status
-    _exit_status = int(exitstatus)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Close the DuckDB connection that outlives the tests, so the interpreter exits quietly.
 
-
-def pytest_unconfigure(config):
-    import os
-    import sys
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_exit_status)
+    Feast's DuckDB offline store runs its queries through ibis, and ibis keeps a process-wide default
+    DuckDB backend (``ibis.options.default_backend``) open until the interpreter ends. Left for
+    interpreter finalisation, that connection and the DuckDB types it holds are freed after DuckDB's
+    nanobind bindings have been torn down, and nanobind then prints its "leaked N instances / types /
+    functions" report after pytest's summary. The report is noise (the process is exiting, nothing
+    leaks during the run, the exit status is pytest's), but it buries the summary, so the connection
+    is closed here, after every test and fixture has finished.
+    """
+    ibis = sys.modules.get("ibis")
+    backend = getattr(getattr(ibis, "options", None), "default_backend", None)
+    if backend is not None:
+        backend.disconnect()
+        ibis.options.default_backend = None
+    gc.collect()

@@ -47,9 +47,9 @@ def decide(
         champion_tag=champion.model_tag if champion else None,
     )
     if not run_config.eligible:
-        return _replace(base, reason=run_config.eligibility)
+        return dataclasses.replace(base, reason=run_config.eligibility)
     if metric not in evaluation.metrics or metric not in evaluation.baselines.get("popularity", {}):
-        return _replace(
+        return dataclasses.replace(
             base,
             eligible=False,
             reason=f"the evaluation has no {metric!r} for the candidate and Popularity (ks in "
@@ -58,15 +58,15 @@ def decide(
     candidate = float(evaluation.metrics[metric])
     popularity = float(evaluation.baselines["popularity"][metric])
     required = popularity * cfg.gate.min_lift_over_popularity
-    base = _replace(base, candidate_value=candidate, popularity_value=popularity)
+    base = dataclasses.replace(base, candidate_value=candidate, popularity_value=popularity)
     lift = (
         f"{evaluation.model} {metric} {candidate:.4f} vs popularity {popularity:.4f} "
         f"x {cfg.gate.min_lift_over_popularity:g} = {required:.4f}"
     )
     if candidate < required:
-        return _replace(base, reason=f"{lift}: below")
+        return dataclasses.replace(base, reason=f"{lift}: below")
     if champion is None:
-        return _replace(base, promoted=True, reason=f"{lift}: passed; no champion yet")
+        return dataclasses.replace(base, promoted=True, reason=f"{lift}: passed; no champion yet")
 
     if champion.split_dir == str(split.dir) and metric in champion.metrics:
         champion_value, judged, champion_metrics = float(champion.metrics[metric]), "recorded", {}
@@ -90,19 +90,15 @@ def decide(
                 f"; {judgement.withheld_pairs} test events the champion trained on were withheld from "
                 f"both, candidate {metric} on that test set {candidate:.4f}"
             )
-            base = _replace(base, candidate_value=candidate)
+            base = dataclasses.replace(base, candidate_value=candidate)
     floor = champion_value - cfg.gate.champion_tolerance
     versus = (
         f"champion {champion.model_tag} {metric} {champion_value:.4f} ({where}), "
         f"tolerance {cfg.gate.champion_tolerance:g}"
     )
-    base = _replace(
+    base = dataclasses.replace(
         base, champion_value=champion_value, champion_judged=judged, champion_metrics=champion_metrics
     )
     if candidate > floor:
-        return _replace(base, promoted=True, reason=f"{lift}: passed; {candidate:.4f} > {versus}")
-    return _replace(base, reason=f"{lift}: passed; but {candidate:.4f} <= {versus}")
-
-
-def _replace(decision: GateDecision, **changes: object) -> GateDecision:
-    return dataclasses.replace(decision, **changes)
+        return dataclasses.replace(base, promoted=True, reason=f"{lift}: passed; {candidate:.4f} > {versus}")
+    return dataclasses.replace(base, reason=f"{lift}: passed; but {candidate:.4f} <= {versus}")

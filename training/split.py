@@ -188,7 +188,7 @@ def _load_valid_manifest(out_dir: Path) -> Split | None:
         split = Split.load(manifest)
     except (ValueError, TypeError, KeyError):
         return None
-    paths = (split.train, split.valid, split.test, split.item_ids, split.user_ids)
+    paths: tuple[Path, ...] = (split.train, split.valid, split.test, split.item_ids, split.user_ids)
     paths += (split.knowledge_graph,) if split.knowledge_graph is not None else ()
     return split if all(Path(p).exists() for p in paths) else None
 

@@ -29,6 +29,7 @@ def _subcommand(command: list[str]) -> list[str]:
     return words
 
 
+@pytest.mark.slow  # `<command> --help` in a subprocess per service
 @pytest.mark.parametrize("name", sorted(n for n, s in SERVICES.items() if "build" in s))
 def test_every_recforge_service_command_exists(name):
     command = SERVICES[name]["command"]

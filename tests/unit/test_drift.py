@@ -241,6 +241,7 @@ def stationary(tmp_path_factory: pytest.TempPathFactory):
     return split, model_dir, tmp, result
 
 
+@pytest.mark.slow  # the drift monitor end to end: Evidently reports and workspace
 def test_stationary_timeline_reports_no_drift(stationary) -> None:
     _, _, _, result = stationary
     assert result.drift_detected is False, result.reasons
@@ -261,6 +262,7 @@ def test_stationary_timeline_reports_no_drift(stationary) -> None:
     assert {"ndcg@10", "recall@10", "hitrate@10", "novelty@10"} <= set(result.ranking_metrics)
 
 
+@pytest.mark.slow
 def test_reports_json_and_workspace_runs_are_written(stationary) -> None:
     from evidently.ui.workspace import Workspace
 
@@ -291,6 +293,7 @@ def test_reports_json_and_workspace_runs_are_written(stationary) -> None:
     assert set(result.run_ids.values()) <= runs
 
 
+@pytest.mark.slow
 def test_second_run_reuses_the_project_and_a_quality_floor_fires(stationary) -> None:
     from monitoring.drift import run_drift
 
@@ -302,6 +305,7 @@ def test_second_run_reuses_the_project_and_a_quality_floor_fires(stationary) -> 
     assert len(result.reasons) == 1 and result.reasons[0].startswith("ranking quality: ndcg@10")
 
 
+@pytest.mark.slow
 def test_shifted_current_window_is_detected(tmp_path: Path) -> None:
     from monitoring.drift import run_drift
 
@@ -336,6 +340,7 @@ def test_windows_are_equal_consecutive_and_current_is_newest(tmp_path: Path) -> 
         select_windows(split, 0.6)
 
 
+@pytest.mark.slow
 def test_evidently_ndcg_matches_training_metrics(stationary) -> None:
     """The rows handed to Evidently reproduce the project's own full-ranking NDCG@10 definition."""
     import torch
@@ -376,6 +381,7 @@ def test_evidently_ndcg_matches_training_metrics(stationary) -> None:
     assert result.ranking_metrics["recall@10"] == pytest.approx(metrics["recall@10"].mean().item(), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_reports_carry_the_verdict_in_the_workspace(stationary) -> None:
     from evidently.ui.workspace import Workspace
 
@@ -433,6 +439,7 @@ def _data_decision(a: pd.DataFrame, b: pd.DataFrame, cfg: MonitoringConfig):
     return data, decide(checks, cfg)
 
 
+@pytest.mark.slow  # a real Evidently column drift report per seed
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_stationary_resample_is_not_drift(seed: int) -> None:
     a, b = _session_halves(seed)
@@ -443,6 +450,7 @@ def test_stationary_resample_is_not_drift(seed: int) -> None:
     assert (decision.verdict, decision.action) == ("no drift", "nothing to do")
 
 
+@pytest.mark.slow  # a real Evidently column drift report
 def test_rating_scale_shift_is_drift_naming_the_rating() -> None:
     a, b = _session_halves(1)
     data, decision = _data_decision(a, b.assign(rating=b["rating"] * 2), CFG)
@@ -455,6 +463,7 @@ def test_rating_scale_shift_is_drift_naming_the_rating() -> None:
     )
 
 
+@pytest.mark.slow
 def test_surge_of_light_visitors_is_drift_in_user_activity() -> None:
     """New visitors with one or two events each take a third of the window: the bulk of the activity
     distribution moves, which the log scale shows (on a raw scale the heavy users' tail hides it)."""
@@ -469,6 +478,7 @@ def test_surge_of_light_visitors_is_drift_in_user_activity() -> None:
     assert decision.action.startswith("the audience changed")
 
 
+@pytest.mark.slow
 def test_broken_column_is_reported_and_holds_retraining_back() -> None:
     a, b = _session_halves(2)
     broken = b.assign(occupation=b["occupation"].where(np.arange(len(b)) % 10 == 0, None))

@@ -53,6 +53,7 @@ def test_ints_are_floats_where_a_float_is_declared() -> None:
     assert validate_hparams("bpr", {"lr": 1}) == {"lr": 1.0}
 
 
+@pytest.mark.slow  # the recforge CLI in a subprocess
 def test_the_cli_says_so_in_one_line(tmp_path: Path) -> None:
     """The README's old example (``--hparam epochs=5``) used to train 30 epochs without a word."""
     env = dict(os.environ, RECFORGE_HOME=str(tmp_path), RECFORGE_CONFIG=str(tmp_path / "none.yaml"))

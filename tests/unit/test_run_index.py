@@ -65,6 +65,7 @@ def race(url: str, contenders: int = 6) -> list[tuple[str, str]]:
     return [results.get(timeout=5) for _ in processes]
 
 
+@pytest.mark.slow  # six spawned processes
 def test_concurrent_promotions_against_the_same_champion_have_one_winner(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/index.db"
     outcomes = race(url)

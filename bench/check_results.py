@@ -1,0 +1,235 @@
+"""Which committed benchmark results predate the code they measure?
+
+    python bench/check_results.py            # a table of every result under bench/results/
+    python bench/check_results.py --strict   # the same; exits 1 when any result is listed as out of date
+    python bench/check_results.py --list     # the benchmarks: what each measures, its command, its results
+
+A result is a file under ``bench/results/`` (JSON or Markdown; ``x.json``, ``x.md`` and ``x.meta.json``
+are one result ``x``) that records the commit it ran at: a ``code_commit`` / ``git_commit`` key in its
+JSON, or "at git `<sha>`" / "at commit `<sha>`" in its Markdown (what the bench scripts write). It is
+*stale* when a later commit changed the code it measures (``MEASURES``: the bench script plus the
+paths whose behaviour it reports; by default the script plus every project package), and listed as
+such with the commits since and the paths they touched. Results that record no commit, or a commit
+this clone does not have, are listed too. Nothing is rerun: rerunning a stale result is a decision
+(minutes to an hour of machine time), this only says which ones it concerns. Uses git and the
+standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+
+COMMIT_KEYS = ("code_commit", "git_commit")
+COMMIT_IN_TEXT = re.compile(r"\bat (?:git|commit) `([0-9a-f]{7,40})(\+dirty)?`")
+SHA = re.compile(r"^([0-9a-f]{7,40})(\+dirty)?$")
+
+
+def project_packages(repo: Path = REPO) -> list[str]:
+    pyproject = tomllib.loads((repo / "pyproject.toml").read_text())
+    return [p.rstrip("*") + "/" for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+
+
+@dataclass(frozen=True)
+class Measures:
+    """What a result measures: the script that writes it and the code whose changes can move it."""
+
+    script: str | None
+    paths: tuple[str, ...] | None = None  # None: the project packages
+
+    def all_paths(self, repo: Path = REPO) -> list[str]:
+        paths = list(self.paths) if self.paths is not None else project_packages(repo)
+        return ([self.script] if self.script else []) + paths
+
+
+LEADERBOARD = Measures("bench/leaderboard.py", ("bench/bench_training.py", "training/", "configs/models/"))
+SERVING = Measures("bench/bench_serving.py", ("serving/",))
+
+# Result name (its path under bench/results/ without suffixes; for a folder, its first part) -> what it
+# measures. A result not named here measures its bench script (bench/bench_<name>.py or
+# bench/<name>.py, if there is one) and every project package.
+MEASURES: dict[str, Measures] = {
+    "leaderboard": LEADERBOARD,
+    "schema_change": LEADERBOARD,  # leaderboards before and after a change of the attribute encoders
+    "training": Measures("bench/bench_training.py", ("training/", "configs/models/")),
+    "scaling": Measures("bench/bench_scaling.py", ("training/",)),
+    "drift_calibration": Measures("bench/bench_drift.py", ("monitoring/",)),
+    "serving": SERVING,
+    "serving_two_stage": SERVING,
+    "lifecycle": Measures("bench/bench_lifecycle.py", ("serving/", "pipeline/run_index.py")),
+}
+
+
+def measures_of(name: str, repo: Path = REPO) -> Measures:
+    head = name.split("/", 1)[0]
+    if head in MEASURES:
+        return MEASURES[head]
+    for script in (f"bench/bench_{head}.py", f"bench/{head}.py"):
+        if (repo / script).is_file():
+            return Measures(script)
+    return Measures(None)
+
+
+def result_name(path: Path, results_dir: Path = RESULTS) -> str:
+    """``bench/results/leaderboard.meta.json`` -> ``leaderboard``."""
+    relative = path.relative_to(results_dir)
+    return str(relative.parent / relative.name.split(".", 1)[0]).removeprefix("./")
+
+
+def commits_in_json(value: Any) -> list[str]:
+    found: list[str] = []
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in COMMIT_KEYS and isinstance(item, str) and SHA.match(item):
+                found.append(item)
+            else:
+                found += commits_in_json(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += commits_in_json(item)
+    return found
+
+
+def commits_in_text(text: str) -> list[str]:
+    return [sha + dirty for sha, dirty in COMMIT_IN_TEXT.findall(text)]
+
+
+def recorded_commits(files: list[Path]) -> list[str]:
+    """Every commit the files of one result record, in file order, without repeats."""
+    found: list[str] = []
+    for file in files:
+        text = file.read_text()
+        if file.suffix == ".json":
+            try:
+                found += commits_in_json(json.loads(text))
+            except json.JSONDecodeError:
+                continue
+        else:
+            found += commits_in_text(text)
+    return list(dict.fromkeys(found))
+
+
+def git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
+
+
+@dataclass
+class Row:
+    result: str
+    commit: str
+    measures: str
+    status: str
+    listed: bool  # out of date, or cannot be told
+
+
+def check(name: str, files: list[Path], repo: Path = REPO) -> Row:
+    measures = measures_of(name, repo)
+    paths = measures.all_paths(repo)
+    packages = "the project packages" if measures.script is None else f"{measures.script} + the packages"
+    shown = ", ".join(paths) if measures.paths is not None else packages
+    commits = recorded_commits(files)
+    if not commits:
+        return Row(name, "-", shown, "no commit recorded", True)
+    if len({c.removesuffix("+dirty")[:7] for c in commits}) > 1:
+        return Row(name, " ".join(c[:9] for c in commits), shown, "its files record different commits", True)
+    recorded = commits[0]
+    sha = recorded.removesuffix("+dirty")
+    label = sha[:9] + (" (dirty)" if recorded.endswith("+dirty") else "")
+    if git(repo, "cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
+        return Row(name, label, shown, "commit not in this clone's history", True)
+    since = git(repo, "log", "--format=%h", f"{sha}..HEAD", "--", *paths).stdout.split()
+    if not since:
+        return Row(name, label, shown, "current", False)
+    touched = git(repo, "diff", "--name-only", sha, "HEAD", "--", *paths).stdout.split()
+    where = sorted({t if t.startswith("bench/") else t.split("/", 1)[0] + "/" for t in touched})
+    changed = ", ".join(where[:4]) + (f" (+{len(where) - 4} more)" if len(where) > 4 else "")
+    plural = "s" if len(since) > 1 else ""
+    return Row(name, label, shown, f"STALE: {len(since)} commit{plural} since changed {changed}", True)
+
+
+def results(repo: Path = REPO) -> dict[str, list[Path]]:
+    results_dir = repo / RESULTS.relative_to(REPO)
+    grouped: dict[str, list[Path]] = {}
+    for path in sorted(results_dir.rglob("*")):
+        if path.is_file() and path.suffix in (".json", ".md"):
+            grouped.setdefault(result_name(path, results_dir), []).append(path)
+    # The JSON first: its commit is the one the script recorded, the Markdown's is rendered from it.
+    return {name: sorted(files, key=lambda f: f.suffix != ".json") for name, files in grouped.items()}
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+def catalogue() -> str:
+    """Every bench script: its summary, its results and the commands its docstring gives."""
+    written: dict[str, list[str]] = {}
+    for name in results():
+        script = measures_of(name).script
+        shown = name.split("/", 1)[0] + "/" if "/" in name else name  # a folder of results, once
+        if script and shown not in written.setdefault(script, []):
+            written[script].append(shown)
+    blocks = []
+    for script in sorted(REPO.glob("bench/*.py")):
+        relative = str(script.relative_to(REPO))
+        if relative == "bench/check_results.py":
+            continue
+        doc = ast.get_docstring(ast.parse(script.read_text())) or ""
+        usage = [
+            line.strip()
+            for line in doc.splitlines()
+            if re.match(r"\s*(make |python |\.venv/bin/python |[A-Z_]+=\S* )", line)
+        ]
+        outputs = ", ".join(f"bench/results/{n}" for n in written.get(relative, [])) or "-"
+        blocks.append(
+            "\n".join(
+                [f"{relative}: {doc.splitlines()[0] if doc else '(no docstring)'}", f"  results: {outputs}"]
+                + [f"  $ {line}" for line in usage]
+            )
+        )
+    return "\n\n".join(blocks)
+
+
+def main(argv: list[str] | None = None, repo: Path = REPO) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any result is listed")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks instead (runs none)")
+    args = parser.parse_args(argv)
+    if args.list:
+        print(catalogue())  # the scripts of this checkout
+        print(
+            "\nNone was run. Each writes bench/results/ by default; give --out (or --out-json/--out-md) to keep"
+        )
+        print("the committed results, and see `make check-results` for which of them are out of date.")
+        return 0
+    rows = [check(name, files, repo) for name, files in results(repo).items()]
+    header = ["result (bench/results/)", "recorded commit", "measures", "status"]
+    print(table(header, [[r.result, r.commit, r.measures, r.status] for r in rows]))
+    listed = [r for r in rows if r.listed]
+    print(
+        f"\n{len(listed)} of {len(rows)} results are out of date or record no commit; HEAD is "
+        f"{git(repo, 'rev-parse', '--short=9', 'HEAD').stdout.strip()}. Rerun a result's command (its .md names "
+        "it) to refresh it."
+    )
+    return 1 if args.strict and listed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
