@@ -7,24 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-<<<<<<< HEAD
-from pipeline.config import REPO_ROOT
-=======
 import pytest
 
->>>>>>> habits
+from pipeline.config import REPO_ROOT
 from pipeline.layout import Layout
 from pipeline.run_index import RunIndex
 from tests.unit.test_package import _promote, _record
 
-<<<<<<< HEAD
-# The `recforge` entry point of this checkout (the venv's script may belong to another one).
-RECFORGE = [sys.executable, "-m", "orchestration.cli"]
-=======
 pytestmark = pytest.mark.slow  # the recforge CLI in a subprocess
 
-RECFORGE = str(Path(sys.executable).with_name("recforge"))
->>>>>>> habits
+# The `recforge` entry point of this checkout (the venv's script may belong to another one).
+RECFORGE = [sys.executable, "-m", "orchestration.cli"]
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
