@@ -349,11 +349,14 @@ class Recommender:
         may_explain = user_idx is not None or self._ranks_unknown_users  # index -1 only if declared
         if ranked_by_self and may_explain and self.can_explain and hist and indices.numel():
             explanations = self._explain(-1 if user_idx is None else user_idx, hist, indices)
+        reason = scored.reason
+        if user_id is None and scored.strategy == POPULARITY and not session_rows:
+            reason = "anonymous visitor without a known session item"
         return Recommendation(
             user_id=user_id,
             items=self._scored_items(values, indices, explanations),
             fallback=scored.strategy == POPULARITY,
-            fallback_reason=scored.reason,
+            fallback_reason=reason,
             history_used=len(hist),
             strategy=strategy,
             stages=stages,

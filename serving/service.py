@@ -850,8 +850,8 @@ class Recommender:
         uid = None if user_id is None else str(user_id).strip()
         if uid == "":
             raise InvalidArgument("user_id must be a non-empty string or integer")
-        if uid is None and not session:
-            raise InvalidArgument("give a user_id, a non-empty session of item ids, or both")
+        # Neither user_id nor session: an anonymous visitor we know nothing of (popularity, flagged). Not
+        # refused, because the OpenAPI schema cannot say "one of the two" and must accept what it allows.
         visited = None if session is None else [str(item).strip() for item in session]
         history = live.online.recent_items(uid) if uid is not None else None
         attributes, source = None, None

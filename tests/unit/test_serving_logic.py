@@ -266,6 +266,7 @@ def test_unknown_session_items_are_reported_not_refused(sasrec: Recommender) -> 
     only_unknown = sasrec.recommend(None, None, k=3, session=["x", "y"])
     assert only_unknown.fallback and only_unknown.strategy == "popularity"
     assert only_unknown.unknown_session_items == ["x", "y"]
+    assert only_unknown.fallback_reason == "anonymous visitor without a known session item"
 
 
 def test_too_long_session_is_refused_with_the_limit(sasrec: Recommender) -> None:
@@ -479,6 +480,10 @@ def test_body_limits_content_type_and_error_shape(guarded) -> None:
     ]
     _is_error(guarded.post("/recommend", json={"user_id": "unknown"}, headers=key), 404, "unknown item_id")
     _is_error(guarded.post("/recommend", json={"user_id": "boom"}, headers=key), 500)
+    _is_error(guarded.post("/recommend", headers=key), 400, "request body is required")
+    _is_error(
+        guarded.post("/recommend", content=b"  ", headers={**key, "content-type": "application/json"}), 400
+    )
     long_path = "/" + "p" * 5000
     resp = guarded.get(long_path, headers=key)
     _is_error(resp, 404, "no such endpoint")
