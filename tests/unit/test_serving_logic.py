@@ -315,6 +315,32 @@ def test_diversity_without_embeddings_uses_the_model_similarity(knn: Recommender
     assert rec.stages[-1].startswith("rerank:mmr(diversity=0.5,item_similarity)") and len(rec.items) == 3
 
 
+def test_diversity_without_embeddings_uses_item_attributes(pop: Recommender) -> None:
+    """Popularity has no item vectors: MMR measures redundancy by the items' genres."""
+    import dataclasses
+
+    from pipeline.schema import DataSchema, FieldSpec
+    from training.attributes import Attributes, EntityAttributes, FieldEncoding
+
+    genre = FieldEncoding("genres", FieldSpec(type="list", max_tokens=1), ["A", "B"])
+    in_a = {1, 2, 3, 6}  # genre A holds the two most popular items (i2, i6: 3 users each)
+    codes = np.array([[0]] + [[1] if j in in_a else [2] for j in range(1, N_ITEMS + 1)])
+    items = EntityAttributes("item", [genre], codes, np.zeros((N_ITEMS + 1, 0), np.float32))
+    users = EntityAttributes("user", [], np.zeros((N_USERS, 0), np.int64), np.zeros((N_USERS, 0), np.float32))
+    art = dataclasses.replace(pop.artifact, attributes=Attributes(DataSchema(name="t"), users, items))
+    rec = Recommender(art)
+    assert rec.diversity_method == "attribute_cosine"
+    plain = rec.recommend(None, None, k=4, exclude_seen=False)
+    diverse = rec.recommend(None, None, k=4, exclude_seen=False, diversity=0.9)
+    genre_of = {f"i{j}": "A" if j in in_a else "B" for j in range(1, N_ITEMS + 1)}
+    plain_genres = [genre_of[i] for i in _ids(plain)]
+    diverse_genres = [genre_of[i] for i in _ids(diverse)]
+    assert plain_genres[:2] == ["A", "A"] and diverse_genres[:2] in (["A", "B"], ["B", "A"])
+    # Once both genres are in, every candidate is equally redundant: relevance decides again.
+    assert diverse_genres.index("B") < plain_genres.index("B")
+    assert _ids(diverse)[0] == _ids(plain)[0] and diverse.stages[-1].endswith("attribute_cosine)@50")
+
+
 def test_unreachable_feature_store_degrades_to_no_history(tmp_path: Path) -> None:
     from serving.online import OnlineHistory
 
