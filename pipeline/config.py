@@ -144,6 +144,12 @@ class DeploymentConfig(_Strict):
     description: str = ""
 
 
+class ServingConfig(_Strict):
+    # Default of /recommend's `diversity` (MMR re-ranking, serving.recommender): 0 = relevance order.
+    # A value other than 0 is a choice of the accuracy/diversity trade-off: make it on validation data.
+    diversity: float = Field(0.0, ge=0.0, le=1.0)
+
+
 class RunIndexConfig(_Strict):
     # SQLAlchemy URL of the run index; empty = ``sqlite:///$RECFORGE_HOME/run_index.db``. The
     # environment variable RECFORGE_RUN_INDEX_URL wins (secrets stay out of the repo), e.g.
@@ -192,6 +198,7 @@ class PipelineConfig(_Strict):
     evaluation: EvaluationConfig = EvaluationConfig()
     gate: GateConfig = GateConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    serving: ServingConfig = ServingConfig()
     # The deployment this run competes for, and every deployment's judging key.
     deployment: str = "default"
     deployments: dict[str, DeploymentConfig] = Field(default_factory=lambda: {"default": DeploymentConfig()})

@@ -384,6 +384,13 @@ class ServingSafety:
                 _log_error(method, path, 413, message)
                 await send_json(send, 413, error_body(413, message), [(b"connection", b"close")])
                 return
+            if method == "POST" and path in self.api_paths and not body_bytes.strip():
+                # The documented body is required; an endpoint whose fields are all optional
+                # (/recommend: an anonymous visitor) would otherwise answer an empty one.
+                message = "request body is required: send a JSON object"
+                _log_error(method, path, 400, message)
+                await send_json(send, 400, error_body(400, message))
+                return
             receive = _replay(body_bytes, receive)
         shaper = _ResponseShaper(send, method, path, self._patch_docs if path == "/docs.json" else None)
         try:

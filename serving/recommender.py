@@ -12,6 +12,17 @@ How a user is represented (``Recommendation.strategy``):
 - ``attributes``: unknown user, scored from profile attributes (+ history) by a model implementing
   ``full_sort_predict_from_attributes`` whose artifact carries side features.
 - ``popularity``: nothing usable; training popularity, flagged ``fallback``.
+- ``session`` / ``history+session``: the request gave a ``session`` (the visitor's recent item ids,
+  oldest first) and the model scored from a history that held it: the session alone (no user, an
+  unknown user without online history), or the session appended to the online history (deduplicated
+  by item, each item at its latest occurrence; for a known user of a model that reads histories, the
+  training items stand in for a missing online history). A model that scores without a history keeps
+  its usual strategy and says in ``note`` that the session only excluded its items.
+
+Diversity: with ``diversity`` > 0 the top ``max(50, 5k)`` items by relevance are re-ranked by maximal
+marginal relevance (``training.rerank``), item-item cosine from the model's item embeddings
+(``EmbedsItems``), else the items' attributes (categorical and list fields: genres), else the model's
+item similarity (ItemKNN) or training co-occurrence. ``diversity`` 0 is the relevance order itself.
 
 Rankers (``is_ranker = True``: DeepFM, DIN, DIEN) packaged with a retriever serve in two stages: the
 retriever ranks the whole catalogue (with exclusions) and keeps the top ``n_candidates``; the ranker's
@@ -31,6 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from serving.request_models import MAX_SESSION_ITEMS
 from training.artifact import (
     DEFAULT_HISTORY_LENGTH,
     ModelArtifact,
@@ -48,6 +60,7 @@ from training.models.capabilities import (
     ScoresFromHistory,
     can,
 )
+from training.rerank import cosine_similarity, mmr
 from training.scoring import UNKNOWN_USER, ArtifactScorer, finite_top_k
 
 DEFAULT_CANDIDATES = 200  # retrieval depth of two-stage serving
@@ -57,6 +70,9 @@ EXPLAIN_TOP = 3  # history items named per recommended item
 _HISTORY_KINDS = {"sequential", "example"}
 
 KNOWN_USER, HISTORY, ATTRIBUTES, POPULARITY = "known_user", "history", "attributes", "popularity"
+SESSION, HISTORY_AND_SESSION = "session", "history+session"
+# MMR re-ranks this many of the most relevant items: enough room to diversify, bounded per request.
+DIVERSITY_MIN_CANDIDATES, DIVERSITY_CANDIDATES_PER_K = 50, 5
 # A cold user's attributes in a model's vocabulary: (codes, standardised numbers), see training.attributes.
 EncodedUser = tuple[np.ndarray, np.ndarray]
 
@@ -70,16 +86,22 @@ class ScoredItem:
     because_you_interacted_with: list[str] | None = None
 
 
+class SessionTooLong(ValueError):
+    """A request's session holds more items than ``MAX_SESSION_ITEMS``."""
+
+
 @dataclass(frozen=True)
 class Recommendation:
-    user_id: str
+    user_id: str | None  # None: an anonymous visitor, known by its session only
     items: list[ScoredItem]
     fallback: bool
     fallback_reason: str | None = None
-    history_used: int = 0  # online history items that were known to the model
-    strategy: str = KNOWN_USER  # known_user | history | attributes | popularity (module docstring)
+    history_used: int = 0  # history items (online and session) known to the model and given to it
+    # known_user | history | attributes | popularity | session | history+session (module docstring)
+    strategy: str = KNOWN_USER
     stages: list[str] = field(default_factory=list)  # e.g. ["retrieve:twotower@200", "rank:din"]
     note: str | None = None  # what was skipped and why (e.g. the ranker cannot score unknown users)
+    unknown_session_items: list[str] = field(default_factory=list)  # session ids the model never saw
 
 
 @dataclass(frozen=True)
@@ -153,18 +175,26 @@ class Recommender:
                 raise ValueError(f"n_candidates must be >= 1, got {self.n_candidates}")
         self._item_vectors = _item_vectors(art)  # row-normalised (n_items + 1, d) or None
         self._item_similarity = _item_similarity(art)  # (n_items + 1, n_items + 1) or None
-        if self._item_vectors is None and self._item_similarity is None:
-            # Co-occurrence cosine from the training matrix: one sparse column product per request.
-            binary = (self._seen > 0).astype(np.float32)
-            self._cooc_csc = binary.tocsc()
-            self._cooc_csr = binary.tocsr()
-            self._cooc_norm = np.sqrt(np.asarray(binary.sum(axis=0)).ravel()) + 1e-8
+        self._attribute_vectors = _attribute_vectors(art)  # (n_items + 1, vocabulary) multi-hot or None
+        # Co-occurrence cosine from the training matrix: one sparse column product per request.
+        binary = (self._seen > 0).astype(np.float32)
+        self._cooc_csc = binary.tocsc()
+        self._cooc_csr = binary.tocsr()
+        self._cooc_norm = np.sqrt(np.asarray(binary.sum(axis=0)).ravel()) + 1e-8
         self.similarity_method = (
             "embedding_cosine"
             if self._item_vectors is not None
             else "item_similarity"
             if self._item_similarity is not None
             else "cooccurrence_cosine"
+        )
+        # What MMR re-ranking measures redundancy by: embeddings first, then what an item is.
+        self.diversity_method = (
+            "embedding_cosine"
+            if self._item_vectors is not None
+            else "attribute_cosine"
+            if self._attribute_vectors is not None
+            else self.similarity_method
         )
 
     # ---- request helpers -------------------------------------------------------------------------
@@ -237,68 +267,101 @@ class Recommender:
 
     def recommend(
         self,
-        user_id: str,
+        user_id: str | None,
         history: list[str] | None,
         k: int,
         exclude_seen: bool = True,
         user_features: dict[str, Any] | None = None,
         candidates: int | None = None,
+        session: list[str] | None = None,
+        diversity: float = 0.0,
     ) -> Recommendation:
         """Top-``k`` items for ``user_id`` given its online ``history`` (item ids, oldest first).
 
         Known user -> the model's scores. Unknown user -> scores from ``user_features`` (age, gender,
         occupation) when the model supports attributes, else from the history when it can use one,
-        else training popularity, flagged as a fallback. ``exclude_seen`` drops the user's training
-        items and the online history. A ranker with a retriever re-ranks the retriever's top
-        ``candidates`` (default ``n_candidates``).
+        else training popularity, flagged as a fallback. ``session`` (item ids, oldest first, at most
+        ``MAX_SESSION_ITEMS``; ``user_id`` None for an anonymous visitor) joins the history (module
+        docstring); its ids unknown to the model are reported, not refused. ``exclude_seen`` drops
+        the user's training items, the online history and the session. A ranker with a retriever
+        re-ranks the retriever's top ``candidates`` (default ``n_candidates``). ``diversity`` in
+        [0, 1] re-ranks the most relevant items by MMR (0: relevance order).
         """
-        user_id = str(user_id)
-        online = self.scorer.item_rows(history)  # all are excluded; the newest are the model's input
-        user_idx = self.known_user(user_id)
-        if user_idx is not None and not online and self.kind in _HISTORY_KINDS:
+        if session is not None and len(session) > MAX_SESSION_ITEMS:
+            raise SessionTooLong(
+                f"session holds {len(session)} items; at most {MAX_SESSION_ITEMS} (the newest) are accepted"
+            )
+        if not 0.0 <= diversity <= 1.0:
+            raise ValueError(f"diversity must lie in [0, 1], got {diversity}")
+        user_id = None if user_id is None else str(user_id)
+        user_idx = None if user_id is None else self.known_user(user_id)
+        stored = self.scorer.item_rows(history)
+        if user_idx is not None and not stored and self.kind in _HISTORY_KINDS:
             # No online history (e.g. the store was reset): the training items are the best context.
-            online = [int(i) for i in self.seen_indices(user_idx)]
+            stored = [int(i) for i in self.seen_indices(user_idx)]
+        session_rows = self.scorer.item_rows(session)
+        unknown_session = [str(i) for i in session or [] if str(i) not in self.item_index]
+        # All of it is excluded; the newest items are the model's input.
+        online = merge_history(stored, session_rows) if session_rows else stored
         hist = online[-self.history_length :]  # this model's input; a retriever takes its own tail
         row = UNKNOWN_USER if user_idx is None else user_idx
+        # MMR needs more than k relevant items to choose from.
+        depth = k if diversity == 0.0 else max(DIVERSITY_MIN_CANDIDATES, DIVERSITY_CANDIDATES_PER_K * k)
 
         note: str | None = None
         if self.retriever is None:
-            scored = self._user_scores(user_id, hist, user_features)
+            scored = self._user_scores(user_idx, hist, user_features)
             scores = self._excluded(scored.scores, row, online, exclude_seen)
-            values, indices = finite_top_k(scores, k)
+            values, indices = finite_top_k(scores, depth)
             stages = [f"full_ranking:{self.name}"]
             ranked_by_self = scored.scored_by_model
+            read_history = self._reads_history(scored.strategy)
         else:
-            scored = self.retriever._user_scores(user_id, online, user_features)
+            retriever_row = None if user_id is None else self.retriever.known_user(user_id)
+            scored = self.retriever._user_scores(retriever_row, online, user_features)
             scores = self._excluded(scored.scores, row, online, exclude_seen)
-            depth = max(int(candidates or self.n_candidates), k)
-            _, pool = finite_top_k(scores, depth)
-            stages = [f"retrieve:{self.retriever.name}@{depth}"]
+            pool_depth = max(int(candidates or self.n_candidates), depth)
+            _, pool = finite_top_k(scores, pool_depth)
+            stages = [f"retrieve:{self.retriever.name}@{pool_depth}"]
+            read_history = self.retriever._reads_history(scored.strategy)
             codes = None if user_idx is not None else self._ranker_codes(user_features)
             if pool.numel() and (user_idx is not None or codes is not None or self._ranks_unknown_users):
                 rank_scores = self._score_candidates(-1 if user_idx is None else user_idx, hist, pool, codes)
-                values, order = finite_top_k(rank_scores, k)
+                values, order = finite_top_k(rank_scores, depth)
                 indices = pool[order]
                 stages.append(f"rank:{self.name}")
                 ranked_by_self = True
+                read_history = read_history or self.kind in _HISTORY_KINDS
             else:
-                values, indices = finite_top_k(scores, k)
+                values, indices = finite_top_k(scores, depth)
                 ranked_by_self = False
                 if pool.numel():
                     note = f"ranker {self.name!r} cannot score users unknown to it: retrieval order"
+        if diversity > 0.0 and indices.numel():
+            picked = mmr(values, self._candidate_similarity(indices), k, diversity)
+            values, indices = values[picked], indices[picked]
+            stages.append(f"rerank:mmr(diversity={diversity:g},{self.diversity_method})@{depth}")
+        strategy = scored.strategy
+        if session_rows:
+            strategy, session_note = self._session_strategy(strategy, read_history, len(stored) > 0)
+            note = "; ".join(n for n in (note, session_note) if n) or None
         explanations = None
         may_explain = user_idx is not None or self._ranks_unknown_users  # index -1 only if declared
         if ranked_by_self and may_explain and self.can_explain and hist and indices.numel():
             explanations = self._explain(-1 if user_idx is None else user_idx, hist, indices)
+        reason = scored.reason
+        if user_id is None and scored.strategy == POPULARITY and not session_rows:
+            reason = "anonymous visitor without a known session item"
         return Recommendation(
             user_id=user_id,
             items=self._scored_items(values, indices, explanations),
             fallback=scored.strategy == POPULARITY,
-            fallback_reason=scored.reason,
+            fallback_reason=reason,
             history_used=len(hist),
-            strategy=scored.strategy,
+            strategy=strategy,
             stages=stages,
             note=note,
+            unknown_session_items=unknown_session,
         )
 
     def similar_items(self, item_id: str, k: int) -> list[ScoredItem]:
@@ -355,10 +418,10 @@ class Recommender:
         return can(self.artifact.module, ScoresFromHistory)
 
     def _user_scores(
-        self, user_id: str, hist: list[int], user_features: dict[str, Any] | None
+        self, user_idx: int | None, hist: list[int], user_features: dict[str, Any] | None
     ) -> _UserScores:
-        """This model's full-catalogue scores for one user, by the best path the user allows."""
-        user_idx = self.known_user(user_id)
+        """This model's full-catalogue scores for one user (its row, None: unknown to the model), by
+        the best path the user allows."""
         if user_idx is not None:
             return _UserScores(self._score(user_idx, hist), KNOWN_USER)
         codes = self.encode_attributes(user_features) if self.uses_attributes else None
@@ -374,6 +437,40 @@ class Recommender:
         else:
             reason = f"unknown user; model {self.name!r} cannot score from history"
         return _UserScores(self._popularity.clone(), POPULARITY, reason, scored_by_model=False)
+
+    def _reads_history(self, strategy: str) -> bool:
+        """Whether this model's scores of a user represented by ``strategy`` depend on the history."""
+        if strategy == KNOWN_USER:
+            return self.kind in _HISTORY_KINDS  # general models score a known user from its own row
+        return strategy in (HISTORY, ATTRIBUTES)
+
+    def _session_strategy(
+        self, strategy: str, read_history: bool, had_history: bool
+    ) -> tuple[str, str | None]:
+        """The strategy of an answer to a request with a session, and a note when the session did not
+        shape the scores (the model's ``strategy`` without it, ``read_history``: whether a stage
+        read the history, ``had_history``: whether one came before the session)."""
+        if not read_history:
+            if strategy == POPULARITY:
+                why = f"model {self.name!r} cannot score from a history"
+            else:
+                why = f"model {self.name!r} scores a known user from its training interactions, not a history"
+            return strategy, f"session ignored for scoring ({why}); its items are excluded"
+        if strategy == ATTRIBUTES:
+            return strategy, "session appended to the history given with the attributes"
+        return (HISTORY_AND_SESSION if had_history else SESSION), None
+
+    def _candidate_similarity(self, indices: torch.Tensor) -> torch.Tensor:
+        """(N, N) item-item similarity of the item rows ``indices`` (N,), by ``diversity_method``."""
+        if self._item_vectors is not None:
+            vectors = self._item_vectors[indices]
+            return vectors @ vectors.T
+        if self._attribute_vectors is not None:
+            return cosine_similarity(self._attribute_vectors[indices])
+        if self._item_similarity is not None:
+            return self._item_similarity[indices][:, indices]
+        columns = self._cooc_csc[:, indices.numpy()].T
+        return cosine_similarity(torch.from_numpy(np.asarray(columns.todense(), dtype=np.float32)))
 
     def _score(self, user_idx: int, hist: list[int]) -> torch.Tensor:
         return self.scorer.scores([user_idx], [hist])[0]
@@ -477,6 +574,23 @@ def _item_vectors(art: ModelArtifact) -> torch.Tensor | None:
         vectors = art.module.item_embeddings()
     vectors = vectors.detach().float()
     return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def _attribute_vectors(art: ModelArtifact) -> torch.Tensor | None:
+    """Multi-hot item attributes (categorical and list fields) of an artifact that carries them, else None."""
+    if art.attributes is None:
+        return None
+    vectors = art.attributes.items.multi_hot()
+    if vectors.shape[1] == 0 or vectors.shape[0] != art.n_items + 1 or not bool(vectors.any()):
+        return None
+    return vectors
+
+
+def merge_history(history: list[int], session: list[int]) -> list[int]:
+    """``session`` appended to ``history`` (both oldest first), each item once at its latest occurrence."""
+    merged = list(dict.fromkeys(reversed(history + session)))  # newest first, first occurrence kept
+    merged.reverse()
+    return merged
 
 
 def _item_similarity(art: ModelArtifact) -> torch.Tensor | None:

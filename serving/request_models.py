@@ -8,10 +8,14 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, create_model
 
+from pipeline.config import FeatureConfig
 from pipeline.schema import FieldSpec
 
 MAX_ATTRIBUTE_LENGTH = 256  # characters of one attribute value (or list token) in a request
 MAX_LIST_TOKENS = 64
+# Items of a /recommend session: what the feature store keeps of a history by default; a longer
+# session would never reach a model whole.
+MAX_SESSION_ITEMS: int = FeatureConfig.model_fields["history_length"].default
 
 
 def attribute_model(name: str, fields: dict[str, FieldSpec]) -> type[BaseModel]:
@@ -34,6 +38,8 @@ def attribute_model(name: str, fields: dict[str, FieldSpec]) -> type[BaseModel]:
 # Examples shown in the OpenAPI document (and tried by the schema tests): MovieLens-100K's first event.
 # An unknown user is answered too (a popularity fallback), so the /recommend example always works.
 RECOMMEND_EXAMPLE: dict[str, Any] = {"user_id": "196", "k": 10, "exclude_seen": True}
+# An anonymous visitor who just watched three MovieLens-100K films (ids of its catalogue).
+SESSION_EXAMPLE: dict[str, Any] = {"session": ["50", "181", "172"], "k": 10}
 EVENT_EXAMPLE: dict[str, Any] = {"user_id": "196", "item_id": "242", "timestamp": 881250949}
 EVENTS_EXAMPLE: dict[str, Any] = {"events": [EVENT_EXAMPLE]}
 RECOMMEND_RESPONSE_EXAMPLE: dict[str, Any] = {

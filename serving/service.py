@@ -90,7 +90,7 @@ from ingestion.event_log import MAX_BATCH as MAX_EVENTS
 from ingestion.event_log import check_batch, open_event_log
 from ingestion.schema import MAX_ID_LENGTH
 from pipeline.artifacts import DeploymentEvent
-from pipeline.config import ValidationConfig, load_config
+from pipeline.config import ServingConfig, ValidationConfig, load_config
 from pipeline.layout import Layout
 from pipeline.provenance import package_version
 from pipeline.run_index import RunIndex, index_url, now_iso
@@ -101,9 +101,11 @@ from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, TITLES_FILE, veri
 from serving.request_models import (
     EVENT_EXAMPLE,
     EVENTS_RESPONSE_EXAMPLE,
+    MAX_SESSION_ITEMS,
     RECOMMEND_EXAMPLE,
     RECOMMEND_RESPONSE_EXAMPLE,
     REQUEST_EXAMPLES,
+    SESSION_EXAMPLE,
     attribute_model,
 )
 from serving.served_log import ServedLog, logging_enabled, new_request_id, served_now, served_store
@@ -151,6 +153,7 @@ class ServingTarget:
     validation: ValidationConfig = dataclasses.field(
         default_factory=ValidationConfig
     )  # rules of pushed events
+    serving: ServingConfig = dataclasses.field(default_factory=ServingConfig)  # request defaults
 
     @property
     def mode(self) -> str:
@@ -166,7 +169,9 @@ def serving_target() -> ServingTarget:
     layout = Layout(cfg.home_dir)
     deployment = os.environ.get(DEPLOYMENT_ENV, "").strip() or cfg.deployment
     pinned = os.environ.get(MODEL_TAG_ENV, "").strip() or None
-    return ServingTarget(layout, deployment, index_url(layout, cfg.run_index.url), pinned, cfg.validation)
+    return ServingTarget(
+        layout, deployment, index_url(layout, cfg.run_index.url), pinned, cfg.validation, cfg.serving
+    )
 
 
 def champion_of(target: ServingTarget) -> DeploymentEvent:
@@ -499,18 +504,21 @@ class RecommendResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": RECOMMEND_RESPONSE_EXAMPLE})
 
     request_id: str  # this answer in the served log (serving.served_log); send it back with the clicks
-    user_id: str
+    user_id: str | None  # null for an anonymous visitor (a session without user_id)
     items: list[Item]
     model: str
     model_tag: str  # the BentoML model that produced this answer
     deployment: str
     fallback: bool
     fallback_reason: str | None = None
-    # How the user was represented: known_user | history | attributes | popularity (= fallback).
+    # How the user was represented: known_user | history | attributes | popularity (= fallback) |
+    # session | history+session (scored from the request's session, alone or after the online history).
     strategy: str
     # What ran, in order: "full_ranking:<model>" or "retrieve:<model>@<candidates>", "rank:<model>".
     stages: list[str]
-    history_used: int  # online history items known to the model
+    history_used: int  # history items (online and session) known to the model and given to it
+    # Session item ids the model does not know (dropped from the history, not an error).
+    unknown_session_items: list[str] = []
     attributes_source: str | None = None  # "request", "feast" or "request+feast" when attributes were used
     note: str | None = None
 
@@ -550,6 +558,15 @@ UserId = Annotated[
         examples=[RECOMMEND_EXAMPLE["user_id"]],
     ),
 ]
+# /recommend: an anonymous visitor gives a session instead.
+OptionalUserId = Annotated[
+    _IdString | _IdInt | None,
+    Field(
+        description=f"user id: a string of 1..{MAX_ID_LENGTH} characters, or an integer; "
+        "may be left out when a session is given",
+        examples=[RECOMMEND_EXAMPLE["user_id"]],
+    ),
+]
 ItemId = Annotated[
     _IdString | _IdInt,
     Field(description=f"item id: a string of 1..{MAX_ID_LENGTH} characters, or an integer"),
@@ -560,6 +577,25 @@ K = Annotated[
 ]
 Candidates = Annotated[
     json_int(ge=1, le=MAX_CANDIDATES), Field(description="retrieval depth of two-stage serving")
+]
+Session = Annotated[
+    list[_IdString | _IdInt],
+    Field(
+        max_length=MAX_SESSION_ITEMS,
+        description=f"the visitor's recent item ids, oldest first, at most {MAX_SESSION_ITEMS}; "
+        "ids the model does not know are reported in unknown_session_items",
+        examples=[SESSION_EXAMPLE["session"]],
+    ),
+]
+Diversity = Annotated[
+    float,
+    Field(
+        ge=0.0,
+        le=1.0,
+        strict=True,
+        description="MMR re-ranking weight of diversity against relevance, 0..1 (0: relevance order); "
+        "default: the service's configured serving.diversity",
+    ),
 ]
 
 
@@ -657,6 +693,7 @@ def api_info(model_tag: str, deployment: str) -> dict[str, Any]:
     """The OpenAPI ``info`` of the service: what it is, its endpoints, a request to try; plain text and
     local links only (the page must render offline)."""
     example = json.dumps(RECOMMEND_EXAMPLE)
+    session = json.dumps(SESSION_EXAMPLE)
     description = f"""\
 Recommendations from the champion model of the recforge deployment `{deployment}`. The service follows
 the deployment: a promotion or a `recforge rollback` is served without a restart, and every answer
@@ -664,7 +701,8 @@ names the `model_tag` that produced it.
 
 - `POST /recommend`: the top `k` items for a user, from the user's freshest history in the online
   feature store; a user the model does not know is described by `user_features` or gets the most
-  popular items (`fallback: true`).
+  popular items (`fallback: true`). A `session` (recent item ids, oldest first) is appended to that
+  history, or alone serves an anonymous visitor (no `user_id`); `diversity` (0..1) re-ranks for variety.
 - `POST /similar_items`: the items nearest to an item (or to a new item described by `item_features`).
 - `POST /events`: a batch of fresh interactions, checked with the ingestion rules, logged for the next
   training run and added to the users' online history (the next `/recommend` uses them).
@@ -674,6 +712,7 @@ names the `model_tag` that produced it.
 Try it (add `-H 'X-API-Key: <key>'` when the service has a key):
 
     curl -s -X POST localhost:3000/recommend -H 'Content-Type: application/json' -d '{example}'
+    curl -s -X POST localhost:3000/recommend -H 'Content-Type: application/json' -d '{session}'
 
 Errors share one JSON shape (`Error`): a status, a message naming the field at fault, and details.
 Model served when this worker started: `{model_tag}`."""
@@ -791,29 +830,49 @@ class Recommender:
     @bentoml.api
     def recommend(
         self,
-        user_id: UserId,
+        user_id: OptionalUserId = None,
         k: K = 10,
         exclude_seen: StrictBool = True,
         user_features: UserFeatures | None = None,
         candidates: Candidates | None = None,
+        session: Session | None = None,
+        diversity: Diversity | None = None,
     ) -> RecommendResponse:
         """Top-k items for a user, using the user's freshest history from Feast.
 
         ``user_features`` (age, gender, occupation) describe a user the model does not know yet; they
         override the Feast profile row field by field. ``candidates`` sets the retrieval depth of a
-        two-stage (retrieve-then-rank) model for this request.
+        two-stage (retrieve-then-rank) model for this request. ``session`` (the visitor's recent item
+        ids, oldest first) is appended to the user's history, or is the whole history of an anonymous
+        visitor (no ``user_id``). ``diversity`` re-ranks the most relevant items for variety (MMR).
         """
         live = self.live  # once: the whole request uses this model and its feature reader
-        uid = str(user_id).strip()
-        if not uid:
+        uid = None if user_id is None else str(user_id).strip()
+        if uid == "":
             raise InvalidArgument("user_id must be a non-empty string or integer")
-        history = live.online.recent_items(uid)
+        # Neither user_id nor session: an anonymous visitor we know nothing of (popularity, flagged). Not
+        # refused, because the OpenAPI schema cannot say "one of the two" and must accept what it allows.
+        visited = None if session is None else [str(item).strip() for item in session]
+        history = live.online.recent_items(uid) if uid is not None else None
         attributes, source = None, None
-        if live.rec.wants_attributes(uid):  # cold users only: known users skip the profile read
+        if uid is None:  # an anonymous visitor has no profile row: only the request's attributes
+            given = _requested_attributes(user_features, "user_features", live.user_attribute_names, live.tag)
+            attributes, source = (given, "request") if given else (None, None)
+        elif live.rec.wants_attributes(uid):  # cold users only: known users skip the profile read
             attributes, source = _attributes(live, uid, user_features)
-        result = live.rec.recommend(
-            uid, history, k, exclude_seen=exclude_seen, user_features=attributes, candidates=candidates
-        )
+        try:
+            result = live.rec.recommend(
+                uid,
+                history,
+                k,
+                exclude_seen=exclude_seen,
+                user_features=attributes,
+                candidates=candidates,
+                session=visited,
+                diversity=TARGET.serving.diversity if diversity is None else diversity,
+            )
+        except ValueError as exc:  # a session or diversity the model refuses (SessionTooLong, ...)
+            raise InvalidArgument(str(exc)) from None
         request_id = new_request_id()
         if self.served_log is not None:
             self.served_log.record(
@@ -843,6 +902,7 @@ class Recommender:
             history_used=result.history_used,
             attributes_source=source if result.strategy == "attributes" else None,
             note=result.note,
+            unknown_session_items=result.unknown_session_items,
         )
 
     @bentoml.api

@@ -216,6 +216,26 @@ class EntityAttributes:
                     numeric += 1
         return codes, numbers
 
+    def multi_hot(self, types: tuple[str, ...] = ("categorical", "list")) -> torch.Tensor:
+        """(N, total vocabulary) 0/1 matrix: which values of the fields of ``types`` each row has.
+
+        The default (categorical and list fields: genres, brand, ...) names what kind of item a row is;
+        numbers and free text are left out. Unknown values (code 0) set nothing, so a row without any
+        known value is all zeros. What item-item attribute similarity (re-ranking, intra-list
+        diversity) is computed from.
+        """
+        blocks = []
+        for encoding, offset in zip(self.fields, self.offsets, strict=True):
+            if encoding.spec.type not in types:
+                continue
+            codes = torch.from_numpy(self.codes[:, offset : offset + encoding.width])
+            block = torch.zeros(codes.shape[0], encoding.cardinality)
+            block.scatter_(1, codes, 1.0)
+            blocks.append(block[:, 1:])  # column 0 = unknown / padding
+        if not blocks:
+            return torch.zeros(self.codes.shape[0], 0)
+        return torch.cat(blocks, dim=1)
+
     def describe(self) -> dict[str, Any]:
         return {f.name: {"type": f.spec.type, "vocabulary": len(f.vocab)} for f in self.fields}
 

@@ -1,6 +1,8 @@
 """Test-set evaluation of a trained model next to the baselines, on the same split and users.
 
-Full ranking over the whole catalogue (see training/metrics.py), users in batches. Baselines
+Full ranking over the whole catalogue (see training/metrics.py), users in batches, with the
+beyond-accuracy metrics (Gini, novelty, intra-list diversity by item attributes and, for models with
+item embeddings, by those) next to the accuracy ones. Baselines
 (Popularity, ItemKNN, UserKNN) are fitted on the same split's train part and their metrics cached in
 ``split.dir/baselines/<name>.json``, so every model of a run (and every run on that split) compares
 against identical numbers without refitting. Writes ``metrics.json``, ``leaderboard.md`` and the
@@ -24,15 +26,18 @@ import torch
 from pipeline.artifacts import Evaluation, Split, TrainResult, atomic_write_json, atomic_write_text
 from pipeline.config import EvaluationConfig
 from training.artifact import DEFAULT_HISTORY_LENGTH, load_model_artifact
+from training.attributes import attributes_for
 from training.data import EvalInputs, build_eval_inputs, build_example_set
-from training.metrics import RankingAccumulator
+from training.metrics import BeyondAccuracy, RankingAccumulator
 from training.models import build_model, get_spec
-from training.models.capabilities import PointwiseMetrics, can
+from training.models.capabilities import EmbedsItems, PointwiseMetrics, can
 from training.scoring import ArtifactScorer
 from training.split import SplitIndex, train_matrix
 from training.train import evaluate_module
 
 BASELINES = ("popularity", "itemknn", "userknn")
+# Part of the baseline cache key: cached baseline metrics from before Gini, novelty and ILD are recomputed.
+BEYOND_ACCURACY_VERSION = 1
 LEADERBOARD_COLUMNS = (
     "recall@10",
     "ndcg@10",
@@ -54,7 +59,8 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
     artifact = load_model_artifact(run_dir / "model")
     history_length = artifact.history_length or DEFAULT_HISTORY_LENGTH
     inputs = build_eval_inputs(split, "test", history_length)
-    metrics = evaluate_module(artifact.module, inputs, list(cfg.ks), cfg.batch_users)
+    beyond = beyond_accuracy(split, artifact.module)
+    metrics = evaluate_module(artifact.module, inputs, list(cfg.ks), cfg.batch_users, beyond)
     if can(artifact.module, PointwiseMetrics):
         # Rating error (MF), AUC/LogLoss (CTR rankers), off-policy reward (REINFORCE): each model
         # computes its own from the test examples, with the user's history as of each event.
@@ -211,7 +217,12 @@ def baseline_metrics(
     since-changed baseline produced are recomputed rather than compared against.
     """
     cache = Path(split.dir) / "baselines" / f"{name}.json"
-    key = {"ks": sorted(cfg.ks), "params": params or {}, "code": baseline_code(name)}
+    key = {
+        "ks": sorted(cfg.ks),
+        "params": params or {},
+        "code": baseline_code(name),
+        "metrics": BEYOND_ACCURACY_VERSION,
+    }
     if cache.exists():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
@@ -219,9 +230,24 @@ def baseline_metrics(
     index = SplitIndex.load(split)
     module = build_model(name, index.n_users, index.n_items, **(params or {})).fit(train_matrix(split))
     inputs = inputs if inputs is not None else build_eval_inputs(split, "test", DEFAULT_HISTORY_LENGTH)
-    metrics = evaluate_module(module, inputs, list(cfg.ks), cfg.batch_users)
+    metrics = evaluate_module(module, inputs, list(cfg.ks), cfg.batch_users, beyond_accuracy(split, module))
     atomic_write_json(cache, {"key": key, "model": name, "n_users": inputs.n_users, "metrics": metrics})
     return metrics
+
+
+def beyond_accuracy(split: Split, module: object) -> BeyondAccuracy:
+    """Novelty and intra-list diversity of ``module`` on ``split``: train item counts, the items'
+    attribute multi-hot (when the data has categorical or list item fields), and the model's own item
+    embeddings when it declares ``EmbedsItems``."""
+    vectors: dict[str, torch.Tensor] = {}
+    items = attributes_for(split).items
+    genres = items.multi_hot()
+    if genres.shape[1] and bool(genres.any()):
+        vectors["attributes"] = genres
+    if can(module, EmbedsItems):
+        with torch.no_grad():
+            vectors["embeddings"] = module.item_embeddings().detach().float().cpu()  # type: ignore[attr-defined]
+    return BeyondAccuracy.from_train_matrix(train_matrix(split), vectors)
 
 
 def baseline_code(name: str) -> str:

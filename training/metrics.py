@@ -13,11 +13,27 @@ Per-user definitions at cut-off k (``hits`` = ground-truth items among the top k
 - mrr = 1 / rank of the first hit within the top k (0 if none).
 Reported values are means over evaluated users. ``coverage@k`` = share of catalogue items that appear
 in at least one user's top-k list.
+
+Beyond accuracy, over the same top-k lists:
+- ``gini@k``: Gini coefficient of how often each catalogue item is recommended, counts ``c`` sorted
+  ascending over all ``n`` items: G = sum over i = 1..n of (2i - n - 1) c_i / (n sum c); 0 = every
+  item equally often, towards 1 = a few items take every list.
+- ``novelty@k`` (with the train part's item counts, ``BeyondAccuracy``): mean self-information of the
+  recommended items, -log2(p_i), p_i = the item's share of the train interactions (an item without a
+  train interaction counts as one interaction: finite, and the most novel); mean per list, then over users.
+- ``ild_<name>@k`` (with item vectors ``name``: ``attributes`` = multi-hot genres and other categorical
+  fields, ``embeddings`` = the model's item embeddings): intra-list diversity, 1 - mean pairwise
+  cosine similarity within a list (``training.rerank.intra_list_diversity``), mean over users.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import numpy as np
 import torch
+
+from training.rerank import intra_list_diversity
 
 METRIC_NAMES = ("recall", "ndcg", "hr", "mrr", "precision")
 
@@ -72,30 +88,88 @@ def per_user_metrics(
     return out, top
 
 
-class RankingAccumulator:
-    """Accumulates full-ranking metrics over user batches; ``compute()`` gives the means + coverage."""
+@dataclass(frozen=True)
+class BeyondAccuracy:
+    """What novelty and intra-list diversity are measured against (module docstring).
 
-    def __init__(self, n_items: int, ks: list[int]) -> None:
+    ``train_counts`` (n_items + 1,): train interactions per item (column 0 = padding);
+    ``item_vectors``: name -> (n_items + 1, d) item vectors, e.g. ``{"attributes": ..., "embeddings": ...}``.
+    """
+
+    train_counts: torch.Tensor
+    item_vectors: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def self_information(self) -> torch.Tensor:
+        """(n_items + 1,) -log2 of each item's share of the train interactions (at least one each)."""
+        counts = self.train_counts.double().clamp_min(1.0)
+        return -torch.log2(counts / self.train_counts.double().sum().clamp_min(1.0))
+
+    @classmethod
+    def from_train_matrix(
+        cls, train: object, item_vectors: dict[str, torch.Tensor] | None = None
+    ) -> BeyondAccuracy:
+        """From the train user x item matrix (scipy sparse, (n_users, n_items + 1))."""
+        counts = np.asarray((train > 0).sum(axis=0)).ravel()  # type: ignore[operator]
+        return cls(torch.as_tensor(counts, dtype=torch.float64), dict(item_vectors or {}))
+
+
+def gini(counts: torch.Tensor) -> float:
+    """Gini coefficient of non-negative ``counts`` (module docstring); 0 when nothing was counted."""
+    values = torch.sort(counts.double().reshape(-1)).values
+    n, total = values.numel(), float(values.sum())
+    if n == 0 or total == 0.0:
+        return 0.0
+    ranks = torch.arange(1, n + 1, dtype=torch.float64)
+    return float(((2 * ranks - n - 1) * values).sum() / (n * total))
+
+
+class RankingAccumulator:
+    """Accumulates full-ranking metrics over user batches; ``compute()`` gives the means, coverage and
+    Gini, and with ``beyond`` novelty and intra-list diversity."""
+
+    def __init__(self, n_items: int, ks: list[int], beyond: BeyondAccuracy | None = None) -> None:
         self.n_items = n_items
         self.ks = sorted(set(ks))
+        self.beyond = beyond
         self.sums: dict[str, float] = {}
+        self.counted: dict[str, int] = {}  # users behind a sum, where not every user has a value (ILD)
         self.n_users = 0
-        self.recommended = {k: torch.zeros(n_items + 1, dtype=torch.bool) for k in self.ks}
+        self.recommended = {k: torch.zeros(n_items + 1, dtype=torch.float64) for k in self.ks}
+        self._information = beyond.self_information if beyond is not None else None
 
     def update(self, scores: torch.Tensor, truth: torch.Tensor, exclude: torch.Tensor | None) -> None:
         values, top = per_user_metrics(scores, truth, exclude, self.ks)
+        top = top.cpu()
         for name, per_user in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(per_user.sum())
         for k in self.ks:
-            self.recommended[k][top[:, :k].reshape(-1).cpu()] = True
+            lists = top[:, :k]
+            self.recommended[k] += torch.bincount(lists.reshape(-1), minlength=self.n_items + 1).double()
+            if self.beyond is None:
+                continue
+            novelty = self._information[lists].mean(dim=1)  # type: ignore[index]
+            self._add(f"novelty@{k}", novelty)
+            for name, vectors in self.beyond.item_vectors.items():
+                self._add(f"ild_{name}@{k}", intra_list_diversity(vectors[lists].float()))
         self.n_users += scores.shape[0]
+
+    def _add(self, name: str, per_user: torch.Tensor) -> None:
+        known = per_user[~torch.isnan(per_user)]
+        self.sums[name] = self.sums.get(name, 0.0) + float(known.sum())
+        self.counted[name] = self.counted.get(name, 0) + int(known.numel())
 
     def compute(self) -> dict[str, float]:
         if self.n_users == 0:
             raise ValueError("no users were evaluated: the evaluated part has no user with a training event")
-        result = {name: total / self.n_users for name, total in self.sums.items()}
+        result = {
+            name: total / self.counted.get(name, self.n_users) if self.counted.get(name, 1) else float("nan")
+            for name, total in self.sums.items()
+        }
         for k in self.ks:
-            result[f"coverage@{k}"] = float(self.recommended[k][1:].sum()) / max(self.n_items, 1)
+            counts = self.recommended[k][1:]
+            result[f"coverage@{k}"] = float((counts > 0).sum()) / max(self.n_items, 1)
+            result[f"gini@{k}"] = gini(counts)
         return dict(sorted(result.items()))
 
 

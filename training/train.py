@@ -27,7 +27,7 @@ from training.artifact import save_model_artifact
 from training.attributes import attributes_for
 from training.data import build_datamodule, build_eval_inputs
 from training.knowledge_graph import knowledge_graph_for
-from training.metrics import RankingAccumulator, ranking_exclusions
+from training.metrics import BeyondAccuracy, RankingAccumulator, ranking_exclusions
 from training.models import build_model, get_spec, uses_attributes, uses_knowledge_graph
 from training.models.base import VALID_MONITOR
 from training.models.capabilities import NeedsTrainMatrix, can
@@ -136,10 +136,15 @@ def build_for_split(model: str, split: Split, params: dict[str, Any], matrix: An
 
 
 def evaluate_module(
-    module: torch.nn.Module, inputs: Any, ks: list[int], batch_users: int
+    module: torch.nn.Module,
+    inputs: Any,
+    ks: list[int],
+    batch_users: int,
+    beyond: BeyondAccuracy | None = None,
 ) -> dict[str, float]:
-    """Full-ranking metrics of ``module`` on prepared ``EvalInputs``."""
-    acc = RankingAccumulator(inputs.n_items, ks)
+    """Full-ranking metrics of ``module`` on prepared ``EvalInputs`` (with ``beyond``: novelty and
+    intra-list diversity too, ``training.metrics``)."""
+    acc = RankingAccumulator(inputs.n_items, ks, beyond)
     module.eval()
     with torch.no_grad():
         for batch in inputs.batches(batch_users):

@@ -187,12 +187,31 @@ def test_recommend_unknown_users(client: httpx.Client, home: ServingHome) -> Non
     assert body["strategy"] == "popularity" and body["attributes_source"] is None
 
 
+def test_recommend_anonymous_session_and_diversity(client: httpx.Client, home: ServingHome) -> None:
+    visited = home.history[home.new_users[0]][-3:]
+    payload = {"session": [*visited, "not-in-catalogue"], "k": 4}
+    body = client.post("/recommend", json=payload).json()
+    assert body["user_id"] is None and body["strategy"] == "session" and body["fallback"] is False
+    assert body["unknown_session_items"] == ["not-in-catalogue"] and body["history_used"] == 3
+    assert len(body["items"]) == 4 and not {i["item_id"] for i in body["items"]} & set(visited)
+    diverse = client.post("/recommend", json={**payload, "diversity": 0.5}).json()
+    assert diverse["stages"][-1].startswith("rerank:mmr(diversity=0.5,")
+    # Neither user_id nor session: the most popular items, flagged.
+    nothing = client.post("/recommend", json={"k": 3}).json()
+    assert (
+        nothing["fallback"] is True
+        and nothing["fallback_reason"] == "anonymous visitor without a known session item"
+    )
+    # ItemKNN scores a known user from its training row: the session is excluded, and said to be ignored.
+    known = client.post("/recommend", json={"user_id": home.user_ids[0], "session": visited, "k": 4}).json()
+    assert known["strategy"] == "known_user" and "session ignored" in known["note"]
+
+
 @pytest.mark.parametrize(
     ("path", "payload", "needle"),
     [
         ("/recommend", {"user_id": "u1", "k": 0}, "greater than or equal to 1"),
         ("/recommend", {"user_id": "u1", "k": 5000}, "less than or equal to 1000"),
-        ("/recommend", {"k": 3}, "user_id"),
         ("/recommend", {"user_id": "u1", "k": "ten"}, "valid integer"),
         ("/recommend", {"user_id": ["u1"]}, "user_id"),
         ("/recommend", {"user_id": ""}, "at least 1 character"),
@@ -209,6 +228,8 @@ def test_recommend_unknown_users(client: httpx.Client, home: ServingHome) -> Non
         ("/recommend", {"user_id": "u1", "user_features": {"height": 180}}, "Extra inputs are not permitted"),
         ("/recommend", {"user_id": "u1", "user_features": "F"}, "user_features"),
         ("/recommend", {"user_id": "u1", "candidates": 0}, "greater than or equal to 1"),
+        ("/recommend", {"session": ["i1"] * 51}, "at most 50 items"),
+        ("/recommend", {"user_id": "u1", "diversity": 2}, "less than or equal to 1"),
     ],
 )
 def test_invalid_requests_are_4xx_with_a_message(

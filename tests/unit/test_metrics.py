@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +86,68 @@ def test_accumulator_equals_one_batch() -> None:
 def test_no_users_is_an_error() -> None:
     with pytest.raises(ValueError, match="no users"):
         RankingAccumulator(5, [10]).compute()
+
+
+# ---- beyond accuracy ------------------------------------------------------------------------------
+
+
+def _two_lists() -> tuple[torch.Tensor, torch.Tensor]:
+    """4 items; user A's top 2 = [1, 2], user B's = [1, 3] (item 4 is never recommended)."""
+    scores = torch.tensor([[0.0, 9, 8, 1, 0], [0.0, 9, 1, 8, 0]])
+    return scores, _mask(4, [[2], [3]])
+
+
+def test_gini_novelty_and_intra_list_diversity_by_hand() -> None:
+    from training.metrics import BeyondAccuracy
+
+    scores, truth = _two_lists()
+    # Train counts 4, 2, 1, 1 of 8: shares 1/2, 1/4, 1/8, 1/8 -> self-information 1, 2, 3, 3 bits.
+    genres = torch.tensor([[0, 0], [1, 0], [1, 0], [0, 1], [1, 1.0]])  # items 1, 2 alike; 3 apart
+    beyond = BeyondAccuracy(torch.tensor([0.0, 4, 2, 1, 1]), {"attributes": genres})
+    acc = RankingAccumulator(4, [2], beyond)
+    acc.update(scores, truth, None)
+    result = acc.compute()
+    # Recommendation counts 2, 1, 1, 0 -> sorted 0, 1, 1, 2: (-3*0 - 1*1 + 1*1 + 3*2) / (4 * 4).
+    assert result["gini@2"] == pytest.approx(6 / 16)
+    assert result["coverage@2"] == pytest.approx(3 / 4)
+    assert result["novelty@2"] == pytest.approx(((1 + 2) / 2 + (1 + 3) / 2) / 2)
+    # A: cos(item 1, item 2) = 1 -> ILD 0; B: cos(item 1, item 3) = 0 -> ILD 1.
+    assert result["ild_attributes@2"] == pytest.approx(0.5)
+
+
+def test_gini_extremes_and_unseen_items_count_once() -> None:
+    from training.metrics import BeyondAccuracy, gini
+
+    assert gini(torch.tensor([3.0, 3, 3, 3])) == pytest.approx(0.0)
+    assert gini(torch.tensor([0.0, 0, 0, 8])) == pytest.approx(3 / 4)  # (n - 1) / n: one item takes all
+    assert gini(torch.zeros(5)) == 0.0
+    info = BeyondAccuracy(torch.tensor([0.0, 3, 1, 0])).self_information
+    assert info[1:].tolist() == pytest.approx([-math.log2(3 / 4), 2.0, 2.0])  # item 3 counts as one of 4
+
+
+def test_beyond_accuracy_accumulates_like_one_batch() -> None:
+    from training.metrics import BeyondAccuracy
+
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.rand(8, 21, generator=gen)
+    truth = torch.rand(8, 21, generator=gen) > 0.7
+    beyond = BeyondAccuracy(torch.arange(21.0), {"embeddings": torch.randn(21, 3, generator=gen)})
+    whole = RankingAccumulator(20, [5], beyond)
+    whole.update(scores, truth, None)
+    parts = RankingAccumulator(20, [5], beyond)
+    parts.update(scores[:3], truth[:3], None)
+    parts.update(scores[3:], truth[3:], None)
+    assert parts.compute() == pytest.approx(whole.compute())
+    assert {"gini@5", "novelty@5", "ild_embeddings@5"} <= set(whole.compute())
+
+
+def test_item_attributes_multi_hot_keeps_categorical_and_list_fields() -> None:
+    from pipeline.schema import FieldSpec
+    from training.attributes import EntityAttributes, FieldEncoding
+
+    genre = FieldEncoding("genres", FieldSpec(type="list", max_tokens=2), ["Drama", "Comedy", "War"])
+    year = FieldEncoding("year", FieldSpec(type="numeric", bin_width=10), ["1990", "2000"])
+    codes = np.array([[0, 0, 0], [1, 3, 2], [2, 0, 1], [0, 0, 0]])  # genres (2 codes), year bucket
+    side = EntityAttributes("item", [genre, year], codes, np.zeros((4, 1), np.float32))
+    assert side.multi_hot().tolist() == [[0, 0, 0], [1, 0, 1], [0, 1, 0], [0, 0, 0]]
+    assert side.multi_hot(("list", "numeric")).shape == (4, 5)

@@ -217,6 +217,10 @@ def test_train_and_evaluate_end_to_end(name: str, split, tmp_path: Path) -> None
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["n_users"] == split.counts["test_users"]
     assert {"ndcg@10", "recall@20", "coverage@10"} <= set(metrics["metrics"])
+    # Beyond accuracy: by the model's item embeddings (BPR and SASRec have them) and for baselines too.
+    assert {"gini@10", "novelty@20", "ild_embeddings@10"} <= set(metrics["metrics"])
+    assert 0.0 <= metrics["metrics"]["gini@10"] <= 1.0 and metrics["metrics"]["novelty@10"] > 0
+    assert {"gini@10", "novelty@10"} <= set(metrics["baselines"]["popularity"])
     board = (run_dir / "leaderboard.md").read_text()
     assert f"| {name} |" in board and "| popularity |" in board and "| itemknn |" in board
 

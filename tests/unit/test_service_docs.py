@@ -23,7 +23,30 @@ print(json.dumps(TestClient(service.Recommender.to_asgi()).get("/docs.json").jso
 """
 
 
+# The real service's request model for /recommend, and the error details the HTTP guard turns its
+# validation errors into (the 400 body, ``serving.http_safety``); no model is loaded to validate.
+VALIDATE_RECOMMEND = """
+import json
+from pydantic import ValidationError
+import serving.service as service
+from serving.http_safety import validation_details
+spec = service.Recommender.apis["recommend"].input_spec
+out = {}
+for name, body in json.loads(__import__("sys").argv[1]).items():
+    try:
+        spec.model_validate(body)
+        out[name] = "ok"
+    except ValidationError as exc:
+        out[name] = validation_details(exc.errors())
+print(json.dumps(out))
+"""
+
+
 def _docs(home: Path) -> dict:
+    return _in_service(home, READ_DOCS)
+
+
+def _in_service(home: Path, script: str, *args: str) -> dict:
     env = dict(
         os.environ,
         RECFORGE_HOME=str(home),
@@ -32,7 +55,12 @@ def _docs(home: Path) -> dict:
         RECFORGE_MODEL_TAG=TAG,
     )
     result = subprocess.run(
-        [sys.executable, "-c", READ_DOCS], env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+        [sys.executable, "-c", script, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -47,6 +75,7 @@ def test_the_api_page_describes_recforge_with_examples(tmp_path: Path) -> None:
     for endpoint in ("POST /recommend", "POST /events", "POST /similar_items", "GET /metadata"):
         assert endpoint in description
     assert "curl -s -X POST localhost:3000/recommend" in description
+    assert '-d \'{"session": ["50", "181", "172"]' in description  # an anonymous visitor's request
     assert "<img" not in description and not re.search(r"!\[[^\]]*\]\(", description)  # no images
     assert "http://" not in description and "https://" not in description  # nothing to fetch offline
     assert "created with BentoML" not in description and "contact" not in info
@@ -58,3 +87,28 @@ def test_the_api_page_describes_recforge_with_examples(tmp_path: Path) -> None:
     schemas = doc["components"]["schemas"]
     assert schemas["recommend__Input"]["properties"]["user_id"]["examples"] == ["196"]
     assert schemas["Event"]["example"]["item_id"] == "242"
+
+
+def test_recommend_request_bounds_the_session_and_the_diversity(tmp_path: Path) -> None:
+    from serving.request_models import MAX_SESSION_ITEMS
+
+    bodies = {
+        "anonymous": {"session": ["50", 181], "k": 3, "diversity": 0.3},
+        "too_long": {"session": ["50"] * (MAX_SESSION_ITEMS + 1)},
+        "blank_item": {"session": ["  "]},
+        "diversity": {"user_id": "196", "diversity": 1.5},
+        "diversity_text": {"user_id": "196", "diversity": "0.5"},
+    }
+    checked = _in_service(tmp_path / "home", VALIDATE_RECOMMEND, json.dumps(bodies))
+    assert checked["anonymous"] == "ok"  # user_id is optional when a session is given
+    assert checked["too_long"] == [
+        {
+            "field": "session",
+            "message": f"List should have at most {MAX_SESSION_ITEMS} items after validation, "
+            f"not {MAX_SESSION_ITEMS + 1}",
+            "type": "too_long",
+        }
+    ]
+    assert checked["blank_item"][0]["field"].startswith("session")
+    assert checked["diversity"][0]["field"] == "diversity"
+    assert checked["diversity_text"][0]["field"] == "diversity"

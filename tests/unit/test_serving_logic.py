@@ -193,6 +193,154 @@ def test_learned_models_serve_known_and_unknown_users(tmp_path: Path, name: str,
     assert [i.item_id for i in rec.similar_items("i5", 20)].count("i5") == 0
 
 
+# ---- sessions and diversity -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sasrec(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    """An untrained SASRec (fixed seed): its scores depend on the history it is given."""
+    torch.manual_seed(0)
+    hparams = {"history_length": 6, "hidden_size": 8, "n_layers": 1, "n_heads": 1, "inner_size": 8}
+    module = build_model("sasrec", N_USERS, N_ITEMS, **hparams)
+    tmp = tmp_path_factory.mktemp("sasrec")
+    return load_recommender(
+        save_model_artifact(tmp / "sasrec", "sasrec", module, hparams, ITEM_IDS, USER_IDS, _train_matrix())
+    )
+
+
+@pytest.fixture(scope="module")
+def bpr(tmp_path_factory: pytest.TempPathFactory) -> Recommender:
+    torch.manual_seed(0)
+    module = build_model("bpr", N_USERS, N_ITEMS, embedding_size=8)
+    tmp = tmp_path_factory.mktemp("bpr")
+    path = save_model_artifact(
+        tmp / "bpr", "bpr", module, {"embedding_size": 8}, ITEM_IDS, USER_IDS, _train_matrix()
+    )
+    return load_recommender(path)
+
+
+def _ids(rec) -> list[str]:
+    return [i.item_id for i in rec.items]
+
+
+def test_anonymous_session_is_the_history_of_a_sequential_model(sasrec: Recommender) -> None:
+    first = sasrec.recommend(None, None, k=5, exclude_seen=False, session=["i1", "i2", "i3"])
+    other = sasrec.recommend(None, None, k=5, exclude_seen=False, session=["i8", "i7", "i6"])
+    assert first.strategy == other.strategy == "session" and not first.fallback
+    assert first.user_id is None and first.history_used == 3
+    # Nothing is excluded here: the lists differ because the model read different sessions.
+    assert _ids(first) != _ids(other)
+    expected = sasrec.artifact.score(torch.tensor([-1]), sasrec.history_tensor([1, 2, 3]))[0]
+    assert [i.score for i in first.items] == pytest.approx(torch.topk(expected[1:], 5).values.tolist())
+    # An unknown user without online history is served the same way as an anonymous visitor.
+    assert _ids(
+        sasrec.recommend("new-user", [], k=5, exclude_seen=False, session=["i1", "i2", "i3"])
+    ) == _ids(first)
+
+
+def test_known_user_session_follows_the_online_history(sasrec: Recommender) -> None:
+    plain = sasrec.recommend("u0", ["i1", "i2"], k=4, exclude_seen=False)
+    with_session = sasrec.recommend("u0", ["i1", "i2"], k=4, exclude_seen=False, session=["i7", "i1"])
+    assert plain.strategy == "known_user" and with_session.strategy == "history+session"
+    # i1 appears in both: kept once, at its latest place -> the model reads [i2, i7, i1].
+    assert with_session.history_used == 3
+    expected = sasrec.artifact.score(torch.tensor([0]), sasrec.history_tensor([2, 7, 1]))[0]
+    assert [i.score for i in with_session.items] == pytest.approx(torch.topk(expected[1:], 4).values.tolist())
+    assert _ids(with_session) != _ids(plain)
+    excluded = sasrec.recommend("u0", ["i1"], k=10, exclude_seen=True, session=["i9", "i10"])
+    assert not {"i1", "i2", "i3", "i9", "i10"} & set(_ids(excluded))  # training, online and session items
+
+
+def test_session_merge_keeps_each_item_at_its_latest_occurrence() -> None:
+    from serving.recommender import merge_history
+
+    assert merge_history([1, 2, 3], [2, 4]) == [1, 3, 2, 4]
+    assert merge_history([], [5, 6, 5]) == [6, 5]
+    assert merge_history([1, 2], []) == [1, 2]
+
+
+def test_unknown_session_items_are_reported_not_refused(sasrec: Recommender) -> None:
+    rec = sasrec.recommend(None, None, k=3, session=["i4", "not-in-catalogue", 7, "i5"])
+    assert rec.unknown_session_items == ["not-in-catalogue", "7"]
+    assert rec.strategy == "session" and rec.history_used == 2
+    only_unknown = sasrec.recommend(None, None, k=3, session=["x", "y"])
+    assert only_unknown.fallback and only_unknown.strategy == "popularity"
+    assert only_unknown.unknown_session_items == ["x", "y"]
+    assert only_unknown.fallback_reason == "anonymous visitor without a known session item"
+
+
+def test_too_long_session_is_refused_with_the_limit(sasrec: Recommender) -> None:
+    from serving.recommender import SessionTooLong
+    from serving.request_models import MAX_SESSION_ITEMS
+
+    ok = sasrec.recommend(None, None, k=3, session=["i1"] * MAX_SESSION_ITEMS)
+    assert ok.strategy == "session"
+    with pytest.raises(SessionTooLong, match=f"at most {MAX_SESSION_ITEMS}"):
+        sasrec.recommend(None, None, k=3, session=["i1"] * (MAX_SESSION_ITEMS + 1))
+
+
+def test_models_without_a_history_say_the_session_was_ignored(pop: Recommender, bpr: Recommender) -> None:
+    anonymous = pop.recommend(None, None, k=3, session=["i1", "i2"])
+    assert anonymous.strategy == "popularity" and anonymous.fallback
+    assert "session ignored" in (anonymous.note or "") and not {"i1", "i2"} & set(_ids(anonymous))
+    # BPR scores a known user from its own row: the session is excluded, not read.
+    known = bpr.recommend("u0", None, k=3, session=["i9"])
+    assert known.strategy == "known_user" and "session ignored" in (known.note or "")
+    assert _ids(known) == _ids(bpr.recommend("u0", ["i9"], k=3))
+    # An anonymous visitor is scored from the session by BPR's history path.
+    assert bpr.recommend(None, None, k=3, session=["i5", "i6"]).strategy == "session"
+
+
+def test_zero_diversity_is_todays_answer_and_more_diversity_reranks(bpr: Recommender) -> None:
+    today = bpr.recommend("u0", None, k=4, exclude_seen=False)
+    assert bpr.recommend("u0", None, k=4, exclude_seen=False, diversity=0.0) == today
+    diverse = bpr.recommend("u0", None, k=4, exclude_seen=False, diversity=1.0)
+    assert diverse.stages[-1] == "rerank:mmr(diversity=1,embedding_cosine)@50"
+    assert _ids(diverse)[0] == _ids(today)[0]  # MMR's first pick is the most relevant item
+    vectors = bpr.artifact.module.item_embeddings().detach()
+
+    def ild(rec) -> float:
+        from training.rerank import intra_list_diversity
+
+        return float(intra_list_diversity(vectors[[int(i[1:]) for i in _ids(rec)]]))
+
+    assert ild(diverse) > ild(today)
+    with pytest.raises(ValueError, match="diversity"):
+        bpr.recommend("u0", None, k=4, diversity=-0.1)
+
+
+def test_diversity_without_embeddings_uses_the_model_similarity(knn: Recommender) -> None:
+    assert knn.diversity_method == "item_similarity"
+    rec = knn.recommend("new-user", ["i5"], k=3, diversity=0.5)
+    assert rec.stages[-1].startswith("rerank:mmr(diversity=0.5,item_similarity)") and len(rec.items) == 3
+
+
+def test_diversity_without_embeddings_uses_item_attributes(pop: Recommender) -> None:
+    """Popularity has no item vectors: MMR measures redundancy by the items' genres."""
+    import dataclasses
+
+    from pipeline.schema import DataSchema, FieldSpec
+    from training.attributes import Attributes, EntityAttributes, FieldEncoding
+
+    genre = FieldEncoding("genres", FieldSpec(type="list", max_tokens=1), ["A", "B"])
+    in_a = {1, 2, 3, 6}  # genre A holds the two most popular items (i2, i6: 3 users each)
+    codes = np.array([[0]] + [[1] if j in in_a else [2] for j in range(1, N_ITEMS + 1)])
+    items = EntityAttributes("item", [genre], codes, np.zeros((N_ITEMS + 1, 0), np.float32))
+    users = EntityAttributes("user", [], np.zeros((N_USERS, 0), np.int64), np.zeros((N_USERS, 0), np.float32))
+    art = dataclasses.replace(pop.artifact, attributes=Attributes(DataSchema(name="t"), users, items))
+    rec = Recommender(art)
+    assert rec.diversity_method == "attribute_cosine"
+    plain = rec.recommend(None, None, k=4, exclude_seen=False)
+    diverse = rec.recommend(None, None, k=4, exclude_seen=False, diversity=0.9)
+    genre_of = {f"i{j}": "A" if j in in_a else "B" for j in range(1, N_ITEMS + 1)}
+    plain_genres = [genre_of[i] for i in _ids(plain)]
+    diverse_genres = [genre_of[i] for i in _ids(diverse)]
+    assert plain_genres[:2] == ["A", "A"] and diverse_genres[:2] in (["A", "B"], ["B", "A"])
+    # Once both genres are in, every candidate is equally redundant: relevance decides again.
+    assert diverse_genres.index("B") < plain_genres.index("B")
+    assert _ids(diverse)[0] == _ids(plain)[0] and diverse.stages[-1].endswith("attribute_cosine)@50")
+
+
 def test_unreachable_feature_store_degrades_to_no_history(tmp_path: Path) -> None:
     from serving.online import OnlineHistory
 
@@ -358,6 +506,10 @@ def test_body_limits_content_type_and_error_shape(guarded) -> None:
     ]
     _is_error(guarded.post("/recommend", json={"user_id": "unknown"}, headers=key), 404, "unknown item_id")
     _is_error(guarded.post("/recommend", json={"user_id": "boom"}, headers=key), 500)
+    _is_error(guarded.post("/recommend", headers=key), 400, "request body is required")
+    _is_error(
+        guarded.post("/recommend", content=b"  ", headers={**key, "content-type": "application/json"}), 400
+    )
     long_path = "/" + "p" * 5000
     resp = guarded.get(long_path, headers=key)
     _is_error(resp, 404, "no such endpoint")
