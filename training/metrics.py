@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from training.rerank import intra_list_diversity
@@ -107,10 +108,10 @@ class BeyondAccuracy:
 
     @classmethod
     def from_train_matrix(
-        cls, train: object, item_vectors: dict[str, torch.Tensor] | None = None
+        cls, train: sp.spmatrix, item_vectors: dict[str, torch.Tensor] | None = None
     ) -> BeyondAccuracy:
         """From the train user x item matrix (scipy sparse, (n_users, n_items + 1))."""
-        counts = np.asarray((train > 0).sum(axis=0)).ravel()  # type: ignore[operator]
+        counts = np.asarray((train > 0).sum(axis=0)).ravel()
         return cls(torch.as_tensor(counts, dtype=torch.float64), dict(item_vectors or {}))
 
 

@@ -16,6 +16,8 @@ from pipeline.config import CONFIG_DIR, REPO_ROOT
 from tests.unit.test_cli_lifecycle import RECFORGE
 from training.models import MODELS
 
+pytestmark = pytest.mark.slow  # the recforge CLI in a subprocess
+
 FAST_S = 5.0  # a refusal must not wait for any stage (ingest alone takes longer)
 
 

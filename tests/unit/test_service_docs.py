@@ -11,8 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import CONFIG_DIR, REPO_ROOT
 from pipeline.provenance import package_version
+
+pytestmark = pytest.mark.slow  # the service class is imported in a subprocess
 
 TAG = "recforge-bpr:docs0test"
 READ_DOCS = """
@@ -30,6 +34,7 @@ import json
 from pydantic import ValidationError
 import serving.service as service
 from serving.http_safety import validation_details
+
 spec = service.Recommender.apis["recommend"].input_spec
 out = {}
 for name, body in json.loads(__import__("sys").argv[1]).items():
