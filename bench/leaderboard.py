@@ -401,7 +401,8 @@ def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: 
         f"![NDCG@10 vs training seconds]({PLOT_SVG.name})",
         "",
         "SVG drawn by `bench/leaderboard.py` itself (matplotlib is not installed in `.venv` and is not a "
-        "dependency); x = training seconds (log scale), y = test NDCG@10, one colour per protocol.",
+        "dependency); x = training seconds (log scale), y = test NDCG@10, one colour per protocol; models "
+        f"without a training step are hollow diamonds drawn at {NO_TRAINING_SECONDS:g} s.",
         "",
         "## Targets",
         "",
@@ -456,22 +457,79 @@ def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: 
     return "\n".join(lines) + "\n"
 
 
+NO_TRAINING_SECONDS = 0.1  # where models without a training step (learned=False) are drawn on the x axis
+CHAR_W, LABEL_H = 6.6, 13.0  # label box estimate at font-size 11: width per character, line height
+
+
+def label_box(x: float, y: float, text: str) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of an SVG text drawn at (x, y) (baseline, left-anchored)."""
+    return (x, y - LABEL_H + 3, x + CHAR_W * len(text), y + 3)
+
+
+def _overlaps(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(
+    points: list[tuple[float, float, str]], top: float, bottom: float, max_steps: int = 60
+) -> list[tuple[float, float]]:
+    """Label positions (text baseline x, y) for ``points`` (x, y, text) in pixels, no two boxes overlapping.
+
+    Greedy: points in order of y; each label wants to sit right of its point, and is nudged up or down
+    in whole label heights (nearest free slot first, within [top, bottom]) past the markers and the
+    labels already placed; a label still without room goes left of its point. A label away from its point gets a
+    leader line from the caller.
+    """
+    placed = [(x - 5, y - 5, x + 5, y + 5) for x, y, _ in points]  # labels keep off every marker too
+    out: list[tuple[float, float] | None] = [None] * len(points)
+    for i in sorted(range(len(points)), key=lambda j: points[j][1]):
+        x, y, text = points[i]
+        want = y + 4
+        choice: tuple[float, float] | None = None
+        for lx in (x + 7, x - 7 - CHAR_W * len(text)):
+            for step in range(max_steps):
+                for dy in (step, -step) if step else (0,):
+                    ly = want + dy * LABEL_H
+                    box = label_box(lx, ly, text)
+                    if box[1] < top or box[3] > bottom:
+                        continue
+                    if not any(_overlaps(box, other) for other in placed):
+                        choice = (lx, ly)
+                        break
+                if choice:
+                    break
+            if choice:
+                break
+        choice = choice or (x + 7, want)
+        placed.append(label_box(*choice, text))
+        out[i] = choice
+    return [pos for pos in out if pos is not None]
+
+
 def svg_scatter(
-    records: list[dict[str, Any]], protocols: list[str], width: int = 760, height: int = 460
+    records: list[dict[str, Any]], protocols: list[str], width: int = 840, height: int = 520
 ) -> str:
-    """A dependency-free scatter plot: NDCG@10 (y) vs training seconds (x, log10), labelled points."""
+    """A dependency-free scatter plot: NDCG@10 (y) vs training seconds (x, log10), labelled points.
+
+    Models without a training step (``learned`` False: counts, neighbourhoods, TF-IDF) are hollow
+    diamonds at ``NO_TRAINING_SECONDS``, as the legend says; labels are placed by ``place_labels``.
+    """
     ok = [r for r in records if r["status"] == "ok"]
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
-    left, right, top, bottom = 70, 150, 30, 55
+    left, right, top, bottom = 70, 250, 30, 55
     plot_w, plot_h = width - left - right, height - top - bottom
-    xs = [math.log10(max(r["train_seconds"], 0.1)) for r in ok] or [0.0, 1.0]
+
+    def seconds(r: dict[str, Any]) -> float:
+        return max(r["train_seconds"], NO_TRAINING_SECONDS) if r.get("learned", True) else NO_TRAINING_SECONDS
+
+    xs = [math.log10(seconds(r)) for r in ok] or [0.0, 1.0]
     ys = [r["metrics"]["ndcg@10"] for r in ok] or [0.0, 1.0]
     x0, x1 = math.floor(min(xs)), math.ceil(max(xs) + 1e-9)
     x1 = max(x1, x0 + 1)
     y1 = max(ys) * 1.1 or 1.0
 
     def px(x: float) -> float:
-        return left + (x - x0) / (x1 - x0) * plot_w
+        return left + 20 + (x - x0) / (x1 - x0) * (plot_w - 40)
 
     def py(y: float) -> float:
         return top + plot_h - y / y1 * plot_h
@@ -495,16 +553,43 @@ def svg_scatter(
         out.append(f'<line x1="{left - 5}" y1="{py(y)}" x2="{left}" y2="{py(y)}" stroke="black"/>')
         out.append(f'<text x="{left - 8}" y="{py(y) + 4}" text-anchor="end">{y:.2f}</text>')
         out.append(f'<line x1="{left}" y1="{py(y)}" x2="{left + plot_w}" y2="{py(y)}" stroke="#eee"/>')
+
+    def marker(x: float, y: float, colour: str, learned: bool) -> str:
+        if learned:
+            return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{colour}" fill-opacity="0.8"/>'
+        return (
+            f'<path d="M{x:.1f},{y - 5:.1f} L{x + 5:.1f},{y:.1f} L{x:.1f},{y + 5:.1f} L{x - 5:.1f},{y:.1f} Z" '
+            f'fill="white" stroke="{colour}" stroke-width="1.5"/>'
+        )
+
+    legend_x = left + plot_w + 20
+    row = 0
+    points: list[tuple[float, float, str, str]] = []
     for i, protocol in enumerate(protocols):
         colour = colours[i % len(colours)]
-        out.append(f'<circle cx="{left + plot_w + 20}" cy="{top + 10 + 18 * i}" r="5" fill="{colour}"/>')
-        out.append(f'<text x="{left + plot_w + 30}" y="{top + 14 + 18 * i}">{html.escape(protocol)}</text>')
+        out.append(marker(legend_x, top + 10 + 18 * row, colour, True))
+        out.append(f'<text x="{legend_x + 10}" y="{top + 14 + 18 * row}">{html.escape(protocol)}</text>')
+        row += 1
         for r in (r for r in ok if r["protocol"] == protocol):
-            x, y = px(math.log10(max(r["train_seconds"], 0.1))), py(r["metrics"]["ndcg@10"])
-            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{colour}" fill-opacity="0.8"/>')
+            x, y = px(math.log10(seconds(r))), py(r["metrics"]["ndcg@10"])
+            out.append(marker(x, y, colour, r.get("learned", True)))
+            points.append((x, y, r["model"], colour))
+    out.append(marker(legend_x, top + 10 + 18 * row, "#555", False))
+    out.append(f'<text x="{legend_x + 10}" y="{top + 14 + 18 * row}">no training step (counts,</text>')
+    out.append(
+        f'<text x="{legend_x + 10}" y="{top + 28 + 18 * row}">neighbours, TF-IDF): drawn at {NO_TRAINING_SECONDS:g} s</text>'
+    )
+    positions = place_labels([(x, y, text) for x, y, text, _ in points], top, top + plot_h)
+    for (x, y, text, colour), (lx, ly) in zip(points, positions, strict=True):
+        box = label_box(lx, ly, text)
+        anchor_x = box[0] if lx > x else box[2]
+        anchor_y = min(max(y, box[1]), box[3])
+        if abs(anchor_y - y) > 2:  # moved off its point: a leader line says whose label it is
             out.append(
-                f'<text x="{x + 6:.1f}" y="{y - 4:.1f}" fill="{colour}">{html.escape(r["model"])}</text>'
+                f'<line x1="{x:.1f}" y1="{y:.1f}" x2="{anchor_x:.1f}" y2="{anchor_y:.1f}" '
+                f'stroke="{colour}" stroke-width="0.6" stroke-opacity="0.7"/>'
             )
+        out.append(f'<text x="{lx:.1f}" y="{ly:.1f}" fill="{colour}">{html.escape(text)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

@@ -259,6 +259,8 @@ def print_summary(summary_path, last_line: bool = True) -> None:
     for name, record in summary["models"].items():
         verdict = "PROMOTED" if record["promoted"] else "not promoted"
         print(f"{name}: {verdict} - {record['reason']} (bento: {record['bento_tag']})")
+        if record.get("evaluation_report"):
+            print(f"{name}: evaluation report {record['evaluation_report']}")
         if record.get("drift_detected") is not None:
             print(f"{name}: drift detected={record['drift_detected']} {record.get('drift_reasons') or ''}")
     if last_line:

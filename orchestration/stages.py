@@ -337,10 +337,14 @@ def mark_failed(model: str, run_id: str, error: str, overrides: dict[str, Any] |
 
 
 def finish(model: str, run_id: str, overrides: dict[str, Any] | None = None) -> str:
-    """Mark the run complete and refresh summary.json + leaderboard.md; returns the summary path."""
+    """Mark the run complete; refresh its report.html (now with the drift links) and summary.json +
+    leaderboard.md; returns the summary path."""
     from orchestration.summary import write_summary
+    from training.report import write_report
 
     run = run_context(model, run_id, overrides)
+    if (run.run_dir / "metrics.json").exists():
+        write_report(run.run_dir)
     atomic_write_json(
         run.run_dir / "completed.json", {"model": model, "run_id": run_id, "at": datetime.now(UTC)}
     )

@@ -56,7 +56,7 @@ def model_record(run_dir: Path) -> dict[str, Any]:
         "protocol": evaluation.get("protocol"),
         "epochs": train.get("epochs"),
         "epoch_seconds": train.get("epoch_seconds"),
-        "evaluation_report": evaluation.get("leaderboard_path"),
+        "evaluation_report": evaluation.get("report_path") or evaluation.get("leaderboard_path"),
         "metrics_path": evaluation.get("metrics_path"),
         "drift_detected": drift.get("drift_detected"),
         "drift_reasons": drift.get("reasons", []),

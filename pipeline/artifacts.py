@@ -248,6 +248,7 @@ class Evaluation(Manifest):
     baselines: dict[str, dict[str, float]]
     protocol: str
     data_version: str
+    report_path: Path | None = None  # report.html: metrics with bootstrap intervals, lifts, drift links
 
 
 @dataclass(frozen=True, config=RECORD)

@@ -5,8 +5,10 @@ beyond-accuracy metrics (Gini, novelty, intra-list diversity by item attributes 
 item embeddings, by those) next to the accuracy ones. Baselines
 (Popularity, ItemKNN, UserKNN) are fitted on the same split's train part and their metrics cached in
 ``split.dir/baselines/<name>.json``, so every model of a run (and every run on that split) compares
-against identical numbers without refitting. Writes ``metrics.json``, ``leaderboard.md`` and the
-``evaluation.json`` manifest into the run directory.
+against identical numbers without refitting (their per-user values next to them, in
+``<name>.users.npz``). Writes ``metrics.json``, ``leaderboard.md``, ``per_user.npz`` (every test user's
+value of each per-user metric, the model's and the baselines', for the bootstrap intervals),
+``report.html`` (``training.report``) and the ``evaluation.json`` manifest into the run directory.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from pipeline.artifacts import Evaluation, Split, TrainResult, atomic_write_json, atomic_write_text
+from pipeline.artifacts import (
+    Evaluation,
+    Split,
+    TrainResult,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+)
 from pipeline.config import EvaluationConfig
 from training.artifact import DEFAULT_HISTORY_LENGTH, load_model_artifact
 from training.attributes import attributes_for
@@ -31,9 +40,10 @@ from training.data import EvalInputs, build_eval_inputs, build_example_set
 from training.metrics import BeyondAccuracy, RankingAccumulator
 from training.models import build_model, get_spec
 from training.models.capabilities import EmbedsItems, PointwiseMetrics, can
+from training.report import PER_USER_FILE, write_report
 from training.scoring import ArtifactScorer
 from training.split import SplitIndex, train_matrix
-from training.train import evaluate_module
+from training.train import evaluation_accumulator
 
 BASELINES = ("popularity", "itemknn", "userknn")
 # Part of the baseline cache key: cached baseline metrics from before Gini, novelty and ILD are recomputed.
@@ -60,13 +70,19 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
     history_length = artifact.history_length or DEFAULT_HISTORY_LENGTH
     inputs = build_eval_inputs(split, "test", history_length)
     beyond = beyond_accuracy(split, artifact.module)
-    metrics = evaluate_module(artifact.module, inputs, list(cfg.ks), cfg.batch_users, beyond)
+    acc = evaluation_accumulator(artifact.module, inputs, list(cfg.ks), cfg.batch_users, beyond, True)
+    metrics = acc.compute()
     if can(artifact.module, PointwiseMetrics):
         # Rating error (MF), AUC/LogLoss (CTR rankers), off-policy reward (REINFORCE): each model
         # computes its own from the test examples, with the user's history as of each event.
         examples = build_example_set(split, "test", history_length, num_negatives=1, seed=split.seed)
         metrics.update(artifact.module.pointwise_metrics(examples))
     baselines = {name: baseline_metrics(name, split, cfg, inputs) for name in BASELINES}
+    per_user = {"users": inputs.users.numpy(), **acc.per_user_values()}
+    for name in BASELINES:
+        for key, values in (baseline_per_user(name, split) or {}).items():
+            per_user[f"{name}::{key}"] = values
+    save_arrays(run_dir / PER_USER_FILE, per_user)
 
     metrics_path = run_dir / "metrics.json"
     atomic_write_json(
@@ -88,6 +104,7 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
         model=train_result.model,
         metrics_path=metrics_path,
         leaderboard_path=leaderboard_path,
+        report_path=write_report(run_dir),
         metrics=metrics,
         baselines=baselines,
         protocol=split.protocol,
@@ -223,16 +240,42 @@ def baseline_metrics(
         "code": baseline_code(name),
         "metrics": BEYOND_ACCURACY_VERSION,
     }
-    if cache.exists():
+    if cache.exists() and per_user_cache(split, name).exists():
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:
             return cached["metrics"]
     index = SplitIndex.load(split)
     module = build_model(name, index.n_users, index.n_items, **(params or {})).fit(train_matrix(split))
     inputs = inputs if inputs is not None else build_eval_inputs(split, "test", DEFAULT_HISTORY_LENGTH)
-    metrics = evaluate_module(module, inputs, list(cfg.ks), cfg.batch_users, beyond_accuracy(split, module))
+    acc = evaluation_accumulator(
+        module, inputs, list(cfg.ks), cfg.batch_users, beyond_accuracy(split, module), keep_per_user=True
+    )
+    metrics = acc.compute()
+    save_arrays(per_user_cache(split, name), {"users": inputs.users.numpy(), **acc.per_user_values()})
     atomic_write_json(cache, {"key": key, "model": name, "n_users": inputs.n_users, "metrics": metrics})
     return metrics
+
+
+def per_user_cache(split: Split, name: str) -> Path:
+    return Path(split.dir) / "baselines" / f"{name}.users.npz"
+
+
+def baseline_per_user(name: str, split: Split) -> dict[str, np.ndarray] | None:
+    """Baseline ``name``'s cached per-user values on ``split`` (``users`` + one array per metric), if any."""
+    path = per_user_cache(split, name)
+    return load_arrays(path) if path.exists() else None
+
+
+def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> Path:
+    """``np.savez_compressed`` through a temporary sibling and an atomic rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez_compressed(handle, **arrays)
+    return path
+
+
+def load_arrays(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {key: data[key] for key in data.files}
 
 
 def beyond_accuracy(split: Split, module: object) -> BeyondAccuracy:

@@ -127,10 +127,15 @@ def gini(counts: torch.Tensor) -> float:
 
 class RankingAccumulator:
     """Accumulates full-ranking metrics over user batches; ``compute()`` gives the means, coverage and
-    Gini, and with ``beyond`` novelty and intra-list diversity."""
+    Gini, and with ``beyond`` novelty and intra-list diversity. With ``keep_per_user`` it also keeps
+    every user's value of each per-user metric (``per_user_values()``, NaN where a user has none): the
+    means ``compute()`` reports are unchanged, the per-user values feed bootstrap intervals."""
 
-    def __init__(self, n_items: int, ks: list[int], beyond: BeyondAccuracy | None = None) -> None:
+    def __init__(
+        self, n_items: int, ks: list[int], beyond: BeyondAccuracy | None = None, keep_per_user: bool = False
+    ) -> None:
         self.n_items = n_items
+        self.kept: dict[str, list[torch.Tensor]] | None = {} if keep_per_user else None
         self.ks = sorted(set(ks))
         self.beyond = beyond
         self.sums: dict[str, float] = {}
@@ -144,6 +149,7 @@ class RankingAccumulator:
         top = top.cpu()
         for name, per_user in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(per_user.sum())
+            self._keep(name, per_user)
         for k in self.ks:
             lists = top[:, :k]
             self.recommended[k] += torch.bincount(lists.reshape(-1), minlength=self.n_items + 1).double()
@@ -159,6 +165,17 @@ class RankingAccumulator:
         known = per_user[~torch.isnan(per_user)]
         self.sums[name] = self.sums.get(name, 0.0) + float(known.sum())
         self.counted[name] = self.counted.get(name, 0) + int(known.numel())
+        self._keep(name, per_user)
+
+    def _keep(self, name: str, per_user: torch.Tensor) -> None:
+        if self.kept is not None:
+            self.kept.setdefault(name, []).append(per_user.detach().double().cpu())
+
+    def per_user_values(self) -> dict[str, np.ndarray]:
+        """``{metric: (n_users,) float64}`` in evaluation order (needs ``keep_per_user=True``)."""
+        if self.kept is None:
+            raise ValueError("per-user values were not kept: build the accumulator with keep_per_user=True")
+        return {name: torch.cat(parts).numpy() for name, parts in sorted(self.kept.items())}
 
     def compute(self) -> dict[str, float]:
         if self.n_users == 0:

@@ -144,13 +144,25 @@ def evaluate_module(
 ) -> dict[str, float]:
     """Full-ranking metrics of ``module`` on prepared ``EvalInputs`` (with ``beyond``: novelty and
     intra-list diversity too, ``training.metrics``)."""
-    acc = RankingAccumulator(inputs.n_items, ks, beyond)
+    return evaluation_accumulator(module, inputs, ks, batch_users, beyond).compute()
+
+
+def evaluation_accumulator(
+    module: torch.nn.Module,
+    inputs: Any,
+    ks: list[int],
+    batch_users: int,
+    beyond: BeyondAccuracy | None = None,
+    keep_per_user: bool = False,
+) -> RankingAccumulator:
+    """The filled accumulator behind ``evaluate_module`` (``keep_per_user``: with every user's values)."""
+    acc = RankingAccumulator(inputs.n_items, ks, beyond, keep_per_user=keep_per_user)
     module.eval()
     with torch.no_grad():
         for batch in inputs.batches(batch_users):
             scores = module.full_sort_predict(batch["users"], batch["history"]).float()
             acc.update(scores, batch["truth"], ranking_exclusions(module, batch))
-    return acc.compute()
+    return acc
 
 
 def train_model(

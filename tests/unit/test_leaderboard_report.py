@@ -73,3 +73,31 @@ def test_every_failing_target_of_the_committed_leaderboard_has_evidence(leaderbo
     shutil.copy(leaderboard.meta_path(records_path), tmp_path / "leaderboard.meta.json")
     assert leaderboard.render_only(tmp_path / "leaderboard.json", tmp_path / "leaderboard.md") == 0
     assert (tmp_path / "leaderboard.md").read_text() == (REPO / "bench" / "leaderboard.md").read_text()
+
+
+def test_label_placement_leaves_no_two_labels_overlapping(leaderboard) -> None:
+    # A crowded corner: eight points within a few pixels of each other, as sasrec/deepfm/gru4rec were.
+    points = [
+        (300.0 + i % 3, 200.0 + 2 * i, name)
+        for i, name in enumerate(
+            ["sasrec", "deepfm", "gru4rec", "content", "popularity", "din", "dien", "itemknn"]
+        )
+    ]
+    positions = leaderboard.place_labels(points, top=30, bottom=400)
+    boxes = [
+        leaderboard.label_box(x, y, text) for (x, y), (_, _, text) in zip(positions, points, strict=True)
+    ]
+    for i, a in enumerate(boxes):
+        assert 30 <= a[1] and a[3] <= 400
+        for b in boxes[i + 1 :]:
+            assert not leaderboard._overlaps(a, b), (a, b)
+
+
+def test_plot_marks_models_without_training_and_names_their_floor(leaderboard) -> None:
+    records = [
+        {**_record("popularity", "random_holdout", 0.15), "learned": False, "train_seconds": 0.3},
+        {**_record("bpr", "random_holdout", 0.29), "learned": True, "train_seconds": 9.3},
+    ]
+    svg = leaderboard.svg_scatter(records, ["random_holdout"])
+    assert svg.count("<path") == 2  # popularity's diamond and the legend's
+    assert f"drawn at {leaderboard.NO_TRAINING_SECONDS:g} s" in svg
