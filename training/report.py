@@ -248,7 +248,7 @@ PAGE = """<!DOCTYPE html>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 62em; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }}
-th {{ background: #f3f3f3; }} td:first-child, th:first-child {{ text-align: left; }}
+th {{ background: #f3f3f3; }} td:first-child, th:first-child, td:last-child {{ text-align: left; }}
 .warn {{ background: #fff3cd; border: 1px solid #e0c36a; padding: 0.5em 0.8em; }}
 .meta td {{ text-align: left; }}
 </style></head><body>
