@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 from orchestration.stages import STAGES  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
+from pipeline.provenance import code_commit  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
@@ -43,6 +44,7 @@ def main() -> None:
     layout = Layout(load_config().home_dir)
     summary = json.loads(layout.summary.read_text())
     result = {
+        "code_commit": code_commit(),
         "command": "recforge demo (= make demo on a warm venv)",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "wall_seconds": round(wall, 1),
@@ -66,7 +68,7 @@ def main() -> None:
     lines = [
         "# `make demo` benchmark",
         "",
-        f"Machine: {result['machine']}. Command: `{result['command']}`. Whole demo: **{wall:.0f} s** "
+        f"Machine: {result['machine']}. Command: `{result['command']}` at git `{result['code_commit']}`. Whole demo: **{wall:.0f} s** "
         "(Airflow `dags test` of recsys_bpr then recsys_sasrec, incl. Airflow start-up, Bento build, drift).",
         "",
         "| stage | " + " | ".join(result["models"]) + " |",

@@ -37,6 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from orchestration.runs import model_params  # noqa: E402
+from pipeline.provenance import code_commit  # noqa: E402
 from training.models import MODELS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -113,6 +114,8 @@ def fit(rows: list[dict[str, Any]]) -> dict[str, float]:
 def markdown(rows: list[dict[str, Any]], fits: dict[str, dict[str, float]], meta: dict[str, Any]) -> str:
     lines = [
         "# Training time vs. number of interactions",
+        "",
+        f"`{meta['command']}` at git `{meta['code_commit']}`.",
         "",
         f"Synthetic examples (`tests/conftest.py` `synthetic_examples`: {meta['items']} items, "
         f"~{EVENTS_PER_USER} events per user, random_holdout 8:1:1), {meta['epochs']} epochs per run, no "
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     meta = {
+        "code_commit": code_commit(),
         "items": args.items,
         "epochs": args.epochs,
         "repeats": args.repeats,

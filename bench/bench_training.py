@@ -36,6 +36,7 @@ from orchestration.runs import model_params  # noqa: E402
 from pipeline.artifacts import FeatureSet  # noqa: E402
 from pipeline.config import EvaluationConfig, SplitConfig, TrainerConfig, load_config  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
+from pipeline.provenance import code_commit  # noqa: E402
 from training.evaluate import evaluate_run  # noqa: E402
 from training.split import make_split  # noqa: E402
 from training.train import train_model  # noqa: E402
@@ -201,6 +202,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Training bench",
         "",
+        f"`{meta['command']}` at git `{meta['code_commit']}`.",
+        "",
         f"Examples `{meta['examples']}` (data version `{meta['data_version']}`), {meta['machine']}, "
         f"torch {meta['torch']}, {meta['threads']} threads, max {meta['max_epochs']} epochs "
         f"(early stopping on valid NDCG@10, patience {meta['patience']}). Full ranking over all items; "
@@ -254,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     rows = run_bench(args)
     meta = {
+        "code_commit": code_commit(),
+        "command": "python bench/bench_training.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "examples": str(args.examples),
         "data_version": file_version(Path(args.examples)),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
