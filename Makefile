@@ -13,6 +13,7 @@ export PYTHONUNBUFFERED := 1
 # The lock is the tested pin set. Installed after it, recforge's own requirements (pyproject.toml,
 # extras included) are already satisfied, so pip installs only recforge but still checks them all.
 $(BIN)/.installed: requirements.lock pyproject.toml
+	@echo "installing pinned dependencies into $(VENV) (first run: a few minutes; pip is quiet until it ends)…"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock

@@ -28,8 +28,10 @@ from typing import Any
 
 import yaml
 
+from features.duckdb_exit import close_default_duckdb_connection
 from orchestration import stages
 from orchestration.airflow_env import airflow_env, free_port
+from orchestration.dag_run import phase_line
 from orchestration.summary import write_summary
 from pipeline.config import ConfigError, PipelineConfig, did_you_mean, load_config
 
@@ -236,18 +238,55 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     )
 
 
+def demo_log_path(layout: Any) -> Path:
+    """A new log file per demo under ``RECFORGE_HOME/logs`` (kept: a person reads it after a failure)."""
+    path = Path(layout.home) / "logs" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def log_to_file(path: Path) -> None:
+    """This process's log records and warnings go to ``path`` only (the console keeps the phase lines)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
-    """Run the model DAGs through Airflow (``airflow dags test``: real tasks, SQLite metadata DB)."""
+    """Run the model DAGs through Airflow (``dag.test()``: real tasks, SQLite metadata DB), one line per
+    task on the console, everything else in a log file; then the leaderboard and the gate verdicts."""
     cfg, layout = stages.context()
     env = airflow_env(layout)
+    log_path = demo_log_path(layout)
+    log_to_file(log_path)
+    print(f"recforge demo: full logs in {log_path}", flush=True)
     started = time.perf_counter()
-    _airflow(["db", "migrate"], env)
     conf = json.dumps(_pairs(args.conf, "--conf"))
-    _airflow(["dags", "reserialize"], env)
+    with open(log_path, "a") as log_file:
+        airflow_bin = os.path.join(os.path.dirname(sys.executable), "airflow")
+        step = time.perf_counter()
+        migrate = subprocess.run(
+            [airflow_bin, "db", "migrate"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    if migrate.returncode != 0:
+        raise SystemExit(
+            f"recforge demo: airflow db migrate failed (exit code {migrate.returncode}); log: {log_path}"
+        )
+    print(phase_line("airflow", "db migrate", "success", time.perf_counter() - step), flush=True)
     for model in args.models:
-        log.info("running DAG recsys_%s through Airflow", model)
-        _airflow(["dags", "test", f"recsys_{model}", "--conf", conf], env)
+        dag_id = f"recsys_{model}"
+        log.info("running DAG %s through Airflow", dag_id)
+        run = [sys.executable, "-m", "orchestration.dag_run", dag_id, conf, str(log_path)]
+        if subprocess.call(run, env=env) != 0:
+            raise SystemExit(
+                f"recforge demo: DAG {dag_id} failed (the task and its error above); log: {log_path}"
+            )
     log.info("demo finished in %.0f s", time.perf_counter() - started)
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
     print_summary(write_summary(layout, cfg))
 
 
@@ -547,12 +586,13 @@ def run_cli(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    code = run_cli(argv)
-    # Skip interpreter finalisation: duckdb's bindings (Feast's offline store) print hundreds of
-    # "leaked instance" lines at exit, which would bury the summary path (or the error) that must come last.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    try:
+        code = run_cli(argv)
+    finally:
+        close_default_duckdb_connection()  # also when a command exits with SystemExit
+    # Nothing may follow the last line (the summary path, or the error): a command that opened Feast's
+    # offline store would otherwise end with DuckDB's "leaked instance" report (features.duckdb_exit).
+    sys.exit(code)
 
 
 if __name__ == "__main__":
