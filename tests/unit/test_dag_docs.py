@@ -15,6 +15,9 @@ from orchestration.dag_catalog import dag_ids, load_dags
 from pipeline.config import load_tuning_grid
 from training.models import MODELS, pipeline_models
 
+# Reading the DAG files imports Airflow's schedules, and croniter's import runs `file` in a subprocess.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def dags() -> dict:
