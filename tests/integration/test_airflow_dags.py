@@ -8,6 +8,7 @@ own AIRFLOW_HOME (SQLite) and RECFORGE_HOME.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -76,8 +77,8 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
         assert dag["doc"] and dag["task_docs"]
     assert "recsys_drift_monitor" in report["dags"]
     for dag_id, dag in report["dags"].items():  # the doc is generated from the DAG: every task and field
-        positions = [dag["doc"].index(f"**{task_id}**") for task_id in dag["tasks"]]
-        assert positions == sorted(positions), dag_id  # these DAGs create their tasks in graph order
+        listed = re.findall(r"^\d+\. \*\*(\w+)\*\*", dag["doc"], flags=re.MULTILINE)
+        assert listed == dag["tasks"], dag_id  # these DAGs create their tasks in graph order
         assert all(f"| `{name}` |" in dag["doc"] for name in dag["params"]), dag_id
     # One tuning DAG per trained model and per closed-form model with a tuning grid (EASE), with the
     # grid as a dynamically mapped task.
