@@ -13,6 +13,7 @@ export PYTHONUNBUFFERED := 1
 # The lock is the tested pin set. Installed after it, recforge's own requirements (pyproject.toml,
 # extras included) are already satisfied, so pip installs only recforge but still checks them all.
 $(BIN)/.installed: requirements.lock pyproject.toml
+	@echo "installing pinned dependencies into $(VENV) (first run: a few minutes; pip is quiet until it ends)…"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
@@ -44,8 +45,10 @@ STDLIB_PYTHON = $(or $(wildcard $(BIN)/python),$(PYTHON))
 check-results:  ## which bench/results/ predate the code they measure
 	$(STDLIB_PYTHON) bench/check_results.py $(if $(STRICT),--strict)
 
-airflow: $(BIN)/.installed  ## Airflow UI (standalone) on a free local port; prints URL and login
-	$(BIN)/recforge airflow-ui
+# AIRFLOW_PORT=8080 fixes the UI's port (default: a free one); PORT is make serve's.
+AIRFLOW_PORT ?=
+airflow: $(BIN)/.installed  ## Airflow UI (standalone) on $(AIRFLOW_PORT) or a free local port; prints URL and login last
+	$(BIN)/recforge airflow-ui $(if $(AIRFLOW_PORT),--port $(AIRFLOW_PORT))
 
 # Every registered model and baseline x {random_holdout, leave_last_out} on ML-100K, 2 processes x 1 thread
 # (under 60 min on 2 cores): bench/results/leaderboard.json + bench/leaderboard.md. Extra flags, e.g.

@@ -15,6 +15,7 @@ from airflow.sdk import DAG, Asset, AssetAlias, Param, task
 # The DAG processor runs this file from the dags folder; the stage packages live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from orchestration.dag_docs import dag_doc_md  # noqa: E402
 from orchestration.dag_params import MONITOR_PARAMS, PIPELINE_PARAMS  # noqa: E402
 from orchestration.dag_tasks import run_overrides, stage_tasks  # noqa: E402
 from orchestration.flow import MODEL_PIPELINE  # noqa: E402
@@ -26,26 +27,27 @@ def retrain_asset(model: str) -> Asset:
     return Asset(f"recforge://retrain/{model}")
 
 
+MODEL_DAG_INTRO = """
+Raw data to a served, drift-monitored recommender: evaluation is full ranking against the Popularity,
+ItemKNN and UserKNN baselines on the same split.
+
+The run competes for one **deployment** (the `deployment` field of the form; its data source, split
+protocol and metric are fixed in the pipeline config). The gate re-scores the deployment's champion on
+this run's split when it was judged on other data. **promote** succeeds only when this run became the
+champion; it is *skipped* otherwise, and the run's note says why (promoted / not promoted, with the
+numbers).
+
+Triggered by hand (the form's fields are in the table below) or by the drift monitor when drift is
+detected in this model's data (asset `recforge://retrain/{model}`). Artifacts land under
+`$RECFORGE_HOME/runs/{model}/<run_id>`; the run summary in `$RECFORGE_HOME/summary.json`.
+"""
+
+
 def build_model_dag(model: str) -> DAG:
     spec = MODELS[model]
     with DAG(
         dag_id=f"recsys_{model}",
         description=f"{spec.description}: raw data to a served, drift-monitored recommender",
-        doc_md=f"""
-### recsys_{model} — {spec.description}
-ingest → validate → features (Feast, point-in-time) → split → train (Lightning) → evaluate
-(full ranking vs. Popularity, ItemKNN and UserKNN) → gate → package (BentoML) → promote → drift
-(Evidently) → finish.
-
-The run competes for one **deployment** (`deployment` below; its data source, split protocol and
-metric are fixed in the pipeline config). The gate re-scores the deployment's champion on this run's
-split when it was judged on other data. **promote** succeeds only when this run became the champion;
-it is *skipped* otherwise, and the run's note says why (promoted / not promoted, with the numbers).
-
-Triggered by hand (the form takes the parameters below) or by the drift monitor when drift is
-detected in this model's data (asset `recforge://retrain/{model}`). Artifacts land under
-`$RECFORGE_HOME/runs/{model}/<run_id>`; the run summary in `$RECFORGE_HOME/summary.json`.
-""",
         schedule=[retrain_asset(model)],
         catchup=False,
         max_active_runs=1,
@@ -57,10 +59,22 @@ detected in this model's data (asset `recforge://retrain/{model}`). Artifacts la
         default_args={"owner": "recforge"},
     ) as dag:
         stage_tasks(model, [stage.name for stage in MODEL_PIPELINE])
+    dag.doc_md = dag_doc_md(dag, f"recsys_{model} — {spec.description}", MODEL_DAG_INTRO.format(model=model))
     return dag
 
 
 RETRAIN_ALIAS = AssetAlias("recforge-retrain")  # resolved at run time to the drifted champion's asset
+
+
+DRIFT_MONITOR_INTRO = """
+Reads the deployment's champion from the run index and compares the newest window of events with the
+window just before it (same size, per-event columns, thresholds calibrated by `bench/bench_drift.py`),
+plus the champion's recommendations and its ranking quality on the newest window. The report states
+the windows, the verdict and what to do; it lands in the monitor's run directory and the Evidently
+workspace. On drift, **request_retrain** emits `recforge://retrain/<champion model>` (through the asset
+alias `recforge-retrain`), which schedules `recsys_<model>`; otherwise it emits nothing and says why.
+The form (table below) sets the deployment, the window and the thresholds for this run.
+"""
 
 
 def build_drift_monitor_dag() -> DAG:
@@ -68,16 +82,6 @@ def build_drift_monitor_dag() -> DAG:
     with DAG(
         dag_id="recsys_drift_monitor",
         description="Evidently drift check of the deployment's champion; drift triggers its retraining",
-        doc_md="""
-### recsys_drift_monitor
-Reads the deployment's champion from the run index and compares the newest window of events with the
-window just before it (same size, per-event columns, thresholds calibrated by `bench/bench_drift.py`),
-plus the champion's recommendations and its ranking quality on the newest window. The report states
-the windows, the verdict and what to do; it lands in the monitor's run directory and the Evidently
-workspace. On drift, **request_retrain** emits `recforge://retrain/<champion model>` (through the asset
-alias `recforge-retrain`), which schedules `recsys_<model>`; otherwise it emits nothing and says why.
-The form sets the deployment, the window and the thresholds for this run.
-""",
         schedule="@daily",
         catchup=False,
         tags=["recforge", "monitoring"],
@@ -101,6 +105,7 @@ The form sets the deployment, the window and the thresholds for this run.
             return f"retraining {result['model']}: {'; '.join(result.get('reasons', []))}"
 
         request_retrain(check_champion())
+    dag.doc_md = dag_doc_md(dag, "recsys_drift_monitor", DRIFT_MONITOR_INTRO)
     return dag
 
 

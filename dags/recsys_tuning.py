@@ -17,6 +17,7 @@ from airflow.sdk import DAG, Param, get_current_context, task
 # The DAG processor runs this file from the dags folder; the stage packages live one level up.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from orchestration.dag_docs import dag_doc_md  # noqa: E402
 from orchestration.dag_params import PIPELINE_PARAMS  # noqa: E402
 from orchestration.dag_tasks import run_overrides, stage_tasks  # noqa: E402
 from orchestration.flow import DATA_STAGES  # noqa: E402
@@ -39,23 +40,24 @@ def _run_id() -> str:
     return RUN_PREFIX + get_current_context()["run_id"]
 
 
+TUNING_DAG_INTRO = """
+The shared data stages, then one mapped **train_candidate** task per candidate of the grid; the winner
+is picked on validation NDCG@10 (the test part is never used to choose) and only the winner is
+evaluated on test.
+
+The grid is `tuning_grid:` of `configs/models/{model}.yaml` when present (else learning rate × width
+around the defaults), or the `tuning_grid` field of the form, capped at `max_candidates`.
+Artifacts: `$RECFORGE_HOME/runs/{model}/tune-<run_id>/` (`tuning.json`, `best_params.yaml`, one
+directory per candidate). Apply the winner by triggering `recsys_{model}` with `best_params.yaml` as
+its `hparams`.
+"""
+
+
 def build_tuning_dag(model: str) -> DAG:
     spec = MODELS[model]
     with DAG(
         dag_id=f"recsys_tune_{model}",
         description=f"grid search for {model} ({spec.description}), chosen on validation NDCG@10",
-        doc_md=f"""
-### recsys_tune_{model} — hyperparameter grid for {model}
-ingest → validate → features → split (the shared stages) → grid → **train_candidate** (one mapped
-task per candidate) → pick_best (validation NDCG@10; the test part is never used to choose) →
-evaluate_winner (test metrics of the winner only).
-
-The grid is `tuning_grid:` of `configs/models/{model}.yaml` when present (else learning rate × width
-around the defaults), or the `tuning_grid` parameter of the form, capped at `max_candidates`.
-Artifacts: `$RECFORGE_HOME/runs/{model}/tune-<run_id>/` (`tuning.json`, `best_params.yaml`, one
-directory per candidate). Apply the winner by triggering `recsys_{model}` with `best_params.yaml` as
-its `hparams`.
-""",
         schedule=None,
         catchup=False,
         max_active_runs=1,
@@ -111,6 +113,8 @@ its `hparams`.
         split_manifest = stage_tasks(model, DATA_STAGES, run_prefix=RUN_PREFIX)["split"]
         manifests = train_candidate.partial(split_manifest=split_manifest).expand(candidate=grid())
         evaluate_winner(pick_best(manifests), split_manifest)
+    title = f"recsys_tune_{model} — hyperparameter grid for {model}"
+    dag.doc_md = dag_doc_md(dag, title, TUNING_DAG_INTRO.format(model=model))
     return dag
 
 

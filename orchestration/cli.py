@@ -9,7 +9,7 @@ recforge rollback [--to TAG]       # the previous (or named) champion back, atom
 recforge feast feature-views list  # the feast CLI on the champion's Feast namespace
 recforge example shop /tmp/shop    # a synthetic shop (category, brand, price, tags, title) + its schema
 recforge airflow dags list         # the airflow CLI with recforge's environment
-recforge airflow-ui                # Airflow UI on a free port
+recforge airflow-ui [--port N]     # Airflow UI (a free port unless --port); URL and login last
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from typing import Any
 
 import yaml
 
+from features.duckdb_exit import close_default_duckdb_connection
 from orchestration import stages
 from orchestration.airflow_env import airflow_env, free_port
+from orchestration.dag_run import phase_line
 from orchestration.summary import write_summary
 from pipeline.config import ConfigError, PipelineConfig, did_you_mean, load_config
 
@@ -236,18 +238,55 @@ def cmd_rollback(args: argparse.Namespace) -> None:
     )
 
 
+def demo_log_path(layout: Any) -> Path:
+    """A new log file per demo under ``RECFORGE_HOME/logs`` (kept: a person reads it after a failure)."""
+    path = Path(layout.home) / "logs" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def log_to_file(path: Path) -> None:
+    """This process's log records and warnings go to ``path`` only (the console keeps the phase lines)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
-    """Run the model DAGs through Airflow (``airflow dags test``: real tasks, SQLite metadata DB)."""
+    """Run the model DAGs through Airflow (``dag.test()``: real tasks, SQLite metadata DB), one line per
+    task on the console, everything else in a log file; then the leaderboard and the gate verdicts."""
     cfg, layout = stages.context()
     env = airflow_env(layout)
+    log_path = demo_log_path(layout)
+    log_to_file(log_path)
+    print(f"recforge demo: full logs in {log_path}", flush=True)
     started = time.perf_counter()
-    _airflow(["db", "migrate"], env)
     conf = json.dumps(_pairs(args.conf, "--conf"))
-    _airflow(["dags", "reserialize"], env)
+    with open(log_path, "a") as log_file:
+        airflow_bin = os.path.join(os.path.dirname(sys.executable), "airflow")
+        step = time.perf_counter()
+        migrate = subprocess.run(
+            [airflow_bin, "db", "migrate"], env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    if migrate.returncode != 0:
+        raise SystemExit(
+            f"recforge demo: airflow db migrate failed (exit code {migrate.returncode}); log: {log_path}"
+        )
+    print(phase_line("airflow", "db migrate", "success", time.perf_counter() - step), flush=True)
     for model in args.models:
-        log.info("running DAG recsys_%s through Airflow", model)
-        _airflow(["dags", "test", f"recsys_{model}", "--conf", conf], env)
+        dag_id = f"recsys_{model}"
+        log.info("running DAG %s through Airflow", dag_id)
+        run = [sys.executable, "-m", "orchestration.dag_run", dag_id, conf, str(log_path)]
+        if subprocess.call(run, env=env) != 0:
+            raise SystemExit(
+                f"recforge demo: DAG {dag_id} failed (the task and its error above); log: {log_path}"
+            )
     log.info("demo finished in %.0f s", time.perf_counter() - started)
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
     print_summary(write_summary(layout, cfg))
 
 
@@ -322,12 +361,26 @@ def cmd_airflow(args: argparse.Namespace) -> None:
     raise SystemExit(_airflow(args.airflow_args, airflow_env(layout), check=False))
 
 
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"  # Airflow's SimpleAuthManager writes it
+OWNER_ONLY = 0o600
+
+
+def write_owner_only(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable and writable by its owner only (also when it existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, OWNER_ONLY)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), OWNER_ONLY)
+        handle.write(text)
+
+
 def airflow_password(env: dict[str, str], timeout: float = 120.0) -> str:
-    """The admin password: ``RECFORGE_AIRFLOW_PASSWORD`` if set, else the one Airflow generated."""
-    path = os.path.join(env["AIRFLOW_HOME"], "simple_auth_manager_passwords.json.generated")
+    """The admin password: ``RECFORGE_AIRFLOW_PASSWORD`` if set, else the one Airflow generated. The
+    file Airflow generates is left world-readable by Airflow: made owner-only here."""
+    path = os.path.join(env["AIRFLOW_HOME"], PASSWORDS_FILE)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if os.path.isfile(path) and os.path.getsize(path):
+            os.chmod(path, OWNER_ONLY)
             return json.loads(open(path).read())["admin"]
         time.sleep(1)
     raise TimeoutError(f"Airflow wrote no password file at {path} within {timeout:.0f} s")
@@ -337,9 +390,42 @@ def seed_password(env: dict[str, str]) -> None:
     """Let a team pick the local admin password through the environment (never from the repo)."""
     password = os.environ.get("RECFORGE_AIRFLOW_PASSWORD")
     if password:
-        path = os.path.join(env["AIRFLOW_HOME"], "simple_auth_manager_passwords.json.generated")
-        with open(path, "w") as handle:
-            json.dump({"admin": password}, handle)
+        write_owner_only(os.path.join(env["AIRFLOW_HOME"], PASSWORDS_FILE), json.dumps({"admin": password}))
+
+
+def write_login(path: Path, url: str, username: str, password: str) -> None:
+    """The UI's address and login, for a person who lost the terminal: owner-only, like the password."""
+    write_owner_only(
+        path, json.dumps({"url": url, "username": username, "password": password}, indent=2) + "\n"
+    )
+
+
+def wait_until_serving(url: str, server: subprocess.Popen, log_path: Path, timeout: float = 300.0) -> None:
+    """Return once the API server answers ``url``; fail with the log's path if it exits or never does."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(
+                f"recforge airflow-ui: airflow standalone exited ({server.returncode}); log: {log_path}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(2)
+    raise SystemExit(f"recforge airflow-ui: the UI did not answer within {timeout:.0f} s; log: {log_path}")
+
+
+def dag_list_lines(dag_ids: list[str], width: int = 100) -> list[str]:
+    """``DAGs (N): a, b, ...`` wrapped to ``width`` columns."""
+    import textwrap
+
+    return textwrap.wrap(f"DAGs ({len(dag_ids)}): {', '.join(dag_ids)}", width, subsequent_indent="  ")
 
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
@@ -360,6 +446,8 @@ def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
 
 
 def cmd_airflow_ui(args: argparse.Namespace) -> None:
+    from orchestration.dag_catalog import dag_ids
+
     _, layout = stages.context()
     port = args.port or int(os.environ.get("RECFORGE_AIRFLOW_PORT") or 0) or free_port()
     env = airflow_env(layout, api_port=port)
@@ -369,6 +457,8 @@ def cmd_airflow_ui(args: argparse.Namespace) -> None:
     # Own process group: standalone forks scheduler, API server and workers that must stop with it.
     # Its chatter goes to a log file, so the URL and the login stay on screen.
     log_path = layout.airflow_home / "standalone.log"
+    log_to_file(log_path)  # this process reads the DAG files, which imports Airflow: its logs go there too
+    print(f"starting Airflow on {host}:{port}; its output goes to {log_path}", flush=True)
     with open(log_path, "a") as log_file:
         server = subprocess.Popen(
             [airflow_bin, "standalone"],
@@ -380,18 +470,20 @@ def cmd_airflow_ui(args: argparse.Namespace) -> None:
     # On SIGTERM (not only Ctrl-C) unwind through `finally`, so standalone does not outlive us.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
+        os.environ["AIRFLOW_HOME"] = env["AIRFLOW_HOME"]  # reading the DAG files imports Airflow's SDK
+        dags = dag_ids()
         password = airflow_password(env)
-        password_file = os.path.join(env["AIRFLOW_HOME"], "simple_auth_manager_passwords.json.generated")
-        os.chmod(password_file, 0o600)
-        from training.models import pipeline_models
-
+        wait_until_serving(f"http://127.0.0.1:{port}/api/v2/monitor/health", server, log_path)
         shown = "localhost" if host in ("127.0.0.1", "::1") else host
-        print(f"\nAirflow UI: http://{shown}:{port} (listening on {host}:{port})  login: admin / {password}")
+        url = f"http://{shown}:{port}"
+        login_path = layout.airflow_home / "ui_login.json"
+        write_login(login_path, url, "admin", password)
+        print("\n".join(dag_list_lines(dags)))
         print(
-            f"DAGs: recsys_<model> for {len(pipeline_models())} models, recsys_tune_<model>, recsys_drift_monitor "
-            "(Trigger -> the form takes the parameters). Each run's note says whether it promoted its model."
+            "Trigger a DAG -> the form takes its parameters; each model run's note says whether it promoted."
         )
-        print(f"Log: {log_path}. Stop with Ctrl-C.", flush=True)
+        print(f"Stop with Ctrl-C. Login saved (owner-only) in {login_path}")
+        print(f"Airflow UI: {url}  login: admin / {password}", flush=True)
         raise SystemExit(server.wait())
     finally:
         stop_process_group(server)
@@ -507,7 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     feast.set_defaults(func=cmd_feast)
 
     ui = add_parser("airflow-ui", help="airflow standalone (UI + scheduler) on a free port")
-    ui.add_argument("--port", type=int, help="default: $RECFORGE_AIRFLOW_PORT, else a free port")
+    ui.add_argument(
+        "--port",
+        type=int,
+        help="default: $RECFORGE_AIRFLOW_PORT, else a free port (make airflow AIRFLOW_PORT=...)",
+    )
     ui.set_defaults(func=cmd_airflow_ui)
 
     return parser
@@ -549,12 +645,13 @@ def run_cli(argv: list[str] | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    code = run_cli(argv)
-    # Skip interpreter finalisation: duckdb's bindings (Feast's offline store) print hundreds of
-    # "leaked instance" lines at exit, which would bury the summary path (or the error) that must come last.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    try:
+        code = run_cli(argv)
+    finally:
+        close_default_duckdb_connection()  # also when a command exits with SystemExit
+    # Nothing may follow the last line (the summary path, or the error): a command that opened Feast's
+    # offline store would otherwise end with DuckDB's "leaked instance" report (features.duckdb_exit).
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,16 @@ cluster, so feature-aware models can score users and items from attributes alone
 
 from __future__ import annotations
 
-import gc
 import os
 import platform
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
+from features.duckdb_exit import close_default_duckdb_connection
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -134,17 +134,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Close the DuckDB connection that outlives the tests, so the interpreter exits quietly.
 
-    Feast's DuckDB offline store runs its queries through ibis, and ibis keeps a process-wide default
-    DuckDB backend (``ibis.options.default_backend``) open until the interpreter ends. Left for
-    interpreter finalisation, that connection and the DuckDB types it holds are freed after DuckDB's
-    nanobind bindings have been torn down, and nanobind then prints its "leaked N instances / types /
-    functions" report after pytest's summary. The report is noise (the process is exiting, nothing
-    leaks during the run, the exit status is pytest's), but it buries the summary, so the connection
-    is closed here, after every test and fixture has finished.
+    Done after every test and fixture has finished; why it is needed is in ``features.duckdb_exit``
+    (the CLI does the same before it exits).
     """
-    ibis = sys.modules.get("ibis")
-    backend = getattr(getattr(ibis, "options", None), "default_backend", None)
-    if backend is not None:
-        backend.disconnect()
-        ibis.options.default_backend = None
-    gc.collect()
+    close_default_duckdb_connection()

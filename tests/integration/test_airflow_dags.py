@@ -8,6 +8,7 @@ own AIRFLOW_HOME (SQLite) and RECFORGE_HOME.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -42,7 +43,7 @@ from pipeline.config import load_tuning_grid
 from training.models import MODELS, pipeline_models
 bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 dags = {d: {"tasks": [t.task_id for t in bag.dags[d].tasks], "params": sorted(bag.dags[d].params),
-            "doc": bool(bag.dags[d].doc_md), "task_docs": all(t.doc_md for t in bag.dags[d].tasks),
+            "doc": bag.dags[d].doc_md or "", "task_docs": all(t.doc_md for t in bag.dags[d].tasks),
             "mapped": [t.task_id for t in bag.dags[d].tasks if getattr(t, "_is_mapped", False)]}
         for d in bag.dag_ids}
 print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": dags,
@@ -75,6 +76,10 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
         assert {"split_protocol", "max_epochs", "hparams", "deployment"} <= set(dag["params"])
         assert dag["doc"] and dag["task_docs"]
     assert "recsys_drift_monitor" in report["dags"]
+    for dag_id, dag in report["dags"].items():  # the doc is generated from the DAG: every task and field
+        listed = re.findall(r"^\d+\. \*\*(\w+)\*\*", dag["doc"], flags=re.MULTILINE)
+        assert listed == dag["tasks"], dag_id  # these DAGs create their tasks in graph order
+        assert all(f"| `{name}` |" in dag["doc"] for name in dag["params"]), dag_id
     # One tuning DAG per trained model and per closed-form model with a tuning grid (EASE), with the
     # grid as a dynamically mapped task.
     tuning = {d for d in report["dags"] if d.startswith("recsys_tune_")}
