@@ -456,6 +456,24 @@ def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: 
     return "\n".join(lines) + "\n"
 
 
+def svg_frame(
+    size: tuple[int, int], plot: tuple[int, int, int, int], x_label: str, y_label: str
+) -> list[str]:
+    """The opening lines of an SVG plot of ``size`` (width, height): white background, the axes of the
+    ``plot`` area (left, top, width, height) and their labels; close with ``</svg>``."""
+    (width, height), (left, top, plot_w, plot_h) = size, plot
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
+        f'<text x="{left + plot_w / 2}" y="{height - 12}" text-anchor="middle">{html.escape(x_label)}</text>',
+        f'<text x="16" y="{top + plot_h / 2}" text-anchor="middle" transform="rotate(-90 16 {top + plot_h / 2})">'
+        f"{html.escape(y_label)}</text>",
+    ]
+
+
 def svg_scatter(
     records: list[dict[str, Any]], protocols: list[str], width: int = 760, height: int = 460
 ) -> str:
@@ -476,16 +494,9 @@ def svg_scatter(
     def py(y: float) -> float:
         return top + plot_h - y / y1 * plot_h
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        'font-family="sans-serif" font-size="11">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
-        f'<text x="{left + plot_w / 2}" y="{height - 12}" text-anchor="middle">training seconds (log scale)</text>',
-        f'<text x="16" y="{top + plot_h / 2}" text-anchor="middle" transform="rotate(-90 16 {top + plot_h / 2})">'
-        "test NDCG@10</text>",
-    ]
+    out = svg_frame(
+        (width, height), (left, top, plot_w, plot_h), "training seconds (log scale)", "test NDCG@10"
+    )
     for exp in range(x0, x1 + 1):
         x = px(exp)
         out.append(f'<line x1="{x}" y1="{top + plot_h}" x2="{x}" y2="{top + plot_h + 5}" stroke="black"/>')

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import platform
 import subprocess
 import tomllib
+from datetime import UTC, datetime
 from functools import cache
 
 from pipeline.config import REPO_ROOT
@@ -43,3 +46,19 @@ def package_version() -> str:
     if pyproject.is_file():
         return str(tomllib.loads(pyproject.read_text()).get("project", {}).get("version", "unknown"))
     return "unknown"
+
+
+def bench_provenance(script: str, argv: list[str]) -> dict[str, object]:
+    """Where and when a benchmark ran: ``code_commit``, ``created_at`` (UTC), the ``command``
+    (``python <script> <argv>``) and the ``machine`` (platform, Python, CPU count, load at the end)."""
+    return {
+        "code_commit": code_commit(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", script, *argv]),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
