@@ -81,6 +81,7 @@ MEASURES: dict[str, Measures] = {
             "configs/models/bpr.yaml",
         ),
     ),
+    "session": Measures("bench/bench_session.py", ("training/", "configs/models/", "configs/pipeline.yaml")),
 }
 
 

@@ -45,7 +45,7 @@ sys.path[:0] = [str(REPO), str(BENCH)]
 
 from orchestration.runs import model_params  # noqa: E402
 from pipeline.artifacts import FeatureSet  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from pipeline.config import PipelineConfig, load_config  # noqa: E402
 from pipeline.provenance import code_commit  # noqa: E402
 from training.models import MODELS  # noqa: E402
 
@@ -117,6 +117,14 @@ def prepare_data(overrides: dict[str, Any]) -> tuple[FeatureSet, Path]:
         flush=True,
     )
     return feature_set, manifest
+
+
+def prepare_dataset(dataset: str, data_path: str | None = None) -> tuple[FeatureSet, PipelineConfig]:
+    """``dataset``'s feature set (``prepare_data``) under ``RECFORGE_HOME``, and the pipeline config
+    that selects it."""
+    overrides = source_overrides(dataset, data_path, load_config().home_dir)
+    feature_set, _ = prepare_data(overrides)
+    return feature_set, load_config(overrides=overrides)
 
 
 def prepare_splits(feature_set: FeatureSet, protocols: list[str], overrides: dict[str, Any]) -> None:

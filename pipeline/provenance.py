@@ -9,6 +9,7 @@ import subprocess
 import tomllib
 from datetime import UTC, datetime
 from functools import cache
+from typing import Any
 
 from pipeline.config import REPO_ROOT
 
@@ -48,7 +49,7 @@ def package_version() -> str:
     return "unknown"
 
 
-def bench_provenance(script: str, argv: list[str]) -> dict[str, object]:
+def bench_provenance(script: str, argv: list[str]) -> dict[str, Any]:
     """Where and when a benchmark ran: ``code_commit``, ``created_at`` (UTC), the ``command``
     (``python <script> <argv>``) and the ``machine`` (platform, Python, CPU count, load at the end)."""
     return {
@@ -62,3 +63,12 @@ def bench_provenance(script: str, argv: list[str]) -> dict[str, object]:
             "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         },
     }
+
+
+def provenance_line(record: dict[str, Any]) -> str:
+    """One Markdown line naming a ``bench_provenance`` record's command, commit, date and machine."""
+    machine = record["machine"]
+    return (
+        f"`{record['command']}` at git `{record['code_commit']}`, {record['created_at']}, on "
+        f"{machine['platform']} ({machine['cpus']} CPUs, Python {machine['python']})."
+    )
