@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from leaderboard import prepare_dataset  # noqa: E402
+from leaderboard import prepare_dataset, train_briefly  # noqa: E402
 
 from orchestration.runs import model_params  # noqa: E402
-from pipeline.config import SplitConfig, TrainerConfig  # noqa: E402
+from pipeline.config import SplitConfig  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
 from pipeline.provenance import bench_provenance, provenance_line  # noqa: E402
 from training.artifact import DEFAULT_HISTORY_LENGTH, load_model_artifact  # noqa: E402
@@ -46,7 +46,6 @@ from training.session_eval import (  # noqa: E402
     next_item_examples,
 )
 from training.split import PARTS, SplitIndex, make_split, read_part, train_matrix  # noqa: E402
-from training.train import train_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEQUENTIAL = ("sasrec", "gru4rec", "narm")
@@ -99,13 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     for name in [m for m in args.models.split(",") if m]:
-        params = model_params(name)
-        trainer_cfg = TrainerConfig(max_epochs=args.epochs, patience=args.epochs, num_threads=1)
-        t0 = time.perf_counter()
-        trained = train_model(
-            name, split, params, trainer_cfg, layout.run(name, f"bench-session-e{args.epochs}")
-        )
-        seconds = round(time.perf_counter() - t0, 1)
+        trained, seconds = train_briefly(name, split, cfg.home_dir, args.epochs, "bench-session")
         artifact = load_model_artifact(Path(trained.run_dir) / "model")
         length = artifact.history_length or DEFAULT_HISTORY_LENGTH
         metrics = evaluate_next_items(artifact.score, prefixes, targets, index.n_items, length, KS, excluded)

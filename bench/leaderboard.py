@@ -127,6 +127,24 @@ def prepare_dataset(dataset: str, data_path: str | None = None) -> tuple[Feature
     return feature_set, load_config(overrides=overrides)
 
 
+def train_briefly(model: str, split: Any, home: Path, epochs: int, bench: str) -> tuple[Any, float]:
+    """Train ``model`` (its YAML defaults) on ``split`` for ``epochs`` epochs on one thread, keeping the
+    epoch of best validation NDCG@10 (no early stop); the run directory under ``home`` is keyed by the
+    settings (``<bench>-<hash>``). Returns the ``TrainResult`` and the training seconds."""
+    import hashlib
+
+    from pipeline.config import TrainerConfig
+    from pipeline.layout import Layout
+    from training.train import train_model
+
+    params = model_params(model)
+    key = hashlib.sha256(json.dumps([params, epochs, str(split.dir)], default=str).encode()).hexdigest()[:8]
+    trainer_cfg = TrainerConfig(max_epochs=epochs, patience=epochs, num_threads=1)
+    started = time.perf_counter()
+    trained = train_model(model, split, params, trainer_cfg, Layout(home).run(model, f"{bench}-{key}"))
+    return trained, round(time.perf_counter() - started, 1)
+
+
 def prepare_splits(feature_set: FeatureSet, protocols: list[str], overrides: dict[str, Any]) -> None:
     """Make each split and its cached baselines once, before the workers start (no two writers)."""
     from pipeline.config import EvaluationConfig, SplitConfig
