@@ -46,11 +46,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +64,7 @@ from monitoring.drift import Checks, data_drift_check, data_thresholds, decide  
 from monitoring.reports import DriftReport  # noqa: E402
 from monitoring.windows import data_drift_frame, drift_columns  # noqa: E402
 from pipeline.config import MonitoringConfig, load_config  # noqa: E402
-from pipeline.provenance import code_commit  # noqa: E402
+from pipeline.provenance import bench_provenance  # noqa: E402
 from pipeline.schema import DataSchema  # noqa: E402
 
 SCHEMA = REPO_ROOT / "configs" / "schemas" / "movielens.yaml"
@@ -322,15 +319,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
 
     result = {
-        "code_commit": code_commit(),
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "bench/bench_drift.py", *sys.argv[1:]]),
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpus": os.cpu_count(),
-            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        **bench_provenance("bench/bench_drift.py", sys.argv[1:]),
         "data": {
             "events": len(events),
             "window_events": n,

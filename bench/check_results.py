@@ -68,6 +68,20 @@ MEASURES: dict[str, Measures] = {
     "serving": SERVING,
     "serving_two_stage": SERVING,
     "lifecycle": Measures("bench/bench_lifecycle.py", ("serving/", "pipeline/run_index.py")),
+    "diversity": Measures(
+        "bench/bench_diversity.py",
+        (
+            "training/rerank.py",
+            "training/metrics.py",
+            "training/models/bpr.py",
+            "training/train.py",
+            "training/split.py",
+            "training/data.py",
+            "serving/recommender.py",
+            "configs/models/bpr.yaml",
+        ),
+    ),
+    "session": Measures("bench/bench_session.py", ("training/", "configs/models/", "configs/pipeline.yaml")),
 }
 
 

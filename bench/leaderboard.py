@@ -45,7 +45,7 @@ sys.path[:0] = [str(REPO), str(BENCH)]
 
 from orchestration.runs import model_params  # noqa: E402
 from pipeline.artifacts import FeatureSet  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from pipeline.config import PipelineConfig, load_config  # noqa: E402
 from pipeline.provenance import code_commit  # noqa: E402
 from training.models import MODELS  # noqa: E402
 
@@ -117,6 +117,32 @@ def prepare_data(overrides: dict[str, Any]) -> tuple[FeatureSet, Path]:
         flush=True,
     )
     return feature_set, manifest
+
+
+def prepare_dataset(dataset: str, data_path: str | None = None) -> tuple[FeatureSet, PipelineConfig]:
+    """``dataset``'s feature set (``prepare_data``) under ``RECFORGE_HOME``, and the pipeline config
+    that selects it."""
+    overrides = source_overrides(dataset, data_path, load_config().home_dir)
+    feature_set, _ = prepare_data(overrides)
+    return feature_set, load_config(overrides=overrides)
+
+
+def train_briefly(model: str, split: Any, home: Path, epochs: int, bench: str) -> tuple[Any, float]:
+    """Train ``model`` (its YAML defaults) on ``split`` for ``epochs`` epochs on one thread, keeping the
+    epoch of best validation NDCG@10 (no early stop); the run directory under ``home`` is keyed by the
+    settings (``<bench>-<hash>``). Returns the ``TrainResult`` and the training seconds."""
+    import hashlib
+
+    from pipeline.config import TrainerConfig
+    from pipeline.layout import Layout
+    from training.train import train_model
+
+    params = model_params(model)
+    key = hashlib.sha256(json.dumps([params, epochs, str(split.dir)], default=str).encode()).hexdigest()[:8]
+    trainer_cfg = TrainerConfig(max_epochs=epochs, patience=epochs, num_threads=1)
+    started = time.perf_counter()
+    trained = train_model(model, split, params, trainer_cfg, Layout(home).run(model, f"{bench}-{key}"))
+    return trained, round(time.perf_counter() - started, 1)
 
 
 def prepare_splits(feature_set: FeatureSet, protocols: list[str], overrides: dict[str, Any]) -> None:
@@ -506,6 +532,24 @@ def place_labels(
     return [pos for pos in out if pos is not None]
 
 
+def svg_frame(
+    size: tuple[int, int], plot: tuple[int, int, int, int], x_label: str, y_label: str
+) -> list[str]:
+    """The opening lines of an SVG plot of ``size`` (width, height): white background, the axes of the
+    ``plot`` area (left, top, width, height) and their labels; close with ``</svg>``."""
+    (width, height), (left, top, plot_w, plot_h) = size, plot
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
+        f'<text x="{left + plot_w / 2}" y="{height - 12}" text-anchor="middle">{html.escape(x_label)}</text>',
+        f'<text x="16" y="{top + plot_h / 2}" text-anchor="middle" transform="rotate(-90 16 {top + plot_h / 2})">'
+        f"{html.escape(y_label)}</text>",
+    ]
+
+
 def svg_scatter(
     records: list[dict[str, Any]], protocols: list[str], width: int = 840, height: int = 520
 ) -> str:
@@ -534,16 +578,9 @@ def svg_scatter(
     def py(y: float) -> float:
         return top + plot_h - y / y1 * plot_h
 
-    out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        'font-family="sans-serif" font-size="11">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="black"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="black"/>',
-        f'<text x="{left + plot_w / 2}" y="{height - 12}" text-anchor="middle">training seconds (log scale)</text>',
-        f'<text x="16" y="{top + plot_h / 2}" text-anchor="middle" transform="rotate(-90 16 {top + plot_h / 2})">'
-        "test NDCG@10</text>",
-    ]
+    out = svg_frame(
+        (width, height), (left, top, plot_w, plot_h), "training seconds (log scale)", "test NDCG@10"
+    )
     for exp in range(x0, x1 + 1):
         x = px(exp)
         out.append(f'<line x1="{x}" y1="{top + plot_h}" x2="{x}" y2="{top + plot_h + 5}" stroke="black"/>')

@@ -117,6 +117,10 @@ class TrainerConfig(_Strict):
 class EvaluationConfig(_Strict):
     ks: list[int] = [10, 20]
     batch_users: int = 512
+    # Session-based protocol (training/session_eval.py): a user's events further apart than this gap
+    # start a new session; the last session_test_share of sessions by start time are the test sessions.
+    session_gap_minutes: float = Field(30.0, gt=0.0)
+    session_test_share: float = Field(0.1, gt=0.0, lt=0.5)
 
 
 class GateConfig(_Strict):

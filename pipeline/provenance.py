@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import platform
 import subprocess
 import tomllib
+from datetime import UTC, datetime
 from functools import cache
+from typing import Any
 
 from pipeline.config import REPO_ROOT
 
@@ -43,3 +47,28 @@ def package_version() -> str:
     if pyproject.is_file():
         return str(tomllib.loads(pyproject.read_text()).get("project", {}).get("version", "unknown"))
     return "unknown"
+
+
+def bench_provenance(script: str, argv: list[str]) -> dict[str, Any]:
+    """Where and when a benchmark ran: ``code_commit``, ``created_at`` (UTC), the ``command``
+    (``python <script> <argv>``) and the ``machine`` (platform, Python, CPU count, load at the end)."""
+    return {
+        "code_commit": code_commit(),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", script, *argv]),
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        },
+    }
+
+
+def provenance_line(record: dict[str, Any]) -> str:
+    """One Markdown line naming a ``bench_provenance`` record's command, commit, date and machine."""
+    machine = record["machine"]
+    return (
+        f"`{record['command']}` at git `{record['code_commit']}`, {record['created_at']}, on "
+        f"{machine['platform']} ({machine['cpus']} CPUs, Python {machine['python']})."
+    )
