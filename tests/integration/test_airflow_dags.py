@@ -11,7 +11,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,14 @@ import requests
 from orchestration.airflow_env import airflow_env, free_port
 from orchestration.cli import stop_process_group
 from pipeline.layout import Layout
+from tests.integration.airflow_rest import (
+    finished_state,
+    generated_password,
+    task_states,
+    token,
+    trigger,
+    wait_for,
+)
 from tests.integration.pipeline_home import make_home
 
 pytestmark = pytest.mark.integration
@@ -282,39 +289,16 @@ def test_standalone_airflow_runs_a_dag_triggered_over_rest(tmp_path):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        password = _wait_for(lambda: _password(env), 240, "the admin password file")
-        token = _wait_for(lambda: _token(base, password), 240, "the API server to issue a token")
-        headers = {"Authorization": f"Bearer {token}"}
-        _wait_for(
-            lambda: requests.get(f"{base}/api/v2/dags/recsys_bpr", headers=headers, timeout=5).ok,
-            240,
-            "the DAG processor to register recsys_bpr",
+        password = wait_for(lambda: generated_password(env), 240, "the admin password file")
+        jwt = wait_for(lambda: token(base, password), 240, "the API server to issue a token")
+        headers = {"Authorization": f"Bearer {jwt}"}
+        run_id = trigger(base, headers, "recsys_bpr", {"max_epochs": 1})
+        state = wait_for(
+            lambda: finished_state(base, headers, "recsys_bpr", run_id), 900, "the triggered run to finish"
         )
-        assert requests.patch(
-            f"{base}/api/v2/dags/recsys_bpr", json={"is_paused": False}, headers=headers, timeout=10
-        ).ok
-        trigger = requests.post(
-            f"{base}/api/v2/dags/recsys_bpr/dagRuns",
-            json={"logical_date": None, "conf": {"max_epochs": 1}},
-            headers=headers,
-            timeout=10,
-        )
-        assert trigger.status_code == 200, trigger.text
-        run_id = trigger.json()["dag_run_id"]
-
-        def finished() -> str | None:
-            state = requests.get(
-                f"{base}/api/v2/dags/recsys_bpr/dagRuns/{run_id}", headers=headers, timeout=10
-            ).json()["state"]
-            return state if state in ("success", "failed") else None
-
-        state = _wait_for(finished, 900, "the triggered run to finish")
         if state != "success":
-            tasks = requests.get(
-                f"{base}/api/v2/dags/recsys_bpr/dagRuns/{run_id}/taskInstances", headers=headers, timeout=10
-            ).json()
             pytest.fail(
-                f"run {run_id} ended {state}: {[(t['task_id'], t['state']) for t in tasks['task_instances']]}"
+                f"run {run_id} ended {state}: {task_states(base, headers, 'recsys_bpr', run_id)}"
                 f"\n{(tmp_path / 'standalone.log').read_text()[-4000:]}"
             )
         bpr = json.loads((tmp_path / "summary.json").read_text())["models"]["bpr"]
@@ -331,31 +315,3 @@ def test_standalone_airflow_runs_a_dag_triggered_over_rest(tmp_path):
     finally:
         stop_process_group(server)  # scheduler, API server and executor workers too
         log.close()
-
-
-def _password(env: dict[str, str]) -> str | None:
-    path = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
-    return json.loads(path.read_text())["admin"] if path.is_file() and path.stat().st_size else None
-
-
-def _token(base: str, password: str) -> str | None:
-    try:
-        response = requests.post(
-            f"{base}/auth/token", json={"username": "admin", "password": password}, timeout=5
-        )
-    except requests.ConnectionError:
-        return None
-    return response.json()["access_token"] if response.status_code in (200, 201) else None
-
-
-def _wait_for(probe, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-        except (requests.RequestException, ValueError, KeyError, OSError):
-            value = None
-        if value:
-            return value
-        time.sleep(2)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
