@@ -13,6 +13,7 @@ import logging
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,12 @@ class _DropLightningAdverts(logging.Filter):
         return not str(record.msg).startswith(LIGHTNING_ADVERT)
 
 
+LIGHTNING_NOISE = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+)
+
+
 def route_lightning_logs() -> None:
     """Lightning's log records through the process's logging tree, at their own levels; idempotent.
 
@@ -97,6 +104,10 @@ def route_lightning_logs() -> None:
         rank_zero = logging.getLogger(name)
         if not any(isinstance(f, _DropLightningAdverts) for f in rank_zero.filters):
             rank_zero.addFilter(_DropLightningAdverts())
+    # Warnings no user can act on: Lightning's own use of a torch API torch deprecated, and the logging
+    # interval on small data (the CSV log keeps per-epoch metrics, which is what is read).
+    for message in LIGHTNING_NOISE:
+        warnings.filterwarnings("ignore", message=message)
 
 
 def show_progress_bar() -> bool:
@@ -243,9 +254,10 @@ def train_model(
     )
     result.save(run_dir / "train.json")
     log.info(
-        "trained %s: %d epochs, %.2f s/epoch, best %s %.4f",
+        "trained %s: %d epoch%s, %.2f s/epoch, best %s %.4f",
         model,
         result.epochs,
+        "" if result.epochs == 1 else "s",
         epoch_seconds,
         VALID_MONITOR,
         result.best_valid_ndcg10,
