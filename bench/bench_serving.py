@@ -46,8 +46,34 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def run_load(url: str, users: list[str], concurrency: int, n_requests: int, k: int) -> dict[str, float]:
-    """``n_requests`` POST /recommend spread over ``concurrency`` threads, each with a keep-alive client."""
+SESSION_LENGTH = 10
+DIVERSITY = 0.5
+REQUEST_KINDS = ("user", "session", "diversity")
+
+
+def request_body(kind: str, i: int, users: list[str], items: list[str], k: int) -> dict[str, Any]:
+    """The i-th /recommend body of a kind: a known user (round-robin); an anonymous visitor's session of
+    ``SESSION_LENGTH`` catalogue items (a different one each time); a known user with MMR re-ranking
+    at ``DIVERSITY``."""
+    if kind == "session":
+        return {"session": [items[(i * 31 + j * 7) % len(items)] for j in range(SESSION_LENGTH)], "k": k}
+    body: dict[str, Any] = {"user_id": users[i % len(users)], "k": k}
+    if kind == "diversity":
+        body["diversity"] = DIVERSITY
+    return body
+
+
+def run_load(
+    url: str,
+    users: list[str],
+    concurrency: int,
+    n_requests: int,
+    k: int,
+    kind: str = "user",
+    items: list[str] | None = None,
+) -> dict[str, Any]:
+    """``n_requests`` POST /recommend of one ``request_body`` kind spread over ``concurrency`` threads,
+    each with a keep-alive client."""
     latencies: list[float] = []
     errors = 0
     lock = threading.Lock()
@@ -64,7 +90,7 @@ def run_load(url: str, users: list[str], concurrency: int, n_requests: int, k: i
                 if i is None:
                     break
                 started = time.perf_counter()
-                resp = client.post("/recommend", json={"user_id": users[i % len(users)], "k": k})
+                resp = client.post("/recommend", json=request_body(kind, i, users, items or [], k))
                 local.append(time.perf_counter() - started)
                 bad += resp.status_code != 200
         with lock:
@@ -80,6 +106,7 @@ def run_load(url: str, users: list[str], concurrency: int, n_requests: int, k: i
     wall = time.perf_counter() - started
     ms = [x * 1000 for x in latencies]
     return {
+        "request": kind,
         "concurrency": concurrency,
         "requests": len(ms),
         "errors": errors,
@@ -217,6 +244,13 @@ def main() -> None:
         help="POST /events batches to time (demo homes only: they append to the home's event log)",
     )
     parser.add_argument("--event-batch-size", type=int, default=100)
+    parser.add_argument(
+        "--request",
+        nargs="+",
+        default=["user"],
+        choices=REQUEST_KINDS,
+        help="request kinds to time: a known user, an anonymous session, a known user with diversity",
+    )
     parser.add_argument("--out", default=str(REPO_ROOT / "bench" / "results"))
     args = parser.parse_args()
 
@@ -264,8 +298,8 @@ def main() -> None:
             server.wait_ready(timeout_s=180)
             startup_s = time.perf_counter() - started
             run_load(server.url, users, 1, 30, args.k)  # warm-up: first calls, registry cache
-            for c in args.concurrency:
-                result = run_load(server.url, users, c, args.requests, args.k)
+            for kind, c in ((kind, c) for kind in args.request for c in args.concurrency):
+                result = run_load(server.url, users, c, args.requests, args.k, kind, item_ids)
                 result.update(
                     omp_wait_policy=policy,
                     workers=workers,
@@ -301,6 +335,7 @@ def main() -> None:
             "k": args.k,
             "exclude_seen": True,
             "users": "known, round-robin",
+            "kinds": {kind: request_body(kind, 0, ["<user>"], ["<item>"], args.k) for kind in args.request},
         },
         "server": {"threads_per_worker": 4, "torch_threads": 1},
         "runs": runs,
@@ -327,24 +362,33 @@ def _markdown(report: dict) -> str:
         f"{report['machine']['cpus']} CPUs shared by client and server (load avg {report['machine']['loadavg_1m_at_end']}"
         " at the end); 4 request threads per worker, 1 torch thread.",
         "",
-        "| workers | OMP_WAIT_POLICY | served log | clients | requests | errors | p50 ms | p90 ms | p99 ms | req/s |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Request kinds: `user` = a known user; `session` = an anonymous visitor's session of "
+        f"{SESSION_LENGTH} items; `diversity` = a known user with diversity {DIVERSITY} (MMR re-ranking).",
+        "",
+        "| request | workers | OMP_WAIT_POLICY | served log | clients | requests | errors | p50 ms | p90 ms | p99 ms | req/s |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["runs"]:
         lines.append(
-            f"| {r['workers']} | {r['omp_wait_policy']} | {r.get('served_log', 'on')} | {r['concurrency']} | "
+            f"| {r.get('request', 'user')} | {r['workers']} | {r['omp_wait_policy']} | {r.get('served_log', 'on')} | {r['concurrency']} | "
             f"{r['requests']} | {r['errors']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['rps']} |"
         )
     settings = sorted({r.get("served_log", "on") for r in report["runs"]})
     if len(settings) > 1:
-        lines += ["", "Served-answer logging, median over the servers of each setting:", ""]
+        lines += [
+            "",
+            "Served-answer logging, median over the servers of each setting (known-user requests):",
+            "",
+        ]
         for c in sorted({r["concurrency"] for r in report["runs"]}):
             parts = []
             for setting in settings:
                 same = [
                     r
                     for r in report["runs"]
-                    if r["concurrency"] == c and r.get("served_log", "on") == setting
+                    if r["concurrency"] == c
+                    and r.get("served_log", "on") == setting
+                    and r.get("request", "user") == "user"
                 ]
                 p50 = statistics.median(r["p50_ms"] for r in same)
                 p99 = statistics.median(r["p99_ms"] for r in same)
