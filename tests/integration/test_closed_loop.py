@@ -26,8 +26,8 @@ from orchestration.airflow_env import airflow_env, free_port
 from orchestration.cli import stop_process_group
 from pipeline.layout import Layout
 from pipeline.run_index import RunIndex
+from tests.integration import airflow_rest as rest
 from tests.integration.pipeline_home import make_home
-from tests.integration.test_airflow_dags import _password, _token, _wait_for
 from tests.integration.test_drift_monitor import PROMOTE_BPR
 from tests.serving_fixtures import serve
 
@@ -109,11 +109,11 @@ def test_pushed_shift_to_drift_to_retrain_to_the_served_champion(tmp_path: Path)
             pushed = _push_shift(server.url, layout, champion.run_uid)
 
             base = f"http://127.0.0.1:{port}"
-            password = _wait_for(lambda: _password(env), 240, "the admin password file")
-            token = _wait_for(lambda: _token(base, password), 240, "the API server to issue a token")
+            password = rest.wait_for(lambda: rest.generated_password(env), 240, "the admin password file")
+            token = rest.wait_for(lambda: rest.token(base, password), 240, "the API server to issue a token")
             headers = {"Authorization": f"Bearer {token}"}
             for dag_id in ("recsys_drift_monitor", "recsys_bpr"):
-                _wait_for(
+                rest.wait_for(
                     lambda dag_id=dag_id: (
                         requests.get(f"{base}/api/v2/dags/{dag_id}", headers=headers, timeout=5).ok
                     ),
@@ -133,7 +133,7 @@ def test_pushed_shift_to_drift_to_retrain_to_the_served_champion(tmp_path: Path)
             )
             assert trigger.status_code == 200, trigger.text
             monitor_run = trigger.json()["dag_run_id"]
-            state = _wait_for(
+            state = rest.wait_for(
                 lambda: _finished(base, headers, "recsys_drift_monitor", monitor_run), 900, "the monitor"
             )
             assert state == "success", (tmp_path / "standalone.log").read_text()[-4000:]
@@ -157,7 +157,7 @@ def test_pushed_shift_to_drift_to_retrain_to_the_served_champion(tmp_path: Path)
                 ]
                 return done[0]["dag_run_id"] if done else None
 
-            run_id = _wait_for(retrain_run, 900, "the asset-triggered recsys_bpr run to finish")
+            run_id = rest.wait_for(retrain_run, 900, "the asset-triggered recsys_bpr run to finish")
             info = requests.get(
                 f"{base}/api/v2/dags/recsys_bpr/dagRuns/{run_id}", headers=headers, timeout=10
             ).json()
@@ -179,7 +179,7 @@ def test_pushed_shift_to_drift_to_retrain_to_the_served_champion(tmp_path: Path)
             verdict = "PROMOTED" if newest.promoted else "NOT PROMOTED"
             assert info["note"].startswith(f"{verdict} bpr into deployment 'default'"), info["note"]
             assert (live.model_tag != champion.model_tag) == newest.promoted
-            served = _wait_for(
+            served = rest.wait_for(
                 lambda: (
                     (m := httpx.get(f"{server.url}/metadata", timeout=10).json())["model_tag"]
                     == live.model_tag
