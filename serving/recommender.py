@@ -60,7 +60,7 @@ from training.models.capabilities import (
     ScoresFromHistory,
     can,
 )
-from training.rerank import cosine_similarity, mmr
+from training.rerank import cosine_similarity, mmr, normalized_rows
 from training.scoring import UNKNOWN_USER, ArtifactScorer, finite_top_k
 
 DEFAULT_CANDIDATES = 200  # retrieval depth of two-stage serving
@@ -175,7 +175,7 @@ class Recommender:
                 raise ValueError(f"n_candidates must be >= 1, got {self.n_candidates}")
         self._item_vectors = _item_vectors(art)  # row-normalised (n_items + 1, d) or None
         self._item_similarity = _item_similarity(art)  # (n_items + 1, n_items + 1) or None
-        self._attribute_vectors = _attribute_vectors(art)  # (n_items + 1, vocabulary) multi-hot or None
+        self._attribute_vectors = _attribute_vectors(art)  # (n_items + 1, vocabulary) unit rows or None
         # Co-occurrence cosine from the training matrix: one sparse column product per request.
         binary = (self._seen > 0).astype(np.float32)
         self._cooc_csc = binary.tocsc()
@@ -466,7 +466,8 @@ class Recommender:
             vectors = self._item_vectors[indices]
             return vectors @ vectors.T
         if self._attribute_vectors is not None:
-            return cosine_similarity(self._attribute_vectors[indices])
+            vectors = self._attribute_vectors[indices]
+            return vectors @ vectors.T
         if self._item_similarity is not None:
             return self._item_similarity[indices][:, indices]
         columns = self._cooc_csc[:, indices.numpy()].T
@@ -572,18 +573,18 @@ def _item_vectors(art: ModelArtifact) -> torch.Tensor | None:
         return None
     with torch.no_grad():
         vectors = art.module.item_embeddings()
-    vectors = vectors.detach().float()
-    return vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    return normalized_rows(vectors.detach())
 
 
 def _attribute_vectors(art: ModelArtifact) -> torch.Tensor | None:
-    """Multi-hot item attributes (categorical and list fields) of an artifact that carries them, else None."""
+    """Multi-hot item attributes (categorical and list fields) of an artifact that carries them, scaled to
+    unit rows once here (re-ranking then takes only dot products per request), else None."""
     if art.attributes is None:
         return None
     vectors = art.attributes.items.multi_hot()
     if vectors.shape[1] == 0 or vectors.shape[0] != art.n_items + 1 or not bool(vectors.any()):
         return None
-    return vectors
+    return normalized_rows(vectors)
 
 
 def merge_history(history: list[int], session: list[int]) -> list[int]:
