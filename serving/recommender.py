@@ -16,8 +16,10 @@ How a user is represented (``Recommendation.strategy``):
   oldest first) and the model scored from a history that held it: the session alone (no user, an
   unknown user without online history), or the session appended to the online history (deduplicated
   by item, each item at its latest occurrence; for a known user of a model that reads histories, the
-  training items stand in for a missing online history). A model that scores without a history keeps
-  its usual strategy and says in ``note`` that the session only excluded its items.
+  training items stand in for a missing online history). Item-profile models (``AddsHistoryToKnownUser``:
+  ItemKNN, EASE) add the session's items to a known user's training profile: ``history+session``. A
+  model that scores a known user without a history keeps its usual strategy and says in ``note`` that
+  the session only excluded its items.
 
 Diversity: with ``diversity`` > 0 the top ``max(50, 5k)`` items by relevance are re-ranked by maximal
 marginal relevance (``training.rerank``), item-item cosine from the model's item embeddings
@@ -50,6 +52,7 @@ from training.artifact import (
     trained_history_length,
 )
 from training.models.capabilities import (
+    AddsHistoryToKnownUser,
     EmbedsItems,
     EmbedsNewItems,
     Explains,
@@ -343,7 +346,11 @@ class Recommender:
             stages.append(f"rerank:mmr(diversity={diversity:g},{self.diversity_method})@{depth}")
         strategy = scored.strategy
         if session_rows:
-            strategy, session_note = self._session_strategy(strategy, read_history, len(stored) > 0)
+            # A profile model's known user has a history before the session: its training items.
+            had_history = bool(stored) or (
+                user_idx is not None and can(self.artifact.module, AddsHistoryToKnownUser)
+            )
+            strategy, session_note = self._session_strategy(strategy, read_history, had_history)
             note = "; ".join(n for n in (note, session_note) if n) or None
         explanations = None
         may_explain = user_idx is not None or self._ranks_unknown_users  # index -1 only if declared
@@ -441,7 +448,8 @@ class Recommender:
     def _reads_history(self, strategy: str) -> bool:
         """Whether this model's scores of a user represented by ``strategy`` depend on the history."""
         if strategy == KNOWN_USER:
-            return self.kind in _HISTORY_KINDS  # general models score a known user from its own row
+            # Most general models score a known user from its own row; profile models add the history.
+            return self.kind in _HISTORY_KINDS or can(self.artifact.module, AddsHistoryToKnownUser)
         return strategy in (HISTORY, ATTRIBUTES)
 
     def _session_strategy(

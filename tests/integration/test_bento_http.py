@@ -202,9 +202,10 @@ def test_recommend_anonymous_session_and_diversity(client: httpx.Client, home: S
         nothing["fallback"] is True
         and nothing["fallback_reason"] == "anonymous visitor without a known session item"
     )
-    # ItemKNN scores a known user from its training row: the session is excluded, and said to be ignored.
+    # ItemKNN adds a known user's session to its training items, and excludes the session's items.
     known = client.post("/recommend", json={"user_id": home.user_ids[0], "session": visited, "k": 4}).json()
-    assert known["strategy"] == "known_user" and "session ignored" in known["note"]
+    assert known["strategy"] == "history+session" and known["note"] is None
+    assert not {i["item_id"] for i in known["items"]} & set(visited)
 
 
 @pytest.mark.parametrize(

@@ -22,6 +22,7 @@ from training.knowledge_graph import knowledge_graph_for
 from training.models import MODELS, build_model, get_spec
 from training.models.capabilities import (
     ALL,
+    AddsHistoryToKnownUser,
     EmbedsItems,
     EmbedsNewItems,
     Explains,
@@ -157,6 +158,19 @@ def test_scores_from_history(name: str, split) -> None:
         a = module.full_sort_predict(torch.tensor([-1]), _history([1, 5, 9]))
         b = module.full_sort_predict(torch.tensor([-1]), _history([2, 6, 10]))
     assert torch.isfinite(a[:, 1:]).all() and not torch.allclose(a[:, 1:], b[:, 1:])
+
+
+@pytest.mark.parametrize("name", declaring(AddsHistoryToKnownUser))
+def test_adds_history_to_known_user(name: str, split) -> None:
+    """A known user's scores move with the history given, and an empty history leaves its training profile."""
+    module = built(name, split)
+    user = torch.tensor([0])
+    with torch.no_grad():
+        alone = module.full_sort_predict(user, _history([0]))
+        with_history = module.full_sort_predict(user, _history([1, 5, 9]))
+        unknown = module.full_sort_predict(torch.tensor([-1]), _history([0]))
+    assert torch.isfinite(with_history[:, 1:]).all() and not torch.allclose(alone[:, 1:], with_history[:, 1:])
+    assert not torch.allclose(alone[:, 1:], unknown[:, 1:])  # the training items count without a history
 
 
 @pytest.mark.parametrize("name", declaring(ScoresFromAttributes))

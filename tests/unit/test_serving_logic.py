@@ -583,3 +583,20 @@ def test_launcher_binds_loopback_unless_told_otherwise() -> None:
     )
     assert bind_args(["--host=::1"], {})[1] == "::1"
     assert bind_args([], {"BENTOML_HOST": "10.0.0.5", "BENTOML_PORT": "1234"})[1:] == ("10.0.0.5", "1234")
+
+
+def test_item_profile_model_adds_a_known_users_session_to_its_training_items(knn: Recommender) -> None:
+    plain = knn.recommend("u0", None, k=3)
+    with_session = knn.recommend("u0", None, k=3, session=["i5", "i6"])
+    assert plain.strategy == "known_user" and plain.note is None
+    assert with_session.strategy == "history+session" and with_session.note is None
+    # The profile is u0's training items {1, 2, 3} plus the session {5, 6}: the session's neighbours
+    # (i7, i8) now compete with the training items' (i4), and the session's own items are excluded.
+    module = knn.artifact.module
+    profile = torch.zeros(N_ITEMS + 1)
+    profile[[1, 2, 3, 5, 6]] = 1.0
+    expected = (profile @ module.similarity.T)[[4, 7, 8]]
+    assert {i.item_id: i.score for i in with_session.items} == pytest.approx(
+        dict(zip(["i4", "i7", "i8"], expected.tolist(), strict=True))
+    )
+    assert _ids(with_session) != _ids(plain) and {"i7", "i8"} <= set(_ids(with_session))

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from training.models.capabilities import ItemSimilarity, ScoresFromHistory
+from training.models.capabilities import AddsHistoryToKnownUser, ItemSimilarity, ScoresFromHistory
 
 
 class FittedBaseline(nn.Module):
@@ -45,12 +45,16 @@ class Popularity(FittedBaseline):
         return self.item_counts.unsqueeze(0).expand(users.shape[0], -1).clone()
 
 
-class ProfileBaseline(FittedBaseline):
+class ProfileBaseline(FittedBaseline, AddsHistoryToKnownUser):
     """Base of the baselines that score a user from their binary item profile (ItemKNN, EASE).
 
-    The profile of a known user is its training row (``user_items``, kept at fit time, so the service
-    and the evaluator agree); a user unknown at training time (index -1) is profiled from the request's
-    history (from the feature store).
+    A profile is the set of items the user is known to have chosen: for a user known at training time,
+    its training row (``user_items``, kept at fit time) plus the items of the given history; for a user
+    unknown at training time (index -1), the history alone. The history is what the user did up to
+    the moment of scoring (the feature store's events, then a visitor's session), so a known user's
+    session counts at once instead of after the next retraining. Adding the history is no leak: the
+    evaluator gives a validation history only training events and a test history training and
+    validation events.
     """
 
     def __init__(self, n_users: int, n_items: int) -> None:
@@ -60,14 +64,10 @@ class ProfileBaseline(FittedBaseline):
     def profiles(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """(B, n_items + 1) binary profiles; column 0 (padding) is always 0."""
         known = (users >= 0) & (users < self.user_items.shape[0])
-        profile = torch.zeros(users.shape[0], self.n_items + 1)
+        profile = torch.zeros(users.shape[0], self.n_items + 1).scatter_(1, history, 1.0)
         if known.any():
-            profile[known] = self.user_items[users[known]]
-        unknown = ~known
-        if unknown.any():
-            rows = history[unknown]
-            profile[unknown] = torch.zeros(rows.shape[0], self.n_items + 1).scatter_(1, rows, 1.0)
-            profile[:, 0] = 0.0
+            profile[known] = torch.maximum(profile[known], self.user_items[users[known]])
+        profile[:, 0] = 0.0
         return profile
 
 

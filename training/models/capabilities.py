@@ -11,6 +11,7 @@ documents it); the model implements the methods.
 | ``UsesAttributes`` | constructor argument ``attributes`` (``training.attributes.Attributes``, None = ids only) | trainer, artifact loader |
 | ``ScoresColdItems`` | items without a training interaction get meaningful scores (from attributes) | evaluator, service |
 | ``ScoresFromHistory`` | ``full_sort_predict(-1, history)`` scores a user unknown to the model from its history; an instance may switch it off (``scores_from_history = False``) | service, drift monitor |
+| ``AddsHistoryToKnownUser`` | ``full_sort_predict(user, history)`` of a user known to the model depends on ``history`` too (its items join the user's training profile), so a session moves a known user's scores | service (strategy ``history+session``) |
 | ``ScoresFromAttributes`` | ``full_sort_predict_from_attributes(codes, numbers, history)`` for a user unknown to the model | service |
 | ``RanksCandidates`` | ``score_candidates(users, history, candidates)``: a second stage behind a retriever | packager, service |
 | ``RanksCandidatesFromAttributes`` | ``score_candidates_from_attributes(codes, numbers, history, candidates)`` | service |
@@ -44,6 +45,11 @@ class ScoresFromHistory(Capability):
     """Scores a user it has never seen (index -1) from an item history."""
 
     scores_from_history: bool = True  # an instance may switch it off (e.g. a model without history input)
+
+
+class AddsHistoryToKnownUser(Capability):
+    """Scores a user it trained on from its training items AND the given history (item-profile models),
+    so what a known user does after training, a session included, moves its scores at once."""
 
 
 class ScoresFromAttributes(Capability):
@@ -118,6 +124,7 @@ ALL: tuple[type[Capability], ...] = (
     UsesAttributes,
     ScoresColdItems,
     ScoresFromHistory,
+    AddsHistoryToKnownUser,
     ScoresFromAttributes,
     RanksCandidates,
     RanksCandidatesFromAttributes,
