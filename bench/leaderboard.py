@@ -2,21 +2,28 @@
 
 ``make leaderboard`` runs this. The data comes from the pipeline's own stages (fetch -> ingest ->
 validate -> features) into ``RECFORGE_HOME``, so an existing snapshot, Feast state and split are reused
-and the numbers are exactly what the DAGs would produce. Each (model, protocol) trains and evaluates in
-a fresh process (bench/bench_training.py ``train_and_evaluate``: same code, same measurements); two
+and the numbers are exactly what the DAGs would produce. Each (model, protocol, seed) trains and
+evaluates in a fresh process (bench/bench_training.py ``train_and_evaluate``: same code, same measurements); two
 processes with one thread each share the 2 cores, which is what keeps every model within the hour.
 
 Writes:
-- ``bench/results/leaderboard.json``: a list of records ``{model, protocol, status, metrics, epochs,
+- ``bench/results/leaderboard.json``: a list of records ``{model, protocol, seed, status, metrics, epochs,
   epoch_seconds, train_seconds, peak_rss_mb, best_valid_ndcg10, params, ...}`` (``status`` "ok", or
-  "skipped"/"failed" with ``error``);
-- ``bench/leaderboard.md``: per-protocol tables by NDCG@10 with lift over Popularity, the accuracy target
-  checks (PASS/FAIL with numbers), notes to fill per failing target, published reference numbers;
-- ``bench/leaderboard_quality_vs_time.svg``: NDCG@10 against training time (hand-written SVG:
-  matplotlib is not a dependency of this project).
+  "skipped"/"failed" with ``error``); sequential models add ``metrics_seen_included`` (the same test
+  part ranked without excluding the user's seen items, the published sequential convention);
+- ``bench/leaderboard.md``: per-protocol tables of mean ± sample std over the seeds, with lift over
+  Popularity, both conventions for the sequential models, the accuracy target checks (PASS / FAIL /
+  WITHIN NOISE by ``NOISE_RULE``), notes per failing target, published reference numbers;
+- ``bench/leaderboard_quality_vs_time.svg``: mean NDCG@10 against mean training time (hand-written SVG:
+  matplotlib is not a dependency of this project);
+- with ``--readme README.md``: the README's accuracy table (between its ``leaderboard-table`` markers).
+
+A seed is both the split seed and the training seed of its runs (``--seeds``, default three from the
+config's split seed); ``leave_last_out``'s split does not depend on it, so there only training varies.
 
 Usage:
-    make leaderboard                       # all models, random_holdout + leave_last_out, ML-100K
+    make leaderboard                       # all models, random_holdout + leave_last_out, ML-100K, 3 seeds
+    .venv/bin/python bench/leaderboard.py --render-only --readme README.md   # report + README table
     .venv/bin/python bench/leaderboard.py --models popularity,itemknn,userknn,bpr --max-epochs 3
     .venv/bin/python bench/leaderboard.py --dataset ml-1m --data-path /data/ml-1m   # ratings.dat layout
 """
@@ -145,8 +152,11 @@ def train_briefly(model: str, split: Any, home: Path, epochs: int, bench: str) -
     return trained, round(time.perf_counter() - started, 1)
 
 
-def prepare_splits(feature_set: FeatureSet, protocols: list[str], overrides: dict[str, Any]) -> None:
-    """Make each split and its cached baselines once, before the workers start (no two writers)."""
+def prepare_splits(
+    feature_set: FeatureSet, protocols: list[str], overrides: dict[str, Any], seeds: list[int]
+) -> None:
+    """Make each (protocol, seed) split and its cached baselines once, before the workers start (no
+    two writers)."""
     from pipeline.config import EvaluationConfig, SplitConfig
     from pipeline.layout import Layout
     from training.evaluate import BASELINES, baseline_metrics
@@ -154,12 +164,11 @@ def prepare_splits(feature_set: FeatureSet, protocols: list[str], overrides: dic
 
     cfg = load_config(overrides=overrides)
     for protocol in protocols:
-        split = make_split(
-            feature_set, SplitConfig(protocol=protocol, seed=cfg.split.seed), Layout(cfg.home_dir)
-        )
-        for name in BASELINES:
-            baseline_metrics(name, split, EvaluationConfig())
-        print(f"split {protocol}: {split.counts}", flush=True)
+        for seed in seeds:
+            split = make_split(feature_set, SplitConfig(protocol=protocol, seed=seed), Layout(cfg.home_dir))
+            for name in BASELINES:
+                baseline_metrics(name, split, EvaluationConfig())
+            print(f"split {protocol} seed {seed}: {split.counts}", flush=True)
 
 
 def importable(model: str) -> str | None:
@@ -176,11 +185,13 @@ def importable(model: str) -> str | None:
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
-    """One (model, protocol) in a fresh worker process; failures come back as records, not exceptions."""
+    """One (model, protocol, seed) in a fresh worker process; failures come back as records, not
+    exceptions."""
     from bench_training import process_peak_rss_mb, train_and_evaluate
 
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    run_id = f"{RUN_PREFIX}-{job['protocol']}"
+    # The seed is in the run id: two seeds of one (model, protocol) may train at the same time.
+    run_id = f"{RUN_PREFIX}-{job['protocol']}-seed{job['seed']}"
     shutil.rmtree(Path(job["home"]) / "runs" / job["model"] / run_id, ignore_errors=True)  # no stale ckpts
     started = time.perf_counter()
     try:
@@ -201,22 +212,42 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
         return {
             "model": job["model"],
             "protocol": job["protocol"],
+            "seed": job["seed"],
             "status": "failed",
             "error": f"{type(exc).__name__}: {exc}",
             "params": job["params"],
             "wall_seconds": round(time.perf_counter() - started, 1),
         }
     row["peak_rss_mb"] = process_peak_rss_mb() or row["peak_rss_mb"]
-    return record(row)
+    rec = record(row, job["seed"])
+    if MODELS[job["model"]].kind == "sequential":
+        rec["metrics_seen_included"] = seen_included(job, run_id)
+    return rec
 
 
-def record(row: dict[str, Any]) -> dict[str, Any]:
-    """bench_training's row -> the leaderboard record."""
+def seen_included(job: dict[str, Any], run_id: str) -> dict[str, float]:
+    """The job's trained model on the same test part with seen items left rankable (see
+    ``training.evaluate.seen_included_metrics``), for comparison with published sequential numbers."""
+    from pipeline.config import EvaluationConfig, SplitConfig
+    from pipeline.layout import Layout
+    from training.evaluate import seen_included_metrics
+    from training.split import make_split
+
+    layout = Layout(Path(job["home"]))
+    split = make_split(
+        FeatureSet.load(job["feature_set"]), SplitConfig(protocol=job["protocol"], seed=job["seed"]), layout
+    )
+    return seen_included_metrics(layout.run(job["model"], run_id), split, EvaluationConfig())
+
+
+def record(row: dict[str, Any], seed: int) -> dict[str, Any]:
+    """bench_training's row -> the leaderboard record (``seed``: the split and training seed)."""
     spec = MODELS[row["model"]]
     pop = row["popularity_ndcg10"]
     return {
         "model": row["model"],
         "protocol": row["protocol"],
+        "seed": seed,
         "status": "ok",
         "kind": spec.kind,
         "learned": spec.trainable,
@@ -248,6 +279,7 @@ def run_all(jobs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
                 rec = {
                     "model": job["model"],
                     "protocol": job["protocol"],
+                    "seed": job["seed"],
                     "status": "failed",
                     "error": f"worker died: {type(exc).__name__}: {exc}",
                     "params": job["params"],
@@ -255,56 +287,151 @@ def run_all(jobs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
             results.append(rec)
             if rec["status"] == "ok":
                 print(
-                    f"{rec['protocol']:15s} {rec['model']:11s} ndcg@10={rec['metrics']['ndcg@10']:.4f} "
+                    f"{rec['protocol']:15s} seed {rec['seed']} {rec['model']:11s} ndcg@10={rec['metrics']['ndcg@10']:.4f} "
                     f"epochs={rec['epochs']} s/epoch={rec['epoch_seconds']:.2f} train={rec['train_seconds']:.0f}s",
                     flush=True,
                 )
             else:
-                print(f"{rec['protocol']:15s} {rec['model']:11s} FAILED: {rec['error']}", flush=True)
+                print(
+                    f"{rec['protocol']:15s} seed {rec['seed']} {rec['model']:11s} FAILED: {rec['error']}",
+                    flush=True,
+                )
     return results
 
 
 # ------------------------------------------------------------------------------------------- targets
 
 
-def _ndcg(records: list[dict[str, Any]], model: str, protocol: str) -> float | None:
+NOISE_RULE = (
+    "A beats B when mean(A) - mean(B) > max(std(A), std(B)) (sample std over the seeds); below when "
+    "mean(B) - mean(A) exceeds it; otherwise within noise. With one seed noise cannot be judged and the "
+    "single numbers are compared."
+)
+
+
+def seed_of(rec: dict[str, Any]) -> int | None:
+    """A record's seed (records written before seeds were varied have none)."""
+    return rec.get("seed")
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value: no spread can be estimated)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def aggregate(
+    records: list[dict[str, Any]], metrics_key: str = "metrics"
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(model, protocol): {"n", "seeds", "mean": {metric: v}, "std": {metric: v | None}, ...}}`` over
+    the ok records (one per seed); ``metrics_key`` picks e.g. ``metrics_seen_included``."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for rec in records:
-        if rec["model"] == model and rec["protocol"] == protocol and rec["status"] == "ok":
-            return rec["metrics"]["ndcg@10"]
-    return None
+        if rec["status"] == "ok" and metrics_key in rec:
+            groups.setdefault((rec["model"], rec["protocol"]), []).append(rec)
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for key, recs in groups.items():
+        names = [m for m in recs[0][metrics_key] if all(m in r[metrics_key] for r in recs)]
+        stats = {m: mean_std([r[metrics_key][m] for r in recs]) for m in names}
+        out[key] = {
+            "n": len(recs),
+            "seeds": [seed_of(r) for r in recs],
+            "mean": {m: v[0] for m, v in stats.items()},
+            "std": {m: v[1] for m, v in stats.items()},
+            "records": recs,
+        }
+    return out
 
 
-def _baseline(records: list[dict[str, Any]], name: str, protocol: str) -> float | None:
-    """A baseline's NDCG@10 on the protocol's split: its own row, else any row's cached baselines."""
-    own = _ndcg(records, name, protocol)
+def _stats(
+    records: list[dict[str, Any]], model: str, protocol: str
+) -> tuple[float, float | None, int] | None:
+    """(mean, sample std or None, n) of ``model``'s NDCG@10 under ``protocol``, or None if not run."""
+    values = [
+        r["metrics"]["ndcg@10"]
+        for r in records
+        if r["model"] == model and r["protocol"] == protocol and r["status"] == "ok"
+    ]
+    return (*mean_std(values), len(values)) if values else None
+
+
+def _baseline(
+    records: list[dict[str, Any]], name: str, protocol: str
+) -> tuple[float, float | None, int] | None:
+    """A baseline's NDCG@10 on the protocol's splits: its own rows, else the rows' cached baselines
+    (one value per seed: every model of a seed shares the split's cached numbers)."""
+    own = _stats(records, name, protocol)
     if own is not None:
         return own
+    per_seed: dict[Any, float] = {}
     for rec in records:
-        if rec["protocol"] == protocol and rec["status"] == "ok" and name in rec["baselines_ndcg@10"]:
-            return rec["baselines_ndcg@10"][name]
-    return None
+        if rec["protocol"] == protocol and rec["status"] == "ok" and name in rec.get("baselines_ndcg@10", {}):
+            per_seed.setdefault(seed_of(rec), rec["baselines_ndcg@10"][name])
+    return (*mean_std(list(per_seed.values())), len(per_seed)) if per_seed else None
 
 
-def _check(target: str, model: str, protocol: str, value: float | None, ref_name: str, ref: float | None):
+def _pm(stats: tuple[float, float | None, int]) -> str:
+    mean, std, n = stats
+    return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f} (n={n})"
+
+
+def noise_verdict(a: tuple[float, float | None, int], b: tuple[float, float | None, int]) -> str:
+    """ "beats", "below" or "within noise" by ``NOISE_RULE``; "beats"/"below" without a std (one seed)."""
+    diff = a[0] - b[0]
+    stds = [s for s in (a[1], b[1]) if s is not None]
+    if a[2] < 2 or b[2] < 2 or not stds:
+        return "beats" if diff > 0 else "below"
+    margin = max(stds)
+    if diff > margin:
+        return "beats"
+    if -diff > margin:
+        return "below"
+    return "within noise"
+
+
+RESULT_OF = {"beats": "PASS", "below": "FAIL", "within noise": "WITHIN NOISE"}
+
+
+def _check(
+    target: str,
+    model: str,
+    protocol: str,
+    value: tuple[float, float | None, int] | None,
+    ref_name: str,
+    ref: tuple[float, float | None, int] | None,
+) -> dict[str, Any]:
     if value is None or ref is None:
         missing = model if value is None else ref_name
         return {"target": target, "model": model, "protocol": protocol, "result": "N/A",
                 "detail": f"{missing} has no result under {protocol}"}  # fmt: skip
+    verdict = noise_verdict(value, ref)
+    ratio = f" ({value[0] / ref[0]:.2f}x)" if ref[0] > 0 else ""
+    if value[2] < 2 or ref[2] < 2:
+        noise = "1 seed: noise cannot be judged"
+    else:
+        noise = f"{verdict}: difference {abs(value[0] - ref[0]):.4f} vs max std {max(value[1] or 0, ref[1] or 0):.4f}"
     return {
         "target": target,
         "model": model,
         "protocol": protocol,
-        "result": "PASS" if value > ref else "FAIL",
-        "detail": f"{value:.4f} vs {ref_name} {ref:.4f} ({value / ref:.2f}x)"
-        if ref > 0
-        else f"{value:.4f} vs 0",
+        "result": RESULT_OF[verdict],
+        "detail": f"{_pm(value)} vs {ref_name} {_pm(ref)}{ratio}; {noise}",
     }
+
+
+def _best(records: list[dict[str, Any]], models: list[str], protocol: str) -> str | None:
+    """The model of ``models`` with the highest mean NDCG@10 under ``protocol`` (None if none ran)."""
+    scored = [(s[0], m) for m in models if (s := _stats(records, m, protocol)) is not None]
+    return max(scored)[1] if scored else None
 
 
 def target_checks(
     records: list[dict[str, Any]], models: list[str], protocols: list[str]
 ) -> list[dict[str, Any]]:
-    """The accuracy targets, evaluated on the measured numbers (models not run show as N/A)."""
+    """The accuracy targets, evaluated on the measured numbers by ``NOISE_RULE`` (models not run show
+    as N/A)."""
     checks = []
     learned = [m for m in models if MODELS[m].trainable]
     for protocol in protocols:
@@ -312,12 +439,12 @@ def target_checks(
         for model in learned:
             checks.append(
                 _check(
-                    "beats Popularity", model, protocol, _ndcg(records, model, protocol), "Popularity", pop
+                    "beats Popularity", model, protocol, _stats(records, model, protocol), "Popularity", pop
                 )
             )
     if "random_holdout" in protocols:
         for model in ("bpr", "lightgcn", "twotower"):
-            value = _ndcg(records, model, "random_holdout")
+            value = _stats(records, model, "random_holdout")
             for knn in ("userknn", "itemknn"):
                 checks.append(
                     _check(
@@ -329,12 +456,38 @@ def target_checks(
                         _baseline(records, knn, "random_holdout"),
                     )
                 )
+        deep = [m for m in learned if MODELS[m].kind == "general"]
+        best = _best(records, deep, "random_holdout")
+        if best is not None and "ease" in models:
+            checks.append(
+                _check(
+                    "best deep beats EASE",
+                    best,
+                    "random_holdout",
+                    _stats(records, best, "random_holdout"),
+                    "EASE",
+                    _stats(records, "ease", "random_holdout"),
+                )
+            )
     if "leave_last_out" in protocols:
-        bpr = _ndcg(records, "bpr", "leave_last_out")
+        bpr = _stats(records, "bpr", "leave_last_out")
         for model in ("sasrec", "gru4rec", "narm"):
             checks.append(
                 _check(
-                    "beats BPR", model, "leave_last_out", _ndcg(records, model, "leave_last_out"), "BPR", bpr
+                    "beats BPR", model, "leave_last_out", _stats(records, model, "leave_last_out"), "BPR", bpr
+                )
+            )
+        others = [m for m in models if MODELS[m].kind == "sequential" and m != "sasrec"]
+        best = _best(records, others, "leave_last_out")
+        if best is not None and "sasrec" in models:
+            checks.append(
+                _check(
+                    "best sequential beats SASRec",
+                    best,
+                    "leave_last_out",
+                    _stats(records, best, "leave_last_out"),
+                    "SASRec",
+                    _stats(records, "sasrec", "leave_last_out"),
                 )
             )
     return checks
@@ -368,6 +521,35 @@ def read_notes(path: Path) -> dict[tuple[str, str], str]:
     return {k: v.strip() for k, v in notes.items()}
 
 
+SEEN_COMPARED = ("ndcg@10", "recall@10", "hr@10", "mrr@10")
+
+
+def seeds_line(meta: dict[str, Any]) -> str:
+    """How the runs were seeded, from the run facts (old single-seed runs recorded ``seed``/``train_seed``)."""
+    if "seeds" in meta:
+        seeds = ", ".join(map(str, meta["seeds"]))
+        return (
+            f"seeds {seeds}: each seed is both the split seed and the training seed (leave_last_out's split "
+            "does not depend on the seed, so there only the training varies)."
+        )
+    return f"split seed {meta['seed']}" + (
+        f", training seed {meta['train_seed']}." if meta.get("train_seed") is not None else "."
+    )
+
+
+def _avg(recs: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in recs if isinstance(r.get(key), int | float)]
+    return sum(values) / len(values) if values else None
+
+
+def _mean_pm(a: dict[str, Any], metric: str, digits: int = 4) -> str:
+    """``mean ± std`` of ``metric`` in an ``aggregate`` entry (the mean alone for one seed)."""
+    mean, std = a["mean"].get(metric), a["std"].get(metric)
+    if mean is None:
+        return "–"
+    return _fmt(mean, digits) if std is None else f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
+
+
 def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [
         "# Leaderboard",
@@ -380,40 +562,70 @@ def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: 
         f"Python {meta['python']}, torch {meta['torch']}.",
         f"- {meta['workers']} worker processes x {meta['threads']} thread(s), a fresh process per run; "
         f"max {meta['max_epochs']} epochs, early stopping on validation NDCG@10 (patience {meta['patience']}); "
-        f"split seed {meta['seed']}"
-        + (f", training seed {meta['train_seed']}." if meta.get("train_seed") is not None else "."),
+        + seeds_line(meta),
         f"- **Total wall time: {meta['wall_seconds'] / 60:.1f} min** ({meta['wall_seconds']:.0f} s) for "
         f"{meta['n_ok']} runs ({meta['n_failed']} failed, {meta['n_skipped']} skipped).",
-        "- Test metrics, full ranking over all items, seen items excluded. Lift = NDCG@10 / Popularity's on "
-        "the same split. Train s = training incl. validation passes (closed-form fit for baselines); "
-        "s/epoch = training loop only.",
+        "- Test metrics, full ranking over all items, **seen items excluded** (the user's train/valid items "
+        "cannot be recommended). Each cell is the mean ± sample std over the seeds (n = seeds with a result; "
+        "a single seed shows its number alone); per-seed numbers are in the JSON records. Lift = mean "
+        "NDCG@10 / Popularity's on the same splits. Train s = training incl. validation passes (closed-form "
+        "fit for baselines); s/epoch = training loop only; epochs, times and RSS are means over the seeds.",
         "",
     ]
+    stats = aggregate(records)
+    seen_in = aggregate(records, "metrics_seen_included")
     for protocol in meta["protocols"]:
         rows = sorted(
-            (r for r in records if r["protocol"] == protocol and r["status"] == "ok"),
-            key=lambda r: -r["metrics"]["ndcg@10"],
+            ((m, a) for (m, p), a in stats.items() if p == protocol),
+            key=lambda row: -row[1]["mean"]["ndcg@10"],
         )
         lines += [
             f"## {protocol}",
             "",
-            "| # | model | kind | "
+            "| # | model | kind | n | "
             + " | ".join(HEADLINE)
             + " | lift | other | best valid NDCG@10 | epochs | "
             "s/epoch | train s | peak RSS MB |",
-            "|---:|---|---|" + "---:|" * len(HEADLINE) + "---:|---|---:|---:|---:|---:|---:|",
+            "|---:|---|---|---:|" + "---:|" * len(HEADLINE) + "---:|---|---:|---:|---:|---:|---:|",
         ]
-        for rank, r in enumerate(rows, 1):
-            other = ", ".join(f"{k} {_fmt(v)}" for k, v in sorted(r["metrics"].items()) if k not in STANDARD)
-            lift = f"{r['lift_over_popularity']:.2f}x" if r["lift_over_popularity"] else "–"
+        for rank, (model, a) in enumerate(rows, 1):
+            recs = a["records"]
+            other = ", ".join(f"{k} {_mean_pm(a, k)}" for k in sorted(a["mean"]) if k not in STANDARD)
+            lifts = [r["lift_over_popularity"] for r in recs if r.get("lift_over_popularity")]
+            lift = f"{sum(lifts) / len(lifts):.2f}x" if lifts else "–"
             lines.append(
-                f"| {rank} | {r['model']} | {r['kind']} | "
-                + " | ".join(_fmt(r["metrics"].get(m)) for m in HEADLINE)
-                + f" | {lift} | {other or '–'} | {_fmt(r['best_valid_ndcg10'])} | {r['epochs']} | "
-                f"{_fmt(r['epoch_seconds'], 2)} | {_fmt(r['train_seconds'], 0)} | {_fmt(r['peak_rss_mb'], 0)} |"
+                f"| {rank} | {model} | {recs[0].get('kind', '–')} | {a['n']} | "
+                + " | ".join(_mean_pm(a, m) for m in HEADLINE)
+                + f" | {lift} | {other or '–'} | {_fmt(_avg(recs, 'best_valid_ndcg10'))} | "
+                f"{_fmt(_avg(recs, 'epochs'), 1)} | {_fmt(_avg(recs, 'epoch_seconds'), 2)} | "
+                f"{_fmt(_avg(recs, 'train_seconds'), 0)} | {_fmt(_avg(recs, 'peak_rss_mb'), 0)} |"
             )
-        users = sorted({r["test_users"] for r in rows})
+        users = sorted({r["test_users"] for _, a in rows for r in a["records"]})
         lines += ["", f"Test users: {', '.join(map(str, users)) or '–'}.", ""]
+        both = [(m, a, seen_in[(m, protocol)]) for m, a in rows if (m, protocol) in seen_in]
+        if both:
+            lines += [
+                f"### {protocol}: sequential models in both conventions",
+                "",
+                "Published sequential benchmarks rank every item, including the ones the user already "
+                "interacted with; the tables above exclude them. Same trained models, same test users.",
+                "",
+                "| model | n | "
+                + " | ".join(f"{m} (seen items excluded)" for m in SEEN_COMPARED)
+                + " | "
+                + " | ".join(f"{m} (seen items included)" for m in SEEN_COMPARED)
+                + " |",
+                "|---|---:|" + "---:|" * (2 * len(SEEN_COMPARED)),
+            ]
+            for model, a, inc in both:
+                lines.append(
+                    f"| {model} | {inc['n']} | "
+                    + " | ".join(_mean_pm(a, m) for m in SEEN_COMPARED)
+                    + " | "
+                    + " | ".join(_mean_pm(inc, m) for m in SEEN_COMPARED)
+                    + " |"
+                )
+            lines.append("")
 
     not_ok = [r for r in records if r["status"] != "ok"]
     if not_ok:
@@ -432,6 +644,8 @@ def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: 
         "",
         "## Targets",
         "",
+        f"Rule: {NOISE_RULE} PASS = beats, FAIL = below, WITHIN NOISE = neither.",
+        "",
         "| result | target | model | protocol | numbers (NDCG@10) |",
         "|---|---|---|---|---|",
     ]
@@ -439,10 +653,11 @@ def markdown(records: list[dict[str, Any]], checks: list[dict[str, Any]], meta: 
         f"| **{c['result']}** | {c['target']} | {c['model']} | {c['protocol']} | {c['detail']} |"
         for c in checks
     ]
-    counts = {k: sum(c["result"] == k for c in checks) for k in ("PASS", "FAIL", "N/A")}
+    counts = {k: sum(c["result"] == k for c in checks) for k in ("PASS", "FAIL", "WITHIN NOISE", "N/A")}
     lines += [
         "",
-        f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['N/A']} N/A (model not run, skipped or failed).",
+        f"{counts['PASS']} PASS, {counts['FAIL']} FAIL, {counts['WITHIN NOISE']} WITHIN NOISE, "
+        f"{counts['N/A']} N/A (model not run, skipped or failed).",
         "",
     ]
     failing = [c for c in checks if c["result"] == "FAIL"]
@@ -550,6 +765,24 @@ def svg_frame(
     ]
 
 
+def mean_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per (model, protocol): mean NDCG@10 and mean training seconds over its seeds."""
+    out = []
+    for (model, protocol), a in aggregate(records).items():
+        recs = a["records"]
+        out.append(
+            {
+                "model": model,
+                "protocol": protocol,
+                "status": "ok",
+                "learned": recs[0].get("learned", True),
+                "metrics": {"ndcg@10": a["mean"]["ndcg@10"]},
+                "train_seconds": _avg(recs, "train_seconds") or 0.0,
+            }
+        )
+    return out
+
+
 def svg_scatter(
     records: list[dict[str, Any]], protocols: list[str], width: int = 840, height: int = 520
 ) -> str:
@@ -558,7 +791,7 @@ def svg_scatter(
     Models without a training step (``learned`` False: counts, neighbourhoods, TF-IDF) are hollow
     diamonds at ``NO_TRAINING_SECONDS``, as the legend says; labels are placed by ``place_labels``.
     """
-    ok = [r for r in records if r["status"] == "ok"]
+    ok = mean_records(records)
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     left, right, top, bottom = 70, 250, 30, 55
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -631,6 +864,99 @@ def svg_scatter(
     return "\n".join(out) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------- README
+
+README_START, README_END = "<!-- leaderboard-table:start -->", "<!-- leaderboard-table:end -->"
+# The README's names for the models (the registry's keys are short identifiers).
+DISPLAY_NAMES = {
+    "popularity": "Popularity",
+    "itemknn": "ItemKNN",
+    "userknn": "UserKNN (Pearson)",
+    "bpr": "BPR-MF",
+    "neumf": "NeuMF",
+    "lightgcn": "LightGCN",
+    "sasrec": "SASRec",
+    "gru4rec": "GRU4Rec",
+    "narm": "NARM",
+    "hybridmf": "hybrid MF (side features)",
+    "mf": "rating MF (MSE)",
+    "content": "content-based (TF-IDF + popularity prior)",
+    "twotower": "two-tower (side features)",
+    "deepfm": "DeepFM",
+    "din": "DIN",
+    "dien": "DIEN",
+    "cke": "CKE (knowledge graph)",
+    "reinforce": "REINFORCE (top-K off-policy)",
+    "ease": "EASE (closed form)",
+}
+PROTOCOL_HEADERS = {
+    "random_holdout": "`random_holdout` (8:1:1 per user)",
+    "leave_last_out": "`leave_last_out`",
+}
+
+
+def readme_table(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The README's accuracy table: test NDCG@10 mean ± std per protocol, the best mean of each column
+    bold, then a line naming the seeds and the commit."""
+    protocols = meta["protocols"]
+    stats = aggregate(records)
+    models = list(dict.fromkeys(m for m, _ in stats))
+    best = {
+        p: max((a["mean"]["ndcg@10"] for (_, q), a in stats.items() if q == p), default=None)
+        for p in protocols
+    }
+
+    def cell(model: str, protocol: str) -> str:
+        a = stats.get((model, protocol))
+        if a is None:
+            return "–"
+        text = _mean_pm(a, "ndcg@10")
+        # Equal as printed counts as a tie: a reader cannot tell two bold-worthy cells apart otherwise.
+        top = best[protocol] is not None and round(a["mean"]["ndcg@10"], 4) == round(best[protocol], 4)
+        return f"**{text}**" if top else text
+
+    def key(model: str) -> tuple[float, ...]:
+        return tuple(
+            -(stats[(model, p)]["mean"]["ndcg@10"] if (model, p) in stats else -1.0) for p in protocols
+        )
+
+    lines = [
+        "| model | " + " | ".join(PROTOCOL_HEADERS.get(p, f"`{p}`") for p in protocols) + " |",
+        "|---|" + "---:|" * len(protocols),
+    ]
+    lines += [
+        f"| {DISPLAY_NAMES.get(m, m)} | " + " | ".join(cell(m, p) for p in protocols) + " |"
+        for m in sorted(models, key=key)
+    ]
+    seeds = sorted({s for a in stats.values() for s in a["seeds"] if s is not None})
+    n = len(seeds) or 1
+    spread = "mean ± sample std over" if n > 1 else "from"
+    named = f" ({', '.join(map(str, seeds))})" if seeds else ""
+    commit = f" at commit `{meta['code_commit']}`" if meta.get("code_commit") else ""
+    lines += [
+        "",
+        f"Test NDCG@10, {spread} {n} seed{'s' if n > 1 else ''}{named}{commit}; best mean per column in bold. "
+        "Generated by `bench/leaderboard.py --readme` from the leaderboard's records.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def replace_block(text: str, block: str) -> str:
+    """``text`` with what lies between the README markers replaced by ``block``; the rest untouched."""
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < 0 or end < start:
+        raise ValueError(
+            f"the README has no {README_START} ... {README_END} block to rewrite (add both markers around "
+            "the accuracy table)"
+        )
+    return text[: start + len(README_START)] + "\n" + block + text[end:]
+
+
+def write_readme(path: Path, records: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+    path.write_text(replace_block(path.read_text(), readme_table(records, meta)))
+    print(f"rewrote the leaderboard table in {path}")
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -658,10 +984,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--max-epochs", type=int, default=defaults.trainer.max_epochs)
     parser.add_argument("--patience", type=int, default=defaults.trainer.patience)
-    parser.add_argument("--seed", type=int, default=defaults.split.seed, help="split seed")
     parser.add_argument(
-        "--train-seed", type=int, default=None, help="training seed (default: the trainer config's)"
+        "--seeds",
+        default=None,
+        help="comma list; each seed is one run per (model, protocol), as split and training seed "
+        f"(default: the 3 seeds from the config's split seed, {defaults.split.seed})",
     )
+    parser.add_argument("--seed", type=int, default=None, help="one seed: the same as --seeds SEED")
     parser.add_argument("--home", default=str(defaults.home_dir), help="RECFORGE_HOME (data is reused)")
     parser.add_argument("--hparam", action="append", default=[], metavar="MODEL.KEY=VALUE")
     parser.add_argument("--out-json", default=str(RESULTS_JSON))
@@ -669,9 +998,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--render-only", action="store_true", help="re-render the markdown from --out-json (no training)"
     )
+    parser.add_argument(
+        "--readme", default=None, help="rewrite the accuracy table between this file's leaderboard markers"
+    )
     args = parser.parse_args(argv)
     if args.render_only:
-        return render_only(Path(args.out_json), Path(args.out_md))
+        return render_only(Path(args.out_json), Path(args.out_md), Path(args.readme) if args.readme else None)
+    if args.seeds is not None and args.seed is not None:
+        raise SystemExit("give --seeds or --seed, not both")
+    seeds = parse_seeds(args.seeds, args.seed, defaults.split.seed)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spawned workers inherit it
     started = time.perf_counter()
     commit = code_commit()  # at the start: the tree the runs import, even if it changes meanwhile
@@ -688,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
     home = Path(args.home).resolve()
     overrides = source_overrides(args.dataset, args.data_path, home)
     feature_set, feature_manifest = prepare_data(overrides)
-    prepare_splits(feature_set, protocols, {**overrides, "split.seed": args.seed})
+    prepare_splits(feature_set, protocols, overrides, seeds)
 
     records: list[dict[str, Any]] = []
     jobs = []
@@ -698,33 +1033,42 @@ def main(argv: list[str] | None = None) -> int:
         if reason is not None:
             print(f"SKIP {model}: {reason}", flush=True)
             records += [
-                {"model": model, "protocol": p, "status": "skipped", "error": reason, "params": {}}
+                {
+                    "model": model,
+                    "protocol": p,
+                    "seed": seed,
+                    "status": "skipped",
+                    "error": reason,
+                    "params": {},
+                }
                 for p in protocols
+                for seed in seeds
             ]
             continue
         params = model_params(model, hparams.get(model))  # a typo fails here, not after training
         for protocol in protocols:
-            jobs.append(
+            jobs += [
                 {
                     "model": model,
                     "protocol": protocol,
                     "params": params,
                     "feature_set": str(feature_manifest),
                     "home": str(home),
-                    "seed": args.seed,
-                    "train_seed": args.train_seed,
+                    "seed": seed,
+                    "train_seed": seed,
                     "max_epochs": args.max_epochs,
                     "patience": args.patience,
                     "threads": args.threads,
                 }
-            )
+                for seed in seeds
+            ]
     # Longest jobs first (per-example models and sequence models cost 5-20x a BPR epoch), so the two
     # workers finish together instead of one running DIEN alone at the end.
     cost_rank = {"example": 0, "sequential": 1, "general": 2, "baseline": 3}
     jobs.sort(key=lambda job: cost_rank.get(MODELS[job["model"]].kind, 2))
     records += run_all(jobs, args.workers)
     order = {m: i for i, m in enumerate(MODELS)}
-    records.sort(key=lambda r: (protocols.index(r["protocol"]), order[r["model"]]))
+    records.sort(key=lambda r: (protocols.index(r["protocol"]), order[r["model"]], r["seed"]))
     wall = time.perf_counter() - started
 
     import torch
@@ -745,8 +1089,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "max_epochs": args.max_epochs,
         "patience": args.patience,
-        "seed": args.seed,
-        "train_seed": args.train_seed,
+        "seeds": seeds,
         "protocols": protocols,
         "wall_seconds": wall,
         "n_ok": sum(r["status"] == "ok" for r in records),
@@ -761,6 +1104,8 @@ def main(argv: list[str] | None = None) -> int:
     meta_path(out_json).write_text(json.dumps(meta, indent=2) + "\n")
     (out_md.parent / PLOT_SVG.name).write_text(svg_scatter(records, protocols))
     out_md.write_text(markdown(records, checks, meta))
+    if args.readme:
+        write_readme(Path(args.readme), records, meta)
     for c in checks:
         print(f"{c['result']:4s} {c['target']:18s} {c['model']:9s} {c['protocol']:15s} {c['detail']}")
     print(f"total wall time {wall / 60:.1f} min; wrote {out_json}, {out_md}, {out_md.parent / PLOT_SVG.name}")
@@ -772,7 +1117,19 @@ def meta_path(out_json: Path) -> Path:
     return out_json.with_name(out_json.stem + ".meta.json")
 
 
-def render_only(out_json: Path, out_md: Path) -> int:
+def parse_seeds(seeds: str | None, seed: int | None, config_seed: int) -> list[int]:
+    """``--seeds 1,2,3`` -> [1, 2, 3]; ``--seed N`` -> [N]; neither -> 3 seeds from the config's."""
+    if seed is not None:
+        return [seed]
+    if seeds is None:
+        return [config_seed, config_seed + 1, config_seed + 2]
+    parsed = [int(s) for s in seeds.split(",") if s.strip()]
+    if not parsed or len(set(parsed)) != len(parsed):
+        raise SystemExit(f"--seeds {seeds!r}: give distinct integers, comma-separated")
+    return parsed
+
+
+def render_only(out_json: Path, out_md: Path, readme: Path | None = None) -> int:
     """Rewrite the markdown and plot from saved records (e.g. after adding notes), without training."""
     records = json.loads(out_json.read_text())
     meta = json.loads(meta_path(out_json).read_text())
@@ -781,6 +1138,8 @@ def render_only(out_json: Path, out_md: Path) -> int:
     (out_md.parent / PLOT_SVG.name).write_text(svg_scatter(records, meta["protocols"]))
     out_md.write_text(markdown(records, checks, meta))
     print(f"re-rendered {out_md} from {out_json}")
+    if readme is not None:
+        write_readme(readme, records, meta)
     return 0
 
 

@@ -108,8 +108,14 @@ def without_hidden_events(rows: pd.DataFrame, events: pd.DataFrame) -> pd.Series
     return pd.Series(kept, index=rows.index, dtype=object)
 
 
-def build_eval_inputs(split: Split, part: str, history_length: int = 50) -> EvalInputs:
-    """Evaluation inputs for ``part`` ("valid" or "test") of ``split`` (see the module docstring)."""
+def build_eval_inputs(
+    split: Split, part: str, history_length: int = 50, exclude_seen: bool = True
+) -> EvalInputs:
+    """Evaluation inputs for ``part`` ("valid" or "test") of ``split`` (see the module docstring).
+
+    ``exclude_seen`` False leaves the user's visible (train, and valid for "test") items rankable, the
+    convention of published sequential benchmarks; a model then competes against its own input.
+    """
     if part not in ("valid", "test"):
         raise ValueError(f"evaluate on 'valid' or 'test', not {part!r}")
     index = SplitIndex.load(split)
@@ -140,7 +146,9 @@ def build_eval_inputs(split: Split, part: str, history_length: int = 50) -> Eval
         users=torch.from_numpy(user_list.astype(np.int64)),
         history=torch.from_numpy(history),
         truth=truth_all[user_list].tocsr(),
-        exclude=seen[user_list].tocsr(),
+        exclude=seen[user_list].tocsr()
+        if exclude_seen
+        else sp.csr_matrix((len(user_list), seen.shape[1]), dtype=seen.dtype),
         n_items=index.n_items,
         untrained=torch.from_numpy(~trained),
     )

@@ -114,6 +114,20 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
     return evaluation
 
 
+def seen_included_metrics(run_dir: Path | str, split: Split, cfg: EvaluationConfig) -> dict[str, float]:
+    """The run's test ranking metrics with the user's train/valid items left rankable.
+
+    Published sequential benchmarks (e.g. RecBole's leave-one-out tables) rank the whole catalogue
+    including items the user already interacted with; ``evaluate_run`` excludes them, as a service
+    would. This gives the other convention for comparison; nothing is written.
+    """
+    artifact = load_model_artifact(Path(run_dir) / "model")
+    inputs = build_eval_inputs(
+        split, "test", artifact.history_length or DEFAULT_HISTORY_LENGTH, exclude_seen=False
+    )
+    return evaluation_accumulator(artifact.module, inputs, list(cfg.ks), cfg.batch_users).compute()
+
+
 class ForeignScorer:
     """Scores a model artifact trained on ANY split in another split's index space.
 

@@ -142,3 +142,12 @@ def test_trains_with_lightning_and_writes_an_artifact(name: str, split, tmp_path
     artifact = load_model_artifact(run_dir / "model")
     inputs = build_eval_inputs(split, "valid", history_length=10)
     assert torch.isfinite(artifact.score(inputs.users, inputs.history)[:, 1:]).all()
+
+
+def test_eval_inputs_can_leave_seen_items_rankable(split) -> None:
+    excluded = build_eval_inputs(split, "test", history_length=10)
+    included = build_eval_inputs(split, "test", history_length=10, exclude_seen=False)
+    assert excluded.exclude.nnz > 0 and included.exclude.nnz == 0
+    assert included.exclude.shape == excluded.exclude.shape
+    assert torch.equal(included.users, excluded.users) and torch.equal(included.history, excluded.history)
+    assert (included.truth != excluded.truth).nnz == 0
