@@ -59,16 +59,25 @@ class ProfileBaseline(FittedBaseline):
 
     def profiles(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """(B, n_items + 1) binary profiles; column 0 (padding) is always 0."""
-        known = (users >= 0) & (users < self.user_items.shape[0])
-        profile = torch.zeros(users.shape[0], self.n_items + 1)
-        if known.any():
-            profile[known] = self.user_items[users[known]]
-        unknown = ~known
-        if unknown.any():
-            rows = history[unknown]
-            profile[unknown] = torch.zeros(rows.shape[0], self.n_items + 1).scatter_(1, rows, 1.0)
-            profile[:, 0] = 0.0
-        return profile
+        return binary_profiles(self.user_items, users, history)
+
+
+def binary_profiles(user_items: torch.Tensor, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """(B, n_items + 1) binary profiles: a known user's row of ``user_items`` (its training items), a user
+    unknown at training time (index -1, or beyond the kept rows) the items of its ``history``. Column 0
+    (padding) is always 0. Shared by the models that score from a whole item profile (ItemKNN, EASE,
+    Mult-VAE), so the service and the evaluator profile a user the same way for all of them."""
+    width = user_items.shape[1]
+    known = (users >= 0) & (users < user_items.shape[0])
+    profile = torch.zeros(users.shape[0], width, device=user_items.device)
+    if known.any():
+        profile[known] = user_items[users[known]].float()
+    unknown = ~known
+    if unknown.any():
+        rows = history[unknown].to(user_items.device)
+        profile[unknown] = torch.zeros(rows.shape[0], width, device=user_items.device).scatter_(1, rows, 1.0)
+        profile[:, 0] = 0.0
+    return profile
 
 
 class ItemKNN(ProfileBaseline, ScoresFromHistory, ItemSimilarity):
