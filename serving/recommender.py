@@ -16,10 +16,10 @@ How a user is represented (``Recommendation.strategy``):
   oldest first) and the model scored from a history that held it: the session alone (no user, an
   unknown user without online history), or the session appended to the online history (deduplicated
   by item, each item at its latest occurrence; for a known user of a model that reads histories, the
-  training items stand in for a missing online history). Item-profile models (``AddsHistoryToKnownUser``:
-  ItemKNN, EASE) add the session's items to a known user's training profile: ``history+session``. A
-  model that scores a known user without a history keeps its usual strategy and says in ``note`` that
-  the session only excluded its items.
+  training items stand in for a missing online history). Item-profile models
+  (``AddsHistoryToKnownUser``: ItemKNN, EASE, Mult-VAE) add the session's items to a known user's
+  training profile: ``history+session``. A model that scores a known user without a history keeps its
+  usual strategy and says in ``note`` that the session only excluded its items.
 
 Diversity: with ``diversity`` > 0 the top ``max(50, 5k)`` items by relevance are re-ranked by maximal
 marginal relevance (``training.rerank``), item-item cosine from the model's item embeddings

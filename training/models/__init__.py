@@ -26,8 +26,9 @@ if TYPE_CHECKING:
 
 # Which data module trains the model (training/data.py): "general" = (user, positive, negative)
 # triples, "sequential" = next-item windows, "example" = point-in-time examples with history, rating
-# and negatives; "baseline" = fitted in closed form and evaluated inside every run (no DAG of its own).
-ModelKind = Literal["general", "sequential", "example", "baseline"]
+# and negatives; "user_rows" = batches of users with their whole binary train rows (autoencoders);
+# "baseline" = fitted in closed form and evaluated inside every run (no DAG of its own).
+ModelKind = Literal["general", "sequential", "example", "user_rows", "baseline"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ DATA_PARAMS: dict[str, dict[str, type]] = {
     "example": {"batch_size": int, "num_negatives": int, "history_length": int},
     "sequential": {"batch_size": int, "history_length": int},
     "general": {"batch_size": int, "history_length": int},
+    "user_rows": {"batch_size": int, "history_length": int},
     "baseline": {"history_length": int},
 }
 
@@ -250,4 +252,12 @@ register(
 )
 register(
     ModelSpec("ease", "general", "training.models.ease:EASE", "EASE: closed-form item autoencoder", False)
+)
+register(
+    ModelSpec(
+        "multvae",
+        "user_rows",
+        "training.models.multvae:MultVAE",
+        "Mult-VAE: variational item-set autoencoder",
+    )
 )

@@ -63,12 +63,23 @@ class ProfileBaseline(FittedBaseline, AddsHistoryToKnownUser):
 
     def profiles(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """(B, n_items + 1) binary profiles; column 0 (padding) is always 0."""
-        known = (users >= 0) & (users < self.user_items.shape[0])
-        profile = torch.zeros(users.shape[0], self.n_items + 1).scatter_(1, history, 1.0)
-        if known.any():
-            profile[known] = torch.maximum(profile[known], self.user_items[users[known]])
-        profile[:, 0] = 0.0
-        return profile
+        return binary_profiles(self.user_items, users, history)
+
+
+def binary_profiles(user_items: torch.Tensor, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """(B, n_items + 1) binary profiles: the items of each user's ``history``, plus, for a user known at
+    training time, its row of ``user_items`` (its training items); a user unknown at training time
+    (index -1, or beyond the kept rows) has its history alone. Column 0 (padding) is always 0. Shared by
+    the models that score from a whole item profile (ItemKNN, EASE, Mult-VAE), so the service and the
+    evaluator profile a user the same way for all of them."""
+    width = user_items.shape[1]
+    known = (users >= 0) & (users < user_items.shape[0])
+    rows = history.to(user_items.device)
+    profile = torch.zeros(users.shape[0], width, device=user_items.device).scatter_(1, rows, 1.0)
+    if known.any():
+        profile[known] = torch.maximum(profile[known], user_items[users[known]].float())
+    profile[:, 0] = 0.0
+    return profile
 
 
 class ItemKNN(ProfileBaseline, ScoresFromHistory, ItemSimilarity):
