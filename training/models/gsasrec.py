@@ -12,14 +12,14 @@ is the generalised binary cross-entropy
 Plain BCE with sampled negatives leaves the model overconfident: it learns the positive's probability
 as if only the sampled items competed with it. Raising sigma(s+) to the power beta corrects that; the
 calibration parameter ``gbce_t`` moves beta from 1 (t = 0: plain BCE) to alpha (t = 1: the paper's
-fully calibrated case, where the probabilities predict the full-catalogue ones). Computed as
+fully calibrated case, which removes the overconfidence that sampling causes). Computed as
 ``-beta * logsigmoid(s+) + sum softplus(s-)``, which stays finite for any logit.
 
 A catalogue with fewer than ``negatives + 1`` items is sampled at rate 1 (``|I| - 1`` negatives).
 
 Negative logits are read from the full (tokens x n_items) score matrix when that is smaller than the
-gathered (tokens x negatives x d) embeddings, which holds on catalogues of a few thousand items; both
-ways give the same logits.
+gathered (tokens x negatives x d) embeddings, i.e. while n_items + 1 <= negatives * hidden_size; both
+ways give the same logits, the cheaper one decides memory and time.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ class GSASRec(SASRec):
             lr=lr,
             weight_decay=weight_decay,
         )
+        self.loss_type = "gbce"  # SASRec's loss switch does not apply here: calculate_loss is replaced
         self.negatives = min(negatives, n_items - 1)
         self.gbce_t = gbce_t
         self.beta = gbce_beta(self.negatives, n_items, gbce_t)
