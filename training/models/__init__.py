@@ -231,6 +231,11 @@ register(
 register(ModelSpec("neumf", "general", "training.models.neumf:NeuMF", "neural CF: GMF + MLP (NeuMF)"))
 register(ModelSpec("lightgcn", "general", "training.models.lightgcn:LightGCN", "graph CF, light propagation"))
 register(ModelSpec("sasrec", "sequential", "training.models.sasrec:SASRec", "self-attentive next-item model"))
+register(
+    ModelSpec(
+        "gsasrec", "sequential", "training.models.gsasrec:GSASRec", "SASRec trained with gBCE negatives"
+    )
+)
 register(ModelSpec("gru4rec", "sequential", "training.models.gru4rec:GRU4Rec", "GRU session/sequence model"))
 register(ModelSpec("narm", "sequential", "training.models.narm:NARM", "attentive GRU encoder (NARM)"))
 register(
