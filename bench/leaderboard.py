@@ -471,7 +471,7 @@ def target_checks(
             )
     if "leave_last_out" in protocols:
         bpr = _stats(records, "bpr", "leave_last_out")
-        for model in ("sasrec", "gru4rec", "narm"):
+        for model in [m for m in models if MODELS[m].kind == "sequential"]:
             checks.append(
                 _check(
                     "beats BPR", model, "leave_last_out", _stats(records, model, "leave_last_out"), "BPR", bpr
@@ -888,6 +888,8 @@ DISPLAY_NAMES = {
     "cke": "CKE (knowledge graph)",
     "reinforce": "REINFORCE (top-K off-policy)",
     "ease": "EASE (closed form)",
+    "multvae": "Mult-VAE",
+    "gsasrec": "gSASRec (gBCE, sampled negatives)",
 }
 PROTOCOL_HEADERS = {
     "random_holdout": "`random_holdout` (8:1:1 per user)",
