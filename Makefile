@@ -8,7 +8,7 @@ export RECFORGE_HOME ?= $(CURDIR)/.recforge
 export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast check check-results airflow serve drift-ui leaderboard bench lint format clean
+.PHONY: demo test test-fast check check-results airflow serve drift-ui leaderboard tune bench lint format clean
 
 # The lock is the tested pin set. Installed after it, recforge's own requirements (pyproject.toml,
 # extras included) are already satisfied, so pip installs only recforge but still checks them all.
@@ -56,6 +56,14 @@ airflow: $(BIN)/.installed  ## Airflow UI (standalone) on $(AIRFLOW_PORT) or a f
 LEADERBOARD_ARGS ?=
 leaderboard: $(BIN)/.installed  ## train + evaluate every model; leaderboard with target checks
 	$(BIN)/python bench/leaderboard.py $(LEADERBOARD_ARGS)
+
+# Choose a model's hyperparameters on VALIDATION data over its tuning_grid (configs/models/<model>.yaml);
+# the winner alone is then evaluated on test. PROTOCOL=leave_last_out for the sequential models.
+MODEL ?=
+PROTOCOL ?= random_holdout
+tune: $(BIN)/.installed  ## make tune MODEL=lightgcn [PROTOCOL=leave_last_out]: validation-only search
+	@test -n "$(MODEL)" || { echo "usage: make tune MODEL=<model> [PROTOCOL=random_holdout|leave_last_out]"; exit 2; }
+	$(BIN)/python -m orchestration.tuning $(MODEL) --set split.protocol=$(PROTOCOL)
 
 # Running a benchmark is a decision (minutes to an hour; each rewrites its bench/results/ files).
 bench:  ## lists the benchmarks: what each measures, its commands (quick ones too), its results; runs none
