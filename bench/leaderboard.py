@@ -1003,7 +1003,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--readme", default=None, help="rewrite the accuracy table between this file's leaderboard markers"
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        default=None,
+        metavar="RUN_JSON",
+        help="combine runs of other seeds (their records JSON, each beside its .meta.json) into --out-json "
+        "and render it; the runs must share data version, protocols, settings and code commit",
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_runs(
+            [Path(p) for p in args.merge],
+            Path(args.out_json),
+            Path(args.out_md),
+            Path(args.readme) if args.readme else None,
+        )
     if args.render_only:
         return render_only(Path(args.out_json), Path(args.out_md), Path(args.readme) if args.readme else None)
     if args.seeds is not None and args.seed is not None:
@@ -1129,6 +1144,51 @@ def parse_seeds(seeds: str | None, seed: int | None, config_seed: int) -> list[i
     if not parsed or len(set(parsed)) != len(parsed):
         raise SystemExit(f"--seeds {seeds!r}: give distinct integers, comma-separated")
     return parsed
+
+
+# Run facts that must agree for records of several runs to form one leaderboard.
+MERGE_MUST_AGREE = (
+    "dataset",
+    "data_version",
+    "code_commit",
+    "protocols",
+    "max_epochs",
+    "patience",
+    "threads",
+)
+
+
+def merge_meta(metas: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's facts for several runs of other seeds (one seed set per run, e.g. a seed per night).
+
+    Raises ``ValueError`` when the runs disagree on what makes their numbers comparable or share a seed.
+    """
+    first = metas[0]
+    for key in MERGE_MUST_AGREE:
+        values = {json.dumps(m.get(key), sort_keys=True) for m in metas}
+        if len(values) > 1:
+            raise ValueError(f"runs to merge differ in {key}: {sorted(values)}")
+    seeds = [s for m in metas for s in m.get("seeds", [m.get("seed")])]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"runs to merge share a seed: {seeds}")
+    return {
+        **first,
+        "generated": max(m["generated"] for m in metas),
+        "command": " + ".join(m["command"] for m in metas) + " (merged with --merge)",
+        "seeds": seeds,
+        "wall_seconds": sum(m["wall_seconds"] for m in metas),
+        **{k: sum(m[k] for m in metas) for k in ("n_ok", "n_failed", "n_skipped")},
+    }
+
+
+def merge_runs(runs: list[Path], out_json: Path, out_md: Path, readme: Path | None = None) -> int:
+    """``--merge``: the records of ``runs`` as one leaderboard at ``out_json`` / ``out_md``."""
+    meta = merge_meta([json.loads(meta_path(run).read_text()) for run in runs])
+    records = [r for run in runs for r in json.loads(run.read_text())]
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(records, indent=2, sort_keys=False) + "\n")
+    meta_path(out_json).write_text(json.dumps(meta, indent=2) + "\n")
+    return render_only(out_json, out_md, readme)
 
 
 def render_only(out_json: Path, out_md: Path, readme: Path | None = None) -> int:

@@ -142,3 +142,54 @@ def test_seeds_argument(leaderboard) -> None:
     assert leaderboard.parse_seeds(None, None, 7) == [7, 8, 9]
     with pytest.raises(SystemExit):
         leaderboard.parse_seeds("1,1", None, 7)
+
+
+def _meta(seeds: list[int], **extra) -> dict:
+    return {
+        "dataset": "ml-100k",
+        "data_version": "v1",
+        "events": 100,
+        "generated": f"2026-12-0{seeds[0] % 9 + 1} 00:00 UTC",
+        "code_commit": "abc1234",
+        "command": f"python bench/leaderboard.py --seeds {seeds[0]}",
+        "machine": "test",
+        "cpu_count": 2,
+        "cpu_affinity": 2,
+        "python": "3.11",
+        "torch": "2",
+        "workers": 2,
+        "threads": 1,
+        "max_epochs": 30,
+        "patience": 6,
+        "seeds": seeds,
+        "protocols": ["random_holdout"],
+        "wall_seconds": 60.0,
+        "n_ok": 1,
+        "n_failed": 0,
+        "n_skipped": 0,
+        **extra,
+    }
+
+
+def test_runs_of_other_seeds_merge_into_one_leaderboard(leaderboard, tmp_path: Path) -> None:
+    import json
+
+    runs = []
+    for seed, ndcg in ((1, 0.30), (2, 0.32), (3, 0.34)):
+        run = tmp_path / f"run{seed}.json"
+        run.write_text(json.dumps([_rec("bpr", "random_holdout", seed, ndcg, test_users=9, learned=True)]))
+        leaderboard.meta_path(run).write_text(json.dumps(_meta([seed])))
+        runs.append(run)
+    out_json, out_md = tmp_path / "out" / "leaderboard.json", tmp_path / "out" / "leaderboard.md"
+    assert leaderboard.merge_runs(runs, out_json, out_md) == 0
+    meta = json.loads(leaderboard.meta_path(out_json).read_text())
+    assert meta["seeds"] == [1, 2, 3] and meta["wall_seconds"] == 180.0 and meta["n_ok"] == 3
+    assert [r["seed"] for r in json.loads(out_json.read_text())] == [1, 2, 3]
+    mean, std, n = leaderboard._stats(json.loads(out_json.read_text()), "bpr", "random_holdout")
+    assert n == 3 and mean == pytest.approx(0.32) and std == pytest.approx(0.02)
+    assert "0.3200 ± 0.0200" in out_md.read_text()
+    # Runs at another commit, or repeating a seed, are not one leaderboard.
+    with pytest.raises(ValueError, match="code_commit"):
+        leaderboard.merge_meta([_meta([1]), _meta([2], code_commit="def5678")])
+    with pytest.raises(ValueError, match="share a seed"):
+        leaderboard.merge_meta([_meta([1]), _meta([1])])
