@@ -312,14 +312,13 @@ def cmd_summary(_: argparse.Namespace) -> None:
     print_summary(write_summary(layout, cfg))
 
 
-def cmd_example(args: argparse.Namespace) -> None:
-    """Write an example dataset (its files, schema and a pipeline config that selects it)."""
-    from ingestion.examples import ShopFiles, write_shop
-    from ingestion.synthetic import SyntheticFiles, write_synthetic
+def _write_example(args: argparse.Namespace) -> Any:
+    """The files of the example dataset ``args`` names (``ShopFiles`` or ``SyntheticFiles``)."""
+    from ingestion.examples import write_shop
+    from ingestion.synthetic import write_synthetic
 
-    files: ShopFiles | SyntheticFiles
     if args.dataset == "synthetic":
-        files = write_synthetic(
+        return write_synthetic(
             args.out_dir,
             n_events=args.events,
             n_items=args.items,
@@ -328,17 +327,25 @@ def cmd_example(args: argparse.Namespace) -> None:
             item_skew=1.0 if args.item_skew is None else args.item_skew,
             days=180.0 if args.days is None else args.days,
         )
-        model = "bpr"
-    else:
-        if args.item_skew is not None or args.days is not None:
-            raise SystemExit("recforge example shop: --item-skew and --days apply to synthetic only")
-        files = write_shop(
-            args.out_dir, n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed
-        )
-        model = "twotower"
+    if args.item_skew is not None or args.days is not None:
+        raise UsageError("--item-skew and --days apply to synthetic only")
+    return write_shop(
+        args.out_dir, n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed
+    )
+
+
+def cmd_example(args: argparse.Namespace) -> None:
+    """Write an example dataset (its files, schema and a pipeline config that selects it)."""
+    try:
+        files = _write_example(args)
+    except UsageError:
+        raise
+    except ValueError as exc:  # sizes that do not fit together: what was typed is wrong
+        raise UsageError(str(exc)) from None
     print(f"wrote {files.events}, {files.users}, {files.items} and the schema {files.schema}")
     # A home of its own: the dataset's runs, champion and features stay apart from other data's.
     env = f"RECFORGE_HOME={files.config.parent / 'home'} RECFORGE_CONFIG={files.config}"
+    model = "bpr" if args.dataset == "synthetic" else "twotower"
     print(f"run a model on it: {env} .venv/bin/recforge run {model}")
     print(f"serve the champion: {env} make serve")
 

@@ -145,3 +145,19 @@ def test_too_many_events_for_the_users_is_refused() -> None:
         build_world(n_events=cap * 3 + 1, n_items=100, n_users=3, days=10)
     world = build_world(n_events=cap * 3, n_items=100, n_users=3, days=10)
     assert (world.counts == cap).all()
+
+
+def test_the_cli_writes_it_and_keeps_synthetic_options_off_the_shop(tmp_path: Path, capsys) -> None:
+    from orchestration.cli import run_cli
+
+    argv = ["example", "synthetic", "--events", "3000", "--users", "200", "--items", "400"]
+    code = run_cli([*argv, "--item-skew", "0.8", "--days", "30", str(tmp_path / "s")])
+    assert code == 0
+    assert "run bpr" in capsys.readouterr().out
+    events = pd.read_parquet(tmp_path / "s" / "events.parquet")
+    assert len(events) == 3000 and events["timestamp"].max() - events["timestamp"].min() <= 30 * 86_400
+    assert run_cli(["example", "shop", "--days", "30", str(tmp_path / "shop")]) == 2
+    assert "synthetic only" in capsys.readouterr().err
+    assert run_cli([*argv[:3], "100", str(tmp_path / "few")]) == 2  # fewer events than users
+    assert "n_events >= n_users" in capsys.readouterr().err
+    assert not (tmp_path / "shop").exists()
