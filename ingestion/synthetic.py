@@ -31,8 +31,8 @@ Planted structure, and the argument of ``write_synthetic`` that controls it
   items one browses to from it), so the successor of an item is predictable from the item itself:
   sequential models have a signal that user-item co-occurrence only partly carries.
 - Session timing: events of a session are 10 s to a few minutes apart (at most ``MAX_SESSION_S``
-  from first to last); the next session of the same user starts at least ``SESSION_GAP_S`` after the
-  previous one ended, twice the pipeline's default session gap (``evaluation.session_gap_minutes``),
+  from first to last, less for very heavy users); the next session of the same user starts at least
+  ``SESSION_GAP_S`` after the previous one ended, twice the pipeline's default session gap (``evaluation.session_gap_minutes``),
   so sessions cut by the pipeline are the planted ones. Session starts are spread over ``days``
   (``--days``, default 180) from 2024-01-01 UTC, with random gaps between them; no daily cycle.
 - Attributes that matter: items have a ``category`` (about ``sqrt(n_items) / 2`` of them, 4 to 500;
@@ -318,8 +318,11 @@ def _block_events(
     offset = np.cumsum(step)
     offset -= offset[session_start][session]
     length = np.maximum.reduceat(offset, session_start)
-    scale = np.minimum(1.0, duration[session_user] / np.maximum(length, 1.0))
-    # + pos: strictly increasing within a session, so no two events of a user share a timestamp.
+    # The + pos below (strictly increasing times, so no two events of a user share a timestamp)
+    # takes its seconds from the session's duration, so a session never runs into the next gap.
+    events_in = np.diff(np.append(session_start, n))
+    room = np.maximum(duration[session_user] - (events_in - 1), 0.0)
+    scale = np.minimum(1.0, room / np.maximum(length, 1.0))
     timestamp = (
         np.floor(start_s[session]).astype(np.int64) + np.floor(offset * scale[session]).astype(np.int64) + pos
     )
