@@ -40,7 +40,7 @@ Planted structure, and the argument of ``write_synthetic`` that controls it
   category) and a ``price`` (log-normal around a per-category median). Users have a ``region`` and
   an ``age_band``; each (region, age band) pair has its own taste over categories (log-normal
   affinities, ``taste_sigma``, default 1.0), from which a user draws ``n_favourites`` (default 3)
-  favourite categories. A fresh pick is, with probability ``p_favourite`` (default 0.5), a popular
+  favourite categories. A fresh pick is, with probability ``p_favourite`` (default 0.85), a popular
   item of one of the user's favourite categories, otherwise an item by global popularity. So
   region and age band predict which categories a user buys from, and category, brand and price
   describe the items.
@@ -360,7 +360,7 @@ def write_synthetic(
     mean_session_events: float = 4.0,
     p_next: float = 0.6,
     n_successors: int = 5,
-    p_favourite: float = 0.5,
+    p_favourite: float = 0.85,
     taste_sigma: float = 1.0,
     n_favourites: int = 3,
     chunk_events: int = DEFAULT_CHUNK_EVENTS,

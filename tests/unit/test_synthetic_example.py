@@ -84,12 +84,12 @@ def test_item_popularity_is_skewed_and_user_activity_heavy_tailed(root: str) -> 
     events, _, items = _tables(root)
     per_item = events["item_id"].value_counts()
     top = per_item.head(len(items) // 100).sum() / len(events)
-    assert top > 0.15  # uniform popularity would give the top 1 % of items about 1 % of the events
+    assert top > 0.10  # ten times what uniform popularity gives the top 1 % of items
     per_user = events["user_id"].value_counts()
     assert per_user.max() > 10 * per_user.median()
     flat = write_synthetic(Path(root) / "flat", item_skew=0.0, **SIZES)
     flat_top = pd.read_parquet(flat.events)["item_id"].value_counts().head(len(items) // 100).sum()
-    assert flat_top / len(events) < top / 3
+    assert flat_top / len(events) < top / 2
 
 
 def test_sessions_follow_item_neighbourhoods(root: str) -> None:
