@@ -137,16 +137,18 @@ def _user_counts(n_users: int, n_events: int, sigma: float, cap: int, rng: np.ra
     extra_total = n_events - n_users
     room = cap - 1
     # Water-filling: users whose share would pass the cap get the cap, the rest share what is left.
-    expected = np.zeros(n_users)
+    # Each round caps at least one more user, so it ends; heavy tails take a handful of rounds.
+    expected = np.full(n_users, float(room))
     capped = np.zeros(n_users, dtype=bool)
-    for _ in range(64):
-        left = extra_total - room * capped.sum()
-        free_weight = weight[~capped].sum()
-        expected = np.where(capped, room, left * weight / free_weight)
-        over = ~capped & (expected > room)
+    while not capped.all():
+        free = ~capped
+        left = extra_total - room * int(capped.sum())
+        expected[free] = left * weight[free] / weight[free].sum()
+        over = free & (expected > room)
         if not over.any():
             break
         capped |= over
+        expected[over] = room
     extra = np.floor(expected).astype(np.int64)
     remainder = int(extra_total - extra.sum())
     if remainder > 0:
