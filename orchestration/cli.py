@@ -8,6 +8,7 @@ recforge history                   # promotions and rollbacks of a deployment (d
 recforge rollback [--to TAG]       # the previous (or named) champion back, atomically
 recforge feast feature-views list  # the feast CLI on the champion's Feast namespace
 recforge example shop /tmp/shop    # a synthetic shop (category, brand, price, tags, title) + its schema
+recforge example synthetic --events 5000000 --items 1000000 --users 200000 /tmp/big  # a log for scale tests
 recforge airflow dags list         # the airflow CLI with recforge's environment
 recforge airflow-ui [--port N]     # Airflow UI (a free port unless --port); URL and login last
 """
@@ -311,17 +312,41 @@ def cmd_summary(_: argparse.Namespace) -> None:
     print_summary(write_summary(layout, cfg))
 
 
-def cmd_example(args: argparse.Namespace) -> None:
-    """Write an example dataset (its files, schema and a pipeline config that selects it)."""
+def _write_example(args: argparse.Namespace) -> Any:
+    """The files of the example dataset ``args`` names (``ShopFiles`` or ``SyntheticFiles``)."""
     from ingestion.examples import write_shop
+    from ingestion.synthetic import write_synthetic
 
-    files = write_shop(
+    if args.dataset == "synthetic":
+        return write_synthetic(
+            args.out_dir,
+            n_events=args.events,
+            n_items=args.items,
+            n_users=args.users,
+            seed=args.seed,
+            item_skew=1.0 if args.item_skew is None else args.item_skew,
+            days=180.0 if args.days is None else args.days,
+        )
+    if args.item_skew is not None or args.days is not None:
+        raise UsageError("--item-skew and --days apply to synthetic only")
+    return write_shop(
         args.out_dir, n_users=args.users, n_items=args.items, n_events=args.events, seed=args.seed
     )
+
+
+def cmd_example(args: argparse.Namespace) -> None:
+    """Write an example dataset (its files, schema and a pipeline config that selects it)."""
+    try:
+        files = _write_example(args)
+    except UsageError:
+        raise
+    except ValueError as exc:  # sizes that do not fit together: what was typed is wrong
+        raise UsageError(str(exc)) from None
     print(f"wrote {files.events}, {files.users}, {files.items} and the schema {files.schema}")
-    # A home of its own: the shop's runs, champion and features stay apart from other data's.
+    # A home of its own: the dataset's runs, champion and features stay apart from other data's.
     env = f"RECFORGE_HOME={files.config.parent / 'home'} RECFORGE_CONFIG={files.config}"
-    print(f"run a model on it: {env} .venv/bin/recforge run twotower")
+    model = "bpr" if args.dataset == "synthetic" else "twotower"
+    print(f"run a model on it: {env} .venv/bin/recforge run {model}")
     print(f"serve the champion: {env} make serve")
 
 
@@ -575,13 +600,20 @@ def build_parser() -> argparse.ArgumentParser:
     airflow.add_argument("airflow_args", nargs=argparse.REMAINDER)
     airflow.set_defaults(func=cmd_airflow)
 
-    example = add_parser("example", help="write an example dataset (shop: attributes unlike MovieLens)")
-    example.add_argument("dataset", choices=["shop"])
+    example = add_parser(
+        "example",
+        help="write an example dataset (shop: attributes unlike MovieLens; synthetic: a large log for scale tests)",
+    )
+    example.add_argument("dataset", choices=["shop", "synthetic"])
     example.add_argument("out_dir", type=Path)
     example.add_argument("--events", type=int, default=60_000)
     example.add_argument("--users", type=int, default=2_000)
     example.add_argument("--items", type=int, default=1_500)
     example.add_argument("--seed", type=int, default=7)
+    example.add_argument(
+        "--item-skew", type=float, help="synthetic: power-law exponent of item popularity (default 1.0)"
+    )
+    example.add_argument("--days", type=float, help="synthetic: days the events span (default 180)")
     example.set_defaults(func=cmd_example)
 
     push = add_parser(
