@@ -138,3 +138,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     (the CLI does the same before it exits).
     """
     close_default_duckdb_connection()
+
+
+@pytest.fixture(scope="session")
+def leaderboard():
+    """bench/leaderboard.py as a module (bench/ is scripts, not a package), for the leaderboard tests."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "leaderboard.py"
+    spec = importlib.util.spec_from_file_location("leaderboard", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def leaderboard():
-    spec = importlib.util.spec_from_file_location("leaderboard", REPO / "bench" / "leaderboard.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _rec(model: str, protocol: str, seed: int, ndcg: float, **extra) -> dict:
