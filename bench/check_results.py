@@ -10,7 +10,14 @@ JSON, or "at git `<sha>`" / "at commit `<sha>`" in its Markdown (what the bench 
 *stale* when a later commit changed the code it measures (``MEASURES``: the bench script plus the
 paths whose behaviour it reports; by default the script plus every project package), and listed as
 such with the commits since and the paths they touched. Results that record no commit, or a commit
-this clone does not have, are listed too. Nothing is rerun: rerunning a stale result is a decision
+this clone does not have, are listed too.
+
+Two declarations in ``bench/results_declarations.toml`` refine the path rule, each with its reason
+printed next to the result: a later commit may be declared not to change what a result measures
+(``[[unaffected]]``: it touched a measured path without touching the measured computation, e.g. a
+refactor of the provenance fields), and a result may be archived (``[[archived]]``: a record of a past
+comparison or decision, such as a before/after study of two commits, which no rerun could refresh and
+which is not quoted as a measure of today's code). Nothing is rerun: rerunning a stale result is a decision
 (minutes to an hour of machine time), this only says which ones it concerns. Uses git and the
 standard library only.
 """
@@ -30,6 +37,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+DECLARATIONS = Path("bench") / "results_declarations.toml"
 
 COMMIT_KEYS = ("code_commit", "git_commit")
 COMMIT_IN_TEXT = re.compile(r"\bat (?:git|commit) `([0-9a-f]{7,40})(\+dirty)?`")
@@ -138,6 +146,16 @@ def git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
 
 
+def changes_since(repo: Path, sha: str, paths: list[str]) -> dict[str, list[str]]:
+    """Each commit after ``sha`` that touched ``paths`` -> the files of ``paths`` it touched."""
+    log = git(repo, "log", "--format=%x00%H", "--name-only", f"{sha}..HEAD", "--", *paths).stdout
+    changes: dict[str, list[str]] = {}
+    for block in log.split("\0")[1:]:
+        commit, *files = block.split()
+        changes[commit] = files
+    return changes
+
+
 @dataclass
 class Row:
     result: str
@@ -147,12 +165,41 @@ class Row:
     listed: bool  # out of date, or cannot be told
 
 
-def check(name: str, files: list[Path], repo: Path = REPO) -> Row:
+@dataclass(frozen=True)
+class Declarations:
+    """``bench/results_declarations.toml``: commits declared not to affect a result; archived results."""
+
+    unaffected: dict[str, dict[str, str]]  # result head -> {full commit sha: reason}
+    archived: dict[str, str]  # result head -> reason
+
+    @classmethod
+    def load(cls, repo: Path = REPO) -> Declarations:
+        path = repo / DECLARATIONS
+        data = tomllib.loads(path.read_text()) if path.is_file() else {}
+        unaffected: dict[str, dict[str, str]] = {}
+        for entry in data.get("unaffected", []):
+            full = git(
+                repo, "rev-parse", "--verify", "--quiet", f"{entry['commit']}^{{commit}}"
+            ).stdout.strip()
+            if not full:
+                raise ValueError(f"{DECLARATIONS}: commit {entry['commit']} is not in this clone's history")
+            for result in entry["results"]:
+                unaffected.setdefault(result, {})[full] = entry["reason"]
+        archived = {entry["result"]: entry["reason"] for entry in data.get("archived", [])}
+        return cls(unaffected, archived)
+
+
+def check(name: str, files: list[Path], repo: Path = REPO, declared: Declarations | None = None) -> Row:
+    declared = declared if declared is not None else Declarations.load(repo)
+    head = name.split("/", 1)[0]
     measures = measures_of(name, repo)
     paths = measures.all_paths(repo)
     packages = "the project packages" if measures.script is None else f"{measures.script} + the packages"
     shown = ", ".join(paths) if measures.paths is not None else packages
     commits = recorded_commits(files)
+    if head in declared.archived:
+        recorded = " ".join(dict.fromkeys(c[:9] for c in commits)) or "-"
+        return Row(name, recorded, shown, f"archived: {declared.archived[head]}", False)
     if not commits:
         return Row(name, "-", shown, "no commit recorded", True)
     if len({c.removesuffix("+dirty")[:7] for c in commits}) > 1:
@@ -162,10 +209,22 @@ def check(name: str, files: list[Path], repo: Path = REPO) -> Row:
     label = sha[:9] + (" (dirty)" if recorded.endswith("+dirty") else "")
     if git(repo, "cat-file", "-e", f"{sha}^{{commit}}").returncode != 0:
         return Row(name, label, shown, "commit not in this clone's history", True)
-    since = git(repo, "log", "--format=%h", f"{sha}..HEAD", "--", *paths).stdout.split()
+    later = changes_since(repo, sha, paths)  # commit -> measured files it touched, newest first
+    excused = declared.unaffected.get(head, {})
+    since = [c for c in later if c not in excused]
     if not since:
-        return Row(name, label, shown, "current", False)
-    touched = git(repo, "diff", "--name-only", sha, "HEAD", "--", *paths).stdout.split()
+        if not later:
+            return Row(name, label, shown, "current", False)
+        why = "; ".join(f"{c[:9]}: {excused[c]}" for c in later)
+        plural = "s" if len(later) > 1 else ""
+        return Row(
+            name,
+            label,
+            shown,
+            f"current ({len(later)} later commit{plural} declared unaffecting: {why})",
+            False,
+        )
+    touched = {path for c in since for path in later[c]}
     where = sorted({t if t.startswith("bench/") else t.split("/", 1)[0] + "/" for t in touched})
     changed = ", ".join(where[:4]) + (f" (+{len(where) - 4} more)" if len(where) > 4 else "")
     plural = "s" if len(since) > 1 else ""
@@ -233,7 +292,8 @@ def main(argv: list[str] | None = None, repo: Path = REPO) -> int:
         )
         print("the committed results, and see `make check-results` for which of them are out of date.")
         return 0
-    rows = [check(name, files, repo) for name, files in results(repo).items()]
+    declared = Declarations.load(repo)
+    rows = [check(name, files, repo, declared) for name, files in results(repo).items()]
     header = ["result (bench/results/)", "recorded commit", "measures", "status"]
     print(table(header, [[r.result, r.commit, r.measures, r.status] for r in rows]))
     listed = [r for r in rows if r.listed]

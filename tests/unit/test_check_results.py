@@ -98,3 +98,42 @@ def test_the_committed_results_can_be_checked() -> None:
     rows = [cr.check(name, files) for name, files in cr.results().items()]
     assert rows and all(row.status for row in rows)
     assert {row.result for row in rows if row.commit != "-"} >= {"drift_calibration", "serving"}
+
+
+@pytest.mark.slow  # git in subprocesses
+def test_declared_commits_and_archived_results_are_not_listed_but_say_why(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    pyproject = '[tool.setuptools.packages.find]\ninclude = ["training*"]\n'
+    first = _commit(repo, {"pyproject.toml": pyproject, "training/a.py": ""})
+    _commit(
+        repo,
+        {
+            "bench/results/training.json": json.dumps({"code_commit": first}),
+            "bench/results/study.md": f"# A before/after study at commit `{first}`\n",
+        },
+    )
+    refactor = _commit(repo, {"training/a.py": "# a comment\n"})
+    declarations = (
+        f'[[unaffected]]\ncommit = "{refactor[:7]}"\nresults = ["training"]\nreason = "a comment only"\n\n'
+        '[[archived]]\nresult = "study"\nreason = "compares two past commits"\n'
+    )
+    _commit(repo, {"bench/results_declarations.toml": declarations})
+
+    rows = {name: cr.check(name, files, repo) for name, files in cr.results(repo).items()}
+    assert not rows["training"].listed
+    assert (
+        rows["training"].status
+        == f"current (1 later commit declared unaffecting: {refactor[:9]}: a comment only)"
+    )
+    assert not rows["study"].listed and rows["study"].status == "archived: compares two past commits"
+
+    # A later change that nobody declared makes the result stale again; only it is reported.
+    _commit(repo, {"training/b.py": "x = 1\n"})
+    row = cr.check("training", cr.results(repo)["training"], repo)
+    assert row.listed and row.status == "STALE: 1 commit since changed training/"
+
+    _commit(repo, {"bench/results_declarations.toml": declarations.replace(refactor[:7], "0000000")})
+    with pytest.raises(ValueError, match="not in this clone's history"):
+        cr.Declarations.load(repo)
