@@ -11,9 +11,10 @@ accuracy). Scoring (validation, test, serving) decodes μ, without dropout or sa
 
 Batches are users, not (user, item) pairs: the ``user_rows`` data module (training/data.py) yields
 each batch's training rows. For scoring, the model keeps the binary training rows it was given by
-``set_train_matrix`` (``NeedsTrainMatrix``), so a known user is encoded from its training items in the
-evaluator and in the service alike, and a user unknown at training time (index -1) from the items of
-its history (``ScoresFromHistory``): the encoder takes any item set. Column 0 (padding) is never an
+``set_train_matrix`` (``NeedsTrainMatrix``), so a known user is encoded from its training items together
+with the items of the given history (``AddsHistoryToKnownUser``: what happened since training counts),
+in the evaluator and in the service alike, and a user unknown at training time (index -1) from the items
+of its history alone (``ScoresFromHistory``): the encoder takes any item set. Column 0 (padding) is never an
 input and carries no probability in the likelihood.
 """
 
