@@ -61,9 +61,13 @@ leaderboard: $(BIN)/.installed  ## train + evaluate every model; leaderboard wit
 # the winner alone is then evaluated on test. PROTOCOL=leave_last_out for the sequential models.
 MODEL ?=
 PROTOCOL ?= random_holdout
-tune: $(BIN)/.installed  ## make tune MODEL=lightgcn [PROTOCOL=leave_last_out]: validation-only search
-	@test -n "$(MODEL)" || { echo "usage: make tune MODEL=<model> [PROTOCOL=random_holdout|leave_last_out]"; exit 2; }
-	$(BIN)/python -m orchestration.tuning $(MODEL) --set split.protocol=$(PROTOCOL)
+# SEARCH=tpe: Optuna's TPE over the YAML's search_space (else its tuning_grid), TRIALS trials in the
+# config's tuning.rounds rounds, pruned on validation; the study persists in the run's study.db.
+SEARCH ?=
+TRIALS ?=
+tune: $(BIN)/.installed  ## make tune MODEL=lightgcn [PROTOCOL=leave_last_out] [SEARCH=tpe TRIALS=12]: validation-only search
+	@test -n "$(MODEL)" || { echo "usage: make tune MODEL=<model> [PROTOCOL=random_holdout|leave_last_out] [SEARCH=grid|tpe] [TRIALS=N]"; exit 2; }
+	$(BIN)/python -m orchestration.tuning $(MODEL) --set split.protocol=$(PROTOCOL) $(if $(SEARCH),--search $(SEARCH)) $(if $(TRIALS),--max-candidates $(TRIALS))
 
 # Running a benchmark is a decision (minutes to an hour; each rewrites its bench/results/ files).
 bench:  ## lists the benchmarks: what each measures, its commands (quick ones too), its results; runs none

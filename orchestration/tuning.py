@@ -5,18 +5,24 @@ What ``recsys_tune_<model>`` (dags/recsys_tuning.py) runs, callable without Airf
 
 1. the shared ingest -> validate -> features -> split stages of ``orchestration.stages`` (the split is the
    same one every model and baseline uses, so a tuned model stays comparable);
-2. ``candidate_grid``: the model YAML's ``tuning_grid:`` (hyperparameter -> values) or, without one, a
-   default grid of learning rate x model width around the YAML defaults; capped at ``max_candidates``;
+2. ``plan_round`` (once per round, ``tuning.rounds`` of the pipeline config): the candidates of the
+   round, by ``search``:
+   - ``grid`` (``candidate_grid``, all in the first round): the model YAML's ``tuning_grid:``
+     (hyperparameter -> values) or, without one, a default grid of learning rate x model width around
+     the YAML defaults; capped at ``max_candidates``;
+   - ``tpe`` (``orchestration.search``): the round's share of ``max_candidates`` trials, asked of a
+     persisted Optuna study after the previous round's results were told to it;
 3. ``train_candidate`` (one Airflow mapped task per candidate): trains it under the tuning run
-   directory and returns the path of its ``train.json`` — paths through XCom, never data;
+   directory and returns the path of its ``train.json`` — paths through XCom, never data. A TPE trial
+   reports every epoch's validation NDCG@10 and may be pruned;
 4. ``pick_best``: the candidate with the best ``valid/ndcg@10`` (early-stopping score of its best
-   checkpoint). The test part is never read to choose: choosing on test would make the reported test
-   number an optimistic, selected one. Writes ``tuning.json`` (every candidate + the winner) and the
-   winner's hyperparameters as a YAML override file (``best_params.yaml``);
+   checkpoint; pruned trials never win). The test part is never read to choose: choosing on test would
+   make the reported test number an optimistic, selected one. Writes ``tuning.json`` (every candidate
+   + the winner) and the winner's hyperparameters as a YAML override file (``best_params.yaml``);
 5. ``evaluate_winner``: full-ranking test evaluation of the winner only, next to the baselines.
 
 Artifacts: ``$RECFORGE_HOME/runs/<model>/tune-<run id>/`` with ``candidates/<id>/`` (one training run
-each), ``tuning.json``, ``best_params.yaml``, ``evaluation.json``.
+each), ``tuning.json``, ``best_params.yaml``, ``evaluation.json`` and, for TPE, ``study.db``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import yaml
 from orchestration.runs import model_params
 from orchestration.stages import _run_dir, context, new_run_id, run_context, safe_run_id
 from pipeline.artifacts import Split, TrainResult, atomic_write_json, atomic_write_text
-from pipeline.config import load_model_params, load_tuning_grid
+from pipeline.config import TuningConfig, load_model_params, load_search_space, load_tuning_grid
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +106,79 @@ def tuning_dir(model: str, run_id: str, overrides: dict[str, Any] | None = None)
     return _run_dir(layout, model, tuning_run_id(run_id))
 
 
+SEARCHES = ("grid", "tpe")
+
+
+def round_share(budget: int, rounds: int, round_index: int) -> int:
+    """Trials of round ``round_index`` when ``budget`` trials are spread over ``rounds`` (earlier rounds
+    take the remainder)."""
+    return budget // rounds + (1 if round_index < budget % rounds else 0)
+
+
+def _study(model: str, run_id: str, overrides: dict[str, Any] | None) -> tuple[Any, Any]:
+    from orchestration import search
+
+    cfg = run_context(model, run_id, overrides).cfg
+    storage = search.open_storage(tuning_dir(model, run_id, overrides))
+    name = f"{model}/{tuning_run_id(run_id)}"
+    return search.open_study(name, storage, cfg.trainer.seed, cfg.tuning.startup_trials), storage
+
+
+def _tell(model: str, run_id: str, train_manifests: list[str], overrides: dict[str, Any] | None) -> None:
+    """Report finished TPE trials to the study (grid candidates have no trial and are skipped)."""
+    records = [r for r in map(_candidate_record, train_manifests) if r.get("trial") is not None]
+    if not records:
+        return
+    from orchestration import search
+
+    study, _ = _study(model, run_id, overrides)
+    for record in records:
+        search.tell(study, record["trial"], record["valid_ndcg@10"], record["pruned"])
+
+
+def plan_round(
+    model: str,
+    run_id: str,
+    round_index: int,
+    previous: list[str],
+    overrides: dict[str, Any] | None = None,
+    search: str = "grid",
+    max_candidates: int = DEFAULT_MAX_CANDIDATES,
+    grid: dict[str, list[Any]] | None = None,
+    base: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The candidates of one round (possibly none); ``previous`` = the last round's train manifests.
+
+    ``grid``: every candidate in the first round. ``tpe``: the previous round's results are told to the
+    study, then the round's share of ``max_candidates`` trials is asked of it, over the YAML's
+    ``search_space`` (else ``grid`` / the ``tuning_grid`` as categorical choices). ``base`` = fixed
+    overrides for every candidate.
+    """
+    if search not in SEARCHES:
+        raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    if search == "grid":
+        return candidate_grid(model, max_candidates, grid, base) if round_index == 0 else []
+    if max_candidates < 1:
+        raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
+    from orchestration import search as tpe
+
+    rounds = run_context(model, run_id, overrides).cfg.tuning.rounds
+    declared = (
+        load_search_space(model)
+        or grid
+        or load_tuning_grid(model)
+        or default_grid(load_model_params(model, base))
+    )
+    space = tpe.search_space({k: v for k, v in declared.items() if k not in (base or {})})
+    _tell(model, run_id, previous, overrides)
+    study, _ = _study(model, run_id, overrides)
+    candidates = tpe.ask(study, space, round_share(max_candidates, rounds, round_index))
+    for candidate in candidates:
+        candidate["hparams"] = {**(base or {}), **candidate["hparams"]}
+        model_params(model, candidate["hparams"])  # a wrong key or type fails here, before training
+    return candidates
+
+
 def train_candidate(
     model: str,
     run_id: str,
@@ -107,7 +186,11 @@ def train_candidate(
     candidate: dict[str, Any],
     overrides: dict[str, Any] | None = None,
 ) -> str:
-    """Train one candidate on the split; return the path of its ``train.json`` (what XCom carries)."""
+    """Train one candidate on the split; return the path of its ``train.json`` (what XCom carries).
+
+    A TPE trial (``candidate["trial"]``) reports each epoch's validation NDCG@10 to its study and stops
+    when pruned; ``search.json`` beside its ``train.json`` says whether it was.
+    """
     from training.train import train_model
 
     cfg = run_context(model, run_id, overrides).cfg  # the settings the tuning run started with
@@ -115,18 +198,32 @@ def train_candidate(
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "candidate.json", candidate)
     params = model_params(model, candidate["hparams"])
-    result = train_model(model, Split.load(split_manifest), params, cfg.trainer, run_dir)
-    log.info("candidate %s %s: %s %.4f", candidate["id"], candidate["hparams"], SELECTION_METRIC,
-             result.best_valid_ndcg10)  # fmt: skip
+    pruning = []
+    if candidate.get("trial") is not None:
+        from orchestration.search import PruneOnValidation
+
+        study, storage = _study(model, run_id, overrides)
+        pruning = [PruneOnValidation(study, storage, int(candidate["trial"]))]
+    result = train_model(model, Split.load(split_manifest), params, cfg.trainer, run_dir, callbacks=pruning)
+    pruned_at = pruning[0].pruned_at_epoch if pruning else None
+    atomic_write_json(
+        run_dir / "search.json", {"trial": candidate.get("trial"), "pruned_at_epoch": pruned_at}
+    )
+    log.info("candidate %s %s: %s %.4f%s", candidate["id"], candidate["hparams"], SELECTION_METRIC,
+             result.best_valid_ndcg10, f" (pruned after epoch {pruned_at})" if pruned_at is not None else "")  # fmt: skip
     return str(run_dir / "train.json")
 
 
 def _candidate_record(train_manifest: str) -> dict[str, Any]:
     result = TrainResult.load(train_manifest)
     candidate = json.loads((Path(train_manifest).parent / "candidate.json").read_text())
+    searched = Path(train_manifest).parent / "search.json"
+    pruned_at = json.loads(searched.read_text())["pruned_at_epoch"] if searched.is_file() else None
     valid = result.best_valid_ndcg10
     return {
         "id": candidate["id"],
+        "trial": candidate.get("trial"),
+        "pruned": pruned_at is not None,
         "overrides": candidate["hparams"],
         "hparams": result.hparams,
         "valid_ndcg@10": valid if valid is not None and math.isfinite(valid) else float("-inf"),
@@ -141,13 +238,16 @@ def pick_best(
 ) -> str:
     """Choose the winner by validation NDCG@10 only; write ``tuning.json`` + ``best_params.yaml``.
 
-    Ties go to the earlier candidate (closer to the defaults, see ``candidate_grid``). Returns the
-    path of ``tuning.json``.
+    Ties go to the earlier candidate (closer to the defaults, see ``candidate_grid``); a pruned trial
+    wins only if every trial was pruned. TPE results not yet told to the study are told first. Returns
+    the path of ``tuning.json``.
     """
     if not train_manifests:
         raise ValueError(f"tuning {model}/{run_id}: no candidate finished training; nothing to pick from")
+    _tell(model, run_id, train_manifests, overrides)
     candidates = sorted((_candidate_record(path) for path in train_manifests), key=lambda c: c["id"])
-    winner = max(candidates, key=lambda c: c["valid_ndcg@10"])  # max keeps the first of equals
+    eligible = [c for c in candidates if not c["pruned"]] or candidates
+    winner = max(eligible, key=lambda c: c["valid_ndcg@10"])  # max keeps the first of equals
     out = tuning_dir(model, run_id, overrides)
     best_params = atomic_write_text(
         out / "best_params.yaml",
@@ -162,6 +262,8 @@ def pick_best(
         "run_id": tuning_run_id(run_id),
         "selection_metric": SELECTION_METRIC,
         "selected_on": "valid",  # the test part is read only by evaluate_winner, for the winner only
+        "search": "tpe" if any(c["trial"] is not None for c in candidates) else "grid",
+        "pruned": sum(c["pruned"] for c in candidates),
         "candidates": candidates,
         "winner": winner,
         "best_params": str(best_params),
@@ -203,16 +305,25 @@ def run_tuning(
     max_candidates: int = DEFAULT_MAX_CANDIDATES,
     grid: dict[str, list[Any]] | None = None,
     hparams: dict[str, Any] | None = None,
+    search: str | None = None,
 ) -> Path:
-    """The whole tuning run in-process (the DAG runs the same functions as tasks); returns tuning.json."""
+    """The whole tuning run in-process (the DAG runs the same functions as tasks); returns tuning.json.
+
+    ``search`` defaults to the pipeline config's ``tuning.search``."""
     from orchestration.flow import DATA_STAGES, run_stages
 
     run_id = tuning_run_id(run_id or new_run_id())
+    settings: TuningConfig = run_context(model, run_id, overrides).cfg.tuning
+    search = search or settings.search
     split_manifest = run_stages(model, run_id, overrides, names=DATA_STAGES)["split"]
-    manifests = [
-        train_candidate(model, run_id, split_manifest, candidate, overrides)
-        for candidate in candidate_grid(model, max_candidates, grid, hparams)
-    ]
+    manifests: list[str] = []
+    previous: list[str] = []
+    for round_index in range(settings.rounds):
+        planned = plan_round(
+            model, run_id, round_index, previous, overrides, search, max_candidates, grid, hparams
+        )
+        previous = [train_candidate(model, run_id, split_manifest, c, overrides) for c in planned]
+        manifests += previous
     tuning = pick_best(model, run_id, manifests, overrides)
     evaluate_winner(model, run_id, tuning, split_manifest, overrides)
     return Path(tuning)
@@ -223,17 +334,23 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("model")
-    parser.add_argument("--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES)
+    parser.add_argument(
+        "--max-candidates", type=int, default=DEFAULT_MAX_CANDIDATES, help="trial budget (grid: its cap)"
+    )
+    parser.add_argument(
+        "--search", choices=SEARCHES, default=None, help="default: the config's tuning.search"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pipeline override")
     parser.add_argument("--run-id", default=None)
     args = parser.parse_args(argv)
     overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    path = run_tuning(args.model, args.run_id, overrides or None, args.max_candidates)
+    path = run_tuning(args.model, args.run_id, overrides or None, args.max_candidates, search=args.search)
     tuning = json.loads(path.read_text())
     for c in tuning["candidates"]:
         mark = "*" if c["id"] == tuning["winner"]["id"] else " "
-        print(f"{mark} {c['id']} {c['overrides']} valid ndcg@10={c['valid_ndcg@10']:.4f}")
+        pruned = " (pruned)" if c["pruned"] else ""
+        print(f"{mark} {c['id']} {c['overrides']} valid ndcg@10={c['valid_ndcg@10']:.4f}{pruned}")
     print(f"winner test ndcg@10={tuning['winner_test_metrics']['ndcg@10']:.4f}")
     print(path)
     return 0

@@ -114,6 +114,17 @@ class TrainerConfig(_Strict):
     deterministic: bool = True
 
 
+class TuningConfig(_Strict):
+    """``recsys_tune_<model>`` / ``make tune``: how hyperparameters are searched (orchestration.tuning)."""
+
+    search: Literal["grid", "tpe"] = "grid"  # grid: the tuning_grid; tpe: Optuna's TPE (orchestration.search)
+    # TPE asks its trials in this many rounds, each trained in parallel; the tuning DAG has one task
+    # group per round, so a change shows in the DAG when its file is next parsed.
+    rounds: int = Field(3, ge=1, le=20)
+    # TPE samples at random, and the pruner waits, until this many trials have finished.
+    startup_trials: int = Field(3, ge=1)
+
+
 class EvaluationConfig(_Strict):
     ks: list[int] = [10, 20]
     batch_users: int = 512
@@ -203,6 +214,7 @@ class PipelineConfig(_Strict):
     gate: GateConfig = GateConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     serving: ServingConfig = ServingConfig()
+    tuning: TuningConfig = TuningConfig()
     # The deployment this run competes for, and every deployment's judging key.
     deployment: str = "default"
     deployments: dict[str, DeploymentConfig] = Field(default_factory=lambda: {"default": DeploymentConfig()})
@@ -356,6 +368,7 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
 # Keys of configs/models/<model>.yaml that configure the pipeline around the model, not the model:
 # they are never passed to the model's constructor.
 TUNING_GRID_KEY = "tuning_grid"
+SEARCH_SPACE_KEY = "search_space"
 
 
 def _model_yaml(model: str) -> dict[str, Any]:
@@ -370,11 +383,12 @@ def load_model_params(model: str, overrides: dict[str, Any] | None = None) -> di
     """Hyperparameters of ``model``: ``configs/models/<model>.yaml`` plus overrides, as written
     (``orchestration.runs.model_params`` checks them against what the model accepts).
 
-    The ``tuning_grid`` key (the search space of ``recsys_tune_<model>``) is stripped: it describes the
-    search, not the model, and the model's constructor would reject it.
+    The ``tuning_grid`` and ``search_space`` keys (what ``recsys_tune_<model>`` searches) are stripped:
+    they describe the search, not the model, and the model's constructor would reject them.
     """
     params = _model_yaml(model)
     params.pop(TUNING_GRID_KEY, None)
+    params.pop(SEARCH_SPACE_KEY, None)
     params.update(overrides or {})
     return params
 
@@ -390,3 +404,17 @@ def load_tuning_grid(model: str) -> dict[str, list[Any]] | None:
             "hyperparameter -> list of values, e.g. {lr: [0.001, 0.002], embedding_size: [32, 64]}"
         )
     return {str(key): list(value) if isinstance(value, list) else [value] for key, value in grid.items()}
+
+
+def load_search_space(model: str) -> dict[str, Any] | None:
+    """The ``search_space:`` mapping of the model's YAML (hyperparameter -> list of values or
+    ``{low, high[, log, step]}``), the space of the TPE search; None when it declares none."""
+    space = _model_yaml(model).get(SEARCH_SPACE_KEY)
+    if space is None:
+        return None
+    if not isinstance(space, dict) or not space:
+        raise ValueError(
+            f"configs/models/{model}.yaml: {SEARCH_SPACE_KEY} must be a non-empty mapping hyperparameter -> "
+            "list of values or {low, high[, log, step]}, e.g. {lr: {low: 0.0005, high: 0.01, log: true}}"
+        )
+    return {str(key): value for key, value in space.items()}

@@ -14,6 +14,7 @@ import resource
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,9 +178,18 @@ def evaluation_accumulator(
 
 
 def train_model(
-    model: str, split: Split, params: dict[str, Any], trainer_cfg: TrainerConfig, run_dir: Path
+    model: str,
+    split: Split,
+    params: dict[str, Any],
+    trainer_cfg: TrainerConfig,
+    run_dir: Path,
+    callbacks: Sequence[L.Callback] = (),
 ) -> TrainResult:
-    """Train ``model`` with ``params`` on ``split``; save the artifact and ``run_dir/train.json``."""
+    """Train ``model`` with ``params`` on ``split``; save the artifact and ``run_dir/train.json``.
+
+    ``callbacks`` join the trainer's own (checkpoint, early stopping, epoch log), e.g. the tuning
+    search's pruning callback; a callback that stops training early leaves the best checkpoint so far.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     route_lightning_logs()
@@ -215,7 +225,7 @@ def train_model(
         strategy=trainer_cfg.strategy,
         max_epochs=trainer_cfg.max_epochs,
         deterministic=trainer_cfg.deterministic,
-        callbacks=[checkpoint, stopping, timer],
+        callbacks=[checkpoint, stopping, timer, *callbacks],
         logger=CSVLogger(run_dir, name="lightning_logs"),
         enable_progress_bar=show_progress_bar(),
         enable_model_summary=False,

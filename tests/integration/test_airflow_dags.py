@@ -18,6 +18,7 @@ import requests
 
 from orchestration.airflow_env import airflow_env, free_port
 from orchestration.cli import stop_process_group
+from pipeline.config import load_config
 from pipeline.layout import Layout
 from tests.integration.airflow_rest import (
     finished_state,
@@ -87,26 +88,28 @@ print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "
         listed = re.findall(r"^\d+\. \*\*(\w+)\*\*", dag["doc"], flags=re.MULTILINE)
         assert listed == dag["tasks"], dag_id  # these DAGs create their tasks in graph order
         assert all(f"| `{name}` |" in dag["doc"] for name in dag["params"]), dag_id
-    # One tuning DAG per trained model and per closed-form model with a tuning grid (EASE), with the
-    # grid as a dynamically mapped task.
+    # One tuning DAG per trained model and per closed-form model with a tuning grid (EASE): a planning
+    # task and a dynamically mapped training task per round (configs/pipeline.yaml: tuning.rounds).
     tuning = {d for d in report["dags"] if d.startswith("recsys_tune_")}
     assert "ease" in report["models"] and "ease" in report["tunable"] and "content" not in report["tunable"]
     assert tuning == {f"recsys_tune_{m}" for m in report["tunable"]}
     assert len(report["dags"]) == len(report["models"]) + 1 + len(report["tunable"])
     for dag_id in tuning:
         dag = report["dags"][dag_id]
+        suffixes = ["", *(f"_r{r}" for r in range(1, load_config().tuning.rounds))]
+        rounds = [(f"plan_candidates{suffix}", f"train_candidate{suffix}") for suffix in suffixes]
+        planned = [task for pair in rounds for task in pair]
         assert dag["tasks"] == [
             "ingest",
             "validate",
             "features",
             "split",
-            "grid",
-            "train_candidate",
+            *planned,
             "pick_best",
             "evaluate_winner",
         ]
-        assert dag["mapped"] == ["train_candidate"]
-        assert {"split_protocol", "max_candidates", "tuning_grid", "hparams"} <= set(dag["params"])
+        assert dag["mapped"] == [train for _, train in rounds]
+        assert {"split_protocol", "search", "max_candidates", "tuning_grid", "hparams"} <= set(dag["params"])
         assert dag["doc"] and dag["task_docs"]
 
 
