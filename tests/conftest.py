@@ -150,3 +150,14 @@ def leaderboard():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def model_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A configs/ directory of our own, so tests can write model YAMLs (``tuning_grid``, ``search_space``)."""
+    import pipeline.config as config
+
+    root = tmp_path / "configs"
+    (root / "models").mkdir(parents=True)
+    monkeypatch.setattr(config, "CONFIG_DIR", root)
+    return root / "models"

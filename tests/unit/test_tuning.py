@@ -9,7 +9,6 @@ import pytest
 import torch
 import yaml
 
-import pipeline.config as config
 from orchestration import tuning
 from pipeline.artifacts import TrainResult
 from pipeline.config import SplitConfig, load_model_params, load_tuning_grid
@@ -17,15 +16,6 @@ from training.evaluate import evaluate_run
 from training.split import make_split
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def model_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A configs/ directory of our own, so tests can write model YAMLs with a ``tuning_grid``."""
-    root = tmp_path / "configs"
-    (root / "models").mkdir(parents=True)
-    monkeypatch.setattr(config, "CONFIG_DIR", root)
-    return root / "models"
 
 
 def test_tuning_grid_key_is_stripped_from_model_params(model_configs: Path):

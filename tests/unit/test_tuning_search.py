@@ -13,20 +13,11 @@ import torch
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-import pipeline.config as config
 from orchestration import search, tuning
 from pipeline.config import SplitConfig, load_model_params, load_search_space
 from training.split import make_split
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def model_configs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = tmp_path / "configs"
-    (root / "models").mkdir(parents=True)
-    monkeypatch.setattr(config, "CONFIG_DIR", root)
-    return root / "models"
 
 
 def test_the_search_space_reads_lists_and_ranges_and_rejects_the_rest(model_configs: Path):
