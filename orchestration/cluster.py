@@ -85,23 +85,23 @@ def cluster_env(layout: Layout, api_port: int, base: dict[str, str] | None = Non
 def create_database(url: str) -> bool:
     """Create the database ``url`` names when it does not exist (connecting to ``postgres`` on the same
     server with the same credentials); True when it was created."""
-    import psycopg
+    # Through SQLAlchemy (psycopg is the URL's driver, a production extra, not a runtime dependency).
+    from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url.removeprefix("db+"))
-    connect = {
-        "host": parsed.host or "127.0.0.1",
-        "port": parsed.port or 5432,
-        "user": parsed.username,
-        "password": parsed.password or None,
-    }
     name = parsed.database
     if not name:
         raise ValueError(f"the metadata DB URL names no database: {parsed!r}")
-    with psycopg.connect(dbname="postgres", autocommit=True, **connect) as conn:
-        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            return False
-        conn.execute(f'CREATE DATABASE "{name}"')
+    engine = create_engine(parsed.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name})
+            if exists.first():
+                return False
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
     return True
 
 
