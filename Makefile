@@ -8,7 +8,7 @@ export RECFORGE_HOME ?= $(CURDIR)/.recforge
 export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-fast check check-results airflow serve drift-ui leaderboard tune bench lint format clean
+.PHONY: demo test test-fast check check-results airflow cluster cluster-stop serve drift-ui leaderboard tune bench lint format clean
 
 # The lock is the tested pin set. Installed after it, recforge's own requirements (pyproject.toml,
 # extras included) are already satisfied, so pip installs only recforge but still checks them all.
@@ -49,6 +49,16 @@ check-results:  ## which bench/results/ predate the code they measure
 AIRFLOW_PORT ?=
 airflow: $(BIN)/.installed  ## Airflow UI (standalone) on $(AIRFLOW_PORT) or a free local port; prints URL and login last
 	$(BIN)/recforge airflow-ui $(if $(AIRFLOW_PORT),--port $(AIRFLOW_PORT))
+
+# The production profile's Airflow on this machine: CeleryExecutor, metadata DB and result backend on
+# Postgres (created if missing), broker Redis; api-server, scheduler, dag-processor, triggerer and two
+# Celery workers, each logging to $(RECFORGE_HOME)/airflow/cluster/<name>.log. Connection strings from
+# the environment (docs/production.md), local defaults otherwise. Ctrl-C (or make cluster-stop) stops all.
+cluster: $(BIN)/.installed  ## Airflow on Celery (Postgres + Redis), 2 workers, UI on $(AIRFLOW_PORT) or a free port
+	$(BIN)/recforge cluster $(if $(AIRFLOW_PORT),--port $(AIRFLOW_PORT))
+
+cluster-stop: $(BIN)/.installed  ## stop what make cluster started (from another terminal)
+	$(BIN)/recforge cluster stop
 
 # Every registered model and baseline x {random_holdout, leave_last_out} on ML-100K, 2 processes x 1 thread
 # (under 60 min on 2 cores): bench/results/leaderboard.json + bench/leaderboard.md. Extra flags, e.g.

@@ -11,6 +11,8 @@ recforge example shop /tmp/shop    # a synthetic shop (category, brand, price, t
 recforge example synthetic --events 5000000 --items 1000000 --users 200000 /tmp/big  # a log for scale tests
 recforge airflow dags list         # the airflow CLI with recforge's environment
 recforge airflow-ui [--port N]     # Airflow UI (a free port unless --port); URL and login last
+recforge cluster [--port N]        # Airflow on Celery: scheduler, API server, 2 workers (Postgres, Redis)
+recforge cluster stop              # stop the cluster another terminal started
 """
 
 from __future__ import annotations
@@ -514,6 +516,46 @@ def cmd_airflow_ui(args: argparse.Namespace) -> None:
         stop_process_group(server)
 
 
+def cmd_cluster(args: argparse.Namespace) -> None:
+    """The production profile's Airflow as local processes (orchestration/cluster.py); Ctrl-C stops it."""
+    from orchestration.cluster import STATE_FILE, Cluster, cluster_dir, cluster_env, stop_recorded
+
+    _, layout = stages.context()
+    if args.action == "stop":
+        stopped = stop_recorded(layout)
+        print(f"stopped {', '.join(stopped)}" if stopped else f"no cluster recorded in {cluster_dir(layout)}")
+        return
+    state = cluster_dir(layout) / STATE_FILE
+    if state.is_file():
+        raise SystemExit(
+            f"recforge cluster: a cluster is recorded in {state}; stop it first (recforge cluster stop)"
+        )
+    port = args.port or int(os.environ.get("RECFORGE_AIRFLOW_PORT") or 0) or free_port()
+    env = cluster_env(layout, port)
+    seed_password(env)
+    cluster = Cluster(layout, env)
+    print(f"migrating the metadata DB; logs go to {cluster.log_dir}", flush=True)
+    cluster.migrate()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `stop` or kill: unwind through `finally`
+    try:
+        cluster.start()
+        password = airflow_password(env)
+        cluster.wait_until_serving()
+        login_path = layout.airflow_home / "ui_login.json"
+        url = f"http://localhost:{port}"
+        write_login(login_path, url, "admin", password)
+        print(f"started {', '.join(cluster.processes)} (CeleryExecutor; logs: {cluster.log_dir}/<name>.log)")
+        print(f"Stop with Ctrl-C or `recforge cluster stop`. Login saved (owner-only) in {login_path}")
+        print(f"Airflow UI: {url}  login: admin / {password}", flush=True)
+        while not (exited := cluster.exited()):
+            time.sleep(2)
+        raise SystemExit(f"recforge cluster: {cluster.describe_exit(exited)}; stopping the others")
+    finally:
+        print("recforge cluster: stopping", flush=True)
+        if killed := cluster.stop():
+            print(f"recforge cluster: killed {', '.join(killed)} (no exit within a minute)", flush=True)
+
+
 def run_epilog() -> str:
     """``recforge run --help``'s epilog: the models (from the registry the DAG factory reads), examples."""
     from training.models import MODELS, pipeline_models
@@ -637,6 +679,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="default: $RECFORGE_AIRFLOW_PORT, else a free port (make airflow AIRFLOW_PORT=...)",
     )
     ui.set_defaults(func=cmd_airflow_ui)
+
+    cluster = add_parser(
+        "cluster",
+        help="Airflow with the CeleryExecutor (Postgres, Redis) as local processes, two workers; Ctrl-C stops",
+    )
+    cluster.add_argument("action", nargs="?", choices=["start", "stop"], default="start")
+    cluster.add_argument(
+        "--port",
+        type=int,
+        help="the API server's (UI's) port; default: $RECFORGE_AIRFLOW_PORT, else a free one",
+    )
+    cluster.set_defaults(func=cmd_cluster)
 
     return parser
 

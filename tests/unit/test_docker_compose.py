@@ -79,7 +79,7 @@ def test_settings_the_code_reads_are_set():
 def test_no_secret_literals():
     for name, service in SERVICES.items():
         for key, value in (service.get("environment") or {}).items():
-            if "PASSWORD" in key or "API_KEY" in key:
+            if "PASSWORD" in key or "API_KEY" in key or "SECRET" in key:
                 assert str(value).startswith("${"), f"{name}.{key} must come from the environment"
 
 
@@ -94,3 +94,31 @@ def test_recommender_is_exposed_only_with_an_api_key_and_follows_the_shared_run_
     scheduler = SERVICES["airflow-scheduler"]["environment"]
     for key in ("RECFORGE_HOME", "BENTOML_HOME", "RECFORGE_RUN_INDEX_URL", "RECFORGE_FEAST_PROFILE"):
         assert env.get(key) == scheduler.get(key), f"recommender and Airflow disagree on {key}"
+
+
+def test_compose_runs_the_processes_make_cluster_starts_with_the_same_settings(tmp_path):
+    """`make cluster` (orchestration/cluster.py) is this file's Airflow on one machine: the same
+    commands, one service per process, and the same setting names."""
+    from orchestration.cluster import cluster_env, process_specs
+    from pipeline.layout import Layout
+
+    env = cluster_env(Layout(tmp_path), api_port=8080, base={})
+    local = {("airflow", *spec.args) for spec in process_specs(env)}
+    airflow_services = {
+        tuple(s["command"]) for n, s in SERVICES.items() if n.startswith("airflow-") and n != "airflow-init"
+    }
+    assert local == airflow_services
+    compose_env = SERVICES["airflow-scheduler"]["environment"]
+    for key in (
+        "AIRFLOW__CORE__EXECUTOR",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CELERY__BROKER_URL",
+        "AIRFLOW__CELERY__RESULT_BACKEND",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY",
+    ):
+        assert key in compose_env and key in env, key
+    assert env["AIRFLOW__CORE__EXECUTOR"] == compose_env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert compose_env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg://")
