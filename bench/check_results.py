@@ -72,6 +72,10 @@ MEASURES: dict[str, Measures] = {
     "schema_change": LEADERBOARD,  # leaderboards before and after a change of the attribute encoders
     "training": Measures("bench/bench_training.py", ("training/", "configs/models/")),
     "scaling": Measures("bench/bench_scaling.py", ("training/",)),
+    "scale": Measures(
+        "bench/bench_scale.py",
+        ("ingestion/", "features/", "feature_repo/", "training/", "orchestration/stages.py"),
+    ),
     "drift_calibration": Measures("bench/bench_drift.py", ("monitoring/",)),
     "serving": SERVING,
     "serving_two_stage": SERVING,

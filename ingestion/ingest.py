@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ingestion.event_log import EventLog, SqlEventLog, open_event_log
 from ingestion.fetch import fetch_ml100k
-from ingestion.readers import read_events, read_grouplens_100k, read_movielens_dat, read_recbole_atomic
-from ingestion.schema import IngestError, RawTables, declared_attributes
+from ingestion.readers import (
+    parquet_events_in_chunks,
+    read_events,
+    read_grouplens_100k,
+    read_movielens_dat,
+    read_recbole_atomic,
+)
+from ingestion.schema import INTERACTION_COLUMNS, IngestError, RawTables, conform, declared_attributes
 from pipeline.artifacts import atomic_path, atomic_write_json
 from pipeline.config import SourceConfig
 from pipeline.layout import Layout
@@ -21,6 +30,8 @@ from pipeline.schema import DataSchema
 log = logging.getLogger(__name__)
 
 STAGING_TABLES = ("interactions", "users", "items", "malformed")
+# Rows of a Parquet events file staged at a time: bounds ingest's memory whatever the log's length.
+STREAM_BATCH_ROWS = 500_000
 # Staged only when the source has item knowledge; validation reads them when present.
 OPTIONAL_STAGING_TABLES = ("knowledge_graph", "item_links")
 
@@ -78,28 +89,53 @@ def sample_users(raw: RawTables, n_users: int) -> RawTables:
     )
 
 
+def _streamed_events(source: SourceConfig, logged_events: pd.DataFrame | None) -> Path | None:
+    """The Parquet events file to stage a chunk at a time, or None when the events must be read whole:
+    a CSV source, a user sample, or pushed events to merge in (both need every event at once)."""
+    if source.kind != "events" or not source.path or Path(source.path).suffix != ".parquet":
+        return None
+    if source.sample_users or (logged_events is not None and not logged_events.empty):
+        return None
+    return Path(source.path)
+
+
 def ingest(source: SourceConfig, layout: Layout, run_id: str) -> Path:
     """Read the source into staging Parquet (string columns + provenance); return the staging dir.
 
-    The attribute tables keep the columns of the source's schema (``source.schema``).
+    The attribute tables keep the columns of the source's schema (``source.schema``). A Parquet events
+    file is staged ``STREAM_BATCH_ROWS`` rows at a time (same rows, same columns as a whole-file read).
     """
-    raw = keep_declared(read_source(source, layout), source.data_schema)
+    event_log = open_event_log(layout) if source.event_log else None
+    logged_events = event_log.read() if event_log is not None else None
+    streamed = _streamed_events(source, logged_events)
+    if streamed is not None:
+        if problem := source.path_problem():
+            raise IngestError(problem)
+        raw = read_events(None, source.users and Path(source.users), source.items and Path(source.items))
+    else:
+        raw = read_source(source, layout)
+    raw = keep_declared(raw, source.data_schema)
     logged = {}
-    if source.event_log:
-        raw, logged = with_event_log(raw, open_event_log(layout))
+    if event_log is not None and logged_events is not None:
+        raw, logged = with_event_log(raw, event_log, logged_events)
     if source.sample_users:
         raw = sample_users(raw, source.sample_users)
     staging = layout.staging(run_id)
+    n_interactions = len(raw.interactions)
     with atomic_path(staging) as tmp:
         tmp.mkdir(parents=True)
         for name in STAGING_TABLES + OPTIONAL_STAGING_TABLES:
             table = getattr(raw, name)
-            if table is not None:
+            if name == "interactions" and streamed is not None:
+                n_interactions = _stage_in_chunks(
+                    parquet_events_in_chunks(streamed, STREAM_BATCH_ROWS), tmp / f"{name}.parquet"
+                )
+            elif table is not None:
                 table.to_parquet(tmp / f"{name}.parquet", index=False)
         atomic_write_json(tmp / "source.json", {**source.model_dump(by_alias=True), "event_log_read": logged})
     log.info(
         "staged %d interaction rows (%d malformed lines; %s) in %s",
-        len(raw.interactions),
+        n_interactions,
         len(raw.malformed),
         describe_event_log(logged),
         staging,
@@ -107,11 +143,36 @@ def ingest(source: SourceConfig, layout: Layout, run_id: str) -> Path:
     return staging
 
 
-def with_event_log(raw: RawTables, event_log: EventLog | SqlEventLog) -> tuple[RawTables, dict[str, Any]]:
-    """The source's tables plus the logged events it does not hold yet (same user, item and time)."""
+def _stage_in_chunks(chunks: Iterator[pd.DataFrame], path: Path) -> int:
+    """Append each chunk to one Parquet file (pandas metadata as ``DataFrame.to_parquet`` writes it);
+    return the number of rows. The file lies in the staging temp directory, renamed into place whole."""
+    writer: pq.ParquetWriter | None = None
+    rows = 0
+    try:
+        for chunk in chunks:
+            table = pa.Table.from_pandas(chunk, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+            rows += len(chunk)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # an events file without rows: stage the empty table as before
+        conform(pd.DataFrame(columns=INTERACTION_COLUMNS), INTERACTION_COLUMNS).to_parquet(path, index=False)
+    return rows
+
+
+def with_event_log(
+    raw: RawTables, event_log: EventLog | SqlEventLog, logged: pd.DataFrame | None = None
+) -> tuple[RawTables, dict[str, Any]]:
+    """The source's tables plus the logged events it does not hold yet (same user, item and time).
+
+    ``logged``: the event log's events when the caller has read them already.
+    """
     from ingestion.validate import parse_timestamps  # validate imports this module
 
-    logged = event_log.read()
+    logged = event_log.read() if logged is None else logged
     if logged.empty:
         return raw, {"source": event_log.location, "events": 0, "already_in_source": 0}
     source_keys = set(

@@ -256,18 +256,54 @@ def read_table(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """CSV (header required, optionally .gz) or Parquet as string columns + provenance."""
     path = Path(path)
     if path.suffix == ".parquet":
-        if not path.is_file():
-            raise IngestError(f"{path}: file not found")
+        _check_parquet(path)
         try:
             frame = pq.read_table(path).to_pandas()
         except Exception as exc:  # pyarrow raises several types for corrupt files
             raise IngestError(f"{path}: not a readable Parquet file: {exc}") from exc
-        frame = frame.astype("string")
-        frame["source_file"] = str(path)
-        # Parquet has no lines: the row number (1-based) plays that role.
-        frame["source_line"] = pd.Series(range(1, len(frame) + 1), dtype="int64")
-        return frame, RawTables.empty_malformed()
+        return _parquet_rows(frame, path, first_line=1), RawTables.empty_malformed()
     return read_delimited(path, _sniff_separator(path), None)
+
+
+def _check_parquet(path: Path) -> None:
+    if not path.is_file():
+        raise IngestError(f"{path}: file not found")
+
+
+def _parquet_rows(frame: pd.DataFrame, path: Path, first_line: int) -> pd.DataFrame:
+    """Rows of a Parquet file as strings + provenance; Parquet has no lines: the row number (1-based)
+    plays that role."""
+    frame = frame.astype("string")
+    frame["source_file"] = str(path)
+    frame["source_line"] = pd.Series(range(first_line, first_line + len(frame)), dtype="int64")
+    return frame
+
+
+def parquet_events_in_chunks(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
+    """The interactions of a Parquet events file, ``batch_rows`` rows at a time, each chunk exactly as
+    ``read_events`` would have staged those rows (``conform``-ed strings + provenance).
+
+    Why: a whole-file read holds the log several times over as Python strings; a chunk at a time keeps
+    memory bounded by the chunk, whatever the length of the log.
+    """
+    path = Path(path)
+    _check_parquet(path)
+    try:
+        parquet = pq.ParquetFile(path)
+        columns = parquet.schema_arrow.names
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise IngestError(f"{path}: not a readable Parquet file: {exc}") from exc
+    _require(pd.DataFrame(columns=columns), path, ["user_id", "item_id", "timestamp"])
+    first_line = 1
+    try:
+        for batch in parquet.iter_batches(batch_size=batch_rows):
+            frame = _parquet_rows(batch.to_pandas(), path, first_line)
+            first_line += len(frame)
+            yield conform(frame, INTERACTION_COLUMNS)
+    except IngestError:
+        raise
+    except Exception as exc:  # a corrupt row group shows only when it is read
+        raise IngestError(f"{path}: not a readable Parquet file (near row {first_line}): {exc}") from exc
 
 
 def _sniff_separator(path: Path) -> str:
@@ -278,9 +314,15 @@ def _sniff_separator(path: Path) -> str:
     return ","
 
 
-def read_events(events: Path, users: Path | None = None, items: Path | None = None) -> RawTables:
-    inter, bad = read_table(Path(events))
-    _require(inter, Path(events), ["user_id", "item_id", "timestamp"])
+def read_events(events: Path | None, users: Path | None = None, items: Path | None = None) -> RawTables:
+    """The events and attribute tables; ``events=None``: the attribute tables only (no interactions),
+    for a caller that streams the events itself (``parquet_events_in_chunks``)."""
+    inter, bad = (
+        read_table(Path(events))
+        if events
+        else (pd.DataFrame(columns=INTERACTION_COLUMNS), RawTables.empty_malformed())
+    )
+    _require(inter, Path(events or ""), ["user_id", "item_id", "timestamp"])
     malformed = [bad]
     user_rows = pd.DataFrame({"user_id": pd.Series(dtype="string")})
     item_rows = pd.DataFrame({"item_id": pd.Series(dtype="string")})

@@ -266,3 +266,35 @@ def test_a_missing_column_message_lists_only_the_users_columns(tmp_path):
         ingest(SourceConfig(kind="events", path=str(events)), Layout(tmp_path / "home"), "r")
     assert "found ['user', 'item_id', 'timestamp']." in str(failure.value)
     assert "source_file" not in str(failure.value) and "source_line" not in str(failure.value)
+
+
+def test_a_parquet_log_staged_in_chunks_equals_the_whole_file_read(tmp_path, monkeypatch):
+    """Chunked staging keeps every row, its row number across chunk edges, and the quarantine reasons."""
+    import ingestion.ingest as ingest_module
+    from ingestion.readers import read_table
+    from ingestion.schema import INTERACTION_COLUMNS, conform
+
+    events = tmp_path / "events.parquet"
+    pd.DataFrame(
+        {
+            "user_id": ["a", "", "b", "c", "a"],
+            "item_id": ["x", "y", "x", "z", "x"],
+            "timestamp": [1_700_000_000, 1_700_000_001, 1_700_000_002, 99_999_999_999_999, 1_700_000_000],
+        }
+    ).to_parquet(events)
+    monkeypatch.setattr(ingest_module, "STREAM_BATCH_ROWS", 2)  # three chunks, two edges
+    layout = Layout(tmp_path / "home")
+    staging = ingest(SourceConfig(kind="events", path=str(events), name="shop"), layout, "r")
+    staged = pd.read_parquet(staging / "interactions.parquet")
+    whole = conform(read_table(events)[0], INTERACTION_COLUMNS)
+    pd.testing.assert_frame_equal(staged, whole)
+    assert staged["source_line"].tolist() == [1, 2, 3, 4, 5]
+
+    snapshot = validate(staging, ValidationConfig(max_rejected_share=1.0), layout, "shop", now=NOW)
+    quarantine = pd.read_parquet(snapshot.quarantine).set_index("source_line")["reason"].to_dict()
+    assert quarantine == {2: "missing_user_id", 4: "unparseable_timestamp", 5: "duplicate_event"}
+    assert snapshot.quarantine_reasons == {
+        "missing_user_id": 1,
+        "unparseable_timestamp": 1,
+        "duplicate_event": 1,
+    }
