@@ -93,6 +93,7 @@ MEASURES: dict[str, Measures] = {
             "configs/models/bpr.yaml",
         ),
     ),
+    "ann": Measures("bench/bench_ann.py", ("serving/ann.py",)),
     "session": Measures("bench/bench_session.py", ("training/", "configs/models/", "configs/pipeline.yaml")),
 }
 

@@ -258,6 +258,7 @@ def package(
         GateDecision.load(decision),
         run.layout,
         run.cfg.gate.build_bento,
+        ann_min_items=run.cfg.serving.ann_min_items,
     )
     run.index().update_run(run.run_uid, bento_tag=packaged.bento_tag, gate=packaged.to_dict())
     return str(packaged.save(run.run_dir / "package.json"))

@@ -163,6 +163,10 @@ class ServingConfig(_Strict):
     # Default of /recommend's `diversity` (MMR re-ranking, serving.recommender): 0 = relevance order.
     # A value other than 0 is a choice of the accuracy/diversity trade-off: make it on validation data.
     diversity: float = Field(0.0, ge=0.0, le=1.0)
+    # Packaging builds an ANN index (serving.ann) for a model that scores by a dot product when its
+    # catalogue holds at least this many items; the service then retrieves by it instead of scoring
+    # every item. Smaller catalogues are scored exactly (cheap there, and exact).
+    ann_min_items: int = Field(100_000, ge=1)
 
 
 class RunIndexConfig(_Strict):

@@ -24,8 +24,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -38,12 +39,15 @@ from pipeline.artifacts import (
     TrainResult,
     file_lock,
 )
-from pipeline.config import REPO_ROOT
+from pipeline.config import REPO_ROOT, ServingConfig
 from pipeline.layout import Layout
 from pipeline.provenance import code_commit
 from pipeline.run_index import ChampionChanged, RunIndex, now_iso
 from pipeline.schema import DataSchema, load_schema
 from serving.online import ONLINE_FEATURES
+
+if TYPE_CHECKING:
+    from serving.ann import ItemIndex
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,9 @@ BENTO_NAME = "recforge_recommender"
 CHECKSUMS_FILE = "SHA256SUMS"  # sha256 of every file of the stored model, checked before loading
 ARTIFACT_SUBDIR = "artifact"  # the training artifact directory, copied verbatim
 TITLES_FILE = "titles.json"  # item id -> title, for human-readable responses
+ANN_SUBDIR = "ann"  # the ANN index over the model's item vectors (large catalogues, serving.ann)
 RETRIEVER_SUBDIR = "retriever"  # a ranker's first stage: the best retrieval artifact on its split
+DEFAULT_ANN_MIN_ITEMS: int = ServingConfig.model_fields["ann_min_items"].default
 # Source the Bento needs at serve time (the service imports training/ for the model classes).
 BENTO_INCLUDE = [
     "serving/**/*.py",
@@ -224,10 +230,51 @@ def _metadata(
     }
 
 
+def build_ann_index(artifact_dir: Path, min_items: int) -> ItemIndex | None:
+    """The ANN index over the artifact's item vectors when its model scores by a dot product and its
+    catalogue holds at least ``min_items`` items; else None (the service then scores exactly)."""
+    import numpy as np
+    import torch
+
+    from serving.ann import ItemIndex
+    from training.artifact import load_model_artifact
+    from training.models.capabilities import ScoresByDotProduct, can
+
+    artifact = load_model_artifact(artifact_dir)
+    if artifact.n_items < min_items or not can(artifact.module, ScoresByDotProduct):
+        return None
+    artifact.module.eval()
+    with torch.no_grad():
+        table = artifact.module.dot_product_items().detach().float().numpy()
+    # Items the model may not rank (no training interaction) are never candidates: not indexed.
+    untrained = artifact.untrained_items
+    rankable = np.arange(1, artifact.n_items + 1)
+    if untrained is not None:
+        rankable = rankable[~untrained.numpy()[1:]]
+    started = time.perf_counter()
+    index = ItemIndex.build(table, rankable)
+    log.info(
+        "ANN index for %s: %d of %d items x %d dims in %.1f s",
+        artifact.name,
+        len(index.rows),
+        index.n_items,
+        index.dim,
+        time.perf_counter() - started,
+    )
+    return index
+
+
 def save_bento_model(
-    train_result: TrainResult, evaluation: Evaluation, decision: GateDecision, layout: Layout
+    train_result: TrainResult,
+    evaluation: Evaluation,
+    decision: GateDecision,
+    layout: Layout,
+    ann_min_items: int = DEFAULT_ANN_MIN_ITEMS,
 ) -> str:
-    """Copy the artifact into a new BentoML model under ``layout.bentoml_home``; return its tag."""
+    """Copy the artifact into a new BentoML model under ``layout.bentoml_home``; return its tag.
+
+    A model that scores by a dot product over at least ``ann_min_items`` items gets an ANN index
+    (``ANN_SUBDIR``) beside its artifact."""
     import bentoml
     from bentoml._internal.models import ModelStore
 
@@ -247,6 +294,14 @@ def save_bento_model(
         metadata["serving"] = _serving_plan(train_result.model, retriever, _split_dir_of(artifact_dir))
     else:
         metadata["serving"] = {"stages": [{"stage": "full_ranking", "model": train_result.model}]}
+    ann = None if retriever is not None else build_ann_index(artifact_dir, ann_min_items)
+    if ann is not None:
+        metadata["serving"]["ann"] = {
+            "n_items": ann.n_items,
+            "indexed_items": len(ann.rows),
+            "dim": ann.dim,
+            **ann.settings(),
+        }
     labels = {
         "project": "recforge",
         "model": train_result.model,
@@ -269,6 +324,8 @@ def save_bento_model(
         shutil.copytree(artifact_dir, target / ARTIFACT_SUBDIR)
         if retriever is not None:
             shutil.copytree(retriever.artifact_dir, target / RETRIEVER_SUBDIR)
+        if ann is not None:
+            ann.save(target / ANN_SUBDIR)
         (target / TITLES_FILE).write_text(json.dumps(_titles(layout, evaluation.data_version)))
         (target / "recforge.json").write_text(json.dumps(metadata, indent=2, sort_keys=True))
         write_checksums(target)
@@ -432,13 +489,14 @@ def package_model(
     decision: GateDecision,
     layout: Layout,
     build_bento: bool = True,
+    ann_min_items: int = DEFAULT_ANN_MIN_ITEMS,
 ) -> GateDecision:
     """Save the candidate as a BentoML model; when it passed the gate, also build its service Bento.
 
     Returns ``decision`` with ``bento_tag`` (the BentoML *model* tag) and ``bento`` (the built Bento's
     tag, when built). Nothing here changes what any deployment serves: see ``promote_candidate``.
     """
-    model_tag = save_bento_model(train_result, evaluation, decision, layout)
+    model_tag = save_bento_model(train_result, evaluation, decision, layout, ann_min_items)
     log.info("saved %s as BentoML model %s", train_result.model, model_tag)
     if not decision.promoted:
         return dataclasses.replace(decision, bento_tag=model_tag)

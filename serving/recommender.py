@@ -44,6 +44,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from serving.ann import AnnIndexError, ItemIndex
 from serving.request_models import MAX_SESSION_ITEMS
 from training.artifact import (
     DEFAULT_HISTORY_LENGTH,
@@ -59,6 +60,7 @@ from training.models.capabilities import (
     ItemSimilarity,
     RanksCandidates,
     RanksCandidatesFromAttributes,
+    ScoresByDotProduct,
     ScoresFromAttributes,
     ScoresFromHistory,
     can,
@@ -67,6 +69,10 @@ from training.rerank import cosine_similarity, mmr, normalized_rows
 from training.scoring import UNKNOWN_USER, ArtifactScorer, finite_top_k
 
 DEFAULT_CANDIDATES = 200  # retrieval depth of two-stage serving
+# ANN retrieval asks the index for this many times the items wanted, plus the excluded items (they may
+# all be among the nearest): HNSW misses a few true neighbours, and exact re-scoring of a deeper pool
+# recovers the exact top k from it.
+ANN_OVERFETCH, ANN_MIN_FETCH = 4, 100
 EXPLAIN_TOP = 3  # history items named per recommended item
 # Model kinds whose scores depend on the history tensor: a known user without an online history gets
 # the training items as context (unordered for "example" models, but better than an empty history).
@@ -132,6 +138,9 @@ class Recommender:
     titles: dict[str, str] = field(default_factory=dict)
     retriever: Recommender | None = None
     n_candidates: int = DEFAULT_CANDIDATES
+    # Inner-product index over ``dot_product_items()`` (packaged for large catalogues, serving.ann):
+    # full ranking then retrieves by it instead of scoring every item.
+    ann: ItemIndex | None = None
 
     def __post_init__(self) -> None:
         art = self.artifact
@@ -176,6 +185,19 @@ class Recommender:
                 )
             if self.n_candidates < 1:
                 raise ValueError(f"n_candidates must be >= 1, got {self.n_candidates}")
+        self._dot_items: torch.Tensor | None = None  # (n_items + 1, d): exact re-scoring of ANN candidates
+        if self.ann is not None:
+            if not can(module, ScoresByDotProduct):
+                raise ValueError(
+                    f"model {self.name!r} does not score by a dot product: it cannot use an ANN index"
+                )
+            with torch.no_grad():
+                self._dot_items = module.dot_product_items().detach().float().contiguous()
+            if self.ann.n_items != self.n_items or self.ann.dim != self._dot_items.shape[1]:
+                raise AnnIndexError(
+                    f"ANN index of {self.ann.n_items} items x {self.ann.dim} dims does not fit model {self.name!r} "
+                    f"({self.n_items} items x {self._dot_items.shape[1]} dims); repackage the model"
+                )
         self._item_vectors = _item_vectors(art)  # row-normalised (n_items + 1, d) or None
         self._item_similarity = _item_similarity(art)  # (n_items + 1, n_items + 1) or None
         self._attribute_vectors = _attribute_vectors(art)  # (n_items + 1, vocabulary) unit rows or None
@@ -251,6 +273,11 @@ class Recommender:
                 {"stage": "retrieve", "model": self.retriever.name, "candidates": self.n_candidates},
                 {"stage": "rank", "model": self.name, "method": "score_candidates"},
             ]
+        elif self.ann is not None:
+            stages = [
+                {"stage": "ann", "model": self.name, "n_items": self.ann.n_items, **self.ann.settings()},
+                {"stage": "full_ranking", "model": self.name, "used_for": "users scored from attributes"},
+            ]
         else:
             stages = [{"stage": "full_ranking", "model": self.name}]
         first = self.retriever or self
@@ -312,7 +339,14 @@ class Recommender:
         depth = k if diversity == 0.0 else max(DIVERSITY_MIN_CANDIDATES, DIVERSITY_CANDIDATES_PER_K * k)
 
         note: str | None = None
-        if self.retriever is None:
+        ann_strategy = self._ann_strategy(user_idx, hist, user_features) if self.retriever is None else None
+        if ann_strategy is not None:
+            scored = _UserScores(torch.empty(0), ann_strategy)
+            values, indices, fetched = self._ann_top(row, hist, online, exclude_seen, depth)
+            stages = [f"ann:{self.name}@{fetched}"]
+            ranked_by_self = True
+            read_history = self._reads_history(ann_strategy)
+        elif self.retriever is None:
             scored = self._user_scores(user_idx, hist, user_features)
             scores = self._excluded(scored.scores, row, online, exclude_seen)
             values, indices = finite_top_k(scores, depth)
@@ -444,6 +478,49 @@ class Recommender:
         else:
             reason = f"unknown user; model {self.name!r} cannot score from history"
         return _UserScores(self._popularity.clone(), POPULARITY, reason, scored_by_model=False)
+
+    def _ann_strategy(
+        self, user_idx: int | None, hist: list[int], user_features: dict[str, Any] | None
+    ) -> str | None:
+        """The strategy ``_user_scores`` would take when it is one the ANN index serves (the model's own
+        dot product: a known user, or an unknown one from its history), else None (exact scoring)."""
+        if self.ann is None:
+            return None
+        if user_idx is not None:
+            return KNOWN_USER
+        if not (hist and self.uses_history):
+            return None
+        if self.uses_attributes and self.encode_attributes(user_features) is not None:
+            return None  # scored from attributes: not the dot product the index holds
+        return HISTORY
+
+    @torch.no_grad()
+    def _ann_top(
+        self, row: int, hist: list[int], online: list[int], exclude_seen: bool, depth: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Top ``depth`` (values, item rows) by the ANN index, exactly re-scored, exclusions applied;
+        and how many candidates the index was asked for."""
+        assert self.ann is not None and self._dot_items is not None
+        module = self.artifact.module
+        users = torch.tensor([row], dtype=torch.long)
+        query = module.dot_product_queries(users, self.history_tensor(hist))[0].float()
+        excluded = (
+            np.unique(np.concatenate([self.seen_indices(None if row < 0 else row), online]))
+            if exclude_seen
+            else []
+        )
+        fetch = min(self.n_items, max(ANN_MIN_FETCH, ANN_OVERFETCH * depth) + len(excluded))
+        candidates = self.ann.search(query.numpy(), fetch)
+        if len(excluded):
+            candidates = candidates[~np.isin(candidates, excluded)]
+        pool = torch.from_numpy(candidates)
+        scores = self._dot_items[pool] @ query
+        scores = scores.masked_fill(torch.isnan(scores), -torch.inf)
+        untrained = self.artifact.untrained_items  # the rule of exact scoring, kept for any index given
+        if untrained is not None:
+            scores = scores.masked_fill(untrained[pool], -torch.inf)
+        values, order = finite_top_k(scores, depth)
+        return values, pool[order], fetch
 
     def _reads_history(self, strategy: str) -> bool:
         """Whether this model's scores of a user represented by ``strategy`` depend on the history."""
@@ -634,10 +711,12 @@ def load_recommender(
     titles_path: Path | None = None,
     retriever_dir: Path | None = None,
     n_candidates: int = DEFAULT_CANDIDATES,
+    ann_dir: Path | None = None,
 ) -> Recommender:
     """Load an artifact directory into a ready :class:`Recommender` (done once per server process).
 
-    ``retriever_dir`` (a ranker's packaged retriever artifact, if any) becomes the first stage.
+    ``retriever_dir`` (a ranker's packaged retriever artifact, if any) becomes the first stage;
+    ``ann_dir`` (the packaged ANN index, if packaging built one) serves full ranking.
     """
     artifact = load_model_artifact(artifact_dir)
     titles = load_titles(titles_path) if titles_path is not None else {}
@@ -649,12 +728,16 @@ def load_recommender(
             history_length=retrieval_artifact.history_length or DEFAULT_HISTORY_LENGTH,
             titles=titles,
         )
+    ann = None
+    if ann_dir is not None and Path(ann_dir).is_dir():
+        ann = ItemIndex.load(Path(ann_dir), n_items=artifact.n_items)
     return Recommender(
         artifact,
         history_length=artifact.history_length or DEFAULT_HISTORY_LENGTH,
         titles=titles,
         retriever=retriever,
         n_candidates=n_candidates,
+        ann=ann,
     )
 
 

@@ -97,7 +97,7 @@ from pipeline.run_index import RunIndex, index_url, now_iso
 from pipeline.schema import DataSchema, resolve_schema
 from serving.http_safety import ServingSafety, clip, rows_invalid
 from serving.online import ONLINE_FEATURES, OnlineHistory
-from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, TITLES_FILE, verify_checksums
+from serving.package import ANN_SUBDIR, ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, TITLES_FILE, verify_checksums
 from serving.request_models import (
     EVENT_EXAMPLE,
     EVENTS_RESPONSE_EXAMPLE,
@@ -277,6 +277,7 @@ def load_live_model(
         path / TITLES_FILE,
         retriever_dir=path / RETRIEVER_SUBDIR,
         n_candidates=int(os.environ.get("RECFORGE_CANDIDATES", "200")),
+        ann_dir=path / ANN_SUBDIR,
     )
     online = OnlineHistory(namespace, home=home)
     reachable, detail = online.health()  # connect now, not on the first request

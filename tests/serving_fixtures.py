@@ -85,7 +85,9 @@ def build_serving_home(
     n_items: int = 60,
     per_user: int = 12,
     build_bento: bool = False,
+    ann_min_items: int | None = None,
 ) -> ServingHome:
+    """``ann_min_items``: packaging's ANN threshold (None: the pipeline default)."""
     layout = Layout(Path(home).resolve())
     snapshot, feature_set, events = _write_home_data(layout, n_users, n_items, per_user)
 
@@ -128,7 +130,8 @@ def build_serving_home(
         protocol="leave_last_out",
         data_version=snapshot.data_version,
     )
-    decision = package_model(train_result, evaluation, passed(model), layout, build_bento=build_bento)
+    ann = {} if ann_min_items is None else {"ann_min_items": ann_min_items}
+    decision = package_model(train_result, evaluation, passed(model), layout, build_bento=build_bento, **ann)
     publish(layout, decision, feature_set.namespace, snapshot.data_version, run_dir)
     return ServingHome(layout, decision, known, new_users, item_ids, seen, history)
 

@@ -30,6 +30,7 @@ from training.models.capabilities import (
     NeedsTrainMatrix,
     PointwiseMetrics,
     RanksCandidates,
+    ScoresByDotProduct,
     ScoresColdItems,
     ScoresFromAttributes,
     ScoresFromHistory,
@@ -277,3 +278,15 @@ def test_every_model_declares_at_least_the_contract_it_is_served_by() -> None:
         assert ScoresFromHistory in MODELS[name].capabilities  # the service scores their cold users
     for name in declaring(UsesAttributes):
         assert EmbedsItems in MODELS[name].capabilities
+
+
+@pytest.mark.parametrize("name", declaring(ScoresByDotProduct))
+def test_scores_by_dot_product(name: str, split) -> None:
+    """Queries times items reproduce full_sort_predict for known and unknown (history) users."""
+    module = built(name, split)
+    users, history = torch.tensor([0, 3, -1]), _history([1, 5, 9], [2], [4, 7])
+    with torch.no_grad():
+        expected = module.full_sort_predict(users, history)[:, 1:]
+        queries, items = module.dot_product_queries(users, history), module.dot_product_items()
+    assert items.shape[0] == SplitIndex.load(split).n_items + 1 and queries.shape[1] == items.shape[1]
+    torch.testing.assert_close(queries @ items[1:].T, expected, rtol=1e-4, atol=1e-5)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 
 from training.models.base import RecommenderModule, bpr_loss, fold_in_users, latent_factor_tables
-from training.models.capabilities import EmbedsItems, ScoresFromHistory
+from training.models.capabilities import EmbedsItems, ScoresByDotProduct, ScoresFromHistory
 
 
-class BPR(RecommenderModule, ScoresFromHistory, EmbedsItems):
+class BPR(RecommenderModule, ScoresFromHistory, EmbedsItems, ScoresByDotProduct):
     def __init__(
         self,
         n_users: int,
@@ -41,3 +41,9 @@ class BPR(RecommenderModule, ScoresFromHistory, EmbedsItems):
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         return self.user_vectors(users, history) @ self.item_embedding.weight.T
+
+    def dot_product_queries(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return self.user_vectors(users, history)
+
+    def dot_product_items(self) -> torch.Tensor:
+        return self.item_embedding.weight

@@ -18,6 +18,7 @@ documents it); the model implements the methods.
 | ``Explains`` | ``explain(users, history, candidates, top)``: the history items behind each score | service |
 | ``EmbedsItems`` | ``item_embeddings() -> (n_items + 1, d)`` | service (``/similar_items``) |
 | ``EmbedsNewItems`` | ``item_embeddings_from_attributes(codes, numbers) -> (B, d)``, in the space of ``item_embeddings()``, for items outside the catalogue | service (``/similar_items`` with ``item_features``) |
+| ``ScoresByDotProduct`` | ``full_sort_predict(users, history) == dot_product_queries(users, history) @ dot_product_items().T`` (an item bias is a column of the items with a 1 in the queries) | packager, service (ANN index for large catalogues) |
 | ``ItemSimilarity`` | a ``similarity`` buffer (n_items + 1, n_items + 1) | service (``/similar_items``) |
 | ``NeedsTrainMatrix`` | ``set_train_matrix(csr)`` before training/scoring | trainer |
 | ``UsesKnowledgeGraph`` | constructor argument ``knowledge_graph`` (``training.knowledge_graph.KnowledgeGraph``, None = no graph) | trainer, artifact loader |
@@ -97,6 +98,23 @@ class EmbedsNewItems(EmbedsItems):
         raise NotImplementedError
 
 
+class ScoresByDotProduct(Capability):
+    """Scores a user as the dot product of one query vector with each item's vector, so an inner-product
+    index over ``dot_product_items()`` retrieves its top items without scoring the whole catalogue.
+
+    ``dot_product_queries(users, history) -> (B, d)`` and ``dot_product_items() -> (n_items + 1, d)``
+    (row 0 = padding) reproduce ``full_sort_predict(users, history)`` as their product (up to float
+    rounding), every term included: an item bias is one more item column, matched by a 1 in the query;
+    a temperature divides the query.
+    """
+
+    def dot_product_queries(self, users: Any, history: Any) -> Any:
+        raise NotImplementedError
+
+    def dot_product_items(self) -> Any:
+        raise NotImplementedError
+
+
 class ItemSimilarity(Capability):
     """Keeps an item x item similarity matrix (``similarity``, (n_items + 1, n_items + 1))."""
 
@@ -131,6 +149,7 @@ ALL: tuple[type[Capability], ...] = (
     Explains,
     EmbedsItems,
     EmbedsNewItems,
+    ScoresByDotProduct,
     ItemSimilarity,
     NeedsTrainMatrix,
     UsesKnowledgeGraph,

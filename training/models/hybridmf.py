@@ -35,6 +35,7 @@ from training.models.base import RecommenderModule, item_train_counts, latent_fa
 from training.models.capabilities import (
     EmbedsNewItems,
     NeedsTrainMatrix,
+    ScoresByDotProduct,
     ScoresColdItems,
     ScoresFromAttributes,
     ScoresFromHistory,
@@ -50,6 +51,7 @@ class HybridMF(
     ScoresFromAttributes,
     EmbedsNewItems,
     NeedsTrainMatrix,
+    ScoresByDotProduct,
 ):
     def __init__(
         self,
@@ -157,3 +159,17 @@ class HybridMF(
         (``Attributes.users.encode``: codes (B, W), numbers (B, N)) and optional history (B, L)."""
         vectors = self.user_attributes.vectors(codes.long(), numbers.float()).sum(-2)
         return self._score(vectors + self._history_mean(history))
+
+    # ---- retrieval by an inner-product index (additive: the scoring above is unchanged) -----------
+    def dot_product_queries(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """``full_sort_predict``'s user vectors with a trailing 1, which picks up the item bias column."""
+        vectors = self._users(users)
+        unknown = (users < 0) | (users >= self.n_users)
+        if bool(unknown.any()):
+            vectors = vectors + self._history_mean(history) * unknown.unsqueeze(1)
+        return torch.cat([vectors, torch.ones_like(vectors[:, :1])], dim=1)
+
+    def dot_product_items(self) -> torch.Tensor:
+        """(n_items + 1, d + 1): the item vectors and, as the last column, the item biases."""
+        vectors, bias = self.eval_cache("catalogue", self._catalogue)
+        return torch.cat([vectors, bias.unsqueeze(1)], dim=1)

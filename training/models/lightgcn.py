@@ -31,7 +31,12 @@ import scipy.sparse as sp
 import torch
 
 from training.models.base import RecommenderModule, bpr_loss, fold_in_users, latent_factor_tables
-from training.models.capabilities import EmbedsItems, NeedsTrainMatrix, ScoresFromHistory
+from training.models.capabilities import (
+    EmbedsItems,
+    NeedsTrainMatrix,
+    ScoresByDotProduct,
+    ScoresFromHistory,
+)
 
 
 def normalized_adjacency(train: sp.csr_matrix) -> torch.Tensor:
@@ -65,7 +70,7 @@ class _SymmetricSpMM(torch.autograd.Function):
         return None, torch.sparse.mm(ctx.adjacency, grad.contiguous())
 
 
-class LightGCN(RecommenderModule, ScoresFromHistory, EmbedsItems, NeedsTrainMatrix):
+class LightGCN(RecommenderModule, ScoresFromHistory, EmbedsItems, NeedsTrainMatrix, ScoresByDotProduct):
     def __init__(
         self,
         n_users: int,
@@ -142,4 +147,11 @@ class LightGCN(RecommenderModule, ScoresFromHistory, EmbedsItems, NeedsTrainMatr
 
     def item_embeddings(self) -> torch.Tensor:
         """Propagated item vectors (the service's similar-items path)."""
+        return self.final_embeddings()[1]
+
+    def dot_product_queries(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        user_emb, item_emb = self.final_embeddings()
+        return fold_in_users(user_emb, item_emb, users, history)
+
+    def dot_product_items(self) -> torch.Tensor:
         return self.final_embeddings()[1]

@@ -45,6 +45,7 @@ from training.models.base import RecommenderModule, item_train_counts
 from training.models.capabilities import (
     EmbedsNewItems,
     NeedsTrainMatrix,
+    ScoresByDotProduct,
     ScoresColdItems,
     ScoresFromAttributes,
     ScoresFromHistory,
@@ -76,6 +77,7 @@ class TwoTower(
     ScoresFromAttributes,
     EmbedsNewItems,
     NeedsTrainMatrix,
+    ScoresByDotProduct,
 ):
     def __init__(
         self,
@@ -228,3 +230,12 @@ class TwoTower(
 
     def _score_all(self, user_vectors: torch.Tensor) -> torch.Tensor:
         return user_vectors @ self.eval_cache("item_embeddings", self.item_embeddings).T / self.temperature
+
+    # ---- retrieval by an inner-product index (additive: the scoring above is unchanged) -----------
+    def dot_product_queries(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        """``full_sort_predict``'s user vectors, the temperature folded in."""
+        rows = self._known_users(users)
+        return self._user_vectors(rows, self.user_attributes(rows), history) / self.temperature
+
+    def dot_product_items(self) -> torch.Tensor:
+        return self.eval_cache("item_embeddings", self.item_embeddings)
