@@ -152,6 +152,13 @@ class ServingConfig(_Strict):
     # Default of /recommend's `diversity` (MMR re-ranking, serving.recommender): 0 = relevance order.
     # A value other than 0 is a choice of the accuracy/diversity trade-off: make it on validation data.
     diversity: float = Field(0.0, ge=0.0, le=1.0)
+    # Worker processes of `bentoml serve` (each holds its own model copy and event loop; the
+    # environment variable RECFORGE_SERVE_WORKERS wins). More workers than cores only add contention.
+    workers: int = Field(1, ge=1, le=64)
+    # OpenTelemetry spans for the API endpoints. Off: BentoML's tracing middleware skips them (it
+    # costs more CPU per request than scoring does, docs/serving-performance.md) and no traces are
+    # collected anyway unless BentoML's tracing exporter and sample rate are configured.
+    trace_requests: bool = False
 
 
 class RunIndexConfig(_Strict):

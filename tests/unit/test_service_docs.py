@@ -117,3 +117,26 @@ def test_recommend_request_bounds_the_session_and_the_diversity(tmp_path: Path) 
     assert checked["blank_item"][0]["field"].startswith("session")
     assert checked["diversity"][0]["field"] == "diversity"
     assert checked["diversity_text"][0]["field"] == "diversity"
+
+
+SERVER_OPTIONS = """
+import json
+import serving.service as service
+from serving import server_options
+print(json.dumps({
+    "routes": service.API_PATHS,
+    "declared": list(server_options.API_PATHS),
+    "config": service.Recommender.config,
+}))
+"""
+
+
+def test_the_untraced_paths_are_the_service_endpoints_and_reach_bentoml(tmp_path: Path) -> None:
+    # server_options names the endpoints before the class exists: a new endpoint must be added there.
+    out = _in_service(tmp_path / "home", SERVER_OPTIONS)
+    assert sorted(out["routes"]) == sorted(out["declared"])
+    excluded = out["config"]["tracing"]["excluded_urls"]
+    assert len(excluded) == len(out["routes"]) and all(
+        p.rstrip("$").replace("\\", "") in out["routes"] for p in excluded
+    )
+    assert out["config"]["workers"] == 1
