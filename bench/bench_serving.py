@@ -303,7 +303,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--omp", nargs="+", default=["PASSIVE"], help="OMP_WAIT_POLICY values to compare")
     parser.add_argument(
-        "--workers", type=int, nargs="+", default=[1], help="server worker processes to compare"
+        "--workers", type=int, nargs="+", default=[1, 2], help="server worker processes to compare"
     )
     parser.add_argument(
         "--trace-requests",

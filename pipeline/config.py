@@ -155,9 +155,9 @@ class ServingConfig(_Strict):
     # Worker processes of `bentoml serve` (each holds its own model copy and event loop; the
     # environment variable RECFORGE_SERVE_WORKERS wins). More workers than cores only add contention.
     workers: int = Field(1, ge=1, le=64)
-    # OpenTelemetry spans for the API endpoints. Off: BentoML's tracing middleware skips them (it
-    # costs more CPU per request than scoring does, docs/serving-performance.md) and no traces are
-    # collected anyway unless BentoML's tracing exporter and sample rate are configured.
+    # OpenTelemetry spans for the API endpoints. Off: BentoML's tracing middleware skips them (it is
+    # a large share of a worker's event-loop work per request, docs/serving-performance.md); no
+    # traces are collected anyway unless BentoML's tracing exporter and sample rate are configured.
     trace_requests: bool = False
 
 

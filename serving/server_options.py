@@ -8,7 +8,7 @@ decorator. Both are ``serving`` settings of the pipeline config, overridden by t
   clients (docs/serving-performance.md), so throughput grows with workers up to the free cores.
 - ``serving.trace_requests`` / ``RECFORGE_TRACE_REQUESTS``: OpenTelemetry spans for the API endpoints.
   Off (the default), BentoML's tracing middleware skips them: it builds a span and its attributes on
-  every request even when no exporter collects them, at more CPU than the model's scoring.
+  every request even when no exporter collects them, a large share of the event loop's work per request.
 """
 
 from __future__ import annotations
