@@ -229,6 +229,11 @@ def service_stages(layout: Layout, users: list[str], n: int = 200) -> dict[str, 
         BENTOML_HOME=str(layout.bentoml_home),
         RECFORGE_LOG_SERVED="0",  # never write bench records into a real home's served log
     )
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    # A --demo home was built in this process: BentoML's store may already point elsewhere.
+    BentoMLContainer.model_store.set(ModelStore(layout.bentoml_home / "models"))
     import serving.service as service
     from serving.served_log import ServedLog
 
