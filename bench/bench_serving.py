@@ -2,12 +2,14 @@
 
 Every request does what production does: a Feast online read of the user's history, the model's
 full-catalogue scores, exclusion of seen items and a top-k. We report client-observed p50/p99 latency
-and requests/s at 1 and 8 concurrent clients (a bounded number of requests each), plus an in-process
-breakdown (Feast read vs. scoring) so a regression can be placed.
+and requests/s at 1, 8 and 16 concurrent clients (a bounded number of requests each), plus an in-process
+breakdown (Feast read, scoring, served-answer log, response encoding, the whole service method) so a
+regression can be placed (docs/serving-performance.md).
 
     RECFORGE_HOME=.recforge .venv/bin/python bench/bench_serving.py            # deployment "default"'s champion
     .venv/bin/python bench/bench_serving.py --demo sasrec                      # synthetic ML-100K-sized home
     .venv/bin/python bench/bench_serving.py --demo din --out /tmp/b            # DIN ranker + TwoTower retriever
+    .venv/bin/python bench/bench_serving.py --demo sasrec --workers 1 2 --trace-requests on off --served-log on
 
 Writes ``bench/results/serving.json`` and ``bench/results/serving.md``. Loopback only; the client shares
 the machine's cores with the server, so numbers are a floor on what a separate client would see.
@@ -190,6 +192,7 @@ def breakdown(
         "feast_read_p99_ms": round(_pct(feast_ms, 99), 3),
         "score_topk_p50_ms": round(_pct(score_ms, 50), 3),
         "score_topk_p99_ms": round(_pct(score_ms, 99), 3),
+        **service_stages(layout, users, n),
     }
     if rec.wants_attributes("bench-cold-user"):
         cold_users = [u for u in cold_users or [] if u not in rec.user_index] or ["bench-cold-user"]
@@ -214,6 +217,83 @@ def breakdown(
     return result
 
 
+def service_stages(layout: Layout, users: list[str], n: int = 200) -> dict[str, Any]:
+    """In-process cost of what ``Recommender.recommend`` adds around the model, and of the whole method.
+
+    The service class is instantiated without HTTP (``Recommender.inner()``: the same model, Feast
+    reader and code path as a worker); the served-answer log goes to a temporary directory. What the
+    HTTP numbers add on top of ``service_method_p50_ms`` + ``response_json_p50_ms`` is BentoML's and
+    uvicorn's (request parsing, middleware, response writing) plus the loopback client.
+    """
+    os.environ.update(
+        BENTOML_HOME=str(layout.bentoml_home),
+        RECFORGE_LOG_SERVED="0",  # never write bench records into a real home's served log
+    )
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    # A --demo home was built in this process: BentoML's store may already point elsewhere.
+    BentoMLContainer.model_store.set(ModelStore(layout.bentoml_home / "models"))
+    import serving.service as service
+    from serving.served_log import ServedLog
+
+    svc = service.Recommender.inner()
+    live = svc.live
+    served = ServedLog(Path(tempfile.mkdtemp(prefix="recforge-bench-served-")), flush_s=3600)
+    spans: dict[str, list[float]] = {"served_log_record": [], "response_model": [], "response_json": []}
+    method_ms = []
+    for i in range(n):
+        user = users[i % len(users)]
+        result = live.rec.recommend(user, live.online.recent_items(user), 10, exclude_seen=True)
+        t0 = time.perf_counter()
+        served.record(
+            request_id=service.new_request_id(),
+            served_at=service.served_now(),
+            user_id=user,
+            items=[item.item_id for item in result.items],
+            scores=[float(item.score) for item in result.items],
+            k=10,
+            strategy=result.strategy,
+            fallback=result.fallback,
+            history_used=result.history_used,
+            model_tag=live.tag,
+            deployment=service.TARGET.deployment,
+        )
+        t1 = time.perf_counter()
+        response = service.RecommendResponse(
+            request_id="bench",
+            user_id=user,
+            items=service._items(result.items),
+            model=live.rec.name,
+            model_tag=live.tag,
+            deployment=service.TARGET.deployment,
+            fallback=result.fallback,
+            strategy=result.strategy,
+            stages=result.stages,
+            history_used=result.history_used,
+        )
+        t2 = time.perf_counter()
+        response.model_dump_json()
+        t3 = time.perf_counter()
+        svc.recommend(user_id=user, k=10)
+        t4 = time.perf_counter()
+        for name, start, end in (
+            ("served_log_record", t0, t1),
+            ("response_model", t1, t2),
+            ("response_json", t2, t3),
+        ):
+            spans[name].append((end - start) * 1000)
+        method_ms.append((t4 - t3) * 1000)
+    served.close()
+    svc._stop_following()
+    out = {f"{name}_p50_ms": round(_pct(ms, 50), 3) for name, ms in spans.items()}
+    out.update(
+        service_method_p50_ms=round(_pct(method_ms, 50), 3),
+        service_method_p99_ms=round(_pct(method_ms, 99), 3),
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -224,11 +304,18 @@ def main() -> None:
     parser.add_argument("--demo-users", type=int, default=943)
     parser.add_argument("--demo-items", type=int, default=1682)
     parser.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--omp", nargs="+", default=["PASSIVE"], help="OMP_WAIT_POLICY values to compare")
     parser.add_argument(
-        "--workers", type=int, nargs="+", default=[1], help="server worker processes to compare"
+        "--workers", type=int, nargs="+", default=[1, 2], help="server worker processes to compare"
+    )
+    parser.add_argument(
+        "--trace-requests",
+        nargs="+",
+        default=["off"],
+        choices=["on", "off"],
+        help="OpenTelemetry spans for the API endpoints (serving.trace_requests): compare the overhead",
     )
     parser.add_argument(
         "--served-log",
@@ -282,16 +369,24 @@ def main() -> None:
     item_ids = json.loads((model_dir / ARTIFACT_SUBDIR / "item_ids.json").read_text())
     runs = []
     events = None
+    load_at_start = round(os.getloadavg()[0], 2)
     # Server configurations measured in turn (repeat them, e.g. --served-log on off on off, to see the
     # spread): slow drifts of the shared machine then do not land on one side of a comparison.
-    configurations = [(w, p, s) for w in args.workers for p in args.omp for s in args.served_log]
-    for position, (workers, policy, logged) in enumerate(configurations):
+    configurations = [
+        (w, p, s, t)
+        for w in args.workers
+        for p in args.omp
+        for s in args.served_log
+        for t in args.trace_requests
+    ]
+    for position, (workers, policy, logged, traced) in enumerate(configurations):
         log_path = Path(tempfile.mkdtemp(prefix="recforge-bench-log-")) / "bentoml.log"
         env = {
             "OMP_WAIT_POLICY": policy,
             "RECFORGE_SERVE_WORKERS": str(workers),
             "RECFORGE_DEPLOYMENT": args.deployment,
             "RECFORGE_LOG_SERVED": "1" if logged == "on" else "0",
+            "RECFORGE_TRACE_REQUESTS": traced,
         }
         with serve(layout, log_path, env=env) as server:  # `bentoml serve`, own process group
             started = time.perf_counter()
@@ -299,12 +394,15 @@ def main() -> None:
             startup_s = time.perf_counter() - started
             run_load(server.url, users, 1, 30, args.k)  # warm-up: first calls, registry cache
             for kind, c in ((kind, c) for kind in args.request for c in args.concurrency):
+                load_before = os.getloadavg()[0]
                 result = run_load(server.url, users, c, args.requests, args.k, kind, item_ids)
                 result.update(
                     omp_wait_policy=policy,
                     workers=workers,
                     served_log=logged,
+                    trace_requests=traced,
                     startup_s=round(startup_s, 1),
+                    loadavg_1m=[round(load_before, 2), round(os.getloadavg()[0], 2)],
                 )
                 print(json.dumps(result), flush=True)
                 runs.append(result)
@@ -322,6 +420,7 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
+            "loadavg_1m_at_start": load_at_start,
             "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
         },
         "model": champion.model,
@@ -365,13 +464,15 @@ def _markdown(report: dict) -> str:
         "Request kinds: `user` = a known user; `session` = an anonymous visitor's session of "
         f"{SESSION_LENGTH} items; `diversity` = a known user with diversity {DIVERSITY} (MMR re-ranking).",
         "",
-        "| request | workers | OMP_WAIT_POLICY | served log | clients | requests | errors | p50 ms | p90 ms | p99 ms | req/s |",
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| request | workers | OMP_WAIT_POLICY | served log | traced | clients | requests | errors | p50 ms | p90 ms | p99 ms | req/s | load avg before/after |",
+        "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["runs"]:
+        load = "/".join(str(x) for x in r.get("loadavg_1m", [])) or "-"
         lines.append(
-            f"| {r.get('request', 'user')} | {r['workers']} | {r['omp_wait_policy']} | {r.get('served_log', 'on')} | {r['concurrency']} | "
-            f"{r['requests']} | {r['errors']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['rps']} |"
+            f"| {r.get('request', 'user')} | {r['workers']} | {r['omp_wait_policy']} | {r.get('served_log', 'on')} | "
+            f"{r.get('trace_requests', 'on')} | {r['concurrency']} | "
+            f"{r['requests']} | {r['errors']} | {r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['rps']} | {load} |"
         )
     settings = sorted({r.get("served_log", "on") for r in report["runs"]})
     if len(settings) > 1:
@@ -413,6 +514,15 @@ def _markdown(report: dict) -> str:
         f"{b['score_topk_p50_ms']} ms / p99 {b['score_topk_p99_ms']} ms.",
         "",
     ]
+    if "service_method_p50_ms" in b:
+        lines += [
+            "Around the model, in-process (p50): served-answer log record "
+            f"{b['served_log_record_p50_ms']} ms, response model {b['response_model_p50_ms']} ms, response "
+            f"JSON {b['response_json_p50_ms']} ms; the whole `Recommender.recommend` method p50 "
+            f"{b['service_method_p50_ms']} ms / p99 {b['service_method_p99_ms']} ms. The rest of an HTTP "
+            "request's latency is BentoML's, uvicorn's and the loopback client's (docs/serving-performance.md).",
+            "",
+        ]
     if "cold_score_topk_p50_ms" in b:
         lines += [
             f"Cold users ({', '.join(b['cold_strategies'])}): Feast history + profile reads p50 "

@@ -167,6 +167,13 @@ class ServingConfig(_Strict):
     # catalogue holds at least this many items; the service then retrieves by it instead of scoring
     # every item. Smaller catalogues are scored exactly (cheap there, and exact).
     ann_min_items: int = Field(100_000, ge=1)
+    # Worker processes of `bentoml serve` (each holds its own model copy and event loop; the
+    # environment variable RECFORGE_SERVE_WORKERS wins). More workers than cores only add contention.
+    workers: int = Field(1, ge=1, le=64)
+    # OpenTelemetry spans for the API endpoints. Off: BentoML's tracing middleware skips them (it is
+    # a large share of a worker's event-loop work per request, docs/serving-performance.md); no
+    # traces are collected anyway unless BentoML's tracing exporter and sample rate are configured.
+    trace_requests: bool = False
 
 
 class RunIndexConfig(_Strict):

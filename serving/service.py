@@ -109,6 +109,7 @@ from serving.request_models import (
     attribute_model,
 )
 from serving.served_log import ServedLog, logging_enabled, new_request_id, served_now, served_store
+from serving.server_options import serve_workers, tracing_settings
 
 if TYPE_CHECKING:
     from serving.recommender import Recommender as Model
@@ -731,11 +732,12 @@ metadata_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     name="recforge_recommender",
     description="recforge recommender: a deployment's champion model, with Feast online history",
     traffic={"timeout": 10},
-    # One worker (process) by default: 2 shared cores here, and each worker holds its own model copy.
-    workers=int(os.environ.get("RECFORGE_SERVE_WORKERS", "1")),
+    # One worker (process) by default: each worker holds its own model copy (docs/serving-performance.md).
+    workers=serve_workers(TARGET.serving),
     threads=4,
     resources={"cpu": "1"},
     logging={"access": {"enabled": False}},
+    tracing=tracing_settings(TARGET.serving),
 )
 @bentoml.asgi_app(metadata_app, path="/")
 class Recommender:
@@ -1045,9 +1047,10 @@ def _attributes(
     return merged, source
 
 
+API_PATHS = [api.route for api in Recommender.apis.values()]
 Recommender.add_asgi_middleware(
     ServingSafety,
-    api_paths=[api.route for api in Recommender.apis.values()],
+    api_paths=API_PATHS,
     health=_health_probe,
     health_schema=HEALTH_SCHEMA,
     info=api_info(MODEL_TAG, TARGET.deployment),

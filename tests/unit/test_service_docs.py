@@ -117,3 +117,34 @@ def test_recommend_request_bounds_the_session_and_the_diversity(tmp_path: Path) 
     assert checked["blank_item"][0]["field"].startswith("session")
     assert checked["diversity"][0]["field"] == "diversity"
     assert checked["diversity_text"][0]["field"] == "diversity"
+
+
+SERVER_OPTIONS = """
+import json
+import serving.service as service
+from serving import server_options
+print(json.dumps({
+    "routes": service.API_PATHS,
+    "declared": list(server_options.API_PATHS),
+    "config": service.Recommender.config,
+}))
+"""
+
+
+def test_the_untraced_paths_are_the_service_endpoints_and_reach_bentoml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # server_options names the endpoints before the class exists: a new endpoint must be added there.
+    monkeypatch.delenv("RECFORGE_SERVE_WORKERS", raising=False)
+    monkeypatch.delenv("RECFORGE_TRACE_REQUESTS", raising=False)
+    out = _in_service(tmp_path / "home", SERVER_OPTIONS)
+    assert sorted(out["routes"]) == sorted(out["declared"])
+    excluded = out["config"]["tracing"]["excluded_urls"]
+    assert sorted(p.rstrip("$").replace("\\", "") for p in excluded) == sorted(out["routes"])
+    assert out["config"]["workers"] == 1  # configs/pipeline.yaml serving.workers
+
+    monkeypatch.setenv("RECFORGE_SERVE_WORKERS", "2")
+    monkeypatch.setenv("RECFORGE_TRACE_REQUESTS", "1")
+    out = _in_service(tmp_path / "home", SERVER_OPTIONS)
+    assert out["config"]["workers"] == 2
+    assert not out["config"].get("tracing", {}).get("excluded_urls")
