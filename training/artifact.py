@@ -73,7 +73,8 @@ class ModelArtifact:
     def score(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         """Full-catalogue scores (B, n_items + 1); column 0 (padding) and items the model never trained
         on (unless it scores them from attributes) are -inf."""
-        self.module.eval()
+        if self.module.training:  # eval() clears the module's per-catalogue cache: only when needed
+            self.module.eval()
         scores = self.module.full_sort_predict(users, history).float()
         if self.untrained_items is not None:
             scores.masked_fill_(self.untrained_items, -torch.inf)

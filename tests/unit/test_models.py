@@ -322,3 +322,36 @@ def test_lightning_logs_at_its_levels_and_one_line_per_epoch(
     assert [(len(logging.getLogger(n).handlers), len(logging.getLogger(n).filters)) for n in names] == before
     assert not [h for n in names for h in logging.getLogger(n).handlers if type(h) is logging.StreamHandler]
     assert all(logging.getLogger(name).propagate for name in names)
+
+
+def test_scoring_an_artifact_keeps_the_per_catalogue_cache_between_calls() -> None:
+    """The service scores one user per request: per-catalogue work (item towers) must not be redone."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from training.artifact import ModelArtifact
+    from training.models.base import RecommenderModule
+
+    class Counting(RecommenderModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.item_vectors = torch.nn.Parameter(torch.randn(4, 2))
+            self.computed = 0
+
+        def _items(self) -> torch.Tensor:
+            self.computed += 1
+            return self.item_vectors * 1.0
+
+        def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+            return torch.ones(users.shape[0], 2) @ self.eval_cache("items", self._items).T
+
+    module = Counting()
+    artifact = ModelArtifact(
+        "bpr", module, ["a", "b", "c"], ["u"], np.ones(4), sp.csr_matrix((1, 4)), history_length=2
+    )
+    first = artifact.score(torch.tensor([0]), torch.zeros(1, 2, dtype=torch.long))
+    second = artifact.score(torch.tensor([0]), torch.zeros(1, 2, dtype=torch.long))
+    assert torch.equal(first, second) and module.computed == 1
+    module.train()
+    artifact.score(torch.tensor([0]), torch.zeros(1, 2, dtype=torch.long))
+    assert module.computed == 2 and not module.training  # a module left in train mode is switched
