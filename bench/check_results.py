@@ -154,7 +154,9 @@ def git(repo: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def changes_since(repo: Path, sha: str, paths: list[str]) -> dict[str, list[str]]:
     """Each commit after ``sha`` that touched ``paths`` -> the files of ``paths`` it touched."""
     # Merges are left out: what a merge brings in is the commits it merges, each listed on its own.
-    log = git(repo, "log", "--no-merges", "--format=%x00%H", "--name-only", f"{sha}..HEAD", "--", *paths).stdout
+    log = git(
+        repo, "log", "--no-merges", "--format=%x00%H", "--name-only", f"{sha}..HEAD", "--", *paths
+    ).stdout
     changes: dict[str, list[str]] = {}
     for block in log.split("\0")[1:]:
         commit, *files = block.split()
