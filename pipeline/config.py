@@ -404,28 +404,32 @@ def load_model_params(model: str, overrides: dict[str, Any] | None = None) -> di
     return params
 
 
+def _search_mapping(model: str, key: str, shape: str) -> dict[str, Any] | None:
+    """The ``key:`` mapping of the model's YAML (None when absent); ``shape`` tells what it must hold."""
+    value = _model_yaml(model).get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ValueError(f"configs/models/{model}.yaml: {key} must be a non-empty mapping {shape}")
+    return {str(name): spec for name, spec in value.items()}
+
+
 def load_tuning_grid(model: str) -> dict[str, list[Any]] | None:
     """The ``tuning_grid:`` mapping (hyperparameter -> list of values) of the model's YAML, if any."""
-    grid = _model_yaml(model).get(TUNING_GRID_KEY)
-    if grid is None:
-        return None
-    if not isinstance(grid, dict) or not grid:
-        raise ValueError(
-            f"configs/models/{model}.yaml: {TUNING_GRID_KEY} must be a non-empty mapping "
-            "hyperparameter -> list of values, e.g. {lr: [0.001, 0.002], embedding_size: [32, 64]}"
-        )
-    return {str(key): list(value) if isinstance(value, list) else [value] for key, value in grid.items()}
+    grid = _search_mapping(
+        model,
+        TUNING_GRID_KEY,
+        "hyperparameter -> list of values, e.g. {lr: [0.001, 0.002], embedding_size: [32, 64]}",
+    )
+    return None if grid is None else {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
 
 
 def load_search_space(model: str) -> dict[str, Any] | None:
     """The ``search_space:`` mapping of the model's YAML (hyperparameter -> list of values or
     ``{low, high[, log, step]}``), the space of the TPE search; None when it declares none."""
-    space = _model_yaml(model).get(SEARCH_SPACE_KEY)
-    if space is None:
-        return None
-    if not isinstance(space, dict) or not space:
-        raise ValueError(
-            f"configs/models/{model}.yaml: {SEARCH_SPACE_KEY} must be a non-empty mapping hyperparameter -> "
-            "list of values or {low, high[, log, step]}, e.g. {lr: {low: 0.0005, high: 0.01, log: true}}"
-        )
-    return {str(key): value for key, value in space.items()}
+    return _search_mapping(
+        model,
+        SEARCH_SPACE_KEY,
+        "hyperparameter -> list of values or {low, high[, log, step]}, "
+        "e.g. {lr: {low: 0.0005, high: 0.01, log: true}}",
+    )
