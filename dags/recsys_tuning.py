@@ -53,7 +53,7 @@ and only the winner is evaluated on test.
 `configs/models/{model}.yaml` when present (else learning rate × width around the defaults), or the
 `tuning_grid` field of the form, capped at `max_candidates`. `search` = `tpe`: Optuna's TPE sampler
 over the YAML's `search_space:` (else the grid's values), `max_candidates` trials spread over the
-rounds, each round asked after the previous one's results; trials below the median of finished ones at
+rounds, each round asked after the previous one's results; trials under the median of finished ones at
 the same epoch are pruned. The study persists in `study.db` of the run (or `RECFORGE_TUNING_STORAGE`).
 Artifacts: `$RECFORGE_HOME/runs/{model}/tune-<run_id>/` (`tuning.json`, `best_params.yaml`, one
 directory per candidate). Apply the winner by triggering `recsys_{model}` with `best_params.yaml` as
