@@ -202,7 +202,7 @@ def breakdown(
             user = cold_users[i % len(cold_users)]
             t0 = time.perf_counter()
             hist = online.recent_items(user)
-            attributes = online.profile(user) or given
+            attributes = online.profile(user, list(given)) or given
             t1 = time.perf_counter()
             strategies.add(rec.recommend(user, hist, 10, user_features=attributes).strategy)
             t2 = time.perf_counter()
