@@ -224,6 +224,10 @@ class Split(Manifest):
     schema: Path | None = None  # the split's copy of the data schema (None: built-in movielens)
     users: Path | None = None  # the split's copies of the attribute tables (None: read attributes
     items: Path | None = None  # from the examples, for splits built without a snapshot)
+    # Each part's ``recent_items`` holds only entries of the parts a model may see when it trains on,
+    # is validated on or is tested on that part (training.split.VISIBLE_PARTS). A split without it
+    # predates that; training refuses it rather than read the test part to clean validation histories.
+    visible_histories: bool = False
 
 
 @dataclass(frozen=True, config=RECORD)

@@ -36,7 +36,7 @@ from torch import nn
 
 from pipeline.artifacts import Split, atomic_path
 from pipeline.schema import DataSchema, Entity, FieldSpec, load_schema
-from training.split import PARTS, SplitIndex
+from training.split import SplitIndex
 
 CACHE_DIR = "attributes"
 _WORD = re.compile(r"[a-z0-9]+")
@@ -327,26 +327,21 @@ def build_attributes(split: Split) -> Attributes:
 def _attribute_rows(split: Split, entity: Entity, schema: DataSchema) -> pd.DataFrame:
     """One row per catalogue user/item (index: id) with its declared attribute columns.
 
-    From the split's copy of the attribute table when it has one, else from its examples (splits
-    built from examples alone, e.g. in tests: the attributes every example row carries).
+    From the split's attribute table (a copy of the snapshot's, or written by the split from the
+    examples' attribute columns).
     """
     key = f"{entity}_id"
     wanted = [key, *schema.fields(entity)]
     table = split.users if entity == "user" else split.items
-    if table is not None and Path(table).is_file():
-        import pyarrow.parquet as pq
+    if table is None or not Path(table).is_file():
+        raise ValueError(
+            f"{split.dir}: no {entity} attribute table; run the split stage again (training.split.make_split "
+            "writes one)"
+        )
+    import pyarrow.parquet as pq
 
-        names = set(pq.read_schema(table).names)
-        frame = pd.read_parquet(table, columns=[c for c in wanted if c in names])
-    else:
-        import pyarrow.parquet as pq
-
-        frames = []
-        for part in PARTS:
-            path = Path(getattr(split, part))
-            names = set(pq.read_schema(path).names)
-            frames.append(pd.read_parquet(path, columns=[c for c in wanted if c in names]))
-        frame = pd.concat(frames, ignore_index=True)
+    names = set(pq.read_schema(table).names)
+    frame = pd.read_parquet(table, columns=[c for c in wanted if c in names])
     frame = frame.astype({key: str}).drop_duplicates(key, keep="last").set_index(key)
     for name in schema.fields(entity):
         if name not in frame.columns:

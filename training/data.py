@@ -20,8 +20,9 @@ ground truth = the user's items in that part; history = ``recent_items`` of the 
 example in that part (point-in-time, what the feature store served at that moment), mapped to item
 indices, kept to the items of the parts the model may see (train for validation, train + valid for
 test) and right-aligned; exclusions = those same items. Under ``random_holdout`` a validation event's
-point-in-time history can hold events the split put into test; they never reach the model, or early
-stopping would be steered by test items.
+point-in-time history can hold events the split put into test; the split stage already dropped those
+entries (``training.split.visible_recent_items``), so validation reads the train and valid parts only and
+early stopping is never steered by test items.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.artifacts import Split
-from training.split import PARTS, SplitIndex, interaction_matrix, read_part
+from training.split import PARTS, VISIBLE_PARTS, SplitIndex, interaction_matrix, read_part
 
 EVAL_COLUMNS = ["event_id", "user_id", "item_id", "event_timestamp", "recent_items"]
 
@@ -73,43 +74,6 @@ def right_align(sequences: list[list[int]], length: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-# The split parts a model may be shown when it is validated / tested (histories, exclusions).
-VISIBLE_PARTS = {"train": ("train",), "valid": ("train",), "test": ("train", "valid")}
-
-
-def without_hidden_events(rows: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
-    """The ``recent_items`` of ``rows`` without the entries that stand for a hidden event.
-
-    ``events``: every event of the split (``user_id``, ``item_id``, ``event_timestamp``, ``event_id``)
-    with a boolean ``hidden`` (its part is one the model may not see). A row's ``recent_items`` lists
-    the items of its user's last events strictly before its ``event_timestamp``, in (time, event_id)
-    order (features/tables.py), so entry k of a list of n stands for the k-th of the user's last n such
-    events; the entries whose event is hidden go. A list that does not match the user's events that way
-    loses every item the user has in a hidden event instead, so nothing hidden is ever kept.
-    """
-    events = events.sort_values(["user_id", "event_timestamp", "event_id"], kind="stable")
-    users = events["user_id"].astype(str).to_numpy()
-    stamps = events["event_timestamp"].to_numpy()
-    items = events["item_id"].astype(str).to_numpy()
-    hidden = events["hidden"].to_numpy(dtype=bool)
-    starts = dict(zip(*np.unique(users, return_index=True), strict=True))
-    kept: list[list[str]] = []
-    for user, stamp, recent in zip(
-        rows["user_id"].astype(str), rows["event_timestamp"].to_numpy(), rows["recent_items"], strict=True
-    ):
-        recent = [str(i) for i in (recent if recent is not None else [])]
-        start = starts.get(user, 0)
-        end = start + int(np.searchsorted(users[start:], user, side="right"))
-        before = start + int(np.searchsorted(stamps[start:end], stamp, side="left"))
-        window = slice(before - len(recent), before)
-        if before - len(recent) >= start and items[window].tolist() == recent:
-            kept.append([i for i, h in zip(recent, hidden[window], strict=True) if not h])
-        else:
-            gone = set(items[start:end][hidden[start:end]])
-            kept.append([i for i in recent if i not in gone])
-    return pd.Series(kept, index=rows.index, dtype=object)
-
-
 def build_eval_inputs(
     split: Split, part: str, history_length: int = 50, exclude_seen: bool = True
 ) -> EvalInputs:
@@ -120,11 +84,12 @@ def build_eval_inputs(
     """
     if part not in ("valid", "test"):
         raise ValueError(f"evaluate on 'valid' or 'test', not {part!r}")
+    _require_visible_histories(split)
     index = SplitIndex.load(split)
     ids = ["event_id", "user_id", "item_id", "event_timestamp"]
-    parts = {name: read_part(split, name, ids) for name in PARTS}
-    train = parts["train"]
     visible = VISIBLE_PARTS[part]
+    parts = {name: read_part(split, name, ids) for name in visible}
+    train = parts["train"]
     seen = interaction_matrix(pd.concat([parts[p] for p in visible]), index)
     columns = EVAL_COLUMNS if _has_column(split, part, "recent_items") else EVAL_COLUMNS[:-1]
     evaluated = read_part(split, part, columns)
@@ -137,11 +102,7 @@ def build_eval_inputs(
     # Earliest example of each user in this part: rows are sorted by (time, event_id), take the first.
     first_rows = evaluated.drop_duplicates("user_id", keep="first")
     first_rows = first_rows.assign(_u=index.users_of(first_rows)).set_index("_u").loc[user_list]
-    if "recent_items" in first_rows:
-        events = pd.concat([parts[p].assign(hidden=p not in visible) for p in PARTS], ignore_index=True)
-        recent = without_hidden_events(first_rows, events)
-    else:
-        recent = pd.Series([[]] * len(user_list))
+    recent = first_rows["recent_items"] if "recent_items" in first_rows else pd.Series([[]] * len(user_list))
     history = visible_histories(recent, user_list, index, seen, history_length)
     trained = np.asarray(interaction_matrix(train, index).sum(axis=0)).ravel() > 0
     return EvalInputs(
@@ -154,6 +115,14 @@ def build_eval_inputs(
         n_items=index.n_items,
         untrained=torch.from_numpy(~trained),
     )
+
+
+def _require_visible_histories(split: Split) -> None:
+    if not split.visible_histories:
+        raise ValueError(
+            f"{split.dir}: this split predates per-part histories (its validation histories may name test "
+            "events); run the split stage again (training.split.make_split rewrites it)"
+        )
 
 
 def _has_column(split: Split, part: str, column: str) -> bool:
@@ -434,14 +403,16 @@ def build_example_set(
     """Examples of ``part`` (all rows) with histories limited to what precedes ``part`` in the split.
 
     Train: histories and negatives use the train matrix. Valid/test (pointwise metrics such as RMSE or
-    AUC): histories may also hold earlier parts' items, and negatives avoid every item the user has
-    in any part, so a sampled negative is never a real positive.
+    AUC): histories may also hold earlier parts' items, and negatives avoid every item the user has in
+    the parts read so far (train + valid for valid, all for test), so a sampled negative is never a
+    real positive the evaluation could know of. Only ``part`` and the parts before it are read.
     """
     if part not in PARTS:
         raise ValueError(f"unknown split part {part!r}; use one of {PARTS}")
+    _require_visible_histories(split)
     index = SplitIndex.load(split)
     ids = ["event_id", "user_id", "item_id", "event_timestamp"]
-    parts = {name: read_part(split, name, ids) for name in PARTS}
+    parts = {name: read_part(split, name, ids) for name in PARTS[: PARTS.index(part) + 1]}
     history_items = interaction_matrix(pd.concat([parts[p] for p in VISIBLE_PARTS[part]]), index)
     exclusions = history_items if part == "train" else interaction_matrix(pd.concat(parts.values()), index)
     columns = EXAMPLE_COLUMNS if _has_column(split, part, "recent_items") else EXAMPLE_COLUMNS[:-1]

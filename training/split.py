@@ -14,6 +14,12 @@ Protocols (all deterministic for the same data, protocol and seed; ties in time 
   Users with fewer than 3 events keep everything in train; users with at least 3 get at least one
   valid and one test event.
 
+Histories: the features stage serves each example the user's ``recent_items`` before it, whatever part
+those events land in. The split keeps in each part's lists only the entries of events of the parts a
+model may see there (``VISIBLE_PARTS``: train for train and valid rows, train + valid for test rows), so
+under ``random_holdout`` a validation history never names a test event, and training and validation
+read the train and valid parts alone: the test part is opened only to test.
+
 The index space covers the whole catalogue of the examples (every item id seen as an event or in a
 ``recent_items`` history), sorted, so item index ``i`` (1-based, 0 = padding) is stable for a data
 version regardless of which items happen to fall into train.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -34,6 +41,7 @@ import scipy.sparse as sp
 from pipeline.artifacts import FeatureSet, Split, atomic_path
 from pipeline.config import SplitConfig
 from pipeline.layout import Layout
+from pipeline.schema import Entity, load_schema
 
 MANIFEST = "split.json"
 REQUIRED_COLUMNS = ("event_id", "user_id", "item_id", "event_timestamp")
@@ -64,6 +72,8 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
     # yet (new products), which attribute-aware models can still score.
     item_ids = catalogue_items(examples, attribute_ids(feature_set.items, "item_id"))
     user_ids = sorted(examples["user_id"].astype(str).unique().tolist())
+    if "recent_items" in examples.columns:
+        examples["recent_items"] = visible_recent_items(examples, part)
 
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
@@ -85,6 +95,16 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
                 target = f"{name}{Path(source).suffix}"
                 shutil.copyfile(source, tmp / target)
                 copies[name] = out_dir / target
+        # Without a snapshot's attribute table (examples alone, as in tests) the split writes one from the
+        # attribute columns of the examples: attributes never send training to the test part either.
+        schema = load_schema(feature_set.schema)
+        tables: tuple[tuple[str, Entity], ...] = (("users", "user"), ("items", "item"))
+        for name, entity in tables:
+            if name not in copies:
+                attribute_table(examples, entity, schema.fields(entity)).to_parquet(
+                    tmp / f"{name}.parquet", index=False
+                )
+                copies[name] = out_dir / f"{name}.parquet"
         counts = {
             "events": len(examples),
             "train": int((part == "train").sum()),
@@ -108,10 +128,84 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
             counts=counts,
             knowledge_graph=knowledge_graph,
             feature_namespace=feature_set.namespace,
+            visible_histories=True,
             **copies,
         )
         split.save(tmp / MANIFEST)
     return split
+
+
+# The split parts a model may be shown as input (histories, exclusions) when it trains on, is validated
+# on or is tested on a part. The split writes each part's histories already limited to them, so
+# training and validation never need to open the test part.
+VISIBLE_PARTS = {"train": ("train",), "valid": ("train",), "test": ("train", "valid")}
+
+
+def without_hidden_events(rows: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
+    """The ``recent_items`` of ``rows`` without the entries that stand for a hidden event.
+
+    ``events``: every event of the split (``user_id``, ``item_id``, ``event_timestamp``, ``event_id``)
+    with a boolean ``hidden`` (its part is one the model may not see). A row's ``recent_items`` lists
+    the items of its user's last events strictly before its ``event_timestamp``, in (time, event_id)
+    order (features/tables.py), so entry k of a list of n stands for the k-th of the user's last n such
+    events; the entries whose event is hidden go. A list that does not match the user's events that way
+    loses every item the user has in a hidden event instead, so nothing hidden is ever kept.
+    """
+    events = events.sort_values(["user_id", "event_timestamp", "event_id"], kind="stable")
+    users = events["user_id"].astype(str).to_numpy()
+    stamps = events["event_timestamp"].to_numpy()
+    items = events["item_id"].astype(str).to_numpy()
+    hidden = events["hidden"].to_numpy(dtype=bool)
+    starts = dict(zip(*np.unique(users, return_index=True), strict=True))
+    kept: list[list[str]] = []
+    for user, stamp, recent in zip(
+        rows["user_id"].astype(str), rows["event_timestamp"].to_numpy(), rows["recent_items"], strict=True
+    ):
+        recent = [str(i) for i in (recent if recent is not None else [])]
+        start = starts.get(user, 0)
+        end = start + int(np.searchsorted(users[start:], user, side="right"))
+        before = start + int(np.searchsorted(stamps[start:end], stamp, side="left"))
+        window = slice(before - len(recent), before)
+        if before - len(recent) >= start and items[window].tolist() == recent:
+            kept.append([i for i, h in zip(recent, hidden[window], strict=True) if not h])
+        else:
+            gone = set(items[start:end][hidden[start:end]])
+            kept.append([i for i in recent if i not in gone])
+    return pd.Series(kept, index=rows.index, dtype=object)
+
+
+def visible_recent_items(examples: pd.DataFrame, part: np.ndarray) -> pd.Series:
+    """Each row's ``recent_items`` without the entries of events its part may not see (``VISIBLE_PARTS``).
+
+    ``examples`` sorted by (time, event_id); ``part`` the part of every row. Only a row with a hidden
+    event of its user strictly before it can hold one (``recent_items`` lists earlier events only), so
+    the others keep their list as served and the per-row matching runs on the rest alone.
+    """
+    recent = examples["recent_items"].copy()
+    users = examples["user_id"].astype(str)
+    stamps = examples["event_timestamp"]
+    events = examples[["event_id", "user_id", "item_id", "event_timestamp"]]
+    for name, visible in VISIBLE_PARTS.items():
+        rows = part == name
+        hidden = ~np.isin(part, visible)
+        if not rows.any() or not hidden.any():
+            continue
+        first_hidden = stamps[hidden].groupby(users[hidden]).min()
+        limit = users[rows].map(first_hidden)  # NaT for a user without a hidden event: never later
+        affected = np.zeros(len(examples), dtype=bool)
+        affected[np.flatnonzero(rows)] = (stamps[rows] > limit).to_numpy()
+        if affected.any():
+            kept = without_hidden_events(examples[affected], events.assign(hidden=hidden))
+            recent[affected] = kept.to_numpy()
+    return recent
+
+
+def attribute_table(examples: pd.DataFrame, entity: str, fields: Iterable[str]) -> pd.DataFrame:
+    """One row per ``entity`` id of ``examples`` with the attribute ``fields`` the examples carry (the
+    latest row's values)."""
+    key = f"{entity}_id"
+    columns = [key, *(f for f in fields if f in examples.columns and f != key)]
+    return examples[columns].astype({key: str}).drop_duplicates(key, keep="last").reset_index(drop=True)
 
 
 def split_name(cfg: SplitConfig) -> str:
@@ -187,6 +281,8 @@ def _load_valid_manifest(out_dir: Path) -> Split | None:
     try:
         split = Split.load(manifest)
     except (ValueError, TypeError, KeyError):
+        return None
+    if not split.visible_histories:  # written before histories were limited per part: cut it again
         return None
     paths: tuple[Path, ...] = (split.train, split.valid, split.test, split.item_ids, split.user_ids)
     paths += (split.knowledge_graph,) if split.knowledge_graph is not None else ()

@@ -115,9 +115,11 @@ def test_random_holdout_validation_histories_hold_no_test_event(
     events = pd.concat(parts.values()).sort_values(["event_timestamp", "event_id"])
     items = {name: frame.groupby("user_id")["item_id"].agg(set).to_dict() for name, frame in parts.items()}
     test_only = {u: items["test"][u] - items["train"].get(u, set()) for u in items["test"]}
+    as_served = pd.read_parquet(feature_set.examples).set_index("event_id")["recent_items"]
 
     def first(part: str) -> pd.DataFrame:
-        return parts[part].sort_values(["event_timestamp", "event_id"]).drop_duplicates("user_id")
+        rows = parts[part].sort_values(["event_timestamp", "event_id"]).drop_duplicates("user_id")
+        return rows.assign(recent_items=as_served.loc[rows["event_id"]].to_numpy())
 
     served = dict(zip(first("valid")["user_id"], first("valid")["recent_items"], strict=True))
     assert any(set(served[u]) & test_only[u] for u in served)  # the synthetic data has the case
@@ -134,6 +136,10 @@ def test_random_holdout_validation_histories_hold_no_test_event(
         assert window["item_id"].tolist() == list(served[user_id])
         assert shown == window.loc[window["part"] == "train", "item_id"].tolist()
 
+    # The split wrote the lists already cut: no history of the valid part names a test-only item.
+    for user, recent in zip(parts["valid"]["user_id"], parts["valid"]["recent_items"], strict=True):
+        assert not set(recent) & test_only.get(user, set()), user
+
     test = build_eval_inputs(split, "test", history_length=50)
     recent = dict(zip(first("test")["user_id"], first("test")["recent_items"], strict=True))
     for user, row in zip(test.users.tolist(), test.history.tolist(), strict=True):
@@ -144,7 +150,7 @@ def test_random_holdout_validation_histories_hold_no_test_event(
 def test_hidden_events_leave_histories_by_event_or_by_item() -> None:
     """An entry goes when its event is hidden (a re-watched item's visible event stays); a list that does
     not line up with the user's events loses every item of the user's hidden events."""
-    from training.data import without_hidden_events
+    from training.split import without_hidden_events
 
     t = pd.Timestamp("2024-01-01", tz="UTC")
     events = pd.DataFrame(

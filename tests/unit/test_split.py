@@ -113,6 +113,63 @@ def test_idempotent_reuses_existing_split(feature_set: FeatureSet, layout: Layou
     assert Split.load(first.dir / "split.json") == first
 
 
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_each_part_keeps_only_history_entries_of_the_parts_it_may_see(
+    protocol: str, feature_set: FeatureSet, layout: Layout
+) -> None:
+    """A train or valid row's list names only train events, a test row's only train and valid ones;
+    in time order, as served, with the hidden entries cut out (the served list is the user's last
+    events before the row)."""
+    split = make_split(feature_set, SplitConfig(protocol=protocol), layout)
+    parts = {name: frame.assign(part=name) for name, frame in _parts(split).items()}
+    events = pd.concat(parts.values()).sort_values(["event_timestamp", "event_id"])
+    served = pd.read_parquet(feature_set.examples).set_index("event_id")["recent_items"]
+    visible = {"train": {"train"}, "valid": {"train"}, "test": {"train", "valid"}}
+    cut = 0
+    for name, frame in parts.items():
+        for row in frame.itertuples():
+            mine = events[
+                (events["user_id"] == row.user_id) & (events["event_timestamp"] < row.event_timestamp)
+            ]
+            window = mine.tail(len(served[row.event_id]))
+            assert window["item_id"].tolist() == list(served[row.event_id])
+            expected = window.loc[window["part"].isin(visible[name]), "item_id"].tolist()
+            assert list(row.recent_items) == expected, (name, row.event_id)
+            cut += len(window) - len(expected)
+    assert (cut > 0) == (protocol != "leave_last_out")  # the synthetic data has hidden entries to cut
+
+
+def test_a_split_from_before_per_part_histories_is_cut_again_and_refused_by_training(
+    feature_set: FeatureSet, layout: Layout
+) -> None:
+    from training.data import build_eval_inputs, build_example_set
+
+    split = make_split(feature_set, SplitConfig(protocol="random_holdout"), layout)
+    manifest = json.loads((split.dir / "split.json").read_text())
+    del manifest["visible_histories"]
+    (split.dir / "split.json").write_text(json.dumps(manifest))
+    old = Split.load(split.dir / "split.json")
+    assert not old.visible_histories
+    with pytest.raises(ValueError, match="predates per-part histories"):
+        build_eval_inputs(old, "valid")
+    with pytest.raises(ValueError, match="predates per-part histories"):
+        build_example_set(old, "train")
+    again = make_split(feature_set, SplitConfig(protocol="random_holdout"), layout)
+    assert again.visible_histories and again == split
+
+
+def test_a_split_writes_attribute_tables_when_the_features_have_none(
+    feature_set: FeatureSet, layout: Layout
+) -> None:
+    split = make_split(feature_set, SplitConfig(protocol="leave_last_out"), layout)
+    examples = pd.read_parquet(feature_set.examples)
+    assert feature_set.users is None and split.users is not None and split.items is not None
+    users = pd.read_parquet(split.users)
+    assert sorted(users["user_id"]) == sorted(examples["user_id"].astype(str).unique())
+    assert users["user_id"].is_unique and {"age", "gender"} <= set(users.columns)
+    assert pd.read_parquet(split.items)["item_id"].is_unique
+
+
 def test_index_space_and_train_matrix(feature_set: FeatureSet, layout: Layout) -> None:
     split = make_split(feature_set, SplitConfig(protocol="random_holdout"), layout)
     examples = pd.read_parquet(feature_set.examples)

@@ -71,19 +71,18 @@ def test_tpe_search_runs_in_rounds_on_a_persisted_study_without_reading_test(fea
     grid = {"lr": [0.00001, 0.01, 0.05], "embedding_size": [8, 16]}
     base = {"batch_size": 256}
 
-    # Planning and choosing run with the test part gone: the study only ever sees validation scores.
+    # Planning, training the trials and choosing run with the test part gone: the study only ever sees
+    # validation scores, and no trial's training or validation reads a test event.
     hidden = split.test.with_suffix(".hidden")
     manifests: list[str] = []
     previous: list[str] = []
     asked_per_round = []
+    split.test.rename(hidden)
     for round_index in range(2):
-        split.test.rename(hidden)
         planned = tuning.plan_round("bpr", "s1", round_index, previous, overrides, "tpe", 5, grid, base)
-        hidden.rename(split.test)
         asked_per_round.append([c["id"] for c in planned])
         previous = [tuning.train_candidate("bpr", "s1", split_manifest, c, overrides) for c in planned]
         manifests += previous
-    split.test.rename(hidden)
     tuning_json = Path(tuning.pick_best("bpr", "s1", manifests, overrides))
     hidden.rename(split.test)
 
