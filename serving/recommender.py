@@ -36,6 +36,7 @@ returned item, the history items that drove its score (``because_you_interacted_
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,7 @@ class Recommender:
                     f"({self.n_items} items x {self._dot_items.shape[1]} dims); repackage the model"
                 )
         self._item_vectors = _item_vectors(art)  # row-normalised (n_items + 1, d) or None
-        self._item_similarity = _item_similarity(art)  # (n_items + 1, n_items + 1) or None
+        self._item_similarity = _item_similarity(art)  # rows -> (len(rows), n_items + 1), or None
         self._attribute_vectors = _attribute_vectors(art)  # (n_items + 1, vocabulary) unit rows or None
         # Co-occurrence cosine from the training matrix: one sparse column product per request.
         binary = (self._seen > 0).astype(np.float32)
@@ -413,7 +414,7 @@ class Recommender:
         if self._item_vectors is not None:
             scores = self._item_vectors @ self._item_vectors[idx]
         elif self._item_similarity is not None:
-            scores = self._item_similarity[idx].clone()
+            scores = self._item_similarity(torch.tensor([idx]))[0]
         else:
             column = self._cooc_csc[:, idx]
             co = np.asarray((self._cooc_csr.T @ column).todense()).ravel()
@@ -554,7 +555,7 @@ class Recommender:
             vectors = self._attribute_vectors[indices]
             return vectors @ vectors.T
         if self._item_similarity is not None:
-            return self._item_similarity[indices][:, indices]
+            return self._item_similarity(indices)[:, indices]
         columns = self._cooc_csc[:, indices.numpy()].T
         return cosine_similarity(torch.from_numpy(np.asarray(columns.todense(), dtype=np.float32)))
 
@@ -679,13 +680,9 @@ def merge_history(history: list[int], session: list[int]) -> list[int]:
     return merged
 
 
-def _item_similarity(art: ModelArtifact) -> torch.Tensor | None:
-    """The item x item similarity matrix of a model that declares ``ItemSimilarity`` (ItemKNN), else None."""
-    if not can(art.module, ItemSimilarity):
-        return None
-    sim = art.module.similarity
-    n = art.n_items + 1
-    return sim.detach().float() if tuple(sim.shape) == (n, n) else None
+def _item_similarity(art: ModelArtifact) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Rows of the item x item similarity of a model that declares ``ItemSimilarity`` (ItemKNN), else None."""
+    return art.module.similarity_rows if can(art.module, ItemSimilarity) else None
 
 
 def history_length_of(artifact_dir: Path) -> int:

@@ -19,7 +19,7 @@ from training.artifact import load_model_artifact
 from training.data import GeneralDataModule
 from training.models import MODELS, build_model
 from training.models.baselines import pearson_similarity
-from training.split import make_split
+from training.split import SplitIndex, make_split, train_matrix
 
 torch.set_num_threads(1)
 SMALL = {
@@ -111,7 +111,7 @@ def test_itemknn_keeps_the_neighbours_of_the_target_item() -> None:
     hx, hz, xy = 2 / math.sqrt(12), 1 / math.sqrt(6), 4 / math.sqrt(20)
     # The similarity rows are each item's own neighbours (what /similar_items reads).
     np.testing.assert_allclose(
-        knn.similarity[1:, 1:].numpy(),
+        knn.similarity.to_dense()[1:, 1:].numpy(),
         [[0, hx, 0, 0], [0, 0, xy, 0], [0, xy, 0, 0], [hz, 0, 0, 0]],
         atol=1e-6,
     )
@@ -121,6 +121,65 @@ def test_itemknn_keeps_the_neighbours_of_the_target_item() -> None:
     # u4 (Y only) -> X, whose neighbour Y is.
     known = knn.full_sort_predict(torch.tensor([6, 4]), torch.zeros(2, 1, dtype=torch.long))
     np.testing.assert_allclose(known[:, 1:].numpy(), [[0, 0, 0, 0], [0, xy, 0, 0]], atol=1e-6)
+
+
+def _dense_itemknn_reference(train: np.ndarray, k: int) -> np.ndarray:
+    """The item x item similarity as the dense formula: cosine, no self-similarity, each row's top k."""
+    norms = np.sqrt(train.sum(axis=0))
+    sim = (train.T @ train) / (np.outer(norms, norms) + 1e-8)
+    np.fill_diagonal(sim, 0.0)
+    drop = np.argpartition(-sim, k, axis=1)[:, k:]
+    np.put_along_axis(sim, drop, 0.0, axis=1)
+    return sim
+
+
+@pytest.mark.parametrize("density", [0.15, 0.03])  # most items past k co-occurring items / most within
+def test_knn_baselines_keep_sparse_state_equal_to_the_dense_formulas(density: float) -> None:
+    """Fitted a block of items at a time, ItemKNN's similarity equals the dense formula, and no buffer
+    of either kNN baseline grows with items x items or users x items (a shop's catalogue would not
+    fit)."""
+    rng = np.random.default_rng(3)
+    train = np.zeros((40, 61), np.float32)
+    train[:, 1:] = rng.random((40, 60)) < density
+    knn = build_model("itemknn", 40, 60, k=7).fit(sp.csr_matrix(train), block_cells=8 * 61)
+    reference = _dense_itemknn_reference(train, 7)
+    np.testing.assert_allclose(knn.similarity.to_dense().numpy(), reference, atol=1e-6)
+    rows = torch.tensor([5, 17, 60])
+    np.testing.assert_allclose(knn.similarity_rows(rows).numpy(), reference[[5, 17, 60]], atol=1e-6)
+    users, history = torch.tensor([0, 3, -1]), torch.tensor([[0, 9], [12, 13], [4, 5]])
+    profiles = train[[0, 3, 0]].copy()
+    profiles[2] = 0
+    profiles[np.arange(3)[:, None], history.numpy()] = 1.0
+    profiles[:, 0] = 0
+    np.testing.assert_allclose(
+        knn.full_sort_predict(users, history).numpy(), profiles @ reference.T, rtol=1e-5, atol=1e-6
+    )
+    userknn = build_model("userknn", 40, 60, k=5).fit(sp.csr_matrix(train))
+    for module, most in ((knn, 7 * 61), (userknn, 5 * 40)):
+        sizes = {name: buffer.numel() for name, buffer in module.named_buffers()}
+        assert max(sizes.values()) <= max(2 * most, int(train.sum()) + 41), sizes
+
+
+@pytest.mark.parametrize("name", ["itemknn", "userknn"])
+def test_knn_artifacts_saved_dense_still_load(name: str, split, tmp_path: Path) -> None:
+    """A kNN artifact written when the baselines kept a dense ``user_items`` (and ItemKNN a dense
+    ``similarity``) loads into the sparse state and scores the same: a promoted baseline keeps serving."""
+    module = build_model(name, SplitIndex.load(split).n_users, SplitIndex.load(split).n_items, k=5)
+    module.fit(train_matrix(split))
+    artifact, users, history, expected = artifact_round_trip(
+        module, name, {"k": 5}, split, tmp_path / "model", unknown_user=True
+    )
+    assert torch.equal(artifact.score(users, history)[:, 1:], expected[:, 1:].float())
+    state = module.state_dict()
+    legacy = {
+        key: value for key, value in state.items() if not key.startswith(("train_rows.", "similarity_"))
+    }
+    legacy["user_items"] = torch.from_numpy(train_matrix(split).toarray().astype(np.float32))
+    if name == "itemknn":
+        legacy["similarity"] = module.similarity.to_dense()
+    torch.save(legacy, tmp_path / "model" / "weights.pt")
+    old = load_model_artifact(tmp_path / "model")
+    assert torch.allclose(old.score(users, history)[:, 1:], expected[:, 1:].float())
 
 
 @pytest.mark.parametrize("name", ["neumf", "lightgcn"])

@@ -595,7 +595,7 @@ def test_item_profile_model_adds_a_known_users_session_to_its_training_items(knn
     module = knn.artifact.module
     profile = torch.zeros(N_ITEMS + 1)
     profile[[1, 2, 3, 5, 6]] = 1.0
-    expected = (profile @ module.similarity.T)[[4, 7, 8]]
+    expected = (profile @ module.similarity.to_dense().T)[[4, 7, 8]]
     assert {i.item_id: i.score for i in with_session.items} == pytest.approx(
         dict(zip(["i4", "i7", "i8"], expected.tolist(), strict=True))
     )

@@ -46,7 +46,7 @@ class Popularity(FittedBaseline):
 
 
 class ProfileBaseline(FittedBaseline, AddsHistoryToKnownUser):
-    """Base of the baselines that score a user from their binary item profile (ItemKNN, EASE).
+    """Base of the baselines that score a user from a dense binary item profile (EASE).
 
     A profile is the set of items the user is known to have chosen: for a user known at training time,
     its training row (``user_items``, kept at fit time) plus the items of the given history; for a user
@@ -82,41 +82,183 @@ def binary_profiles(user_items: torch.Tensor, users: torch.Tensor, history: torc
     return profile
 
 
-class ItemKNN(ProfileBaseline, ScoresFromHistory, ItemSimilarity):
+class TrainRows(nn.Module):
+    """The binary training matrix (n_users, n_items + 1) as CSR buffers (``indptr``, ``indices``).
+
+    Dense, a shop's matrix would not fit in memory (50k users x 100k items is 20 GB of float32), and the
+    kNN baselines read only a batch of rows at a time. ``matrix()`` rebuilds the SciPy CSR once per
+    change of the buffers (fit or artifact load).
+    """
+
+    def __init__(self, n_items: int) -> None:
+        super().__init__()
+        self.n_items = n_items
+        self.register_buffer("indptr", torch.zeros(1, dtype=torch.long))
+        self.register_buffer("indices", torch.zeros(0, dtype=torch.long))
+        self._cached: tuple[tuple[int, int], sp.csr_matrix] | None = None
+
+    def fit(self, binary: sp.csr_matrix) -> None:
+        binary = binary.tocsr()
+        binary.sort_indices()
+        self.indptr = torch.from_numpy(binary.indptr.astype(np.int64))
+        self.indices = torch.from_numpy(binary.indices.astype(np.int64))
+
+    def matrix(self) -> sp.csr_matrix:
+        key = (self.indptr._version + self.indices._version, id(self.indices))
+        if self._cached is None or self._cached[0] != key:
+            indices = self.indices.numpy()
+            shape = (len(self.indptr) - 1, self.n_items + 1)
+            data = np.ones(len(indices), np.float32)
+            self._cached = (key, sp.csr_matrix((data, indices, self.indptr.numpy()), shape=shape))
+        return self._cached[1]
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    def profiles(self, users: torch.Tensor, history: torch.Tensor) -> sp.csr_matrix:
+        """(B, n_items + 1) binary profiles as ``binary_profiles`` builds them, sparse: the items of each
+        user's ``history`` plus, for a user known at training time, its training row."""
+        users_np = users.numpy()
+        history_np = history.numpy()
+        width = self.n_items + 1
+        rows = np.repeat(np.arange(len(users_np)), history_np.shape[1])
+        columns = history_np.ravel()
+        given = columns > 0
+        profile = sp.csr_matrix(
+            (np.ones(int(given.sum()), np.float32), (rows[given], columns[given])),
+            shape=(len(users_np), width),
+        )
+        known = (users_np >= 0) & (users_np < self.n_rows)
+        if known.any():
+            trained = self.matrix()[np.where(known, users_np, 0)]
+            profile = profile + sp.diags(known.astype(np.float32)) @ trained
+        profile = (profile > 0).astype(np.float32).tocsr()
+        profile.sort_indices()
+        return profile
+
+
+def _adopt_dense_user_items(train_rows: TrainRows, state_dict: dict, prefix: str) -> None:
+    """Artifacts saved before the kNN baselines kept their state sparse hold a dense ``user_items`` (and
+    ItemKNN a dense ``similarity``): convert it in ``state_dict`` so a promoted model keeps serving."""
+    if f"{prefix}user_items" in state_dict:
+        dense = state_dict.pop(f"{prefix}user_items")
+        train_rows.fit(sp.csr_matrix((dense.numpy() > 0).astype(np.float32)))
+        state_dict[f"{prefix}train_rows.indptr"] = train_rows.indptr
+        state_dict[f"{prefix}train_rows.indices"] = train_rows.indices
+
+
+class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSimilarity):
     """Item-based collaborative filtering with cosine similarity, keeping each item's ``k`` neighbours.
 
     The standard item-kNN (Sarwar et al. 2001; Deshpande & Karypis 2004; RecBole's ItemKNN): each
     candidate item j keeps its ``k`` most similar items N(j), and a user's score for j is the sum of
     sim(i, j) over the items i of the user's history that are among N(j). The neighbourhood is the
     TARGET's: a history item that is not among j's neighbours says nothing about j, even when j is
-    among its own neighbours. ``similarity`` holds row i = the ``k`` neighbours of item i (what
-    ``/similar_items`` returns), so scores = profile @ similarity.T (profiles: ``ProfileBaseline``).
+    among its own neighbours. Row i of the similarity = the ``k`` neighbours of item i (what
+    ``/similar_items`` returns), so scores = profile @ similarity.T, with the profiles of
+    ``ProfileBaseline`` (training row + history).
+
+    Everything is kept sparse (the ``k`` neighbours of each item, the training rows): a catalogue of
+    100k items would need 40 GB as a dense item x item matrix. ``fit`` computes the similarity a block
+    of items at a time (sparse co-occurrence counts); only the items with more than ``k`` co-occurring
+    items are made dense, while their top ``k`` are chosen.
     """
 
     def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 0.0) -> None:
         super().__init__(n_users, n_items)
         self.k = k
         self.shrink = shrink
-        self.register_buffer("similarity", torch.zeros(n_items + 1, n_items + 1))
+        self.train_rows = TrainRows(n_items)
+        # The similarity's non-zeros, (2, nnz) [row, column] and (nnz,) values, rows sorted.
+        self.register_buffer("similarity_indices", torch.zeros(2, 0, dtype=torch.long))
+        self.register_buffer("similarity_values", torch.zeros(0))
+        self._cached: tuple[tuple[int, int], sp.csr_matrix, sp.csr_matrix] | None = None
 
-    def fit(self, train: sp.csr_matrix) -> ItemKNN:
+    def fit(self, train: sp.csr_matrix, block_cells: int = 1 << 25) -> ItemKNN:
         binary = (train > 0).astype(np.float32).tocsc()
         norms = np.sqrt(np.asarray(binary.multiply(binary).sum(axis=0)).ravel())
-        co = (binary.T @ binary).toarray()
-        denom = np.outer(norms, norms) + self.shrink + 1e-8
-        sim = co / denom
-        np.fill_diagonal(sim, 0.0)
-        if self.k < sim.shape[1]:
-            # Row i keeps the k neighbours of item i, zero the rest (scoring reads it transposed).
-            drop = np.argpartition(-sim, self.k, axis=1)[:, self.k :]
-            np.put_along_axis(sim, drop, 0.0, axis=1)
-        self.similarity = torch.from_numpy(sim.astype(np.float32))
-        self.user_items = torch.from_numpy(binary.tocsr().toarray())
+        by_item = binary.T.tocsr()  # (n_items + 1, n_users)
+        width = binary.shape[1]
+        chunk = max(1, block_cells // width)  # items per block: a dense block holds ~block_cells floats
+        rows, columns, values = [], [], []
+        for start in range(0, width, chunk):
+            stop = min(start + chunk, width)
+            co = (by_item[start:stop] @ binary).tocsr()
+            own = np.repeat(np.arange(start, stop), np.diff(co.indptr))
+            co.data[co.indices == own] = 0.0  # an item is not its own neighbour
+            co.eliminate_zeros()
+            # An item co-occurring with at most k others keeps them all: no ranking needed, and its
+            # row stays sparse. Only the rest go through a dense top-k (ties broken as for the whole
+            # dense matrix, row by row).
+            few = np.diff(co.indptr) <= self.k
+            sparse_rows = co[few].tocoo()
+            row = np.flatnonzero(few)[sparse_rows.row]
+            rows.append(start + row)
+            columns.append(sparse_rows.col)
+            values.append(self._cosine(sparse_rows.data, norms[start + row], norms[sparse_rows.col]))
+            many = np.flatnonzero(~few)
+            if len(many):
+                block = co[many].toarray()
+                sim = block / (np.outer(norms[start + many], norms) + self.shrink + 1e-8)
+                keep = np.argpartition(-sim, self.k, axis=1)[:, : self.k]
+                kept = np.take_along_axis(sim, keep, axis=1)
+                nonzero = kept != 0  # a zero similarity is no neighbour
+                rows.append(np.broadcast_to((start + many)[:, None], keep.shape)[nonzero])
+                columns.append(keep[nonzero])
+                values.append(kept[nonzero].astype(np.float32))
+        matrix = sp.csr_matrix(
+            (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=(width, width)
+        )
+        matrix.sort_indices()
+        coo = matrix.tocoo()
+        self.similarity_indices = torch.from_numpy(np.stack([coo.row, coo.col]).astype(np.int64))
+        self.similarity_values = torch.from_numpy(coo.data.astype(np.float32))
+        self.train_rows.fit(binary.tocsr())
         return self
 
+    def _cosine(self, co: np.ndarray, norms_i: np.ndarray, norms_j: np.ndarray) -> np.ndarray:
+        # The same float32 operations, in the same order, as the dense block's division.
+        return (co / (norms_i * norms_j + self.shrink + 1e-8)).astype(np.float32)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        _adopt_dense_user_items(self.train_rows, state_dict, prefix)
+        if f"{prefix}similarity" in state_dict:
+            dense = state_dict.pop(f"{prefix}similarity").numpy()
+            coo = sp.coo_matrix(dense)
+            coo.sum_duplicates()  # canonical (row, column) order, as fit writes it
+            self.similarity_indices = torch.from_numpy(np.stack([coo.row, coo.col]).astype(np.int64))
+            self.similarity_values = torch.from_numpy(coo.data.astype(np.float32))
+            state_dict[f"{prefix}similarity_indices"] = self.similarity_indices
+            state_dict[f"{prefix}similarity_values"] = self.similarity_values
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _similarity(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """The similarity as SciPy CSR (row i = item i's neighbours) and its transpose, rebuilt per fit/load."""
+        key = (self.similarity_values._version + self.similarity_indices._version, id(self.similarity_values))
+        if self._cached is None or self._cached[0] != key:
+            width = self.n_items + 1
+            rows, columns = self.similarity_indices.numpy()
+            matrix = sp.csr_matrix((self.similarity_values.numpy(), (rows, columns)), shape=(width, width))
+            self._cached = (key, matrix, matrix.T.tocsr())
+        return self._cached[1], self._cached[2]
+
+    @property
+    def similarity(self) -> torch.Tensor:
+        """The (n_items + 1, n_items + 1) similarity as a sparse COO tensor."""
+        width = self.n_items + 1
+        return torch.sparse_coo_tensor(
+            self.similarity_indices, self.similarity_values, (width, width), check_invariants=False
+        )
+
+    def similarity_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(len(rows), n_items + 1) dense rows of the similarity: row i holds item i's neighbours."""
+        return torch.from_numpy(self._similarity()[0][rows.numpy()].toarray())
+
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        # score(j) = sum over history items i of similarity[j, i]: row j holds j's own neighbours.
-        return self.profiles(users, history) @ self.similarity.T
+        # score(j) = sum over profile items i of similarity[j, i]: row j holds j's own neighbours.
+        profile = self.train_rows.profiles(users, history)
+        return torch.from_numpy((profile @ self._similarity()[1]).toarray())
 
 
 def pearson_similarity(binary: sp.csr_matrix, others: sp.csr_matrix | None = None) -> np.ndarray:
@@ -150,9 +292,10 @@ class UserKNN(FittedBaseline, ScoresFromHistory):
     than subtracting their items); score(u, j) = sum over neighbours v of sim(u, v) * r_vj.
     ``shrink`` damps similarities of users sharing few items: sim * c_uv / (c_uv + shrink).
 
-    Fitted state: ``neighbours`` / ``weights`` (n_users, k) and the binary ``user_items`` matrix. A user
-    unknown at training time (index -1) is correlated with the training users from the request's
-    ``history`` (the same profile ItemKNN builds) and scored from its own top-k neighbours.
+    Fitted state: ``neighbours`` / ``weights`` (n_users, k) and the binary training rows, kept sparse
+    (``TrainRows``). A user unknown at training time (index -1) is correlated with the training users
+    from the request's ``history`` (the same profile ItemKNN builds) and scored from its own top-k
+    neighbours.
     """
 
     def __init__(self, n_users: int, n_items: int, k: int = 50, shrink: float = 0.0) -> None:
@@ -161,7 +304,7 @@ class UserKNN(FittedBaseline, ScoresFromHistory):
         self.shrink = shrink
         self.register_buffer("neighbours", torch.zeros(0, 0, dtype=torch.long))
         self.register_buffer("weights", torch.zeros(0, 0))
-        self.register_buffer("user_items", torch.zeros(0, n_items + 1))
+        self.train_rows = TrainRows(n_items)
 
     def _top_k(self, sim: np.ndarray, co: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         if self.shrink > 0 and co is not None:
@@ -190,30 +333,36 @@ class UserKNN(FittedBaseline, ScoresFromHistory):
         self.weights = torch.from_numpy(
             np.concatenate(val_parts) if val_parts else np.zeros((0, 0), np.float32)
         )
-        self.user_items = torch.from_numpy(binary.toarray())
+        self.train_rows.fit(binary)
         return self
 
-    def _history_neighbours(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        profile = torch.zeros(history.shape[0], self.n_items + 1).scatter_(1, history, 1.0)
-        profile[:, 0] = 0.0
-        rows = sp.csr_matrix(profile.numpy())
-        train = sp.csr_matrix(self.user_items.numpy())
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        _adopt_dense_user_items(self.train_rows, state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _history_neighbours(self, history: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.train_rows.profiles(torch.full((history.shape[0],), -1), history)
+        train = self.train_rows.matrix()
         sim = pearson_similarity(rows, train)
         co = np.asarray((rows @ train.T).todense()) if self.shrink > 0 else None
-        idx, vals = self._top_k(sim, co)
-        return torch.from_numpy(idx), torch.from_numpy(vals)
+        return self._top_k(sim, co)
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        n_train = self.user_items.shape[0]
-        weights = torch.zeros(users.shape[0], n_train)
+        n_train = self.train_rows.n_rows
         if n_train == 0:
             return torch.zeros(users.shape[0], self.n_items + 1)
-        known = (users >= 0) & (users < n_train)
+        users_np = users.numpy()
+        idx = np.zeros((len(users_np), self.k), np.int64)
+        vals = np.zeros((len(users_np), self.k), np.float32)
+        known = (users_np >= 0) & (users_np < n_train)
         if known.any():
-            u = users[known]
-            weights[known] = weights[known].scatter_(1, self.neighbours[u], self.weights[u])
-        unknown = ~known
-        if unknown.any():
-            idx, vals = self._history_neighbours(history[unknown])
-            weights[unknown] = weights[unknown].scatter_(1, idx, vals)
-        return weights @ self.user_items
+            found = self.neighbours[users_np[known]].numpy()
+            idx[known, : found.shape[1]] = found
+            vals[known, : found.shape[1]] = self.weights[users_np[known]].numpy()
+        if (~known).any():
+            found, weights = self._history_neighbours(history[torch.from_numpy(~known)])
+            idx[~known, : found.shape[1]] = found
+            vals[~known, : found.shape[1]] = weights
+        rows = np.repeat(np.arange(len(users_np)), self.k)
+        weights = sp.csr_matrix((vals.ravel(), (rows, idx.ravel())), shape=(len(users_np), n_train))
+        return torch.from_numpy((weights @ self.train_rows.matrix()).toarray())
