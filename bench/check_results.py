@@ -79,6 +79,11 @@ MEASURES: dict[str, Measures] = {
     "drift_calibration": Measures("bench/bench_drift.py", ("monitoring/",)),
     "serving": SERVING,
     "serving_two_stage": SERVING,
+    "serving_1m": SERVING,  # /recommend at a million items (ANN retrieval)
+    "feast_online": Measures(
+        "bench/bench_feast_online.py",
+        ("ingestion/", "features/", "feature_repo/", "serving/online.py", "orchestration/stages.py"),
+    ),
     "lifecycle": Measures("bench/bench_lifecycle.py", ("serving/", "pipeline/run_index.py")),
     "diversity": Measures(
         "bench/bench_diversity.py",
