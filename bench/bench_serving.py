@@ -39,7 +39,7 @@ from pipeline.config import load_config  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
 from pipeline.provenance import code_commit  # noqa: E402
 from pipeline.run_index import RunIndex  # noqa: E402
-from serving.package import ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, stored_model_dir  # noqa: E402
+from serving.package import ANN_SUBDIR, ARTIFACT_SUBDIR, RETRIEVER_SUBDIR, stored_model_dir  # noqa: E402
 from tests.serving_fixtures import serve  # noqa: E402
 
 
@@ -172,7 +172,10 @@ def breakdown(
 
     torch.set_num_threads(1)
     rec = load_recommender(
-        model_dir / ARTIFACT_SUBDIR, model_dir / "titles.json", retriever_dir=model_dir / RETRIEVER_SUBDIR
+        model_dir / ARTIFACT_SUBDIR,
+        model_dir / "titles.json",
+        retriever_dir=model_dir / RETRIEVER_SUBDIR,
+        ann_dir=model_dir / ANN_SUBDIR,  # as the service loads it: the Bento's ANN index, when packaged
     )
     online = OnlineHistory(namespace, home=layout.home)
     online.health()
