@@ -80,6 +80,7 @@ MEASURES: dict[str, Measures] = {
     "serving": SERVING,
     "serving_two_stage": SERVING,
     "serving_1m": SERVING,  # /recommend at a million items (ANN retrieval)
+    "peer_recbole": Measures("bench/bench_peer_recbole.py", ("training/", "configs/models/")),
     "feast_online": Measures(
         "bench/bench_feast_online.py",
         ("ingestion/", "features/", "feature_repo/", "serving/online.py", "orchestration/stages.py"),
