@@ -40,6 +40,7 @@ from pipeline.provenance import bench_provenance, provenance_line  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROTOCOL = {"bpr": "random_holdout", "sasrec": "leave_last_out"}
+RECBOLE_NAME = {"bpr": "BPR", "sasrec": "SASRec"}
 
 # Run by the RecBole venv's Python: argv = model, epochs, RecBole config (JSON), work directory.
 RECBOLE_CHILD = r"""
@@ -113,7 +114,7 @@ def model_settings(model: str) -> dict[str, Any]:
 def run_recbole(python: str, model: str, epochs: int, settings: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="recbole-peer-") as work:
         done = subprocess.run(
-            [python, "-c", RECBOLE_CHILD, model.upper() if model == "bpr" else "SASRec", str(epochs),
+            [python, "-c", RECBOLE_CHILD, RECBOLE_NAME[model], str(epochs),
              json.dumps(settings), work],
             capture_output=True, text=True, cwd=work, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"),
         )  # fmt: skip
@@ -161,9 +162,10 @@ def main(argv: list[str] | None = None) -> None:
         "--make-venv", type=Path, help="create a RecBole venv here first (needs the registry)"
     )
     parser.add_argument("--epochs", nargs="+", default=["bpr=10", "sasrec=3"], help="MODEL=EPOCHS")
-    parser.add_argument("--home", type=Path, default=Path(tempfile.mkdtemp(prefix="recforge-peer-")))
+    parser.add_argument("--home", type=Path, help="recforge's work directory (default: a new temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    args.home = args.home or Path(tempfile.mkdtemp(prefix="recforge-peer-"))
     if args.make_venv:
         subprocess.run([sys.executable, "-m", "venv", str(args.make_venv)], check=True)
         pip = [str(args.make_venv / "bin" / "pip"), "install", "--quiet"]
