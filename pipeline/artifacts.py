@@ -240,7 +240,8 @@ class TrainResult(Manifest):
     epoch_seconds: float
     interactions_per_second: float
     best_valid_ndcg10: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # of the process that called train_model (a spawned DDP worker's not included)
+    processes: int = 1  # training processes (DDP world size); epochs and scores are the whole run's
 
 
 @dataclass(frozen=True, config=RECORD)

@@ -95,19 +95,24 @@ def examples_parquet(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def feature_set(examples_parquet: Path, tmp_path: Path):
-    """A ``FeatureSet`` manifest pointing at ``examples_parquet`` (no Feast involved)."""
+def feature_set_of(examples: Path, feature_repo: Path, data_version: str = "synthetic-v1"):
+    """A ``FeatureSet`` manifest pointing at an examples Parquet file (no Feast involved)."""
     from pipeline.artifacts import FeatureSet
 
     return FeatureSet(
-        data_version="synthetic-v1",
-        feature_repo=tmp_path / "feature_repo",
-        examples=examples_parquet,
+        data_version=data_version,
+        feature_repo=feature_repo,
+        examples=examples,
         feature_views=[],
         feature_service="recsys_training",
         materialized_until="2024-12-31T00:00:00+00:00",
     )
+
+
+@pytest.fixture
+def feature_set(examples_parquet: Path, tmp_path: Path):
+    """A ``FeatureSet`` manifest pointing at ``examples_parquet`` (no Feast involved)."""
+    return feature_set_of(examples_parquet, tmp_path / "feature_repo")
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline.artifacts import Split
 from training.split import PARTS, VISIBLE_PARTS, SplitIndex, interaction_matrix, read_part
@@ -60,8 +60,30 @@ class EvalInputs:
     def n_users(self) -> int:
         return int(self.users.shape[0])
 
-    def batches(self, batch_users: int) -> DataLoader:
-        return DataLoader(_EvalDataset(self), batch_size=batch_users, shuffle=False, collate_fn=_identity)
+    def batches(self, batch_users: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Batches of ``batch_users`` users; with ``world_size`` > 1, the share of process ``rank`` only
+        (every ``world_size``-th user, none repeated: see ``UserShard``)."""
+        dataset = _EvalDataset(self)
+        if world_size == 1:
+            return DataLoader(dataset, batch_size=batch_users, shuffle=False, collate_fn=_identity)
+        sampler = UserShard(dataset, num_replicas=world_size, rank=rank)
+        return DataLoader(dataset, batch_size=batch_users, sampler=sampler, collate_fn=_identity)
+
+
+class UserShard(DistributedSampler):
+    """Users ``rank``, ``rank + world_size``, ... of an evaluation set: a partition across processes.
+
+    Lightning's own distributed sampler pads the shards to equal length by repeating users, which
+    would count those users twice in a metric averaged across processes; validation metrics of a
+    distributed run must equal the single-process ones, so no user is repeated (shards may differ in
+    length by one; the per-process means are combined weighted by their user counts).
+    """
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
 
 
 def right_align(sequences: list[list[int]], length: int) -> torch.Tensor:
@@ -289,18 +311,40 @@ class RecDataModule(L.LightningDataModule):
             self._valid = build_eval_inputs(self.split, "valid", self.history_length)
         return self._valid
 
+    @property
+    def rank(self) -> int:
+        """This process's rank in a distributed (DDP) run; 0 alone."""
+        return int(self.trainer.global_rank) if self.trainer is not None else 0
+
+    @property
+    def world_size(self) -> int:
+        return int(self.trainer.world_size) if self.trainer is not None else 1
+
+    @property
+    def process_seed(self) -> int:
+        """Seed of this process's negative sampling: processes of a DDP run must not draw the same
+        negatives (rank 0 keeps the single-process seed)."""
+        return self.seed + self.rank
+
+    def train_loader(self, dataset: Dataset) -> DataLoader:
+        """Shuffled training batches. ``batch_size`` is the global batch: each of N DDP processes takes
+        batch_size / N rows of the 1/N of the data Lightning's distributed sampler gives it, so the
+        optimiser sees the same batch size and steps per epoch on any number of processes."""
+        per_process = max(1, self.batch_size // self.world_size)
+        return DataLoader(dataset, batch_size=per_process, shuffle=True, collate_fn=_identity)
+
     def val_dataloader(self) -> DataLoader:
-        return self.valid_inputs.batches(self.eval_batch_users)
+        return self.valid_inputs.batches(self.eval_batch_users, self.rank, self.world_size)
 
 
 class GeneralDataModule(RecDataModule):
     """BPR-style triples with uniform negatives over non-interacted items, resampled every batch."""
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = _TripleDataset(self.train_matrix, self.seed)
+        self.train_set = _TripleDataset(self.train_matrix, self.process_seed)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=_identity)
+        return self.train_loader(self.train_set)
 
 
 class UserRowDataModule(RecDataModule):
@@ -310,7 +354,7 @@ class UserRowDataModule(RecDataModule):
         self.train_set = _UserRowDataset(self.train_matrix)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=_identity)
+        return self.train_loader(self.train_set)
 
 
 class SequentialDataModule(RecDataModule):
@@ -324,10 +368,10 @@ class SequentialDataModule(RecDataModule):
             {"u": self.index.users_of(self.train_frame), "i": self.index.items_of(self.train_frame)}
         )
         sequences = frame.groupby("u", sort=True)["i"].agg(list).tolist()  # train_frame is in time order
-        self.train_set = _SequenceDataset(sequences, self.history_length, self.n_items, self.seed)
+        self.train_set = _SequenceDataset(sequences, self.history_length, self.n_items, self.process_seed)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=_identity)
+        return self.train_loader(self.train_set)
 
 
 class ExampleSet:
@@ -479,12 +523,12 @@ class ExampleDataModule(RecDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.examples = build_example_set(
-            self.split, "train", self.history_length, self.num_negatives, self.seed
+            self.split, "train", self.history_length, self.num_negatives, self.process_seed
         )
         self.train_set = _ExampleDataset(self.examples)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, collate_fn=_identity)
+        return self.train_loader(self.train_set)
 
 
 def build_datamodule(

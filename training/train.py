@@ -1,14 +1,17 @@
 """Train one model on a split: Lightning for learned models, closed-form ``fit`` for baselines.
 
 Writes under ``run_dir``: Lightning checkpoints (``checkpoints/``), the CSV log (``lightning_logs/``),
-the model artifact (``model/``, see training/artifact.py) built from the BEST checkpoint by
-``valid/ndcg@10``, and the ``train.json`` TrainResult manifest. Cost figures are measured, not
+one JSON line per epoch (``epochs.jsonl``), the model artifact (``model/``, see training/artifact.py)
+built from the BEST checkpoint by ``valid/ndcg@10``, and the ``train.json`` TrainResult manifest.
+The same code trains on one process or, with ``trainer.devices`` > 1 and a DDP strategy, on several
+(docs/scaling.md). Cost figures are measured, not
 estimated: wall seconds per training epoch (validation excluded), train interactions per second,
 peak resident memory of the process.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
 import sys
@@ -54,12 +57,32 @@ class EpochTimer(Callback):
 
 class EpochLog(EpochTimer):
     """One INFO line per epoch (train loss, validation metric, seconds) through ``logging``: what a log
-    file or an Airflow task log can hold, where a progress bar breaks into one line per refresh."""
+    file or an Airflow task log can hold, where a progress bar breaks into one line per refresh.
+
+    With ``path``, the first process also appends each epoch as a JSON line there (``epochs.jsonl``):
+    the record ``train_model`` reads back, because a callback's state stays in the worker processes of
+    a spawned DDP run and never reaches the process that started it.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        super().__init__()
+        self.path = path
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_epoch_end(trainer, pl_module)
         metrics = trainer.callback_metrics
         loss, valid = metrics.get("train/loss"), metrics.get(VALID_MONITOR)
+        if not trainer.is_global_zero:
+            return  # DDP: the processes agree on these numbers (synced); one line each is enough
+        if self.path is not None:
+            record = {
+                "epoch": trainer.current_epoch + 1,
+                "seconds": round(self.seconds[-1], 4),
+                "train_loss": None if loss is None else float(loss),
+                "processes": trainer.world_size,
+            }
+            with self.path.open("a") as out:
+                out.write(json.dumps(record) + "\n")
         log.info(
             "%s epoch %d/%d: train loss %s, %s %s, %.1f s",
             type(pl_module).__name__,
@@ -70,6 +93,37 @@ class EpochLog(EpochTimer):
             "-" if valid is None else f"{float(valid):.4f}",
             self.seconds[-1],
         )
+
+
+class ProcessSetup(Callback):
+    """What ``train_model`` sets in its own process, set again in every training process: the worker
+    processes a DDP launcher spawns start with torch's default threads (every core each, which
+    oversubscribes the machine) and with Lightning's logging and warnings as they come."""
+
+    def __init__(self, num_threads: int) -> None:
+        self.num_threads = num_threads
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        torch.set_num_threads(self.num_threads)
+        route_lightning_logs()
+
+
+def read_epoch_log(path: Path) -> list[dict[str, Any]]:
+    """The epochs ``EpochLog`` recorded at ``path`` (none when the run stopped before one ended)."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def best_checkpoint_score(checkpoint: ModelCheckpoint, saved: dict[str, Any]) -> float | None:
+    """The monitored score of the best checkpoint, from the checkpoint file's own callback state.
+
+    ``checkpoint.best_model_score`` is only set in the process that trained; a spawned DDP run hands
+    back the best path but not the score, while the file holds both in any launch mode.
+    """
+    state = saved.get("callbacks", {}).get(checkpoint.state_key, {})
+    score = state.get("best_model_score", checkpoint.best_model_score)
+    return None if score is None else float(score)
 
 
 LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
@@ -85,6 +139,8 @@ class _DropLightningAdverts(logging.Filter):
 LIGHTNING_NOISE = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # The validation metrics are reduced across DDP processes before they are logged (models/base.py).
+    r"It is recommended to use `self.log\('valid/",
 )
 
 
@@ -210,7 +266,9 @@ def train_model(
         )
     attributes = attributes_for(split) if uses_attributes(model) else None
     module = build_for_split(model, split, hparams, datamodule.train_matrix)
-    timer = EpochLog()
+    epoch_log = run_dir / "epochs.jsonl"
+    epoch_log.unlink(missing_ok=True)
+    timer = EpochLog(epoch_log)
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
         filename="best-{epoch}",
@@ -225,7 +283,7 @@ def train_model(
         strategy=trainer_cfg.strategy,
         max_epochs=trainer_cfg.max_epochs,
         deterministic=trainer_cfg.deterministic,
-        callbacks=[checkpoint, stopping, timer, *callbacks],
+        callbacks=[checkpoint, stopping, timer, ProcessSetup(trainer_cfg.num_threads), *callbacks],
         logger=CSVLogger(run_dir, name="lightning_logs"),
         enable_progress_bar=show_progress_bar(),
         enable_model_summary=False,
@@ -234,9 +292,9 @@ def train_model(
     trainer.fit(module, datamodule=datamodule)
 
     best_path = Path(checkpoint.best_model_path)
-    state = torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"]
+    saved = torch.load(best_path, map_location="cpu", weights_only=False)
     best = build_for_split(model, split, hparams, datamodule.train_matrix)
-    best.load_state_dict(state)
+    best.load_state_dict(saved["state_dict"])
     best.eval()
     save_model_artifact(
         run_dir / "model",
@@ -249,18 +307,20 @@ def train_model(
         meta=artifact_meta(split),
         attributes=attributes,
     )
-    epoch_seconds = sum(timer.seconds) / max(len(timer.seconds), 1)
-    best_score = checkpoint.best_model_score
+    epochs = read_epoch_log(epoch_log)
+    epoch_seconds = sum(epoch["seconds"] for epoch in epochs) / max(len(epochs), 1)
+    best_score = best_checkpoint_score(checkpoint, saved)
     result = TrainResult(
         model=model,
         run_dir=run_dir,
         checkpoint=best_path,
         hparams=hparams,
-        epochs=len(timer.seconds),
+        epochs=len(epochs),
         epoch_seconds=round(epoch_seconds, 3),
         interactions_per_second=round(datamodule.n_train_interactions / max(epoch_seconds, 1e-9), 1),
-        best_valid_ndcg10=float(best_score) if best_score is not None else 0.0,
+        best_valid_ndcg10=best_score if best_score is not None else 0.0,
         peak_rss_mb=round(peak_rss_mb(), 1),
+        processes=int(epochs[-1]["processes"]) if epochs else 1,
     )
     result.save(run_dir / "train.json")
     log.info(

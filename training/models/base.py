@@ -20,6 +20,7 @@ from training.metrics import binary_auc, binary_logloss, per_user_metrics, ranki
 from training.models.capabilities import PointwiseMetrics, RanksCandidates
 
 VALID_MONITOR = "valid/ndcg@10"
+VALID_METRICS = ("ndcg@10", "recall@10", "hr@10")  # logged as valid/<name> after every epoch
 
 
 def latent_factor_tables(n_users: int, n_items: int, size: int) -> tuple[nn.Embedding, nn.Embedding]:
@@ -118,23 +119,32 @@ class RecommenderModule(L.LightningModule):
             on_step=False,
             on_epoch=True,
             batch_size=int(next(iter(batch.values())).shape[0]),
+            sync_dist=True,
         )
         return loss
+
+    def on_validation_epoch_start(self) -> None:
+        # Per metric: the sum over batches of (batch mean x batch users), then the user count; the same
+        # float32 arithmetic Lightning's batch_size-weighted epoch mean does, so values are unchanged.
+        self._valid_totals = torch.zeros(len(VALID_METRICS) + 1, device=self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         scores = self.full_sort_predict(batch["users"], batch["history"])
         values, _ = per_user_metrics(scores, batch["truth"], ranking_exclusions(self, batch), [10])
         size = int(batch["users"].shape[0])
-        for name in ("ndcg@10", "recall@10", "hr@10"):
-            # Lightning weights the epoch mean by batch_size: the result is the mean over users.
-            self.log(
-                f"valid/{name}",
-                values[name].mean(),
-                prog_bar=name == "ndcg@10",
-                on_step=False,
-                on_epoch=True,
-                batch_size=size,
-            )
+        for position, name in enumerate(VALID_METRICS):
+            self._valid_totals[position] += values[name].mean() * size
+        self._valid_totals[-1] += size
+
+    def on_validation_epoch_end(self) -> None:
+        # The mean over users of every process. Under DDP each process validates its own users
+        # (training.data.UserShard) and the sums and counts are added up across processes, so the value
+        # equals the single-process one and every process early-stops and checkpoints on the same
+        # number. (Lightning's sync_dist=True would average the counts as integers, truncating them.)
+        totals = self.trainer.strategy.reduce(self._valid_totals, reduce_op="sum")
+        users = totals[-1].clamp(min=1.0)
+        for position, name in enumerate(VALID_METRICS):
+            self.log(f"valid/{name}", totals[position] / users, prog_bar=name == "ndcg@10")
 
     def configure_optimizers(self) -> Any:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
