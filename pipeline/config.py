@@ -113,6 +113,33 @@ class TrainerConfig(_Strict):
     num_threads: int = 2
     deterministic: bool = True
 
+    # A misspelt accelerator or strategy would otherwise fail only inside the training task, after the
+    # data stages ran; checked here, a run or --check refuses it at once. Lightning's registries are
+    # imported only for a value other than the defaults, so loading a config stays light.
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, value: str) -> str:
+        if value in ("cpu", "auto", "gpu"):
+            return value
+        from lightning.pytorch.accelerators import AcceleratorRegistry
+
+        known = ["auto", "gpu", *sorted(AcceleratorRegistry.available_accelerators())]
+        if value not in known:
+            raise ValueError(f"unknown accelerator {value!r}{did_you_mean(value, known)}")
+        return value
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        known = ["auto", *sorted(StrategyRegistry.available_strategies())]
+        if value not in known:
+            raise ValueError(f"unknown strategy {value!r}{did_you_mean(value, known)}")
+        return value
+
 
 class TuningConfig(_Strict):
     """``recsys_tune_<model>`` / ``make tune``: how hyperparameters are searched (orchestration.tuning)."""

@@ -120,3 +120,13 @@ def test_ddp_training_on_two_processes_matches_one_process(tmp_path: Path) -> No
     assert valid_2 == pytest.approx(valid_1, abs=0.05)
     assert test_2["ndcg@10"] == pytest.approx(test_1["ndcg@10"], abs=0.05)
     assert test_2["ndcg@10"] > popularity_test["ndcg@10"] + 0.05 and valid_2 > popularity.best_valid_ndcg10
+
+
+def test_a_misspelt_strategy_or_accelerator_is_refused_with_the_nearest_name() -> None:
+    from pydantic import ValidationError
+
+    assert TrainerConfig(devices=2, strategy="ddp_spawn").strategy == "ddp_spawn"
+    with pytest.raises(ValidationError, match="unknown strategy 'dpp_spawn' \\(did you mean 'ddp_spawn'"):
+        TrainerConfig(devices=2, strategy="dpp_spawn")
+    with pytest.raises(ValidationError, match="unknown accelerator 'cdua' \\(did you mean 'cuda'"):
+        TrainerConfig(accelerator="cdua")
