@@ -101,6 +101,10 @@ MEASURES: dict[str, Measures] = {
     ),
     "ann": Measures("bench/bench_ann.py", ("serving/ann.py",)),
     "session": Measures("bench/bench_session.py", ("training/", "configs/models/", "configs/pipeline.yaml")),
+    # The served retrieve-then-rank unit under full ranking (training/two_stage.py and both models).
+    "two_stage_eval": Measures(
+        "bench/bench_two_stage.py", ("bench/leaderboard.py", "training/", "configs/models/")
+    ),
 }
 
 

@@ -184,6 +184,31 @@ def importable(model: str) -> str | None:
 # ------------------------------------------------------------------------------------------- running
 
 
+def training_job(
+    model: str,
+    protocol: str,
+    seed: int,
+    params: dict[str, Any],
+    feature_manifest: Path,
+    home: Path,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """What ``run_job`` trains: ``seed`` is both the split seed and the training seed; ``args`` gives
+    max_epochs, patience and threads."""
+    return {
+        "model": model,
+        "protocol": protocol,
+        "params": params,
+        "feature_set": str(feature_manifest),
+        "home": str(home),
+        "seed": seed,
+        "train_seed": seed,
+        "max_epochs": args.max_epochs,
+        "patience": args.patience,
+        "threads": args.threads,
+    }
+
+
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
     """One (model, protocol, seed) in a fresh worker process; failures come back as records, not
     exceptions."""
@@ -1067,19 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
         params = model_params(model, hparams.get(model))  # a typo fails here, not after training
         for protocol in protocols:
             jobs += [
-                {
-                    "model": model,
-                    "protocol": protocol,
-                    "params": params,
-                    "feature_set": str(feature_manifest),
-                    "home": str(home),
-                    "seed": seed,
-                    "train_seed": seed,
-                    "max_epochs": args.max_epochs,
-                    "patience": args.patience,
-                    "threads": args.threads,
-                }
-                for seed in seeds
+                training_job(model, protocol, seed, params, feature_manifest, home, args) for seed in seeds
             ]
     # Longest jobs first (per-example models and sequence models cost 5-20x a BPR epoch), so the two
     # workers finish together instead of one running DIEN alone at the end.
