@@ -8,6 +8,11 @@ Why: Feast 0.67's DuckDB store answers ``get_historical_features`` by joining ev
 entity row directly — the same inclusive semantics as Feast (``feature_ts <= entity_ts``, ties broken
 by the created timestamp, ttl honoured) — in one sort-merge pass.
 
+The join runs when the job is consumed: ``to_arrow()``/``to_df()`` fetch the result into memory, while
+``persist()`` to a Parquet ``SavedDatasetFileStorage`` streams it to the file (DuckDB ``COPY``), within
+the store's ``memory_limit`` and spilling to ``temp_directory``: the training set of a large log never
+has to fit in memory (``features.store`` persists it that way).
+
 Everything else (materialisation, pulls, writes, logging) is the stock ``DuckDBOfflineStore``. Requests
 this join does not cover — on-demand views, SQL entity frames, field mappings, non-Parquet sources,
 ``filter_by_created_timestamp`` — fall back to the stock implementation, so results never differ in
@@ -17,26 +22,30 @@ kind, only in speed. Select it with ``offline_store: {type: features.offline_sto
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
-import ibis
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from feast.data_source import DataSource
+from feast.errors import SavedDatasetLocationAlreadyExists
 from feast.feature_view import FeatureView
 from feast.infra.offline_stores import offline_utils
 from feast.infra.offline_stores.duckdb import (
     DuckDBOfflineStore,
     DuckDBOfflineStoreConfig,
-    _write_data_source,
 )
-from feast.infra.offline_stores.file_source import FileSource
-from feast.infra.offline_stores.ibis import IbisRetrievalJob
+from feast.infra.offline_stores.file_source import FileSource, SavedDatasetFileStorage
 from feast.infra.offline_stores.offline_store import RetrievalJob, RetrievalMetadata
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import RepoConfig
+from feast.saved_dataset import SavedDatasetStorage
 from pydantic import StrictStr
 
 log = logging.getLogger(__name__)
@@ -47,13 +56,32 @@ TS = "__recforge_ts"  # the entity timestamp at microseconds, the resolution of 
 
 class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     type: StrictStr = "features.offline_store.AsofDuckDBOfflineStore"
+    # DuckDB's own default is 80% of the machine, too much beside the process that holds the events.
+    memory_limit: StrictStr | None = None  # DuckDB syntax ("4GB"); None: a third of physical memory
+    temp_directory: StrictStr | None = None  # where joins and sorts spill; None: DuckDB's own choice
 
 
-def _q(name: str) -> str:
+def default_memory_limit() -> str:
+    """A third of physical memory, in DuckDB's syntax."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(total // 3 // 2**20, 256)}MB"
+
+
+def connect(memory_limit: str | None = None, temp_directory: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection in UTC that stays within ``memory_limit`` and spills to ``temp_directory``."""
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute(f"SET memory_limit = {sql_literal(memory_limit or default_memory_limit())}")
+    if temp_directory:
+        con.execute(f"SET temp_directory = {sql_literal(temp_directory)}")
+    return con
+
+
+def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _lit(value: str) -> str:
+def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -64,18 +92,87 @@ def _supported(feature_views: list[FeatureView], entity_df: Any, filter_by_creat
     if filter_by_created:
         return "filter_by_created_timestamp"
     for fv in feature_views:
-        src = fv.batch_source
-        if not isinstance(src, FileSource) or type(src) is not FileSource:
-            return f"{fv.name}: source is not a FileSource"
-        if src.field_mapping:
-            return f"{fv.name}: field_mapping"
-        if not str(src.path).endswith(".parquet") or "://" in str(src.path):
-            return f"{fv.name}: not a local Parquet file"
+        if problem := _source_problem(fv.batch_source):
+            return f"{fv.name}: {problem}"
     return None
+
+
+def _source_problem(src: Any) -> str | None:
+    """Why DuckDB cannot read ``src`` directly (``None`` when it can: a plain local Parquet FileSource)."""
+    if not isinstance(src, FileSource) or type(src) is not FileSource:
+        return "source is not a FileSource"
+    if src.field_mapping:
+        return "field_mapping"
+    if not str(src.path).endswith(".parquet") or "://" in str(src.path):
+        return "not a local Parquet file"
+    return None
+
+
+def _timestamp_literal(value: datetime) -> str:
+    """A TIMESTAMPTZ literal; a naive datetime is taken as UTC (as Feast does)."""
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    return f"TIMESTAMPTZ {sql_literal(value.astimezone(UTC).isoformat())}"
+
+
+def _parquet_path(src: FileSource, repo_path: str) -> str:
+    return src.path if src.path.startswith("/") else f"{repo_path}/{src.path}"
 
 
 class AsofDuckDBOfflineStore(DuckDBOfflineStore):
     """``DuckDBOfflineStore`` whose point-in-time join is one DuckDB ``ASOF LEFT JOIN`` per view."""
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: datetime,
+        end_date: datetime,
+    ) -> RetrievalJob:
+        """The newest row per entity within [start_date, end_date] (what materialisation writes online).
+
+        Feast's own version is the same window query through ibis, on a DuckDB connection without a
+        memory limit; this one runs within the store's ``memory_limit``.
+        """
+        if _source_problem(data_source):
+            return DuckDBOfflineStore.pull_latest_from_table_or_query(
+                config,
+                data_source,
+                join_key_columns,
+                feature_name_columns,
+                timestamp_field,
+                created_timestamp_column,
+                start_date,
+                end_date,
+            )
+        assert isinstance(data_source, FileSource)
+        fields = [*join_key_columns, *feature_name_columns, timestamp_field]
+        newest = [f"{quote_identifier(timestamp_field)} DESC"]
+        if created_timestamp_column:
+            fields.append(created_timestamp_column)
+            newest.append(f"{quote_identifier(created_timestamp_column)} DESC")
+        ts = f"CAST({quote_identifier(timestamp_field)} AS TIMESTAMPTZ)"
+        window = (
+            f"PARTITION BY {', '.join(map(quote_identifier, join_key_columns))} " if join_key_columns else ""
+        )
+        sql = (
+            f"SELECT {', '.join(map(quote_identifier, fields))} "
+            f"FROM read_parquet({sql_literal(_parquet_path(data_source, str(config.repo_path)))}) "
+            f"WHERE {ts} BETWEEN {_timestamp_literal(start_date)} AND {_timestamp_literal(end_date)} "
+            f"QUALIFY row_number() OVER ({window}ORDER BY {', '.join(newest)}) = 1"
+        )
+        offline = config.offline_store
+        return DuckDBQueryJob(
+            sql,
+            {},
+            full_feature_names=False,
+            metadata=None,
+            memory_limit=getattr(offline, "memory_limit", None),
+            temp_directory=getattr(offline, "temp_directory", None),
+        )
 
     @staticmethod
     def get_historical_features(
@@ -115,7 +212,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         entity[ROW] = np.arange(len(entity), dtype="int64")
         # DuckDB will not compare TIMESTAMPTZ_NS with TIMESTAMPTZ; flooring to µs keeps "<=" exact.
         entity[TS] = entity[ts_col].dt.floor("us").dt.as_unit("us")
-        table = _asof_join(
+        sql = _asof_sql(
             entity, ts_col, feature_views, feature_refs, full_feature_names, str(config.repo_path)
         )
         metadata = RetrievalMetadata(
@@ -124,31 +221,106 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
             min_event_timestamp=entity[ts_col].min().to_pydatetime() if len(entity) else None,
             max_event_timestamp=entity[ts_col].max().to_pydatetime() if len(entity) else None,
         )
-        return IbisRetrievalJob(
-            ibis.memtable(table),
-            [],
+        offline = config.offline_store
+        return DuckDBQueryJob(
+            sql,
+            {"entity": pa.Table.from_pandas(entity, preserve_index=False)},
             full_feature_names,
-            metadata=metadata,
-            data_source_writer=_write_data_source,
-            staging_location=config.offline_store.staging_location,
-            staging_location_endpoint_override=config.offline_store.staging_location_endpoint_override,
-            repo_path=str(config.repo_path),
+            metadata,
+            memory_limit=getattr(offline, "memory_limit", None),
+            temp_directory=getattr(offline, "temp_directory", None),
         )
 
 
-def _asof_join(
+class DuckDBQueryJob(RetrievalJob):
+    """One DuckDB query over local Parquet files (and in-memory ``tables`` it names), run when consumed."""
+
+    def __init__(
+        self,
+        sql: str,
+        tables: dict[str, pa.Table],
+        full_feature_names: bool,
+        metadata: RetrievalMetadata | None,
+        memory_limit: str | None = None,
+        temp_directory: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.sql = sql
+        self._tables = tables
+        self._full_feature_names = full_feature_names
+        self._metadata = metadata
+        self._memory_limit = memory_limit
+        self._temp_directory = temp_directory
+
+    @property
+    def full_feature_names(self) -> bool:
+        return self._full_feature_names
+
+    @property
+    def on_demand_feature_views(self) -> list[OnDemandFeatureView]:
+        return []  # requests with on-demand views take Feast's own join
+
+    @property
+    def metadata(self) -> RetrievalMetadata | None:
+        return self._metadata
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        con = connect(self._memory_limit, self._temp_directory)
+        for name, table in self._tables.items():
+            con.register(name, table)
+        return con
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        con = self._connect()
+        try:
+            relation = con.sql(self.sql)
+            # duckdb 2 renamed fetch_arrow_table() to to_arrow_table() (a relation's avoids a DB-API copy)
+            fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
+            return fetch()
+        finally:
+            con.close()
+
+    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
+        return self._to_arrow_internal(timeout).to_pandas()
+
+    def persist(
+        self, storage: SavedDatasetStorage, allow_overwrite: bool = False, timeout: int | None = None
+    ) -> None:
+        """Stream the result, in entity-row order, to the Parquet file of a ``SavedDatasetFileStorage``."""
+        if not isinstance(storage, SavedDatasetFileStorage):
+            raise ValueError(
+                f"{type(self).__name__} persists to SavedDatasetFileStorage only, not {storage!r}"
+            )
+        path = Path(storage.file_options.uri)
+        if path.exists() and not allow_overwrite:
+            raise SavedDatasetLocationAlreadyExists(location=str(path))
+        # Spill beside the output (same disk) unless the store names a place; DuckDB's default is ./.tmp.
+        spill = Path(self._temp_directory or path.parent / f".duckdb-spill-{os.getpid()}")
+        con = connect(self._memory_limit, str(spill))
+        try:
+            for name, table in self._tables.items():
+                con.register(name, table)
+            con.execute(f"COPY ({self.sql}) TO {sql_literal(str(path))} (FORMAT parquet)")
+        finally:
+            con.close()
+            if not self._temp_directory:
+                shutil.rmtree(spill, ignore_errors=True)
+
+
+def _asof_sql(
     entity: pd.DataFrame,
     ts_col: str,
     feature_views: list[FeatureView],
     feature_refs: list[str],
     full_feature_names: bool,
     repo_path: str,
-) -> pa.Table:
-    """Entity rows in input order, plus each view's features from its newest row at or before ``ts_col``."""
-    ctes, joins, selects = [], [], [f"e.{_q(c)}" for c in entity.columns if c not in (ROW, TS)]
+) -> str:
+    """SQL over the table ``entity``: its rows in input order, plus each view's features from its newest
+    row at or before ``ts_col``."""
+    ctes, joins, selects = [], [], [f"e.{quote_identifier(c)}" for c in entity.columns if c not in (ROW, TS)]
     for i, fv in enumerate(feature_views):
         src: FileSource = fv.batch_source  # type: ignore[assignment]
-        path = src.path if src.path.startswith("/") else f"{repo_path}/{src.path}"
+        path = _parquet_path(src, repo_path)
         prefix = fv.projection.name_to_use()
         names = [ref.split(":", 1)[1] for ref in feature_refs if ref.startswith(f"{prefix}:")]
         if not names:
@@ -156,32 +328,28 @@ def _asof_join(
         key_map = fv.projection.join_key_map or {c.name: c.name for c in fv.entity_columns}
         ts, created = src.timestamp_field, src.created_timestamp_column
         alias = f"f{i}"
-        cols = [*map(_q, key_map), f"CAST({_q(ts)} AS TIMESTAMPTZ) AS __ts", *map(_q, names)]
+        cols = [
+            *map(quote_identifier, key_map),
+            f"CAST({quote_identifier(ts)} AS TIMESTAMPTZ) AS __ts",
+            *map(quote_identifier, names),
+        ]
         dedupe = ""
         if created:  # Feast keeps the row created last among rows with the same key and timestamp
-            keys = ", ".join([*map(_q, key_map), _q(ts)])
-            dedupe = f" QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {_q(created)} DESC) = 1"
-        ctes.append(f"{alias} AS (SELECT {', '.join(cols)} FROM read_parquet({_lit(path)}){dedupe})")
-        on = [f"e.{_q(v)} = {alias}.{_q(k)}" for k, v in key_map.items()]
-        on.append(f"e.{_q(TS)} >= {alias}.__ts")
+            keys = ", ".join([*map(quote_identifier, key_map), quote_identifier(ts)])
+            dedupe = f" QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY {quote_identifier(created)} DESC) = 1"
+        ctes.append(f"{alias} AS (SELECT {', '.join(cols)} FROM read_parquet({sql_literal(path)}){dedupe})")
+        on = [f"e.{quote_identifier(v)} = {alias}.{quote_identifier(k)}" for k, v in key_map.items()]
+        on.append(f"e.{quote_identifier(TS)} >= {alias}.__ts")
         joins.append(f"ASOF LEFT JOIN {alias} ON {' AND '.join(on)}")
         base = fv.projection.name_alias or fv.name
         expired = "FALSE"
         if fv.ttl:  # Feast: a row counts only while feature_ts + ttl >= entity_ts
-            expired = f"e.{_q(TS)} > {alias}.__ts + to_microseconds({int(fv.ttl / pd.Timedelta(1, 'us'))})"
+            expired = f"e.{quote_identifier(TS)} > {alias}.__ts + to_microseconds({int(fv.ttl / pd.Timedelta(1, 'us'))})"
         for name in names:
             out = f"{base}__{name}" if full_feature_names else name
-            selects.append(f"CASE WHEN {expired} THEN NULL ELSE {alias}.{_q(name)} END AS {_q(out)}")
-    sql = (
+            selects.append(
+                f"CASE WHEN {expired} THEN NULL ELSE {alias}.{quote_identifier(name)} END AS {quote_identifier(out)}"
+            )
+    return (
         f"WITH {', '.join(ctes)} " if ctes else ""
-    ) + f"SELECT {', '.join(selects)} FROM entity e {' '.join(joins)} ORDER BY e.{_q(ROW)}"
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.register("entity", pa.Table.from_pandas(entity, preserve_index=False))
-        relation = con.sql(sql)
-        # duckdb 2 renamed fetch_arrow_table() to to_arrow_table() (a relation's avoids a DB-API copy)
-        fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
-        return fetch()
-    finally:
-        con.close()
+    ) + f"SELECT {', '.join(selects)} FROM entity e {' '.join(joins)} ORDER BY e.{quote_identifier(ROW)}"

@@ -49,8 +49,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.data_source import DataSource
+from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
-from features.tables import ARROW_TYPES, TS_TYPE, build_tables, feature_views, read_snapshot, write_tables
+from features.offline_store import connect, quote_identifier, sql_literal
+from features.tables import (
+    ARROW_TYPES,
+    ID_STRING,
+    TS_TYPE,
+    build_tables,
+    feature_views,
+    read_snapshot,
+    write_tables,
+)
 from pipeline.artifacts import FeatureSet, Snapshot, atomic_path, atomic_write_json, file_lock
 from pipeline.config import REPO_ROOT, FeatureConfig
 from pipeline.layout import Layout
@@ -68,6 +78,7 @@ MANIFEST = "feature_set.json"
 EXAMPLES = "examples.parquet"
 SCHEMA_ENV = "RECFORGE_FEAST_SCHEMA"  # the schema JSON the definitions generate the profile views from
 SCHEMA_FILE = "schema.json"  # the namespace's copy of its data schema
+EXAMPLE_BATCH_ROWS = 128 * 1024  # rows per Parquet write of the examples file (bounds its memory)
 
 # Columns of every examples file before and around the schema's attributes (docs/architecture.md).
 EVENT_COLUMNS = [
@@ -340,12 +351,9 @@ def build_features(snapshot: Snapshot, cfg: FeatureConfig, layout: Layout) -> Fe
         shutil.rmtree(staging, ignore_errors=True)
         raise
     timings["tables_s"] = time.perf_counter() - started
-    log.info(
-        "features %s: built tables %s in %.2fs",
-        snapshot.data_version,
-        {k: v.num_rows for k, v in tables.items()},
-        timings["tables_s"],
-    )
+    rows = {name: table.num_rows for name, table in tables.items()}
+    del tables  # the history state behind them is as large as the log: free it before the retrieval
+    log.info("features %s: built tables %s in %.2fs", snapshot.data_version, rows, timings["tables_s"])
 
     try:
         # One builder per namespace: the file registry and SQLite take one writer.
@@ -461,59 +469,97 @@ def _publish(
 
 
 def _write_examples(store: FeatureStore, interactions: pd.DataFrame, path: Path, schema: DataSchema) -> int:
-    """One example per interaction, features point-in-time from ``recsys_training``."""
+    """One example per interaction, features point-in-time from ``recsys_training``.
+
+    The point-in-time result is persisted to a Parquet file next to ``path`` (the ASOF store streams it
+    there, spilling to disk) and joined back to the events by DuckDB, which the examples file is written
+    from a batch at a time: neither the training set nor its history lists are ever held whole in memory.
+    """
     columns_schema = example_schema(schema)
     inter = interactions.sort_values("event_id", kind="stable").reset_index(drop=True)
-    inter["user_id"] = inter["user_id"].astype("string")
-    inter["item_id"] = inter["item_id"].astype("string")
-    keys = ["user_id", "item_id", "timestamp"]
-    key_row = inter.groupby(keys, sort=False, observed=True).ngroup().to_numpy()
+    user_ids = inter["user_id"].astype(ID_STRING)
+    item_ids = inter["item_id"].astype(ID_STRING)
+    key_row = pd.DataFrame({"u": user_ids, "i": item_ids, "t": inter["timestamp"]})
+    key_row = key_row.groupby(["u", "i", "t"], sort=False, observed=True).ngroup().to_numpy()
     first = np.unique(key_row, return_index=True)[1]
     entity_df = pd.DataFrame(
         {
-            "user_id": inter["user_id"].to_numpy(dtype=object)[first],
-            "item_id": inter["item_id"].to_numpy(dtype=object)[first],
-            "event_timestamp": inter["timestamp"].iloc[first].to_numpy(),
+            "user_id": user_ids.iloc[first].reset_index(drop=True),
+            "item_id": item_ids.iloc[first].reset_index(drop=True),
+            "event_timestamp": pd.to_datetime(inter["timestamp"].iloc[first].to_numpy(), utc=True),
             "key_row": np.arange(len(first), dtype="int64"),
         }
     )
-    entity_df["event_timestamp"] = pd.to_datetime(entity_df["event_timestamp"], utc=True)
+    events = pa.table(
+        {
+            "event_id": pa.array(inter["event_id"].to_numpy(dtype="int64")),
+            "user_id": pa.array(user_ids, type=pa.string()),
+            "item_id": pa.array(item_ids, type=pa.string()),
+            "event_timestamp": pa.array(inter["timestamp"]).cast(TS_TYPE),
+            "rating": pa.array(inter["rating"].to_numpy(dtype="float64", na_value=np.nan), from_pandas=True),
+            "key_row": pa.array(key_row, type=pa.int64()),
+        }
+    )
+    del inter, user_ids, item_ids, key_row
+
     job = store.get_historical_features(
         entity_df=entity_df, features=store.get_feature_service(TRAINING_SERVICE)
     )
-    result = job.to_arrow()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    retrieved = path.parent / f".retrieved-{os.getpid()}.parquet"
+    try:
+        job.persist(SavedDatasetFileStorage(path=str(retrieved)), allow_overwrite=True)
+        del entity_df, job
+        with atomic_path(path) as tmp:
+            n_rows = _join_examples(events, retrieved, len(first), columns_schema, tmp)
+    finally:
+        retrieved.unlink(missing_ok=True)
+    return n_rows
 
-    got = result.column("key_row").to_numpy()
-    if len(got) != len(first) or len(np.unique(got)) != len(first):
-        raise FeatureBuildError(
-            f"get_historical_features returned {len(got)} rows ({len(np.unique(got))} distinct) for "
-            f"{len(first)} distinct (user_id, item_id, event_timestamp) keys"
-        )
-    position = np.empty(len(first), dtype="int64")
-    position[got] = np.arange(len(got))
-    rows = pa.array(position[key_row])
 
-    columns: dict[str, pa.Array] = {
-        "event_id": pa.array(inter["event_id"].to_numpy(dtype="int64")),
-        "user_id": pa.array(inter["user_id"], type=pa.string()),
-        "item_id": pa.array(inter["item_id"], type=pa.string()),
-        "event_timestamp": pa.array(inter["timestamp"]).cast(TS_TYPE),
-        "rating": pa.array(inter["rating"].to_numpy(dtype="float64", na_value=np.nan), from_pandas=True),
-    }
-    for name in columns_schema.names[len(EVENT_COLUMNS) :]:
-        if name not in result.column_names:
+def _join_examples(
+    events: pa.Table, retrieved: Path, n_keys: int, columns_schema: pa.Schema, out: Path
+) -> int:
+    """Write ``out``: every event (in event_id order) with the features of its key row in ``retrieved``."""
+    features = columns_schema.names[len(EVENT_COLUMNS) :]
+    got = set(pq.read_schema(retrieved).names)
+    for name in features:
+        if name not in got:
             raise FeatureBuildError(
                 f"get_historical_features: feature {name!r} missing from {TRAINING_SERVICE}"
             )
-        column = result.column(name).take(rows).combine_chunks()
-        column = column.cast(columns_schema.field(name).type)
-        if pa.types.is_list(column.type):
-            column = _empty_for_null(column)
-        columns[name] = column
-    table = pa.Table.from_arrays([columns[n] for n in columns_schema.names], schema=columns_schema)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return table.num_rows
+    spill = out.parent / f".duckdb-spill-{os.getpid()}"
+    con = connect(temp_directory=str(spill))
+    try:
+        con.register("events", events)
+        source = f"read_parquet({sql_literal(str(retrieved))})"
+        counted = con.execute(f"SELECT count(*), count(DISTINCT key_row) FROM {source}").fetchall()
+        rows, distinct = counted[0]
+        if rows != n_keys or distinct != n_keys:
+            raise FeatureBuildError(
+                f"get_historical_features returned {rows} rows ({distinct} distinct) for "
+                f"{n_keys} distinct (user_id, item_id, event_timestamp) keys"
+            )
+        selected = [f"e.{name}" for name, _ in EVENT_COLUMNS] + [f"f.{quote_identifier(n)}" for n in features]
+        reader = con.sql(
+            f"SELECT {', '.join(selected)} FROM events e JOIN {source} f ON f.key_row = e.key_row "
+            "ORDER BY e.event_id"
+        ).to_arrow_reader(EXAMPLE_BATCH_ROWS)
+        n_rows = 0
+        with pq.ParquetWriter(out, columns_schema) as writer:
+            for batch in reader:
+                columns = [
+                    batch.column(i).cast(columns_schema.field(i).type) for i in range(batch.num_columns)
+                ]
+                columns = [_empty_for_null(c) if pa.types.is_list(c.type) else c for c in columns]
+                writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=columns_schema))
+                n_rows += batch.num_rows
+    finally:
+        con.close()
+        shutil.rmtree(spill, ignore_errors=True)
+    if n_rows != events.num_rows:
+        raise FeatureBuildError(f"examples: wrote {n_rows} rows for {events.num_rows} events")
+    return n_rows
 
 
 def _empty_for_null(column: pa.ListArray) -> pa.ListArray:

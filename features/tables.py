@@ -13,6 +13,7 @@ the "last N items" lists. ML-100K takes well under a second; ML-1M a few seconds
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,10 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "text": pa.string(),
 }
 PROFILE_VIEWS = {"user": "user_profile", "item": "item_profile"}
+# Entity ids in pandas: Arrow-backed strings take a few bytes per id, where Python str objects take ~60.
+ID_STRING = pd.StringDtype("pyarrow")
+# Item ids per block of history rows built and written at once: bounds the memory of the largest table.
+HISTORY_BATCH_VALUES = 8 * 2**20
 
 
 def profile_schema(entity: Entity, schema: DataSchema) -> pa.Schema:
@@ -100,7 +105,9 @@ def read_snapshot(interactions: Path, users: Path, items: Path) -> SnapshotFrame
     for path in (interactions, users, items):
         if not Path(path).exists():
             raise FeatureTableError(f"{path}: snapshot file not found (was the snapshot moved or deleted?)")
-    inter = pd.read_parquet(interactions)
+    inter = pq.read_table(interactions).to_pandas(
+        types_mapper={pa.string(): ID_STRING, pa.large_string(): ID_STRING}.get
+    )
     _require(inter, INTERACTION_COLUMNS, interactions)
     inter["timestamp"] = _utc(inter["timestamp"], f"{interactions}: column 'timestamp'")
     if inter["event_id"].duplicated().any():
@@ -168,16 +175,17 @@ def profile_table(df: pd.DataFrame, schema: pa.Schema, stamp: pd.Timestamp) -> p
 class _History:
     """Per-row history state of one entity kind (positions index the events sorted by key, time, id)."""
 
-    keys: np.ndarray  # entity id (string) of each output row
+    key_codes: np.ndarray  # index into key_values of each output row
+    key_values: pa.Array  # the distinct entity ids (strings)
     stamps_us: np.ndarray  # event_timestamp of each output row
     count: np.ndarray  # events of the entity strictly before the stamp
     mean: np.ndarray  # mean non-NaN rating of those events (NaN when none)
     window_lo: np.ndarray  # first sorted position of the "last N" window
     window_hi: np.ndarray  # one past the last sorted position of the window
-    sorted_items: np.ndarray  # item id of every event, in sorted order
+    sorted_items: pa.Array | None  # item id of every event, in sorted order (when windows are wanted)
 
 
-def _history(inter: pd.DataFrame, key: str, history_length: int) -> _History:
+def _history(inter: pd.DataFrame, key: str, history_length: int, with_items: bool = True) -> _History:
     codes, uniques = pd.factorize(inter[key], sort=False)
     ts = inter["timestamp"].dt.as_unit("us").astype("int64").to_numpy()
     event_id = inter["event_id"].to_numpy()
@@ -210,9 +218,12 @@ def _history(inter: pd.DataFrame, key: str, history_length: int) -> _History:
         mean = np.where(n_valid > 0, (csum_r[pos] - csum_r[lo_key]) / np.maximum(n_valid, 1), np.nan)
 
     out_order = np.lexsort((stamps, row_key))
-    items = inter["item_id"].astype("string").to_numpy(dtype=object)[order]
+    items = None
+    if with_items:  # Arrow strings: a few bytes per event, where Python str objects take ~60
+        items = _arrow_strings(inter["item_id"]).take(pa.array(order))
     return _History(
-        keys=np.asarray(uniques, dtype=object)[row_key[out_order]],
+        key_codes=row_key[out_order],
+        key_values=pa.array(np.asarray(uniques, dtype=object), type=pa.string()),
         stamps_us=stamps[out_order],
         count=(pos - lo_key)[out_order],
         mean=mean[out_order],
@@ -222,39 +233,72 @@ def _history(inter: pd.DataFrame, key: str, history_length: int) -> _History:
     )
 
 
-def _windows(h: _History) -> pa.ListArray:
-    """``sorted_items[lo:hi]`` for every row as one Arrow list column (a single gather, no Python loop)."""
-    lengths = h.window_hi - h.window_lo
+def _arrow_strings(series: pd.Series) -> pa.Array:
+    """``series`` as one Arrow string array (Arrow-backed columns read from Parquet come in chunks)."""
+    values = pa.array(series.astype(ID_STRING), type=pa.string())
+    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+
+def _windows(h: _History, start: int, stop: int) -> pa.ListArray:
+    """``sorted_items[lo:hi]`` for rows ``start:stop`` as one Arrow list column (one gather, no loop)."""
+    assert h.sorted_items is not None
+    lo, hi = h.window_lo[start:stop], h.window_hi[start:stop]
+    lengths = hi - lo
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    gather = np.repeat(h.window_lo - offsets[:-1], lengths) + np.arange(offsets[-1])
-    values = pa.array(h.sorted_items, type=pa.string()).take(pa.array(gather, type=pa.int64()))
-    offset_type = pa.int32() if offsets[-1] < 2**31 - 1 else pa.int64()
-    list_cls = pa.ListArray if offset_type == pa.int32() else pa.LargeListArray
-    arr = list_cls.from_arrays(pa.array(offsets, type=offset_type), values)
-    return arr if list_cls is pa.ListArray else arr.cast(pa.list_(pa.string()))
+    gather = np.repeat(lo - offsets[:-1], lengths) + np.arange(offsets[-1])
+    values = h.sorted_items.take(pa.array(gather, type=pa.int64()))
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), values)
+
+
+@dataclass(frozen=True)
+class BatchedTable:
+    """A table built a block of rows at a time, so that it is written without ever being whole in memory."""
+
+    schema: pa.Schema
+    num_rows: int
+    make_batch: Callable[[int, int], pa.RecordBatch]  # the rows [start, stop)
+    batch_rows: int
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        for start in range(0, self.num_rows, self.batch_rows):
+            yield self.make_batch(start, min(start + self.batch_rows, self.num_rows))
+
+    def read_all(self) -> pa.Table:
+        return pa.Table.from_batches(list(self.batches()), schema=self.schema)
+
+
+def user_activity_batches(interactions: pd.DataFrame, history_length: int) -> BatchedTable:
+    """History of each user as of every distinct event timestamp, plus the final state, in row blocks
+    (each block's lists hold at most ``HISTORY_BATCH_VALUES`` item ids)."""
+    h = _history(interactions, "user_id", history_length)
+
+    def make_batch(start: int, stop: int) -> pa.RecordBatch:
+        return pa.RecordBatch.from_arrays(
+            [
+                h.key_values.take(pa.array(h.key_codes[start:stop])),
+                pa.array(h.count[start:stop], type=pa.int64()),
+                pa.array(h.mean[start:stop], type=pa.float64(), from_pandas=True),
+                _windows(h, start, stop),
+                _ts_array(h.stamps_us[start:stop]),
+            ],
+            schema=USER_ACTIVITY_SCHEMA,
+        )
+
+    batch_rows = max(1, HISTORY_BATCH_VALUES // max(history_length, 1))
+    return BatchedTable(USER_ACTIVITY_SCHEMA, len(h.count), make_batch, batch_rows)
 
 
 def user_activity_table(interactions: pd.DataFrame, history_length: int) -> pa.Table:
     """History of each user as of every distinct event timestamp, plus the final state."""
-    h = _history(interactions, "user_id", history_length)
-    return pa.Table.from_arrays(
-        [
-            pa.array(h.keys, type=pa.string()),
-            pa.array(h.count, type=pa.int64()),
-            pa.array(h.mean, type=pa.float64(), from_pandas=True),
-            _windows(h),
-            _ts_array(h.stamps_us),
-        ],
-        schema=USER_ACTIVITY_SCHEMA,
-    )
+    return user_activity_batches(interactions, history_length).read_all()
 
 
 def item_popularity_table(interactions: pd.DataFrame) -> pa.Table:
     """Interaction count and mean rating of each item as of every distinct event timestamp, plus final."""
-    h = _history(interactions, "item_id", 1)
+    h = _history(interactions, "item_id", 1, with_items=False)
     return pa.Table.from_arrays(
         [
-            pa.array(h.keys, type=pa.string()),
+            h.key_values.take(pa.array(h.key_codes)),
             pa.array(h.count, type=pa.int64()),
             pa.array(h.mean, type=pa.float64(), from_pandas=True),
             _ts_array(h.stamps_us),
@@ -263,15 +307,19 @@ def item_popularity_table(interactions: pd.DataFrame) -> pa.Table:
     )
 
 
-def build_tables(frames: SnapshotFrames, history_length: int, schema: DataSchema) -> dict[str, pa.Table]:
+def build_tables(
+    frames: SnapshotFrames, history_length: int, schema: DataSchema
+) -> dict[str, pa.Table | BatchedTable]:
     """The offline tables of ``feature_views(schema)``, keyed by feature view name."""
     inter = frames.interactions
     if inter.empty:
         raise FeatureTableError("interactions: the snapshot holds no events; nothing to build features from")
-    inter = inter.assign(user_id=inter["user_id"].astype("string"), item_id=inter["item_id"].astype("string"))
+    inter = inter.assign(
+        user_id=inter["user_id"].astype(ID_STRING), item_id=inter["item_id"].astype(ID_STRING)
+    )
     earliest = inter["timestamp"].min()
-    tables = {
-        "user_activity": user_activity_table(inter, history_length),
+    tables: dict[str, pa.Table | BatchedTable] = {
+        "user_activity": user_activity_batches(inter, history_length),
         "item_popularity": item_popularity_table(inter),
     }
     for entity, view in PROFILE_VIEWS.items():
@@ -281,12 +329,17 @@ def build_tables(frames: SnapshotFrames, history_length: int, schema: DataSchema
     return {view: tables[view] for view in feature_views(schema)}
 
 
-def write_tables(tables: dict[str, pa.Table], directory: Path) -> dict[str, Path]:
+def write_tables(tables: dict[str, pa.Table | BatchedTable], directory: Path) -> dict[str, Path]:
     """Write each table to ``directory/<view>.parquet`` (the caller renames the directory into place)."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = {}
     for view, table in tables.items():
         path = directory / f"{view}.parquet"
-        pq.write_table(table, path)
+        if isinstance(table, BatchedTable):
+            with pq.ParquetWriter(path, table.schema) as writer:
+                for batch in table.batches():
+                    writer.write_batch(batch)
+        else:
+            pq.write_table(table, path)
         paths[view] = path
     return paths

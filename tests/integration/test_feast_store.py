@@ -8,14 +8,24 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for features_fixtures
 
 from feast import FeatureStore  # noqa: E402
+from feast.errors import SavedDatasetLocationAlreadyExists  # noqa: E402
+from feast.infra.offline_stores.duckdb import DuckDBOfflineStore  # noqa: E402
+from feast.infra.offline_stores.file_source import SavedDatasetFileStorage  # noqa: E402
 from feast.repo_config import load_repo_config  # noqa: E402
-from features_fixtures import interactions_frame, write_snapshot  # noqa: E402
+from features_fixtures import EVENTS, interactions_frame, write_snapshot  # noqa: E402
 
+from features.offline_store import (  # noqa: E402
+    AsofDuckDBOfflineStore,
+    AsofDuckDBOfflineStoreConfig,
+    DuckDBQueryJob,
+    connect,
+)
 from features.store import (  # noqa: E402
     FeatureBuildError,
     _feast_env,
@@ -275,3 +285,84 @@ def test_failed_rebuild_restores_the_namespace_and_leftovers_are_cleaned(
     assert store.get_feature_view("user_activity").tags["recforge_data_version"] == v1.data_version
     assert online_user_features(store, ["u1"])["u1"]["user_interaction_count"] == 5
     assert build_features(v1, CFG, layout) == first  # rebuilt once the fault is gone
+
+
+def test_materialisation_pull_matches_feasts_stock_pull(built) -> None:
+    """The newest row per entity that materialisation writes online: the store's own DuckDB query
+    (within its memory limit) returns what Feast's ibis version returns, for every view."""
+    layout, _, feature_set, _ = built
+    store = feature_store(layout, feature_set.namespace)
+    start, end = pd.Timestamp("2023-12-31", tz="UTC"), pd.Timestamp("2024-01-01T00:04:30Z")
+    for name in feature_set.feature_views:
+        view = store.get_feature_view(name)
+        source = view.batch_source
+        args = (
+            store.config,
+            source,
+            [c.name for c in view.entity_columns],
+            [f.name for f in view.features],
+            source.timestamp_field,
+            source.created_timestamp_column or None,
+            start.to_pydatetime(),
+            end.to_pydatetime(),
+        )
+        ours = AsofDuckDBOfflineStore.pull_latest_from_table_or_query(*args)
+        stock = DuckDBOfflineStore.pull_latest_from_table_or_query(*args)
+        assert isinstance(ours, DuckDBQueryJob), name
+        frames = []
+        for job in (ours, stock):
+            df = job.to_arrow().to_pandas()
+            key = df.columns[0]
+            df[source.timestamp_field] = pd.to_datetime(df[source.timestamp_field], utc=True)
+            frames.append(df.sort_values(key).reset_index(drop=True).astype(str))
+        pd.testing.assert_frame_equal(frames[0], frames[1], obj=name)
+        if name == "user_activity":  # the window ends at 4:30: u1 as of minute 3 (i1, i2 before it)
+            u1 = frames[0][frames[0]["user_id"] == "u1"].iloc[0]
+            assert u1["user_interaction_count"] == "2"
+
+
+def test_persist_streams_the_point_in_time_result_to_parquet(built, tmp_path: Path) -> None:
+    """``persist`` writes, in entity-row order, exactly what ``to_arrow`` returns, and will not
+    overwrite a file unless asked."""
+    layout, _, feature_set, _ = built
+    store = feature_store(layout, feature_set.namespace)
+    entity = interactions_frame()[["user_id", "item_id", "timestamp"]].rename(
+        columns={"timestamp": "event_timestamp"}
+    )
+    job = store.get_historical_features(
+        entity_df=entity, features=store.get_feature_service("recsys_training")
+    )
+    assert isinstance(job, DuckDBQueryJob)
+    target = tmp_path / "training_set.parquet"
+    job.persist(SavedDatasetFileStorage(path=str(target)))
+    persisted, fetched = pq.read_table(target), job.to_arrow()
+    assert persisted.num_rows == len(entity)
+    assert persisted.to_pylist() == fetched.to_pylist()
+    assert [r["item_id"] for r in persisted.to_pylist()] == list(entity["item_id"])
+    assert not list(tmp_path.glob(".duckdb-spill-*"))  # its spill directory is gone
+    with pytest.raises(SavedDatasetLocationAlreadyExists):
+        job.persist(SavedDatasetFileStorage(path=str(target)))
+
+
+def test_events_sharing_user_item_and_instant_each_get_their_example(tmp_path: Path) -> None:
+    """Feast collapses duplicate entity rows; each event still gets one example, with the features of
+    its (user, item, instant)."""
+    events = [*EVENTS, ("u2", "i1", 4, 2.0)]  # a second u2-i1 event at minute 4
+    snapshot = write_snapshot(tmp_path / "data" / "dup", interactions=interactions_frame(events))
+    feature_set = build_features(snapshot, CFG, Layout(tmp_path / "home"))
+    examples = pd.read_parquet(feature_set.examples)
+    assert list(examples["event_id"]) == list(range(len(events)))
+    twins = examples[(examples["user_id"] == "u2") & (examples["item_id"] == "i1")]
+    assert len(twins) == 2 and list(twins["rating"]) == [4.0, 2.0]
+    assert [list(v) for v in twins["recent_items"]] == [["i2"], ["i2"]]
+    assert list(twins["user_interaction_count"]) == [1, 1]
+
+
+def test_duckdb_connections_keep_the_memory_limit() -> None:
+    con = connect("300MB")
+    try:
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    finally:
+        con.close()
+    assert limit.replace(" ", "").upper() in {"300.0MB", "286.1MIB", "300MB"}, limit
+    assert AsofDuckDBOfflineStoreConfig(memory_limit="2GB").memory_limit == "2GB"

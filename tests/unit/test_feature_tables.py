@@ -8,12 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for features_fixtures
 
 from features_fixtures import at, interactions_frame, items_frame, users_frame, write_snapshot  # noqa: E402
 
+import features.tables as tables_module  # noqa: E402
 from features.tables import (  # noqa: E402
     ITEM_POPULARITY_SCHEMA,
     USER_ACTIVITY_SCHEMA,
@@ -157,3 +159,31 @@ def test_vectorised_build_is_fast() -> None:
     earlier = earlier.sort_values(["timestamp", "event_id"])
     assert row["user_interaction_count"] == len(earlier)
     assert row["recent_items"] == list(earlier.item_id)[-50:]
+
+
+def test_user_activity_built_in_blocks_equals_the_whole_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of history rows (what keeps the table's memory bounded) join up to the same table,
+    in memory and as written, whatever the block size."""
+    whole = user_activity_table(interactions_frame(), history_length=2)
+    monkeypatch.setattr(tables_module, "HISTORY_BATCH_VALUES", 4)  # two rows per block of 2-item lists
+    batched = tables_module.user_activity_batches(interactions_frame(), history_length=2)
+    assert batched.batch_rows == 2 and batched.num_rows == whole.num_rows
+    assert len(list(batched.batches())) == -(-whole.num_rows // 2)
+    assert batched.read_all().equals(whole)
+    tables_module.write_tables({"user_activity": batched}, tmp_path)
+    written = pq.read_table(tmp_path / "user_activity.parquet")
+    assert written.schema == USER_ACTIVITY_SCHEMA and written.equals(whole)
+    assert pq.ParquetFile(tmp_path / "user_activity.parquet").metadata.num_row_groups == len(
+        list(batched.batches())
+    )
+
+
+def test_snapshot_ids_are_read_as_arrow_strings(tmp_path: Path) -> None:
+    """Ids are Arrow-backed (a few bytes each), not Python objects: the tables of a large log fit."""
+    snap = write_snapshot(tmp_path)
+    frames = read_snapshot(snap.interactions, snap.users, snap.items)
+    assert frames.interactions["user_id"].dtype == tables_module.ID_STRING
+    assert frames.interactions["item_id"].dtype == tables_module.ID_STRING
+    assert list(frames.interactions["user_id"][:2]) == ["u1", "u1"]
