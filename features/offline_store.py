@@ -21,9 +21,11 @@ kind, only in speed. Select it with ``offline_store: {type: features.offline_sto
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,24 @@ def connect(memory_limit: str | None = None, temp_directory: str | None = None) 
     if temp_directory:
         con.execute(f"SET temp_directory = {sql_literal(temp_directory)}")
     return con
+
+
+@contextlib.contextmanager
+def connection(
+    memory_limit: str | None = None, temp_directory: str | None = None, spill_beside: Path | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``connect``, closed after the block. Without a ``temp_directory`` and with ``spill_beside``, DuckDB
+    spills to a directory there (the output's disk; DuckDB's own default is ./.tmp), removed after."""
+    spill = None
+    if not temp_directory and spill_beside is not None:
+        spill = Path(spill_beside) / f".duckdb-spill-{os.getpid()}"
+    con = connect(memory_limit, str(spill) if spill else temp_directory)
+    try:
+        yield con
+    finally:
+        con.close()
+        if spill is not None:
+            shutil.rmtree(spill, ignore_errors=True)
 
 
 def quote_identifier(name: str) -> str:
@@ -164,15 +184,7 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
             f"WHERE {ts} BETWEEN {_timestamp_literal(start_date)} AND {_timestamp_literal(end_date)} "
             f"QUALIFY row_number() OVER ({window}ORDER BY {', '.join(newest)}) = 1"
         )
-        offline = config.offline_store
-        return DuckDBQueryJob(
-            sql,
-            {},
-            full_feature_names=False,
-            metadata=None,
-            memory_limit=getattr(offline, "memory_limit", None),
-            temp_directory=getattr(offline, "temp_directory", None),
-        )
+        return DuckDBQueryJob.for_store(config, sql, {}, full_feature_names=False, metadata=None)
 
     @staticmethod
     def get_historical_features(
@@ -221,15 +233,8 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
             min_event_timestamp=entity[ts_col].min().to_pydatetime() if len(entity) else None,
             max_event_timestamp=entity[ts_col].max().to_pydatetime() if len(entity) else None,
         )
-        offline = config.offline_store
-        return DuckDBQueryJob(
-            sql,
-            {"entity": pa.Table.from_pandas(entity, preserve_index=False)},
-            full_feature_names,
-            metadata,
-            memory_limit=getattr(offline, "memory_limit", None),
-            temp_directory=getattr(offline, "temp_directory", None),
-        )
+        entity_table = pa.Table.from_pandas(entity, preserve_index=False)
+        return DuckDBQueryJob.for_store(config, sql, {"entity": entity_table}, full_feature_names, metadata)
 
 
 class DuckDBQueryJob(RetrievalJob):
@@ -252,6 +257,26 @@ class DuckDBQueryJob(RetrievalJob):
         self._memory_limit = memory_limit
         self._temp_directory = temp_directory
 
+    @classmethod
+    def for_store(
+        cls,
+        config: RepoConfig,
+        sql: str,
+        tables: dict[str, pa.Table],
+        full_feature_names: bool,
+        metadata: RetrievalMetadata | None,
+    ) -> DuckDBQueryJob:
+        """A job under the memory limit and spill directory of ``config``'s offline store."""
+        offline = config.offline_store
+        return cls(
+            sql,
+            tables,
+            full_feature_names,
+            metadata,
+            memory_limit=getattr(offline, "memory_limit", None),
+            temp_directory=getattr(offline, "temp_directory", None),
+        )
+
     @property
     def full_feature_names(self) -> bool:
         return self._full_feature_names
@@ -264,21 +289,19 @@ class DuckDBQueryJob(RetrievalJob):
     def metadata(self) -> RetrievalMetadata | None:
         return self._metadata
 
-    def _connect(self) -> duckdb.DuckDBPyConnection:
-        con = connect(self._memory_limit, self._temp_directory)
-        for name, table in self._tables.items():
-            con.register(name, table)
-        return con
+    @contextlib.contextmanager
+    def _connection(self, spill_beside: Path | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        with connection(self._memory_limit, self._temp_directory, spill_beside) as con:
+            for name, table in self._tables.items():
+                con.register(name, table)
+            yield con
 
     def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
-        con = self._connect()
-        try:
+        with self._connection() as con:
             relation = con.sql(self.sql)
             # duckdb 2 renamed fetch_arrow_table() to to_arrow_table() (a relation's avoids a DB-API copy)
             fetch = getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table
             return fetch()
-        finally:
-            con.close()
 
     def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
         return self._to_arrow_internal(timeout).to_pandas()
@@ -294,17 +317,8 @@ class DuckDBQueryJob(RetrievalJob):
         path = Path(storage.file_options.uri)
         if path.exists() and not allow_overwrite:
             raise SavedDatasetLocationAlreadyExists(location=str(path))
-        # Spill beside the output (same disk) unless the store names a place; DuckDB's default is ./.tmp.
-        spill = Path(self._temp_directory or path.parent / f".duckdb-spill-{os.getpid()}")
-        con = connect(self._memory_limit, str(spill))
-        try:
-            for name, table in self._tables.items():
-                con.register(name, table)
+        with self._connection(spill_beside=path.parent) as con:
             con.execute(f"COPY ({self.sql}) TO {sql_literal(str(path))} (FORMAT parquet)")
-        finally:
-            con.close()
-            if not self._temp_directory:
-                shutil.rmtree(spill, ignore_errors=True)
 
 
 def _asof_sql(

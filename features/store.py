@@ -51,7 +51,7 @@ from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.data_source import DataSource
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
-from features.offline_store import connect, quote_identifier, sql_literal
+from features.offline_store import connection, quote_identifier, sql_literal
 from features.tables import (
     ARROW_TYPES,
     ID_STRING,
@@ -528,9 +528,7 @@ def _join_examples(
             raise FeatureBuildError(
                 f"get_historical_features: feature {name!r} missing from {TRAINING_SERVICE}"
             )
-    spill = out.parent / f".duckdb-spill-{os.getpid()}"
-    con = connect(temp_directory=str(spill))
-    try:
+    with connection(spill_beside=out.parent) as con:
         con.register("events", events)
         source = f"read_parquet({sql_literal(str(retrieved))})"
         counted = con.execute(f"SELECT count(*), count(DISTINCT key_row) FROM {source}").fetchall()
@@ -554,9 +552,6 @@ def _join_examples(
                 columns = [_empty_for_null(c) if pa.types.is_list(c.type) else c for c in columns]
                 writer.write_batch(pa.RecordBatch.from_arrays(columns, schema=columns_schema))
                 n_rows += batch.num_rows
-    finally:
-        con.close()
-        shutil.rmtree(spill, ignore_errors=True)
     if n_rows != events.num_rows:
         raise FeatureBuildError(f"examples: wrote {n_rows} rows for {events.num_rows} events")
     return n_rows
