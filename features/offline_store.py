@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +48,8 @@ from feast.repo_config import RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
 from pydantic import StrictStr
 
+from pipeline.duckdb_connection import connection, quote_identifier, sql_literal
+
 log = logging.getLogger(__name__)
 
 ROW = "__recforge_row"
@@ -61,48 +61,6 @@ class AsofDuckDBOfflineStoreConfig(DuckDBOfflineStoreConfig):
     # DuckDB's own default is 80% of the machine, too much beside the process that holds the events.
     memory_limit: StrictStr | None = None  # DuckDB syntax ("4GB"); None: a third of physical memory
     temp_directory: StrictStr | None = None  # where joins and sorts spill; None: DuckDB's own choice
-
-
-def default_memory_limit() -> str:
-    """A third of physical memory, in DuckDB's syntax."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return f"{max(total // 3 // 2**20, 256)}MB"
-
-
-def connect(memory_limit: str | None = None, temp_directory: str | None = None) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection in UTC that stays within ``memory_limit`` and spills to ``temp_directory``."""
-    con = duckdb.connect()
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute(f"SET memory_limit = {sql_literal(memory_limit or default_memory_limit())}")
-    if temp_directory:
-        con.execute(f"SET temp_directory = {sql_literal(temp_directory)}")
-    return con
-
-
-@contextlib.contextmanager
-def connection(
-    memory_limit: str | None = None, temp_directory: str | None = None, spill_beside: Path | None = None
-) -> Iterator[duckdb.DuckDBPyConnection]:
-    """``connect``, closed after the block. Without a ``temp_directory`` and with ``spill_beside``, DuckDB
-    spills to a directory there (the output's disk; DuckDB's own default is ./.tmp), removed after."""
-    spill = None
-    if not temp_directory and spill_beside is not None:
-        spill = Path(spill_beside) / f".duckdb-spill-{os.getpid()}"
-    con = connect(memory_limit, str(spill) if spill else temp_directory)
-    try:
-        yield con
-    finally:
-        con.close()
-        if spill is not None:
-            shutil.rmtree(spill, ignore_errors=True)
-
-
-def quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def _supported(feature_views: list[FeatureView], entity_df: Any, filter_by_created: bool) -> str | None:

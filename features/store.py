@@ -51,7 +51,6 @@ from feast import Entity, FeatureService, FeatureStore, FeatureView
 from feast.data_source import DataSource
 from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
-from features.offline_store import connection, quote_identifier, sql_literal
 from features.tables import (
     ARROW_TYPES,
     ID_STRING,
@@ -63,6 +62,7 @@ from features.tables import (
 )
 from pipeline.artifacts import FeatureSet, Snapshot, atomic_path, atomic_write_json, file_lock
 from pipeline.config import REPO_ROOT, FeatureConfig
+from pipeline.duckdb_connection import connection, quote_identifier, sql_literal
 from pipeline.layout import Layout
 from pipeline.schema import DataSchema, load_schema
 
@@ -520,7 +520,8 @@ def _write_examples(store: FeatureStore, interactions: pd.DataFrame, path: Path,
 def _join_examples(
     events: pa.Table, retrieved: Path, n_keys: int, columns_schema: pa.Schema, out: Path
 ) -> int:
-    """Write ``out``: every event (in event_id order) with the features of its key row in ``retrieved``."""
+    """Write ``out``: every event with the features of its key row in ``retrieved``, in (time, event_id)
+    order, the order the split reads them in (so it streams the file rather than sorting it)."""
     features = columns_schema.names[len(EVENT_COLUMNS) :]
     got = set(pq.read_schema(retrieved).names)
     for name in features:
@@ -541,7 +542,7 @@ def _join_examples(
         selected = [f"e.{name}" for name, _ in EVENT_COLUMNS] + [f"f.{quote_identifier(n)}" for n in features]
         reader = con.sql(
             f"SELECT {', '.join(selected)} FROM events e JOIN {source} f ON f.key_row = e.key_row "
-            "ORDER BY e.event_id"
+            "ORDER BY e.event_timestamp, e.event_id"
         ).to_arrow_reader(EXAMPLE_BATCH_ROWS)
         n_rows = 0
         with pq.ParquetWriter(out, columns_schema) as writer:

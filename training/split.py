@@ -29,17 +29,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from pipeline.artifacts import FeatureSet, Split, atomic_path
 from pipeline.config import SplitConfig
+from pipeline.duckdb_connection import connection, sql_literal
 from pipeline.layout import Layout
 from pipeline.schema import Entity, load_schema
 
@@ -56,29 +60,59 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
     if existing is not None:
         return existing
 
-    examples = pd.read_parquet(feature_set.examples)
-    missing = [c for c in REQUIRED_COLUMNS if c not in examples.columns]
+    source = pq.ParquetFile(feature_set.examples)
+    schema = source.schema_arrow.remove_metadata()  # pandas' index metadata would not fit the parts
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
     if missing:
         raise ValueError(
             f"{feature_set.examples}: examples lack columns {missing}; the features stage must write "
             f"{list(REQUIRED_COLUMNS)} (see docs/architecture.md)"
         )
-    if examples.empty:
+    if source.metadata.num_rows == 0:
         raise ValueError(f"{feature_set.examples}: no examples to split")
-    examples = examples.sort_values(["event_timestamp", "event_id"], kind="stable").reset_index(drop=True)
-    part = assign_parts(examples, cfg)
+    # The parts are decided on the event columns alone; every column (the histories are most of the
+    # bytes) then streams from the file in (time, event_id) order, a batch of rows at a time.
+    events, order = events_in_time_order(feature_set.examples)
+    part = assign_parts(events, cfg)
+    histories = HistoryFilter(events, part) if "recent_items" in schema.names else None
 
-    # The catalogue: every item of the events and histories, plus items with attributes but no event
-    # yet (new products), which attribute-aware models can still score.
-    item_ids = catalogue_items(examples, attribute_ids(feature_set.items, "item_id"))
-    user_ids = sorted(examples["user_id"].astype(str).unique().tolist())
-    if "recent_items" in examples.columns:
-        examples["recent_items"] = visible_recent_items(examples, part)
-
+    history_items: set[str] = set()
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        for name in PARTS:
-            examples[part == name].reset_index(drop=True).to_parquet(tmp / f"{name}.parquet", index=False)
+        writers = {name: pq.ParquetWriter(tmp / f"{name}.parquet", schema) for name in PARTS}
+        try:
+            first = 0
+            for batch in rows_in_time_order(feature_set.examples, order, schema):
+                rows = np.arange(first, first + batch.num_rows)
+                if not np.array_equal(
+                    batch.column("event_id").to_numpy(), events["event_id"].to_numpy()[rows]
+                ):
+                    raise RuntimeError(
+                        f"{feature_set.examples}: rows came back out of (time, event_id) order"
+                    )
+                if histories is not None:
+                    recent = batch.column("recent_items")
+                    history_items.update(pc.unique(pc.list_flatten(recent)).to_pylist())
+                    batch = batch.set_column(
+                        schema.get_field_index("recent_items"),
+                        "recent_items",
+                        histories.visible(rows, recent),
+                    )
+                for name in PARTS:
+                    writers[name].write_table(batch.filter(pa.array(part[rows] == name)))
+                first += batch.num_rows
+        finally:
+            for writer in writers.values():
+                writer.close()
+
+        # The catalogue: every item of the events and histories, plus items with attributes but no event
+        # yet (new products), which attribute-aware models can still score.
+        item_ids = sorted(
+            set(pc.unique(id_strings(events["item_id"])).to_pylist())
+            | {str(i) for i in history_items if i is not None}
+            | set(attribute_ids(feature_set.items, "item_id"))
+        )
+        user_ids = sorted(pc.unique(id_strings(events["user_id"])).to_pylist())
         (tmp / "item_ids.json").write_text(json.dumps(item_ids))
         (tmp / "user_ids.json").write_text(json.dumps(user_ids))
         knowledge_graph = None
@@ -86,34 +120,36 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
             shutil.copyfile(feature_set.knowledge_graph, tmp / KNOWLEDGE_GRAPH)
             knowledge_graph = out_dir / KNOWLEDGE_GRAPH
         copies = {}
-        for name, source in (
+        for name, source_path in (
             ("schema", feature_set.schema),
             ("users", feature_set.users),
             ("items", feature_set.items),
         ):
-            if source is not None and Path(source).is_file():
-                target = f"{name}{Path(source).suffix}"
-                shutil.copyfile(source, tmp / target)
+            if source_path is not None and Path(source_path).is_file():
+                target = f"{name}{Path(source_path).suffix}"
+                shutil.copyfile(source_path, tmp / target)
                 copies[name] = out_dir / target
         # Without a snapshot's attribute table (examples alone, as in tests) the split writes one from the
         # attribute columns of the examples: attributes never send training to the test part either.
-        schema = load_schema(feature_set.schema)
+        attributes = load_schema(feature_set.schema)
         tables: tuple[tuple[str, Entity], ...] = (("users", "user"), ("items", "item"))
         for name, entity in tables:
             if name not in copies:
-                attribute_table(examples, entity, schema.fields(entity)).to_parquet(
-                    tmp / f"{name}.parquet", index=False
-                )
+                attribute_table(
+                    attribute_columns(feature_set.examples, order, entity, attributes.fields(entity)),
+                    entity,
+                    attributes.fields(entity),
+                ).to_parquet(tmp / f"{name}.parquet", index=False)
                 copies[name] = out_dir / f"{name}.parquet"
         counts = {
-            "events": len(examples),
+            "events": len(events),
             "train": int((part == "train").sum()),
             "valid": int((part == "valid").sum()),
             "test": int((part == "test").sum()),
             "users": len(user_ids),
             "items": len(item_ids),
-            "valid_users": int(examples.loc[part == "valid", "user_id"].nunique()),
-            "test_users": int(examples.loc[part == "test", "user_id"].nunique()),
+            "valid_users": int(events.loc[part == "valid", "user_id"].nunique()),
+            "test_users": int(events.loc[part == "test", "user_id"].nunique()),
         }
         split = Split(
             data_version=feature_set.data_version,
@@ -141,63 +177,208 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
 VISIBLE_PARTS = {"train": ("train",), "valid": ("train",), "test": ("train", "valid")}
 
 
-def without_hidden_events(rows: pd.DataFrame, events: pd.DataFrame) -> pd.Series:
-    """The ``recent_items`` of ``rows`` without the entries that stand for a hidden event.
+ID_STRING = pd.StringDtype("pyarrow")  # ids as Arrow strings: no Python object per row
+SPLIT_BATCH_ROWS = 1 << 18  # rows of examples in memory at once while the parts are written
 
-    ``events``: every event of the split (``user_id``, ``item_id``, ``event_timestamp``, ``event_id``)
-    with a boolean ``hidden`` (its part is one the model may not see). A row's ``recent_items`` lists
-    the items of its user's last events strictly before its ``event_timestamp``, in (time, event_id)
-    order (features/tables.py), so entry k of a list of n stands for the k-th of the user's last n such
-    events; the entries whose event is hidden go. A list that does not match the user's events that way
-    loses every item the user has in a hidden event instead, so nothing hidden is ever kept.
+
+def id_strings(ids: pd.Series) -> pa.Array:
+    """Ids as one Arrow string array (no Python object per row for Arrow-backed strings)."""
+    return pa.array(ids.astype(ID_STRING), pa.string())
+
+
+def timestamps_ns(values: pa.ChunkedArray | pa.Array | pd.Series) -> np.ndarray:
+    """Instants as int64 nanoseconds since the epoch (naive times read as UTC), for sorting and comparing."""
+    if isinstance(values, pd.Series):
+        return pd.to_datetime(values, utc=True).dt.as_unit("ns").astype("int64").to_numpy()
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not pa.types.is_timestamp(values.type):
+        values = pc.cast(values, pa.timestamp("ns", "UTC"))
+    scale = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}[values.type.unit]
+    return values.cast(pa.int64()).to_numpy() * scale
+
+
+class UserTimelines:
+    """Every event of the split by user, in (time, event_id) order: where each row's history lies.
+
+    A row's ``recent_items`` lists the items of its user's last events strictly before its time, oldest
+    first (features/tables.py), so entry k of a list of n stands for the event at position
+    ``before - n + k`` of the user's timeline, ``before`` being where the user's events at or after the
+    row's time begin. Positions are found for whole arrays of rows at once (one sorted int64 key per
+    event: user code above, the rank of its time below), so no row is visited in Python.
     """
-    events = events.sort_values(["user_id", "event_timestamp", "event_id"], kind="stable")
-    users = events["user_id"].astype(str).to_numpy()
-    stamps = events["event_timestamp"].to_numpy()
-    items = events["item_id"].astype(str).to_numpy()
-    hidden = events["hidden"].to_numpy(dtype=bool)
-    starts = dict(zip(*np.unique(users, return_index=True), strict=True))
-    kept: list[list[str]] = []
-    for user, stamp, recent in zip(
-        rows["user_id"].astype(str), rows["event_timestamp"].to_numpy(), rows["recent_items"], strict=True
-    ):
-        recent = [str(i) for i in (recent if recent is not None else [])]
-        start = starts.get(user, 0)
-        end = start + int(np.searchsorted(users[start:], user, side="right"))
-        before = start + int(np.searchsorted(stamps[start:end], stamp, side="left"))
-        window = slice(before - len(recent), before)
-        if before - len(recent) >= start and items[window].tolist() == recent:
-            kept.append([i for i, h in zip(recent, hidden[window], strict=True) if not h])
-        else:
-            gone = set(items[start:end][hidden[start:end]])
-            kept.append([i for i in recent if i not in gone])
-    return pd.Series(kept, index=rows.index, dtype=object)
+
+    def __init__(self, user_codes: np.ndarray, times: np.ndarray, event_ids: np.ndarray, items: pa.Array):
+        order = np.lexsort((event_ids, times, user_codes))
+        self.order = order
+        self.distinct_times = np.unique(times)
+        self.stride = len(self.distinct_times) + 1
+        ranks = np.searchsorted(self.distinct_times, times[order])
+        self.keys = user_codes[order].astype(np.int64) * self.stride + ranks
+        self.items = items.take(pa.array(order))
+
+    def windows(self, user_codes: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row: where its user's timeline starts, where its events at or after ``times`` begin, and
+        where the timeline ends."""
+        base = user_codes.astype(np.int64) * self.stride
+        start = np.searchsorted(self.keys, base, side="left")
+        before = np.searchsorted(self.keys, base + np.searchsorted(self.distinct_times, times), side="left")
+        end = np.searchsorted(self.keys, base + self.stride, side="left")
+        return start, before, end
+
+    def without_hidden(
+        self,
+        recent: pa.Array | pa.ChunkedArray,
+        user_codes: np.ndarray,
+        times: np.ndarray,
+        hidden: np.ndarray,
+        hidden_before: np.ndarray | None = None,
+    ) -> pa.Array:
+        """``recent`` (one list per row) without the entries that stand for a hidden event.
+
+        ``hidden``: per event, in timeline order (``self.order``). Entries whose event is hidden go; a
+        list that does not line up with its user's events that way loses every item its user has in a
+        hidden event instead, so nothing hidden is ever kept. Rows without a hidden event of their user
+        strictly before them keep their list as it is (null included); ``hidden_before`` is
+        ``hidden``'s running count (``np.cumsum`` with a leading 0), when the caller has it.
+        """
+        if isinstance(recent, pa.ChunkedArray):
+            recent = recent.combine_chunks()
+        if not pa.types.is_string(recent.type.value_type):
+            recent = recent.cast(pa.list_(pa.string()))
+        if hidden_before is None:
+            hidden_before = np.concatenate([[0], np.cumsum(hidden)])
+        start, before, end = self.windows(user_codes, times)
+        affected = hidden_before[before] > hidden_before[start]
+        lengths = pc.fill_null(pc.list_value_length(recent), 0).to_numpy().astype(np.int64)
+        values = pc.list_flatten(recent)
+        owner = pc.list_parent_indices(recent).to_numpy().astype(np.int64)
+        offset_in_list = np.arange(len(values)) - (np.cumsum(lengths) - lengths)[owner]
+        lines_up = before - lengths >= start
+        position = np.where(lines_up[owner], (before - lengths)[owner] + offset_in_list, 0)
+        same = pc.fill_null(pc.equal(values, self.items.take(pa.array(position))), False).to_numpy(
+            zero_copy_only=False
+        )
+        matched = lines_up & (np.bincount(owner[~same], minlength=len(lengths)) == 0)
+        drop = affected[owner] & matched[owner] & hidden[position]
+        unmatched = affected & ~matched & (lengths > 0)
+        if unmatched.any():  # lists not served by this log's features: drop the user's hidden items
+            entries = np.flatnonzero(unmatched[owner])
+            users = np.unique(user_codes[unmatched])
+            timeline_users = self.keys // self.stride
+            hidden_events = np.flatnonzero(hidden & np.isin(timeline_users, users))
+            gone = pd.MultiIndex.from_arrays(
+                [
+                    timeline_users[hidden_events],
+                    self.items.take(pa.array(hidden_events)).to_numpy(zero_copy_only=False),
+                ]
+            )
+            asked = pd.MultiIndex.from_arrays(
+                [user_codes[owner[entries]], values.take(pa.array(entries)).to_numpy(zero_copy_only=False)]
+            )
+            drop[entries] = asked.isin(gone)
+        kept_lengths = lengths - np.bincount(owner[drop], minlength=len(lengths))
+        offsets = np.concatenate([[0], np.cumsum(kept_lengths)]).astype(np.int32)
+        is_null = recent.is_null().to_numpy(zero_copy_only=False) & ~affected
+        return pa.ListArray.from_arrays(
+            pa.array(offsets), values.filter(pa.array(~drop)), type=recent.type, mask=pa.array(is_null)
+        )
 
 
-def visible_recent_items(examples: pd.DataFrame, part: np.ndarray) -> pd.Series:
-    """Each row's ``recent_items`` without the entries of events its part may not see (``VISIBLE_PARTS``).
+class HistoryFilter:
+    """The split's ``recent_items`` limited to what each row's part may see (``VISIBLE_PARTS``), for
+    rows of the examples in (time, event_id) order, one batch at a time."""
 
-    ``examples`` sorted by (time, event_id); ``part`` the part of every row. Only a row with a hidden
-    event of its user strictly before it can hold one (``recent_items`` lists earlier events only), so
-    the others keep their list as served and the per-row matching runs on the rest alone.
+    def __init__(self, events: pd.DataFrame, part: np.ndarray):
+        users = id_strings(events["user_id"]).dictionary_encode()
+        self.user_codes = users.indices.to_numpy().astype(np.int64)
+        self.times = timestamps_ns(events["event_timestamp"])
+        self.part = part
+        items = id_strings(events["item_id"])
+        self.timelines = UserTimelines(self.user_codes, self.times, events["event_id"].to_numpy(), items)
+        in_timeline = part[self.timelines.order]
+        self.hidden: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, visible in VISIBLE_PARTS.items():
+            hidden = ~np.isin(in_timeline, visible)
+            self.hidden[name] = (hidden, np.concatenate([[0], np.cumsum(hidden)]))
+
+    def visible(self, rows: np.ndarray, recent: pa.ChunkedArray | pa.Array) -> pa.Array:
+        """``recent`` of the examples at positions ``rows``, each limited to what its part may see."""
+        if isinstance(recent, pa.ChunkedArray):
+            recent = recent.combine_chunks()
+        pieces: list[pa.Array] = []
+        where: list[np.ndarray] = []
+        for name in PARTS:
+            of_part = np.flatnonzero(self.part[rows] == name)
+            if len(of_part) == 0:
+                continue
+            hidden, hidden_before = self.hidden[name]
+            at = rows[of_part]
+            pieces.append(
+                self.timelines.without_hidden(
+                    recent.take(pa.array(of_part)), self.user_codes[at], self.times[at], hidden, hidden_before
+                )
+            )
+            where.append(of_part)
+        if not pieces:
+            return recent
+        merged = pa.concat_arrays(pieces)
+        return merged.take(pa.array(np.argsort(np.concatenate(where), kind="stable")))
+
+
+def without_hidden_events(rows: pd.DataFrame, events: pd.DataFrame) -> pa.Array:
+    """The ``recent_items`` of ``rows`` (``user_id``, ``event_timestamp``) without the entries that stand
+    for a hidden event of ``events`` (``user_id``, ``item_id``, ``event_timestamp``, ``event_id`` and a
+    boolean ``hidden``): ``UserTimelines.without_hidden`` for frames."""
+    codes, _ = pd.factorize(pd.concat([events["user_id"], rows["user_id"]]).astype(str))
+    timelines = UserTimelines(
+        codes[: len(events)],
+        timestamps_ns(events["event_timestamp"]),
+        events["event_id"].to_numpy(),
+        pa.array(events["item_id"].astype(str).to_numpy(), pa.string()),
+    )
+    recent = pa.array(list(rows["recent_items"]), pa.list_(pa.string()))
+    hidden = events["hidden"].to_numpy(dtype=bool)[timelines.order]
+    return timelines.without_hidden(
+        recent, codes[len(events) :], timestamps_ns(rows["event_timestamp"]), hidden
+    )
+
+
+def events_in_time_order(examples: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """The event columns of ``examples`` sorted by (time, event_id), and the order that sorts the file."""
+    table = pq.read_table(examples, columns=list(REQUIRED_COLUMNS))
+    order = np.lexsort((table.column("event_id").to_numpy(), timestamps_ns(table.column("event_timestamp"))))
+    strings = {pa.string(): ID_STRING, pa.large_string(): ID_STRING}
+    events = table.take(pa.array(order)).to_pandas(types_mapper=strings.get)
+    return events, order
+
+
+def rows_in_time_order(examples: Path, order: np.ndarray, schema: pa.Schema) -> Iterator[pa.Table]:
+    """Every row of ``examples`` in (time, event_id) order, ``SPLIT_BATCH_ROWS`` at a time, as ``schema``.
+
+    A file already in that order (``order`` is the identity) is read as it lies; otherwise DuckDB
+    sorts it (ties by the row's position in the file, as the stable sort of ``order``) within its
+    memory limit, spilling beside the file, so the examples never have to fit in memory.
     """
-    recent = examples["recent_items"].copy()
-    users = examples["user_id"].astype(str)
-    stamps = examples["event_timestamp"]
-    events = examples[["event_id", "user_id", "item_id", "event_timestamp"]]
-    for name, visible in VISIBLE_PARTS.items():
-        rows = part == name
-        hidden = ~np.isin(part, visible)
-        if not rows.any() or not hidden.any():
-            continue
-        first_hidden = stamps[hidden].groupby(users[hidden]).min()
-        limit = users[rows].map(first_hidden)  # NaT for a user without a hidden event: never later
-        affected = np.zeros(len(examples), dtype=bool)
-        affected[np.flatnonzero(rows)] = (stamps[rows] > limit).to_numpy()
-        if affected.any():
-            kept = without_hidden_events(examples[affected], events.assign(hidden=hidden))
-            recent[affected] = kept.to_numpy()
-    return recent
+    if np.array_equal(order, np.arange(len(order))):
+        for batch in pq.ParquetFile(examples).iter_batches(batch_size=SPLIT_BATCH_ROWS):
+            yield pa.Table.from_batches([batch]).replace_schema_metadata(None).cast(schema)
+        return
+    with connection(spill_beside=Path(examples).parent) as con:
+        reader = con.sql(
+            f"SELECT * EXCLUDE (file_row_number) FROM read_parquet({sql_literal(str(examples))}, "
+            "file_row_number = true) ORDER BY event_timestamp, event_id, file_row_number"
+        ).to_arrow_reader(SPLIT_BATCH_ROWS)
+        for batch in reader:
+            yield pa.Table.from_batches([batch]).cast(schema)
+
+
+def attribute_columns(examples: Path, order: np.ndarray, entity: str, fields: Iterable[str]) -> pd.DataFrame:
+    """The id and attribute ``fields`` of ``entity`` that ``examples`` carry, in (time, event_id) order."""
+    names = pq.ParquetFile(examples).schema_arrow.names
+    key = f"{entity}_id"
+    columns = [key, *(f for f in fields if f in names and f != key)]
+    return pq.read_table(examples, columns=columns).take(pa.array(order)).to_pandas()
 
 
 def attribute_table(examples: pd.DataFrame, entity: str, fields: Iterable[str]) -> pd.DataFrame:
@@ -261,17 +442,6 @@ def attribute_ids(table: Path | None, key: str) -> list[str]:
     if table is None or not Path(table).is_file():
         return []
     return pd.read_parquet(table, columns=[key])[key].astype(str).tolist()
-
-
-def catalogue_items(examples: pd.DataFrame, extra: list[str] | None = None) -> list[str]:
-    """Every item id of the examples (events and histories) and ``extra`` ones, sorted: the model's
-    item index space."""
-    items = set(examples["item_id"].astype(str).unique().tolist()) | set(extra or [])
-    if "recent_items" in examples.columns:
-        for history in examples["recent_items"]:
-            if history is not None:
-                items.update(str(i) for i in history)
-    return sorted(items)
 
 
 def _load_valid_manifest(out_dir: Path) -> Split | None:

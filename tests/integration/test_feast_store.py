@@ -24,7 +24,6 @@ from features.offline_store import (  # noqa: E402
     AsofDuckDBOfflineStore,
     AsofDuckDBOfflineStoreConfig,
     DuckDBQueryJob,
-    connect,
 )
 from features.store import (  # noqa: E402
     FeatureBuildError,
@@ -39,6 +38,7 @@ from features.store import (  # noqa: E402
     store_yaml,
 )
 from pipeline.config import FeatureConfig  # noqa: E402
+from pipeline.duckdb_connection import connect  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
 from pipeline.schema import resolve_schema  # noqa: E402
 
@@ -351,7 +351,9 @@ def test_events_sharing_user_item_and_instant_each_get_their_example(tmp_path: P
     snapshot = write_snapshot(tmp_path / "data" / "dup", interactions=interactions_frame(events))
     feature_set = build_features(snapshot, CFG, Layout(tmp_path / "home"))
     examples = pd.read_parquet(feature_set.examples)
-    assert list(examples["event_id"]) == list(range(len(events)))
+    assert sorted(examples["event_id"]) == list(range(len(events)))
+    in_time_order = examples.sort_values(["event_timestamp", "event_id"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(examples, in_time_order)  # the order the split streams them in
     twins = examples[(examples["user_id"] == "u2") & (examples["item_id"] == "i1")]
     assert len(twins) == 2 and list(twins["rating"]) == [4.0, 2.0]
     assert [list(v) for v in twins["recent_items"]] == [["i2"], ["i2"]]

@@ -174,7 +174,7 @@ def test_hidden_events_leave_histories_by_event_or_by_item() -> None:
             "recent_items": [["a", "b", "a"], ["b", "x", "a"]],
         }
     )
-    assert without_hidden_events(rows, events).tolist() == [["a"], ["x"]]
+    assert without_hidden_events(rows, events).to_pylist() == [["a"], ["x"]]
 
 
 @pytest.mark.parametrize("name", ["bpr", "sasrec"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,6 +19,16 @@ PROTOCOLS = ["temporal", "leave_last_out", "random_holdout"]
 
 def _parts(split: Split) -> dict[str, pd.DataFrame]:
     return {name: pd.read_parquet(getattr(split, name)) for name in ("train", "valid", "test")}
+
+
+def _split_of(examples: pd.DataFrame, protocol: str, directory: Path) -> Split:
+    """The split of ``examples`` written as a Parquet file in ``directory``."""
+    directory.mkdir(parents=True)
+    path = directory / "examples.parquet"
+    examples.to_parquet(path, index=False)
+    return make_split(
+        FeatureSet("v", directory, path, [], "s", ""), SplitConfig(protocol=protocol), Layout(directory)
+    )
 
 
 def _key(frame: pd.DataFrame) -> pd.Series:
@@ -92,13 +103,7 @@ def test_deterministic_regardless_of_input_row_order(protocol: str, make_example
     examples = make_examples(seed=5)
     results = []
     for name, frame in (("a", examples), ("b", examples.sample(frac=1.0, random_state=9))):
-        path = tmp_path / f"{name}.parquet"
-        frame.to_parquet(path, index=False)
-        split = make_split(
-            FeatureSet("v", tmp_path, path, [], "s", ""),
-            SplitConfig(protocol=protocol),
-            Layout(tmp_path / name),
-        )
+        split = _split_of(frame, protocol, tmp_path / name)
         results.append({part: sorted(f["event_id"]) for part, f in _parts(split).items()})
     assert results[0] == results[1]
 
@@ -191,3 +196,95 @@ def test_missing_columns_name_the_file(tmp_path: Path, layout: Layout) -> None:
     pd.DataFrame({"user_id": ["a"], "item_id": ["b"]}).to_parquet(path)
     with pytest.raises(ValueError, match="bad.parquet.*event_id"):
         make_split(FeatureSet("v", tmp_path, path, [], "s", ""), SplitConfig(), layout)
+
+
+def _hidden_entries_removed_row_by_row(rows: pd.DataFrame, events: pd.DataFrame) -> list[list[str] | None]:
+    """The per-row definition the vectorised filter must match: a row with a hidden event of its user
+    strictly before it loses the entries whose event is hidden when its list lines up with the user's
+    last events before it, else every item of the user's hidden events; other rows keep their list."""
+    events = events.sort_values(["user_id", "event_timestamp", "event_id"], kind="stable")
+    out: list[list[str] | None] = []
+    for user, stamp, recent in zip(
+        rows["user_id"], rows["event_timestamp"], rows["recent_items"], strict=True
+    ):
+        mine = events[events["user_id"] == user]
+        earlier = mine[mine["event_timestamp"] < stamp]
+        if not earlier["hidden"].any():
+            out.append(None if recent is None else list(recent))
+            continue
+        recent = list(recent) if recent is not None else []
+        window = earlier.tail(len(recent))
+        if len(window) == len(recent) and window["item_id"].tolist() == recent:
+            out.append([i for i, h in zip(recent, window["hidden"], strict=True) if not h])
+        else:
+            gone = set(mine.loc[mine["hidden"], "item_id"])
+            out.append([i for i in recent if i not in gone])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_history_filter_matches_the_row_by_row_definition(seed: int) -> None:
+    """Ties in time, re-watched items, lists that do not line up with the log and null lists: the
+    vectorised filter agrees with the per-row definition on every row."""
+    from training.split import without_hidden_events
+
+    rng = np.random.default_rng(seed)
+    n = 400
+    t0 = pd.Timestamp("2024-01-01", tz="UTC")
+    events = pd.DataFrame(
+        {
+            "user_id": [f"u{u}" for u in rng.integers(0, 12, n)],
+            "item_id": [f"i{i}" for i in rng.integers(0, 15, n)],  # few items: re-watches
+            "event_timestamp": t0 + pd.to_timedelta(rng.integers(0, 60, n), unit="h"),  # many ties
+            "event_id": rng.permutation(n),
+            "hidden": rng.random(n) < 0.3,
+        }
+    )
+    ordered = events.sort_values(["user_id", "event_timestamp", "event_id"], kind="stable")
+    rows = events.sample(frac=1.0, random_state=seed).reset_index(drop=True)[["user_id", "event_timestamp"]]
+    recent: list[list[str] | None] = []
+    for user, stamp in zip(rows["user_id"], rows["event_timestamp"], strict=True):
+        earlier = ordered[(ordered["user_id"] == user) & (ordered["event_timestamp"] < stamp)][
+            "item_id"
+        ].tolist()
+        served = earlier[-int(rng.integers(0, 6)) :] if earlier else []
+        kind = rng.random()
+        if kind < 0.1:
+            recent.append(None)
+        elif kind < 0.2 and served:  # not this log's list: an entry replaced
+            recent.append([*served[:-1], "i99"])
+        else:
+            recent.append(served)
+    rows["recent_items"] = recent
+    got = without_hidden_events(rows, events).to_pylist()
+    assert got == _hidden_entries_removed_row_by_row(rows, events)
+    assert any(g is not None and r is not None and len(g) < len(r) for g, r in zip(got, recent, strict=True))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_streamed_split_is_the_same_in_any_batches_and_file_order(
+    protocol: str, make_examples, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file in (time, event_id) order is streamed as it lies, any other is sorted by DuckDB; rows come
+    a batch at a time: the parts are the same, row for row and column for column, whichever way."""
+    import training.split as split_module
+
+    sorting = split_module.connection
+    examples = make_examples(seed=11)
+    by_time = examples.sort_values(["event_timestamp", "event_id"]).reset_index(drop=True)
+    written = {}
+    for name, frame, batch_rows in (
+        ("shuffled", examples, 1 << 18),
+        ("by-time", by_time, 1 << 18),
+        ("small-batches", examples, 7),
+    ):
+        monkeypatch.setattr(split_module, "SPLIT_BATCH_ROWS", batch_rows)
+        # A file in time order is read as it lies: no DuckDB sort (its connection is not even there).
+        monkeypatch.setattr(split_module, "connection", None if name == "by-time" else sorting)
+        split = _split_of(frame, protocol, tmp_path / name)
+        written[name] = {part: pd.read_parquet(getattr(split, part)) for part in ("train", "valid", "test")}
+    for name in ("by-time", "small-batches"):
+        for part, frame in written[name].items():
+            pd.testing.assert_frame_equal(frame, written["shuffled"][part])
+    train = written["shuffled"]["train"]
+    assert _key(train) == sorted(_key(train))  # each part in (time, event_id) order
