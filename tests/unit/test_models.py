@@ -177,14 +177,16 @@ def test_hidden_events_leave_histories_by_event_or_by_item() -> None:
     assert without_hidden_events(rows, events).to_pylist() == [["a"], ["x"]]
 
 
-@pytest.mark.parametrize("name", ["bpr", "sasrec"])
-def test_loss_falls_when_overfitting_a_batch(name: str, split) -> None:
+@pytest.mark.parametrize(
+    ("name", "extra"), [("bpr", {}), ("bpr", {"sparse_embeddings": True}), ("sasrec", {})]
+)
+def test_loss_falls_when_overfitting_a_batch(name: str, extra: dict, split) -> None:
     torch.manual_seed(0)
     dm_cls = SequentialDataModule if name == "sasrec" else GeneralDataModule
     dm = dm_cls(split, batch_size=256, **({"history_length": 10} if name == "sasrec" else {}))
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    module = build_model(name, dm.n_users, dm.n_items, **SMALL[name])
+    module = build_model(name, dm.n_users, dm.n_items, **SMALL[name], **extra)
     losses = overfit_losses(module, batch)
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 

@@ -259,3 +259,19 @@ def test_auc_and_logloss_match_hand_computation() -> None:
     # logit 0 -> p = 1/2 -> log 2 per row, whatever the label; logit log(3) -> p = 3/4.
     assert binary_logloss(torch.zeros(4), labels) == pytest.approx(math.log(2))
     assert binary_logloss(torch.tensor([math.log(3)]), torch.tensor([1.0])) == pytest.approx(-math.log(0.75))
+
+
+def test_two_tower_with_sparse_tables_learns_with_lazy_adam(split) -> None:
+    from training.models.optim import LazyAdam
+
+    torch.manual_seed(0)
+    dm = _datamodule("twotower", split)
+    batch = next(iter(dm.train_dataloader()))
+    module = build_model(
+        "twotower", dm.n_users, dm.n_items, attributes_for(split), **SMALL["twotower"], sparse_embeddings=True
+    )
+    module.set_train_matrix(dm.train_matrix)
+    module.user_id_dropout = module.item_id_dropout = 0.0
+    assert type(module.configure_optimizers()) is LazyAdam
+    losses = overfit_losses(module, batch)
+    assert losses[-1] < 0.5 * losses[0], losses[::10]

@@ -18,16 +18,19 @@ from torch import nn
 
 from training.metrics import binary_auc, binary_logloss, per_user_metrics, ranking_exclusions
 from training.models.capabilities import PointwiseMetrics, RanksCandidates
+from training.models.optim import adam
 
 VALID_MONITOR = "valid/ndcg@10"
 VALID_METRICS = ("ndcg@10", "recall@10", "hr@10")  # logged as valid/<name> after every epoch
 
 
-def latent_factor_tables(n_users: int, n_items: int, size: int) -> tuple[nn.Embedding, nn.Embedding]:
+def latent_factor_tables(
+    n_users: int, n_items: int, size: int, sparse: bool = False
+) -> tuple[nn.Embedding, nn.Embedding]:
     """User and item embedding tables of the MF family (BPR, LightGCN, CKE): N(0, 0.1), item row 0
-    (padding) zero."""
-    users = nn.Embedding(n_users, size)
-    items = nn.Embedding(n_items + 1, size, padding_idx=0)
+    (padding) zero; ``sparse``: gradients of the looked-up rows only (``training.models.optim``)."""
+    users = nn.Embedding(n_users, size, sparse=sparse)
+    items = nn.Embedding(n_items + 1, size, padding_idx=0, sparse=sparse)
     nn.init.normal_(users.weight, std=0.1)
     nn.init.normal_(items.weight, std=0.1)
     with torch.no_grad():
@@ -156,7 +159,7 @@ class RecommenderModule(L.LightningModule):
             self.log(f"valid/{name}", totals[position] / users, prog_bar=name == "ndcg@10")
 
     def configure_optimizers(self) -> Any:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return adam(self, self.lr, self.weight_decay)
 
 
 class CandidateRanker(RecommenderModule, RanksCandidates, PointwiseMetrics):

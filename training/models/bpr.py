@@ -23,12 +23,15 @@ class BPR(RecommenderModule, ScoresFromHistory, EmbedsItems, ScoresByDotProduct)
         embedding_size: int = 64,
         lr: float = 2e-3,
         reg_weight: float = 1e-4,
+        sparse_embeddings: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.n_users, self.n_items = n_users, n_items
         self.lr, self.reg_weight = lr, reg_weight
-        self.user_embedding, self.item_embedding = latent_factor_tables(n_users, n_items, embedding_size)
+        self.user_embedding, self.item_embedding = latent_factor_tables(
+            n_users, n_items, embedding_size, sparse=sparse_embeddings
+        )
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         user = self.user_embedding(batch["users"])

@@ -96,6 +96,7 @@ class TwoTower(
         logq_correction: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        sparse_embeddings: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["attributes"])
@@ -110,9 +111,9 @@ class TwoTower(
         self.logq_correction = logq_correction
         self.lr, self.weight_decay = lr, weight_decay
         self.unknown_user, self.unknown_item = n_users, n_items + 1
-        self.user_id = nn.Embedding(n_users + 1, embedding_size)
-        self.history_item = nn.Embedding(n_items + 1, embedding_size, padding_idx=0)
-        self.item_id = nn.Embedding(n_items + 2, embedding_size, padding_idx=0)
+        self.user_id = nn.Embedding(n_users + 1, embedding_size, sparse=sparse_embeddings)
+        self.history_item = nn.Embedding(n_items + 1, embedding_size, padding_idx=0, sparse=sparse_embeddings)
+        self.item_id = nn.Embedding(n_items + 2, embedding_size, padding_idx=0, sparse=sparse_embeddings)
         for table in (self.user_id, self.history_item, self.item_id):
             nn.init.normal_(table.weight, std=0.05)
         with torch.no_grad():
