@@ -242,6 +242,7 @@ class TrainResult(Manifest):
     best_valid_ndcg10: float
     peak_rss_mb: float  # of the process that called train_model (a spawned DDP worker's not included)
     processes: int = 1  # training processes (DDP world size); epochs and scores are the whole run's
+    valid_users: int | None = None  # validation users best_valid_ndcg10 is over (trainer.valid_users)
 
 
 @dataclass(frozen=True, config=RECORD)

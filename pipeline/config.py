@@ -112,6 +112,10 @@ class TrainerConfig(_Strict):
     seed: int = 2026
     num_threads: int = 2
     deterministic: bool = True
+    # Early stopping and checkpoints on a fixed, seeded sample of at most this many validation users
+    # (None: all of them). Full ranking of every validation user after every epoch is what dominates an
+    # epoch at 10^5+ users; the test is always every user.
+    valid_users: int | None = Field(None, ge=1)
 
     # A misspelt accelerator or strategy would otherwise fail only inside the training task, after the
     # data stages ran; checked here, a run or --check refuses it at once. Lightning's registries are

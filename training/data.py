@@ -97,15 +97,24 @@ def right_align(sequences: list[list[int]], length: int) -> torch.Tensor:
 
 
 def build_eval_inputs(
-    split: Split, part: str, history_length: int = 50, exclude_seen: bool = True
+    split: Split,
+    part: str,
+    history_length: int = 50,
+    exclude_seen: bool = True,
+    max_users: int | None = None,
+    seed: int = 2026,
 ) -> EvalInputs:
     """Evaluation inputs for ``part`` ("valid" or "test") of ``split`` (see the module docstring).
 
     ``exclude_seen`` False leaves the user's visible (train, and valid for "test") items rankable, the
     convention of published sequential benchmarks; a model then competes against its own input.
+    ``max_users``: a sample of at most that many of the part's users, the same for the same ``seed``
+    (for early stopping on "valid" only: the test is never sampled).
     """
     if part not in ("valid", "test"):
         raise ValueError(f"evaluate on 'valid' or 'test', not {part!r}")
+    if max_users is not None and part != "valid":
+        raise ValueError("only validation users may be sampled; the test ranks every user")
     _require_visible_histories(split)
     index = SplitIndex.load(split)
     ids = ["event_id", "user_id", "item_id", "event_timestamp"]
@@ -121,6 +130,8 @@ def build_eval_inputs(
     users = index.users_of(evaluated)
     truth_all = interaction_matrix(evaluated, index)
     user_list = np.unique(users)
+    if max_users is not None and len(user_list) > max_users:
+        user_list = np.sort(np.random.default_rng(seed).choice(user_list, max_users, replace=False))
     # Earliest example of each user in this part: rows are sorted by (time, event_id), take the first.
     first_rows = evaluated.drop_duplicates("user_id", keep="first")
     first_rows = first_rows.assign(_u=index.users_of(first_rows)).set_index("_u").loc[user_list]
@@ -291,6 +302,7 @@ class RecDataModule(L.LightningDataModule):
         self.index = SplitIndex.load(split)
         self.train_frame = read_part(split, "train", ["event_id", "user_id", "item_id", "event_timestamp"])
         self.train_matrix = interaction_matrix(self.train_frame, self.index)
+        self.valid_users: int | None = None  # a sample of validation users (TrainerConfig.valid_users)
         self._valid: EvalInputs | None = None
 
     @property
@@ -308,7 +320,9 @@ class RecDataModule(L.LightningDataModule):
     @property
     def valid_inputs(self) -> EvalInputs:
         if self._valid is None:
-            self._valid = build_eval_inputs(self.split, "valid", self.history_length)
+            self._valid = build_eval_inputs(
+                self.split, "valid", self.history_length, max_users=self.valid_users, seed=self.seed
+            )
         return self._valid
 
     @property

@@ -259,6 +259,7 @@ def train_model(
         return _fit_baseline(model, split, hparams, trainer_cfg, run_dir, index)
 
     datamodule = build_datamodule(spec.kind, split, hparams, seed=trainer_cfg.seed)
+    datamodule.valid_users = trainer_cfg.valid_users
     if datamodule.valid_inputs.n_users == 0:
         raise ValueError(
             f"split {split.dir} has no validation user with a training event: early stopping on "
@@ -321,6 +322,7 @@ def train_model(
         best_valid_ndcg10=best_score if best_score is not None else 0.0,
         peak_rss_mb=round(peak_rss_mb(), 1),
         processes=int(epochs[-1]["processes"]) if epochs else 1,
+        valid_users=datamodule.valid_inputs.n_users,
     )
     result.save(run_dir / "train.json")
     log.info(
@@ -348,7 +350,13 @@ def _fit_baseline(
     attributes = attributes_for(split) if uses_attributes(model) else None
     module = build_for_split(model, split, hparams, matrix).fit(matrix)
     seconds = time.perf_counter() - start
-    valid = build_eval_inputs(split, "valid", int(hparams.get("history_length", 50)))
+    valid = build_eval_inputs(
+        split,
+        "valid",
+        int(hparams.get("history_length", 50)),
+        max_users=trainer_cfg.valid_users,
+        seed=trainer_cfg.seed,
+    )
     valid_ndcg = evaluate_module(module, valid, [10], 512)["ndcg@10"] if valid.n_users else 0.0
     artifact_dir = save_model_artifact(
         run_dir / "model",
@@ -371,6 +379,7 @@ def _fit_baseline(
         interactions_per_second=round(matrix.nnz / max(seconds, 1e-9), 1),
         best_valid_ndcg10=float(valid_ndcg),
         peak_rss_mb=round(peak_rss_mb(), 1),
+        valid_users=valid.n_users,
     )
     result.save(run_dir / "train.json")
     return result

@@ -363,3 +363,26 @@ def test_scoring_an_artifact_keeps_the_per_catalogue_cache_between_calls() -> No
     module.train()
     artifact.score(torch.tensor([0]), torch.zeros(1, 2, dtype=torch.long))
     assert module.computed == 2 and not module.training  # a module left in train mode is switched
+
+
+def test_early_stopping_may_rank_a_fixed_sample_of_validation_users_never_of_test(split) -> None:
+    every = build_eval_inputs(split, "valid", history_length=20)
+    sample = build_eval_inputs(split, "valid", history_length=20, max_users=5, seed=7)
+    assert sample.n_users == 5 < every.n_users
+    again = build_eval_inputs(split, "valid", history_length=20, max_users=5, seed=7)
+    assert torch.equal(again.users, sample.users)  # the same users every epoch and every run
+    rows = np.searchsorted(every.users.numpy(), sample.users.numpy())
+    assert torch.equal(every.users[rows], sample.users)
+    assert torch.equal(every.history[rows], sample.history)
+    assert (every.truth[rows] != sample.truth).nnz == 0 and (every.exclude[rows] != sample.exclude).nnz == 0
+    with pytest.raises(ValueError, match="test ranks every user"):
+        build_eval_inputs(split, "test", max_users=5)
+
+
+def test_training_records_how_many_validation_users_it_stopped_on(split, tmp_path: Path) -> None:
+    from training.train import train_model
+
+    cfg = TrainerConfig(max_epochs=1, num_threads=1, valid_users=4)
+    result = train_model("bpr", split, SMALL["bpr"], cfg, tmp_path / "run")
+    assert result.valid_users == 4
+    assert TrainResult.load(tmp_path / "run" / "train.json").valid_users == 4
