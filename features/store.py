@@ -53,13 +53,13 @@ from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
 from features.tables import (
     ARROW_TYPES,
-    ID_STRING,
     TS_TYPE,
     build_tables,
     feature_views,
     read_snapshot,
     write_tables,
 )
+from pipeline.arrow_ids import ID_STRING
 from pipeline.artifacts import FeatureSet, Snapshot, atomic_path, atomic_write_json, file_lock
 from pipeline.config import REPO_ROOT, FeatureConfig
 from pipeline.duckdb_connection import connection, quote_identifier, sql_literal

@@ -22,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.arrow_ids import ARROW_ID_STRINGS, ID_STRING, arrow_strings
 from pipeline.schema import DataSchema, Entity
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,6 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "text": pa.string(),
 }
 PROFILE_VIEWS = {"user": "user_profile", "item": "item_profile"}
-# Entity ids in pandas: Arrow-backed strings take a few bytes per id, where Python str objects take ~60.
-ID_STRING = pd.StringDtype("pyarrow")
 # Item ids per block of history rows built and written at once: bounds the memory of the largest table.
 HISTORY_BATCH_VALUES = 8 * 2**20
 
@@ -105,9 +104,7 @@ def read_snapshot(interactions: Path, users: Path, items: Path) -> SnapshotFrame
     for path in (interactions, users, items):
         if not Path(path).exists():
             raise FeatureTableError(f"{path}: snapshot file not found (was the snapshot moved or deleted?)")
-    inter = pq.read_table(interactions).to_pandas(
-        types_mapper={pa.string(): ID_STRING, pa.large_string(): ID_STRING}.get
-    )
+    inter = pq.read_table(interactions).to_pandas(types_mapper=ARROW_ID_STRINGS.get)
     _require(inter, INTERACTION_COLUMNS, interactions)
     inter["timestamp"] = _utc(inter["timestamp"], f"{interactions}: column 'timestamp'")
     if inter["event_id"].duplicated().any():
@@ -220,7 +217,7 @@ def _history(inter: pd.DataFrame, key: str, history_length: int, with_items: boo
     out_order = np.lexsort((stamps, row_key))
     items = None
     if with_items:  # Arrow strings: a few bytes per event, where Python str objects take ~60
-        items = _arrow_strings(inter["item_id"]).take(pa.array(order))
+        items = arrow_strings(inter["item_id"]).take(pa.array(order))
     return _History(
         key_codes=row_key[out_order],
         key_values=pa.array(np.asarray(uniques, dtype=object), type=pa.string()),
@@ -231,12 +228,6 @@ def _history(inter: pd.DataFrame, key: str, history_length: int, with_items: boo
         window_hi=pos[out_order],
         sorted_items=items,
     )
-
-
-def _arrow_strings(series: pd.Series) -> pa.Array:
-    """``series`` as one Arrow string array (Arrow-backed columns read from Parquet come in chunks)."""
-    values = pa.array(series.astype(ID_STRING), type=pa.string())
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def _windows(h: _History, start: int, stop: int) -> pa.ListArray:

@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from pipeline.arrow_ids import ARROW_ID_STRINGS, arrow_strings
 from pipeline.artifacts import FeatureSet, Split, atomic_path
 from pipeline.config import SplitConfig
 from pipeline.duckdb_connection import connection, sql_literal
@@ -108,11 +109,11 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
         # The catalogue: every item of the events and histories, plus items with attributes but no event
         # yet (new products), which attribute-aware models can still score.
         item_ids = sorted(
-            set(pc.unique(id_strings(events["item_id"])).to_pylist())
+            set(pc.unique(arrow_strings(events["item_id"])).to_pylist())
             | {str(i) for i in history_items if i is not None}
             | set(attribute_ids(feature_set.items, "item_id"))
         )
-        user_ids = sorted(pc.unique(id_strings(events["user_id"])).to_pylist())
+        user_ids = sorted(pc.unique(arrow_strings(events["user_id"])).to_pylist())
         (tmp / "item_ids.json").write_text(json.dumps(item_ids))
         (tmp / "user_ids.json").write_text(json.dumps(user_ids))
         knowledge_graph = None
@@ -177,13 +178,7 @@ def make_split(feature_set: FeatureSet, cfg: SplitConfig, layout: Layout) -> Spl
 VISIBLE_PARTS = {"train": ("train",), "valid": ("train",), "test": ("train", "valid")}
 
 
-ID_STRING = pd.StringDtype("pyarrow")  # ids as Arrow strings: no Python object per row
 SPLIT_BATCH_ROWS = 1 << 18  # rows of examples in memory at once while the parts are written
-
-
-def id_strings(ids: pd.Series) -> pa.Array:
-    """Ids as one Arrow string array (no Python object per row for Arrow-backed strings)."""
-    return pa.array(ids.astype(ID_STRING), pa.string())
 
 
 def timestamps_ns(values: pa.ChunkedArray | pa.Array | pd.Series) -> np.ndarray:
@@ -290,11 +285,11 @@ class HistoryFilter:
     rows of the examples in (time, event_id) order, one batch at a time."""
 
     def __init__(self, events: pd.DataFrame, part: np.ndarray):
-        users = id_strings(events["user_id"]).dictionary_encode()
+        users = arrow_strings(events["user_id"]).dictionary_encode()
         self.user_codes = users.indices.to_numpy().astype(np.int64)
         self.times = timestamps_ns(events["event_timestamp"])
         self.part = part
-        items = id_strings(events["item_id"])
+        items = arrow_strings(events["item_id"])
         self.timelines = UserTimelines(self.user_codes, self.times, events["event_id"].to_numpy(), items)
         in_timeline = part[self.timelines.order]
         self.hidden: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -348,8 +343,7 @@ def events_in_time_order(examples: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """The event columns of ``examples`` sorted by (time, event_id), and the order that sorts the file."""
     table = pq.read_table(examples, columns=list(REQUIRED_COLUMNS))
     order = np.lexsort((table.column("event_id").to_numpy(), timestamps_ns(table.column("event_timestamp"))))
-    strings = {pa.string(): ID_STRING, pa.large_string(): ID_STRING}
-    events = table.take(pa.array(order)).to_pandas(types_mapper=strings.get)
+    events = table.take(pa.array(order)).to_pandas(types_mapper=ARROW_ID_STRINGS.get)
     return events, order
 
 
