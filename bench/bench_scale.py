@@ -5,7 +5,9 @@ then the pipeline's stages run one after another on it, each in a fresh process 
 (``/proc/self/status`` ``VmHWM``) is its own: ingest, validate, features (tables, Feast apply,
 point-in-time retrieval, materialise: the sub-timings ``features.store.build_features`` records in
 ``build_stats.json``), split (``training/split.py``, as it is) and, where asked, one BPR training epoch
-and the evaluation with its baselines (``training/``, as it is; all validation and test users).
+in the configuration docs/scaling.md gives for large catalogues (sparse id tables, early stopping on a
+fixed sample of ``trainer.valid_users`` validation users) and the evaluation with its baselines
+(``training/``, as it is; every test user).
 
 A watchdog polls every stage's resident memory and ends the stage when it passes ``--rss-limit-mb``
 (the machine is shared), or when it runs past ``--stage-timeout-s``; such a stage is reported as not
@@ -48,7 +50,10 @@ FEATURE_PARTS = {
     "materialize_s": "materialise",
 }
 # One epoch, one torch thread: the cost of an epoch, not of a converged model; no early stop to wait for.
-TRAIN_OVERRIDES = {"trainer.max_epochs": 1, "trainer.num_threads": 1}
+# Early stopping ranks a fixed sample of validation users (the test part is always ranked whole).
+TRAIN_OVERRIDES = {"trainer.max_epochs": 1, "trainer.num_threads": 1, "trainer.valid_users": 20_000}
+# What docs/scaling.md configures for a large catalogue: sparse id tables, so a step costs the batch.
+HPARAMS = {"sparse_embeddings": True}
 MODEL = "bpr"
 RUN_ID = "scale"
 
@@ -86,7 +91,7 @@ def run_child(stage: str, data_dir: Path, inputs: list[str]) -> dict[str, Any]:
     started = time.perf_counter()
     extra: dict[str, Any] = {}
     if stage == "ingest":
-        output = stages.ingest(MODEL, RUN_ID, TRAIN_OVERRIDES)
+        output = stages.ingest(MODEL, RUN_ID, TRAIN_OVERRIDES, HPARAMS)  # the run's config: first stage
     elif stage == "validate":
         output = stages.validate(MODEL, RUN_ID, inputs[0], TRAIN_OVERRIDES)
     elif stage == "features":

@@ -59,7 +59,7 @@ from features.tables import (
     read_snapshot,
     write_tables,
 )
-from pipeline.arrow_ids import ID_STRING
+from pipeline.arrow_ids import ARROW_ID_STRINGS, arrow_strings
 from pipeline.artifacts import FeatureSet, Snapshot, atomic_path, atomic_write_json, file_lock
 from pipeline.config import REPO_ROOT, FeatureConfig
 from pipeline.duckdb_connection import connection, quote_identifier, sql_literal
@@ -304,13 +304,14 @@ def _existing(layout: Layout, namespace: str, cfg: FeatureConfig) -> FeatureSet 
     return None
 
 
-def _time_span(snapshot: Snapshot, interactions: pd.DataFrame) -> tuple[datetime, datetime]:
+def _time_span(snapshot: Snapshot, events: pa.Table) -> tuple[datetime, datetime]:
     """Materialisation window: from before the first event (profiles) to after the last one (+1 µs rows).
 
     Taken from the events themselves, widened by the manifest's ``time_min``/``time_max`` when those are
     wider, so a manifest rounded to seconds can never cut off the final history rows.
     """
-    lo, hi = interactions["timestamp"].min(), interactions["timestamp"].max()
+    span = pc.min_max(events["event_timestamp"])
+    lo, hi = pd.Timestamp(span["min"].as_py()), pd.Timestamp(span["max"].as_py())
     for field in ("time_min", "time_max"):
         try:
             value = pd.Timestamp(getattr(snapshot, field))
@@ -352,7 +353,10 @@ def build_features(snapshot: Snapshot, cfg: FeatureConfig, layout: Layout) -> Fe
         raise
     timings["tables_s"] = time.perf_counter() - started
     rows = {name: table.num_rows for name, table in tables.items()}
-    del tables  # the history state behind them is as large as the log: free it before the retrieval
+    # The history state behind the tables and the pandas frame are each as large as the log: keep only
+    # the compact Arrow event columns the retrieval needs.
+    events = event_table(frames.interactions)
+    del tables, frames
     log.info("features %s: built tables %s in %.2fs", snapshot.data_version, rows, timings["tables_s"])
 
     try:
@@ -362,7 +366,7 @@ def build_features(snapshot: Snapshot, cfg: FeatureConfig, layout: Layout) -> Fe
             if existing is not None:
                 log.info("features %s: built concurrently by another run; reusing", namespace)
                 return existing
-            return _publish(snapshot, schema, cfg, layout, namespace, frames.interactions, staging, timings)
+            return _publish(snapshot, schema, cfg, layout, namespace, events, staging, timings)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -373,7 +377,7 @@ def _publish(
     cfg: FeatureConfig,
     layout: Layout,
     namespace: str,
-    interactions: pd.DataFrame,
+    events: pa.Table,
     staging: Path,
     timings: dict[str, float],
 ) -> FeatureSet:
@@ -409,7 +413,7 @@ def _publish(
 
         started = time.perf_counter()
         examples_path = _examples_dir(layout, namespace) / EXAMPLES
-        n_examples = _write_examples(store, interactions, examples_path, schema)
+        n_examples = _write_examples(store, events, examples_path, schema)
         timings["historical_s"] = time.perf_counter() - started
         log.info(
             "features %s: %d examples via get_historical_features in %.2fs -> %s",
@@ -420,7 +424,7 @@ def _publish(
         )
 
         # Every history row lies at or before the last event + 1 µs; profiles at the first event.
-        start, until = _time_span(snapshot, interactions)
+        start, until = _time_span(snapshot, events)
         started = time.perf_counter()
         store.materialize(start_date=start, end_date=until, feature_views=views)
         timings["materialize_s"] = time.perf_counter() - started
@@ -468,48 +472,74 @@ def _publish(
     return feature_set
 
 
-def _write_examples(store: FeatureStore, interactions: pd.DataFrame, path: Path, schema: DataSchema) -> int:
-    """One example per interaction, features point-in-time from ``recsys_training``.
+def event_table(interactions: pd.DataFrame) -> pa.Table:
+    """The snapshot's events as Arrow columns named as in the examples (``EVENT_COLUMNS``), in event_id
+    order (ids as Arrow strings: no Python object per row)."""
+    inter = interactions.sort_values("event_id", kind="stable")
+    return pa.Table.from_arrays(
+        [
+            pa.array(inter["event_id"].to_numpy(dtype="int64")),
+            arrow_strings(inter["user_id"]),
+            arrow_strings(inter["item_id"]),
+            pa.array(inter["timestamp"]).cast(TS_TYPE),
+            pa.array(inter["rating"].to_numpy(dtype="float64", na_value=np.nan), from_pandas=True),
+        ],
+        schema=pa.schema(EVENT_COLUMNS),
+    )
+
+
+def distinct_keys(events: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(key row of every event, first event of every key row) for the distinct (user_id, item_id,
+    event_timestamp) keys, numbered in order of first appearance."""
+    columns = [
+        events["event_timestamp"].cast(pa.int64()).to_numpy(),
+        events["item_id"].combine_chunks().dictionary_encode().indices.to_numpy(),
+        events["user_id"].combine_chunks().dictionary_encode().indices.to_numpy(),
+    ]
+    order = np.lexsort(columns)  # stable: the first event of a key comes first in its run
+    ts, item, user = (c[order] for c in columns)
+    new_key = np.ones(len(order), dtype=bool)
+    new_key[1:] = (ts[1:] != ts[:-1]) | (item[1:] != item[:-1]) | (user[1:] != user[:-1])
+    del ts, item, user, columns
+    first = order[new_key]
+    rank = np.empty(len(first), dtype="int64")
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    key_row = np.empty(len(order), dtype="int64")
+    key_row[order] = rank[np.cumsum(new_key) - 1]
+    return key_row, np.sort(first)
+
+
+def _write_examples(store: FeatureStore, events: pa.Table, path: Path, schema: DataSchema) -> int:
+    """One example per event (``event_table`` columns), features point-in-time from ``recsys_training``.
 
     The point-in-time result is persisted to a Parquet file next to ``path`` (the ASOF store streams it
     there, spilling to disk) and joined back to the events by DuckDB, which the examples file is written
     from a batch at a time: neither the training set nor its history lists are ever held whole in memory.
     """
     columns_schema = example_schema(schema)
-    inter = interactions.sort_values("event_id", kind="stable").reset_index(drop=True)
-    user_ids = inter["user_id"].astype(ID_STRING)
-    item_ids = inter["item_id"].astype(ID_STRING)
-    key_row = pd.DataFrame({"u": user_ids, "i": item_ids, "t": inter["timestamp"]})
-    key_row = key_row.groupby(["u", "i", "t"], sort=False, observed=True).ngroup().to_numpy()
-    first = np.unique(key_row, return_index=True)[1]
+    key_row, first = distinct_keys(events)
+    firsts = events.select(["user_id", "item_id", "event_timestamp"]).take(pa.array(first))
     entity_df = pd.DataFrame(
         {
-            "user_id": user_ids.iloc[first].reset_index(drop=True),
-            "item_id": item_ids.iloc[first].reset_index(drop=True),
-            "event_timestamp": pd.to_datetime(inter["timestamp"].iloc[first].to_numpy(), utc=True),
+            "user_id": firsts["user_id"].to_pandas(types_mapper=ARROW_ID_STRINGS.get),
+            "item_id": firsts["item_id"].to_pandas(types_mapper=ARROW_ID_STRINGS.get),
+            "event_timestamp": firsts["event_timestamp"].to_pandas(),
             "key_row": np.arange(len(first), dtype="int64"),
         }
     )
-    events = pa.table(
-        {
-            "event_id": pa.array(inter["event_id"].to_numpy(dtype="int64")),
-            "user_id": pa.array(user_ids, type=pa.string()),
-            "item_id": pa.array(item_ids, type=pa.string()),
-            "event_timestamp": pa.array(inter["timestamp"]).cast(TS_TYPE),
-            "rating": pa.array(inter["rating"].to_numpy(dtype="float64", na_value=np.nan), from_pandas=True),
-            "key_row": pa.array(key_row, type=pa.int64()),
-        }
-    )
-    del inter, user_ids, item_ids, key_row
+    del firsts
+    events = events.append_column("key_row", pa.array(key_row, type=pa.int64()))
+    del key_row
 
     job = store.get_historical_features(
         entity_df=entity_df, features=store.get_feature_service(TRAINING_SERVICE)
     )
+    del entity_df  # the job holds its own Arrow copy of the entity rows
     path.parent.mkdir(parents=True, exist_ok=True)
     retrieved = path.parent / f".retrieved-{os.getpid()}.parquet"
     try:
         job.persist(SavedDatasetFileStorage(path=str(retrieved)), allow_overwrite=True)
-        del entity_df, job
+        del job
         with atomic_path(path) as tmp:
             n_rows = _join_examples(events, retrieved, len(first), columns_schema, tmp)
     finally:

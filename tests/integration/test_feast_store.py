@@ -10,13 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for features_fixtures
 
 from feast import FeatureStore  # noqa: E402
 from feast.errors import SavedDatasetLocationAlreadyExists  # noqa: E402
 from feast.infra.offline_stores.duckdb import DuckDBOfflineStore  # noqa: E402
-from feast.infra.offline_stores.file_source import SavedDatasetFileStorage  # noqa: E402
+from feast.infra.offline_stores.file_source import FileSource, SavedDatasetFileStorage  # noqa: E402
 from feast.repo_config import load_repo_config  # noqa: E402
 from features_fixtures import EVENTS, interactions_frame, write_snapshot  # noqa: E402
 
@@ -319,6 +320,61 @@ def test_materialisation_pull_matches_feasts_stock_pull(built) -> None:
         if name == "user_activity":  # the window ends at 4:30: u1 as of minute 3 (i1, i2 before it)
             u1 = frames[0][frames[0]["user_id"] == "u1"].iloc[0]
             assert u1["user_interaction_count"] == "2"
+
+
+@pytest.mark.parametrize("profile", ["embedded", "production"])
+def test_both_profiles_materialise_newest_rows_in_batches(profile: str) -> None:
+    """Feast's defaults pull every row of the window and convert them to protos at once: far more
+    memory than a large log leaves (docs/scaling.md). Both profiles opt out."""
+    config = yaml.safe_load(store_yaml(repo_path(), profile).read_text())
+    assert config["materialization"]["pull_latest_features"] is True
+    assert 0 < config["materialization"]["online_write_batch_size"] <= 100_000
+
+
+@pytest.mark.parametrize("created", ["created", None])
+def test_newest_row_per_entity_breaks_ties_and_honours_the_window_like_feast(
+    built, tmp_path: Path, created: str | None
+) -> None:
+    """Entities with rows after the window, two rows at their newest timestamp (created column or not)
+    and a two-column key: the store's newest-row query picks what Feast's stock pull picks."""
+    layout, _, feature_set, _ = built
+    store = feature_store(layout, feature_set.namespace)
+    t = pd.Timestamp("2024-01-01", tz="UTC")
+    minute = pd.Timedelta(minutes=1)
+    rows = pd.DataFrame(
+        {
+            "shop": ["a", "a", "a", "a", "b", "b", "a"],
+            "user_id": ["u1", "u1", "u1", "u2", "u1", "u1", "u2"],
+            "value": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0],
+            "event_timestamp": [t, t + minute, t + minute, t, t, t + 9 * minute, t + 9 * minute],
+            "created": [t, t, t + minute, t, t, t, t],
+        }
+    )
+    if created is None:  # without a created column, only untied entities have one right answer
+        rows = rows.drop(columns="created").drop(index=1)
+    rows = rows.astype({c: "datetime64[us, UTC]" for c in ("event_timestamp", "created") if c in rows})
+    path = tmp_path / "table.parquet"
+    rows.to_parquet(path, index=False)
+    source = FileSource(
+        path=str(path), timestamp_field="event_timestamp", created_timestamp_column=created or ""
+    )
+    args = (
+        store.config,
+        source,
+        ["shop", "user_id"],
+        ["value"],
+        "event_timestamp",
+        created,
+        (t - minute).to_pydatetime(),
+        (t + 5 * minute).to_pydatetime(),
+    )
+    got = []
+    for pull in (AsofDuckDBOfflineStore, DuckDBOfflineStore):
+        df = pull.pull_latest_from_table_or_query(*args).to_arrow().to_pandas()
+        got.append(df.sort_values(["shop", "user_id"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(got[0], got[1])
+    # (a, u1): the row created last at minute 1; (b, u1): its minute-9 row lies outside the window.
+    assert got[0]["value"].tolist() == [3.0, 4.0, 5.0]
 
 
 def test_persist_streams_the_point_in_time_result_to_parquet(built, tmp_path: Path) -> None:

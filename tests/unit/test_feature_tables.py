@@ -187,3 +187,27 @@ def test_snapshot_ids_are_read_as_arrow_strings(tmp_path: Path) -> None:
     assert frames.interactions["user_id"].dtype == tables_module.ID_STRING
     assert frames.interactions["item_id"].dtype == tables_module.ID_STRING
     assert list(frames.interactions["user_id"][:2]) == ["u1", "u1"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_distinct_keys_number_events_like_a_groupby_in_order_of_first_appearance(seed: int) -> None:
+    """Repeated (user, item, time) keys share a key row; key rows are numbered by first appearance."""
+    from features.store import distinct_keys, event_table
+
+    rng = np.random.default_rng(seed)
+    n = 2_000
+    frame = pd.DataFrame(
+        {
+            "event_id": rng.permutation(n),
+            "user_id": rng.integers(0, 30, n).astype(str),
+            "item_id": rng.integers(0, 20, n).astype(str),
+            "timestamp": pd.Timestamp("2024-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 5, n), "s"),
+            "rating": rng.random(n),
+        }
+    )
+    ordered = frame.sort_values("event_id").reset_index(drop=True)
+    expected = ordered.groupby(["user_id", "item_id", "timestamp"], sort=False).ngroup().to_numpy()
+    key_row, first = distinct_keys(event_table(frame))
+    assert expected.max() + 1 < n  # the data does repeat keys
+    np.testing.assert_array_equal(key_row, expected)
+    np.testing.assert_array_equal(first, np.unique(expected, return_index=True)[1])
