@@ -156,13 +156,28 @@ class TuningConfig(_Strict):
     startup_trials: int = Field(3, ge=1)
 
 
+Baseline = Literal["popularity", "itemknn", "userknn"]
+
+
 class EvaluationConfig(_Strict):
     ks: list[int] = [10, 20]
     batch_users: int = 512
+    # The baselines every evaluation reports beside the model. UserKNN's fit correlates every pair of
+    # users, so its cost grows with the square of the user count (docs/scaling.md).
+    baselines: list[Baseline] = ["popularity", "itemknn", "userknn"]
     # Session-based protocol (training/session_eval.py): a user's events further apart than this gap
     # start a new session; the last session_test_share of sessions by start time are the test sessions.
     session_gap_minutes: float = Field(30.0, gt=0.0)
     session_test_share: float = Field(0.1, gt=0.0, lt=0.5)
+
+    @field_validator("baselines")
+    @classmethod
+    def _popularity_and_no_repeats(cls, value: list[str]) -> list[str]:
+        if "popularity" not in value:
+            raise ValueError("must include 'popularity': the promotion gate judges the lift over it")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{value}: a baseline is listed twice")
+        return value
 
 
 class GateConfig(_Strict):

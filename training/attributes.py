@@ -224,20 +224,47 @@ class EntityAttributes:
         known value is all zeros. What item-item attribute similarity (re-ranking, intra-list
         diversity) is computed from.
         """
-        blocks = []
-        for encoding, offset in zip(self.fields, self.offsets, strict=True):
-            if encoding.spec.type not in types:
-                continue
-            codes = torch.from_numpy(self.codes[:, offset : offset + encoding.width])
-            block = torch.zeros(codes.shape[0], encoding.cardinality)
-            block.scatter_(1, codes, 1.0)
-            blocks.append(block[:, 1:])  # column 0 = unknown / padding
-        if not blocks:
-            return torch.zeros(self.codes.shape[0], 0)
-        return torch.cat(blocks, dim=1)
+        return self.multi_hot_rows(types)[torch.arange(self.codes.shape[0])]
+
+    def multi_hot_rows(self, types: tuple[str, ...] = ("categorical", "list")) -> MultiHotRows:
+        """``multi_hot(types)`` row by row on demand: ``rows[index]`` builds only the indexed rows, for a
+        catalogue whose (N, vocabulary) matrix would not fit (a million items, tens of thousands of values)."""
+        return MultiHotRows(self, types)
 
     def describe(self) -> dict[str, Any]:
         return {f.name: {"type": f.spec.type, "vocabulary": len(f.vocab)} for f in self.fields}
+
+
+class MultiHotRows:
+    """Rows of ``EntityAttributes.multi_hot`` built when indexed (``rows[index]`` has shape
+    ``index.shape + (width,)``), the same values as the whole matrix's rows."""
+
+    def __init__(self, attributes: EntityAttributes, types: tuple[str, ...]) -> None:
+        self._blocks = [
+            (offset, encoding.width, encoding.cardinality)
+            for encoding, offset in zip(attributes.fields, attributes.offsets, strict=True)
+            if encoding.spec.type in types
+        ]
+        self._codes = torch.from_numpy(attributes.codes)
+        # Column 0 of each field's block (unknown / padding) is dropped.
+        self.shape: tuple[int, ...] = (
+            attributes.codes.shape[0],
+            sum(cardinality - 1 for *_, cardinality in self._blocks),
+        )
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor:
+        codes = self._codes[index.reshape(-1)]
+        blocks = []
+        for offset, width, cardinality in self._blocks:
+            block = torch.zeros(codes.shape[0], cardinality)
+            block.scatter_(1, codes[:, offset : offset + width], 1.0)
+            blocks.append(block[:, 1:])
+        rows = torch.cat(blocks, dim=1) if blocks else torch.zeros(codes.shape[0], 0)
+        return rows.reshape(*index.shape, self.shape[1])
+
+    def any(self) -> bool:
+        """Whether any row has a known value (a code other than 0) in these fields."""
+        return any(bool((self._codes[:, o : o + w] != 0).any()) for o, w, _ in self._blocks)
 
 
 @dataclass

@@ -18,6 +18,8 @@ import hashlib
 import importlib
 import inspect
 import json
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +39,15 @@ from pipeline.config import EvaluationConfig
 from training.artifact import DEFAULT_HISTORY_LENGTH, load_model_artifact
 from training.attributes import attributes_for
 from training.data import EvalInputs, build_eval_inputs, build_example_set
-from training.metrics import BeyondAccuracy, RankingAccumulator
+from training.metrics import BeyondAccuracy, ItemVectors, RankingAccumulator
 from training.models import build_model, get_spec
 from training.models.capabilities import EmbedsItems, PointwiseMetrics, can
 from training.report import PER_USER_FILE, write_report
 from training.scoring import ArtifactScorer
 from training.split import SplitIndex, train_matrix
 from training.train import evaluation_accumulator
+
+log = logging.getLogger(__name__)
 
 BASELINES = ("popularity", "itemknn", "userknn")
 # Part of the baseline cache key: cached baseline metrics from before Gini, novelty and ILD are recomputed.
@@ -70,16 +74,32 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
     history_length = artifact.history_length or DEFAULT_HISTORY_LENGTH
     inputs = build_eval_inputs(split, "test", history_length)
     beyond = beyond_accuracy(split, artifact.module)
+    started = time.perf_counter()
     acc = evaluation_accumulator(artifact.module, inputs, list(cfg.ks), cfg.batch_users, beyond, True)
     metrics = acc.compute()
+    log.info(
+        "evaluate %s: ranked %d items for %d test users in %.1fs",
+        train_result.model,
+        inputs.n_items,
+        inputs.n_users,
+        time.perf_counter() - started,
+    )
     if can(artifact.module, PointwiseMetrics):
         # Rating error (MF), AUC/LogLoss (CTR rankers), off-policy reward (REINFORCE): each model
         # computes its own from the test examples, with the user's history as of each event.
         examples = build_example_set(split, "test", history_length, num_negatives=1, seed=split.seed)
         metrics.update(artifact.module.pointwise_metrics(examples))
-    baselines = {name: baseline_metrics(name, split, cfg, inputs) for name in BASELINES}
+    baselines: dict[str, dict[str, float]] = {}
+    for name in cfg.baselines:
+        started = time.perf_counter()
+        baselines[name] = baseline_metrics(name, split, cfg, inputs)
+        log.info(
+            "evaluate: baseline %s (fit, or its cache, and ranking) in %.1fs",
+            name,
+            time.perf_counter() - started,
+        )
     per_user = {"users": inputs.users.numpy(), **acc.per_user_values()}
-    for name in BASELINES:
+    for name in cfg.baselines:
         for key, values in (baseline_per_user(name, split) or {}).items():
             per_user[f"{name}::{key}"] = values
     save_arrays(run_dir / PER_USER_FILE, per_user)
@@ -296,10 +316,10 @@ def beyond_accuracy(split: Split, module: object) -> BeyondAccuracy:
     """Novelty and intra-list diversity of ``module`` on ``split``: train item counts, the items'
     attribute multi-hot (when the data has categorical or list item fields), and the model's own item
     embeddings when it declares ``EmbedsItems``."""
-    vectors: dict[str, torch.Tensor] = {}
-    items = attributes_for(split).items
-    genres = items.multi_hot()
-    if genres.shape[1] and bool(genres.any()):
+    vectors: dict[str, ItemVectors] = {}
+    # Rows built per ranked list: a big catalogue with a big vocabulary has no room for the whole matrix.
+    genres = attributes_for(split).items.multi_hot_rows()
+    if genres.shape[1] and genres.any():
         vectors["attributes"] = genres
     if can(module, EmbedsItems):
         with torch.no_grad():

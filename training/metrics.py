@@ -29,6 +29,7 @@ Beyond accuracy, over the same top-k lists:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import scipy.sparse as sp
@@ -89,6 +90,16 @@ def per_user_metrics(
     return out, top
 
 
+class ItemVectors(Protocol):
+    """(n_items + 1, d) item vectors indexed by item codes: a tensor, or rows built on demand
+    (``training.attributes.MultiHotRows``)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __getitem__(self, index: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class BeyondAccuracy:
     """What novelty and intra-list diversity are measured against (module docstring).
@@ -98,7 +109,7 @@ class BeyondAccuracy:
     """
 
     train_counts: torch.Tensor
-    item_vectors: dict[str, torch.Tensor] = field(default_factory=dict)
+    item_vectors: dict[str, ItemVectors] = field(default_factory=dict)
 
     @property
     def self_information(self) -> torch.Tensor:
@@ -108,7 +119,7 @@ class BeyondAccuracy:
 
     @classmethod
     def from_train_matrix(
-        cls, train: sp.spmatrix, item_vectors: dict[str, torch.Tensor] | None = None
+        cls, train: sp.spmatrix, item_vectors: dict[str, ItemVectors] | None = None
     ) -> BeyondAccuracy:
         """From the train user x item matrix (scipy sparse, (n_users, n_items + 1))."""
         counts = np.asarray((train > 0).sum(axis=0)).ravel()

@@ -160,6 +160,22 @@ def test_knn_baselines_keep_sparse_state_equal_to_the_dense_formulas(density: fl
         assert max(sizes.values()) <= max(2 * most, int(train.sum()) + 41), sizes
 
 
+def test_userknn_neighbours_do_not_depend_on_the_block_size() -> None:
+    """UserKNN correlates users a block at a time (its memory follows the block, not users^2): one user
+    per block, a few and all at once give the same neighbours and weights."""
+    rng = np.random.default_rng(5)
+    train = np.zeros((37, 51), np.float32)
+    train[:, 1:] = rng.random((37, 50)) < 0.15
+    fitted = [
+        build_model("userknn", 37, 50, k=4).fit(sp.csr_matrix(train), block_cells=cells)
+        for cells in (37, 5 * 37, 1 << 24)
+    ]
+    for other in fitted[1:]:
+        assert torch.equal(other.neighbours, fitted[0].neighbours)
+        assert torch.equal(other.weights, fitted[0].weights)
+    assert fitted[0].neighbours.shape == (37, 4)
+
+
 @pytest.mark.parametrize("name", ["itemknn", "userknn"])
 def test_knn_artifacts_saved_dense_still_load(name: str, split, tmp_path: Path) -> None:
     """A kNN artifact written when the baselines kept a dense ``user_items`` (and ItemKNN a dense

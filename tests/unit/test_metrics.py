@@ -151,3 +151,11 @@ def test_item_attributes_multi_hot_keeps_categorical_and_list_fields() -> None:
     side = EntityAttributes("item", [genre, year], codes, np.zeros((4, 1), np.float32))
     assert side.multi_hot().tolist() == [[0, 0, 0], [1, 0, 1], [0, 1, 0], [0, 0, 0]]
     assert side.multi_hot(("list", "numeric")).shape == (4, 5)
+    # Rows on demand (what the evaluation indexes per ranked list): the same rows, any index shape.
+    rows = side.multi_hot_rows()
+    lists = torch.tensor([[1, 2], [3, 1], [0, 0]])
+    assert rows.shape == (4, 3) and rows.any()
+    assert torch.equal(rows[lists], side.multi_hot()[lists])
+    blank = EntityAttributes("item", [genre, year], np.zeros((4, 3), np.int64), np.zeros((4, 1), np.float32))
+    assert not blank.multi_hot_rows().any()
+    assert blank.multi_hot_rows(("numeric",)).shape == (4, 2)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pydantic import ValidationError
 
 from pipeline.artifacts import Evaluation, FeatureSet, TrainResult
 from pipeline.config import EvaluationConfig, SplitConfig, TrainerConfig
@@ -18,6 +19,7 @@ from training.artifact import load_model_artifact
 from training.data import GeneralDataModule, SequentialDataModule, build_eval_inputs
 from training.evaluate import evaluate_run
 from training.models import MODELS, build_model, pipeline_models
+from training.report import PER_USER_FILE
 from training.split import SplitIndex, make_split
 
 torch.set_num_threads(1)
@@ -231,6 +233,27 @@ def test_train_and_evaluate_end_to_end(name: str, split, tmp_path: Path) -> None
     assert {"gini@10", "novelty@10"} <= set(metrics["baselines"]["popularity"])
     board = (run_dir / "leaderboard.md").read_text()
     assert f"| {name} |" in board and "| popularity |" in board and "| itemknn |" in board
+
+
+def test_evaluation_reports_the_configured_baselines_only(split, tmp_path: Path) -> None:
+    """``evaluation.baselines`` decides which baselines are fitted and reported (UserKNN's fit is
+    quadratic in users); popularity, which the gate judges by, cannot be left out."""
+    from training.train import train_model
+
+    run_dir = tmp_path / "runs" / "bpr" / "r1"
+    result = train_model("bpr", split, SMALL["bpr"], TrainerConfig(max_epochs=1, num_threads=1), run_dir)
+    cfg = EvaluationConfig(ks=[10], batch_users=16, baselines=["popularity", "itemknn"])
+    evaluation = evaluate_run(result, split, cfg)
+    assert set(evaluation.baselines) == {"popularity", "itemknn"}
+    with np.load(run_dir / PER_USER_FILE) as per_user:
+        assert not any(key.startswith("userknn::") for key in per_user.files)
+    assert "| userknn |" not in (run_dir / "leaderboard.md").read_text()
+    with pytest.raises(ValidationError, match="popularity"):
+        EvaluationConfig(baselines=["itemknn"])
+    with pytest.raises(ValidationError, match="twice"):
+        EvaluationConfig(baselines=["popularity", "popularity"])
+    with pytest.raises(ValidationError):
+        EvaluationConfig(baselines=["popularity", "svd"])
 
 
 def test_cached_baseline_numbers_of_other_code_are_recomputed(split) -> None:

@@ -315,11 +315,14 @@ class UserKNN(FittedBaseline, ScoresFromHistory):
         vals = np.where(vals > 0, vals, 0.0)
         return idx.astype(np.int64), vals.astype(np.float32)
 
-    def fit(self, train: sp.csr_matrix, chunk: int = 2048) -> UserKNN:
+    def fit(self, train: sp.csr_matrix, block_cells: int = 1 << 24) -> UserKNN:
         binary = (train > 0).astype(np.float32).tocsr()
         n_users = binary.shape[0]
+        # Users in blocks of ~block_cells correlations: each dense intermediate of the block (float64)
+        # stays that size however many users there are. Rows are independent: same result per block size.
+        chunk = max(1, block_cells // max(n_users, 1))
         idx_parts, val_parts = [], []
-        for start in range(0, n_users, chunk):  # rows in chunks: never more than chunk x n_users dense
+        for start in range(0, n_users, chunk):
             rows = binary[start : start + chunk]
             sim = pearson_similarity(rows, binary)
             sim[np.arange(sim.shape[0]), np.arange(start, start + sim.shape[0])] = -np.inf  # not itself
