@@ -61,6 +61,14 @@ def top_k_items(scores: torch.Tensor, exclude: torch.Tensor | None, k: int) -> t
     return torch.topk(masked, k=min(k, masked.shape[1] - 1), dim=1).indices
 
 
+def _count_relevant(truth: torch.Tensor) -> torch.Tensor:
+    """(B,) relevant items per row, padding column excluded. On CPU, NumPy's count (SIMD) over the bool
+    rows: torch's bool reductions cost most of a batch at 10^5+ items."""
+    if truth.device.type == "cpu" and truth.dtype == torch.bool:
+        return torch.from_numpy(np.count_nonzero(truth.numpy()[:, 1:], axis=1)).float()
+    return truth[:, 1:].sum(dim=1).float()
+
+
 def per_user_metrics(
     scores: torch.Tensor, truth: torch.Tensor, exclude: torch.Tensor | None, ks: list[int]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -68,7 +76,7 @@ def per_user_metrics(
     max_k = max(ks)
     top = top_k_items(scores, exclude, max_k)
     hits = truth.gather(1, top).float()  # (B, K): 1 where the item at rank r is relevant
-    n_truth = truth[:, 1:].sum(dim=1).float()
+    n_truth = _count_relevant(truth)
     ranks = torch.arange(1, hits.shape[1] + 1, dtype=torch.float32, device=hits.device)
     discounts = 1.0 / torch.log2(ranks + 1.0)
     safe_truth = n_truth.clamp(min=1.0)

@@ -159,3 +159,20 @@ def test_item_attributes_multi_hot_keeps_categorical_and_list_fields() -> None:
     blank = EntityAttributes("item", [genre, year], np.zeros((4, 3), np.int64), np.zeros((4, 1), np.float32))
     assert not blank.multi_hot_rows().any()
     assert blank.multi_hot_rows(("numeric",)).shape == (4, 2)
+
+
+def test_dense_mask_is_the_positive_entries_of_the_sparse_rows() -> None:
+    """The evaluation's truth/exclusion masks: set from the non-zeros, equal to ``toarray() > 0``
+    (explicit zeros and negative entries stay unset)."""
+    import scipy.sparse as sp
+
+    from training.data import dense_mask
+
+    rng = np.random.default_rng(0)
+    dense = np.where(rng.random((7, 30)) < 0.2, rng.integers(-1, 3, (7, 30)), 0).astype(np.float32)
+    rows = sp.csr_matrix(dense)
+    rows.data[::3] = 0.0  # explicit zeros kept in the structure
+    mask = dense_mask(rows[[4, 0, 6]])
+    assert mask.dtype == torch.bool
+    assert torch.equal(mask, torch.from_numpy(rows[[4, 0, 6]].toarray() > 0))
+    assert dense_mask(sp.csr_matrix((0, 5))).shape == (0, 5)
