@@ -157,9 +157,9 @@ def prepare_splits(
 ) -> None:
     """Make each (protocol, seed) split and its cached baselines once, before the workers start (no
     two writers)."""
-    from pipeline.config import EvaluationConfig, SplitConfig
+    from pipeline.config import BASELINES, EvaluationConfig, SplitConfig
     from pipeline.layout import Layout
-    from training.evaluate import BASELINES, baseline_metrics
+    from training.evaluate import baseline_metrics
     from training.split import make_split
 
     cfg = load_config(overrides=overrides)

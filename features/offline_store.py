@@ -118,14 +118,41 @@ class AsofDuckDBOfflineStore(DuckDBOfflineStore):
         one finds each entity's newest timestamp from the key and time columns alone, then reads the
         full rows of only those (entity, timestamp) pairs, within the store's ``memory_limit``.
         """
-        query = (join_key_columns, feature_name_columns, timestamp_field, created_timestamp_column)
         if _source_problem(data_source):
             return DuckDBOfflineStore.pull_latest_from_table_or_query(
-                config, data_source, *query, start_date, end_date
+                config,
+                data_source,
+                join_key_columns,
+                feature_name_columns,
+                timestamp_field,
+                created_timestamp_column,
+                start_date,
+                end_date,
             )
         assert isinstance(data_source, FileSource)
-        path = _parquet_path(data_source, str(config.repo_path))
-        sql = _newest_per_entity_sql(path, *query, start_date, end_date)
+        keys = list(map(quote_identifier, join_key_columns))
+        ts = quote_identifier(timestamp_field)
+        fields = [*join_key_columns, *feature_name_columns, timestamp_field]
+        if created_timestamp_column:
+            fields.append(created_timestamp_column)
+        window = f"CAST({ts} AS TIMESTAMPTZ) BETWEEN {_timestamp_literal(start_date)} AND {_timestamp_literal(end_date)}"
+        source = f"read_parquet({sql_literal(_parquet_path(data_source, str(config.repo_path)))})"
+        on = [f"r.{k} IS NOT DISTINCT FROM n.{k}" for k in keys] + [f"r.{ts} = n.__newest"]
+        # Rows sharing an entity's newest timestamp: keep the one created last (any one when no column).
+        tie_order = (
+            f"r.{quote_identifier(created_timestamp_column)} DESC" if created_timestamp_column else f"r.{ts}"
+        )
+        partition = f"PARTITION BY {', '.join(f'r.{k}' for k in keys)} " if keys else ""
+        group_by = f" GROUP BY {', '.join(keys)}" if keys else ""
+        # The newest timestamp per entity comes from the narrow (keys, time) projection; the wide rows
+        # are then filtered by a hash join against that small table while the file streams past.
+        sql = (
+            f"WITH newest AS (SELECT {''.join(k + ', ' for k in keys)}max({ts}) AS __newest "
+            f"FROM {source} WHERE {window}{group_by}) "
+            f"SELECT {', '.join('r.' + quote_identifier(f) for f in fields)} "
+            f"FROM {source} r JOIN newest n ON {' AND '.join(on)} "
+            f"QUALIFY row_number() OVER ({partition}ORDER BY {tie_order}) = 1"
+        )
         return DuckDBQueryJob.for_store(config, sql, {}, full_feature_names=False, metadata=None)
 
     @staticmethod
@@ -261,44 +288,6 @@ class DuckDBQueryJob(RetrievalJob):
             raise SavedDatasetLocationAlreadyExists(location=str(path))
         with self._connection(spill_beside=path.parent) as con:
             con.execute(f"COPY ({self.sql}) TO {sql_literal(str(path))} (FORMAT parquet)")
-
-
-def _newest_per_entity_sql(
-    path: str,
-    join_key_columns: list[str],
-    feature_name_columns: list[str],
-    timestamp_field: str,
-    created_timestamp_column: str | None,
-    start_date: datetime,
-    end_date: datetime,
-) -> str:
-    """Each entity's newest row in the window, ties broken by the created timestamp (as Feast does).
-
-    The newest timestamp per entity is found on the narrow (keys, time) projection; the wide rows are
-    then filtered by a hash join against that small table while the file streams past, so no sort or
-    window ever carries the feature values of the whole log.
-    """
-    keys = list(map(quote_identifier, join_key_columns))
-    ts = quote_identifier(timestamp_field)
-    fields = [*join_key_columns, *feature_name_columns, timestamp_field]
-    if created_timestamp_column:
-        fields.append(created_timestamp_column)
-    window = f"CAST({ts} AS TIMESTAMPTZ) BETWEEN {_timestamp_literal(start_date)} AND {_timestamp_literal(end_date)}"
-    source = f"read_parquet({sql_literal(path)})"
-    on = [f"r.{k} IS NOT DISTINCT FROM n.{k}" for k in keys] + [f"r.{ts} = n.__newest"]
-    # Rows sharing an entity's newest timestamp: keep the one created last (any one when no column).
-    tie_order = (
-        f"r.{quote_identifier(created_timestamp_column)} DESC" if created_timestamp_column else f"r.{ts}"
-    )
-    partition = f"PARTITION BY {', '.join(f'r.{k}' for k in keys)} " if keys else ""
-    group_by = f" GROUP BY {', '.join(keys)}" if keys else ""
-    return (
-        f"WITH newest AS (SELECT {''.join(k + ', ' for k in keys)}max({ts}) AS __newest "
-        f"FROM {source} WHERE {window}{group_by}) "
-        f"SELECT {', '.join('r.' + quote_identifier(f) for f in fields)} "
-        f"FROM {source} r JOIN newest n ON {' AND '.join(on)} "
-        f"QUALIFY row_number() OVER ({partition}ORDER BY {tie_order}) = 1"
-    )
 
 
 def _asof_sql(

@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -156,7 +156,8 @@ class TuningConfig(_Strict):
     startup_trials: int = Field(3, ge=1)
 
 
-Baseline = Literal["popularity", "itemknn", "userknn"]
+Baseline = Literal["popularity", "itemknn", "userknn"]  # every baseline recforge evaluates
+BASELINES: tuple[Baseline, ...] = get_args(Baseline)
 
 
 class EvaluationConfig(_Strict):
@@ -164,7 +165,7 @@ class EvaluationConfig(_Strict):
     batch_users: int = 512
     # The baselines every evaluation reports beside the model. UserKNN's fit correlates every pair of
     # users, so its cost grows with the square of the user count (docs/scaling.md).
-    baselines: list[Baseline] = ["popularity", "itemknn", "userknn"]
+    baselines: list[Baseline] = list(BASELINES)
     # Session-based protocol (training/session_eval.py): a user's events further apart than this gap
     # start a new session; the last session_test_share of sessions by start time are the test sessions.
     session_gap_minutes: float = Field(30.0, gt=0.0)

@@ -49,7 +49,6 @@ from training.train import evaluation_accumulator
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("popularity", "itemknn", "userknn")
 # Part of the baseline cache key: cached baseline metrics from before Gini, novelty and ILD are recomputed.
 BEYOND_ACCURACY_VERSION = 1
 LEADERBOARD_COLUMNS = (
