@@ -3,3 +3,5 @@
 The top layer: it may import every other package; nothing outside it (but dags/, plugins/, bench/ and
 tests) imports it. The contracts it composes live in ``pipeline/``.
 """
+
+import pipeline  # noqa: F401  (torch's allocator options, set before torch loads)

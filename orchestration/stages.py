@@ -207,9 +207,12 @@ def _register(run: RunContext, split_result: Split) -> None:
 def evaluate(
     model: str, run_id: str, train_manifest: str, split_manifest: str, overrides: dict[str, Any] | None = None
 ) -> str:
+    import torch
+
     from training.evaluate import evaluate_run
 
     run = run_context(model, run_id, overrides)
+    torch.set_num_threads(run.cfg.trainer.num_threads)  # ranking the catalogue: the training's CPU budget
     evaluation = evaluate_run(
         TrainResult.load(train_manifest), Split.load(split_manifest), run.cfg.evaluation
     )

@@ -255,6 +255,9 @@ class Evaluation(Manifest):
     protocol: str
     data_version: str
     report_path: Path | None = None  # report.html: metrics with bootstrap intervals, lifts, drift links
+    # Where the stage's time went: "inputs" (test users, truth, exclusions), "model" (its full
+    # ranking), one entry per baseline (its fit and ranking, or the read of its cache).
+    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True, config=RECORD)

@@ -36,6 +36,7 @@ from torch import nn
 
 from pipeline.artifacts import Split, atomic_path
 from pipeline.schema import DataSchema, Entity, FieldSpec, load_schema
+from training.rerank import diversity_of_gram
 from training.split import SplitIndex
 
 CACHE_DIR = "attributes"
@@ -246,6 +247,7 @@ class MultiHotRows:
             if encoding.spec.type in types
         ]
         self._codes = torch.from_numpy(attributes.codes)
+        self._ids: torch.Tensor | None = None  # _value_ids(), built on first use
         # Column 0 of each field's block (unknown / padding) is dropped.
         self.shape: tuple[int, ...] = (
             attributes.codes.shape[0],
@@ -265,6 +267,39 @@ class MultiHotRows:
     def any(self) -> bool:
         """Whether any row has a known value (a code other than 0) in these fields."""
         return any(bool((self._codes[:, o : o + w] != 0).any()) for o, w, _ in self._blocks)
+
+    def intra_list_diversity(self, lists: torch.Tensor) -> torch.Tensor:
+        """``training.rerank.intra_list_diversity(self[lists])`` for (B, L) item lists, from the codes.
+
+        Between 0/1 rows, a dot product is the number of values two items share and a squared norm
+        the number of values an item has, so the lists' cosine Gram matrices come from comparing
+        their few codes, without building (B, L, vocabulary) rows (the cost of every evaluation
+        batch at tens of thousands of values).
+        """
+        values = self._value_ids()[lists]  # (B, L, W): 0 = no value
+        known = values != 0
+        shared = (values.unsqueeze(2).unsqueeze(-1) == values.unsqueeze(1).unsqueeze(-2)) & known.unsqueeze(
+            2
+        ).unsqueeze(-1)
+        dots = shared.sum(dim=(-1, -2)).float()  # (B, L, L)
+        norms = known.sum(dim=-1).float().sqrt().clamp_min(1e-8)
+        return diversity_of_gram(dots / (norms.unsqueeze(2) * norms.unsqueeze(1)))
+
+    def _value_ids(self) -> torch.Tensor:
+        """(N, W) every item's distinct values as ids unique across fields; 0 where a field has none,
+        and for a repeat of a value already in the row (a 1 in the multi-hot row counts once)."""
+        if self._ids is None:
+            columns, base = [], 0
+            for offset, width, cardinality in self._blocks:
+                block = torch.sort(self._codes[:, offset : offset + width], dim=1).values
+                repeat = torch.zeros_like(block, dtype=torch.bool)
+                repeat[:, 1:] = block[:, 1:] == block[:, :-1]
+                columns.append(torch.where((block > 0) & ~repeat, block + base, 0))
+                base += cardinality
+            self._ids = (
+                torch.cat(columns, dim=1) if columns else torch.zeros(self.shape[0], 0, dtype=torch.long)
+            )
+        return self._ids
 
 
 @dataclass

@@ -71,17 +71,20 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
     run_dir = Path(train_result.run_dir)
     artifact = load_model_artifact(run_dir / "model")
     history_length = artifact.history_length or DEFAULT_HISTORY_LENGTH
+    started = time.perf_counter()
     inputs = build_eval_inputs(split, "test", history_length)
+    seconds = {"inputs": time.perf_counter() - started}
     beyond = beyond_accuracy(split, artifact.module)
     started = time.perf_counter()
     acc = evaluation_accumulator(artifact.module, inputs, list(cfg.ks), cfg.batch_users, beyond, True)
     metrics = acc.compute()
+    seconds["model"] = time.perf_counter() - started
     log.info(
         "evaluate %s: ranked %d items for %d test users in %.1fs",
         train_result.model,
         inputs.n_items,
         inputs.n_users,
-        time.perf_counter() - started,
+        seconds["model"],
     )
     if can(artifact.module, PointwiseMetrics):
         # Rating error (MF), AUC/LogLoss (CTR rankers), off-policy reward (REINFORCE): each model
@@ -92,11 +95,8 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
     for name in cfg.baselines:
         started = time.perf_counter()
         baselines[name] = baseline_metrics(name, split, cfg, inputs)
-        log.info(
-            "evaluate: baseline %s (fit, or its cache, and ranking) in %.1fs",
-            name,
-            time.perf_counter() - started,
-        )
+        seconds[name] = time.perf_counter() - started
+        log.info("evaluate: baseline %s (fit, or its cache, and ranking) in %.1fs", name, seconds[name])
     per_user = {"users": inputs.users.numpy(), **acc.per_user_values()}
     for name in cfg.baselines:
         for key, values in (baseline_per_user(name, split) or {}).items():
@@ -128,6 +128,7 @@ def evaluate_run(train_result: TrainResult, split: Split, cfg: EvaluationConfig)
         baselines=baselines,
         protocol=split.protocol,
         data_version=split.data_version,
+        seconds={name: round(value, 3) for name, value in seconds.items()},
     )
     evaluation.save(run_dir / "evaluation.json")
     return evaluation

@@ -52,9 +52,22 @@ def ranking_exclusions(module: object, batch: dict[str, torch.Tensor]) -> torch.
     return exclude | batch["untrained"].unsqueeze(0)
 
 
-def top_k_items(scores: torch.Tensor, exclude: torch.Tensor | None, k: int) -> torch.Tensor:
-    """Indices (B, k) of the k best items, padding column and excluded items removed."""
-    masked = scores.float().clone()
+def top_k_items(
+    scores: torch.Tensor, exclude: torch.Tensor | None, k: int, work: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Indices (B, k) of the k best items, padding column and excluded items removed.
+
+    The masking happens in a copy of ``scores``, in ``work`` when given (a float32 tensor of the same
+    shape, overwritten: reusing one across batches spares the allocation and first touch of a
+    (users x catalogue) tensor per batch, which cost more than the copy itself), or in ``scores``
+    itself when ``work`` is ``scores`` (the caller's scratch: no copy at all).
+    """
+    if work is scores:
+        masked = scores
+    elif work is not None:
+        masked = work.copy_(scores)
+    else:
+        masked = scores.float().clone()
     masked[:, 0] = -torch.inf
     if exclude is not None:
         masked.masked_fill_(exclude, -torch.inf)
@@ -70,11 +83,16 @@ def _count_relevant(truth: torch.Tensor) -> torch.Tensor:
 
 
 def per_user_metrics(
-    scores: torch.Tensor, truth: torch.Tensor, exclude: torch.Tensor | None, ks: list[int]
+    scores: torch.Tensor,
+    truth: torch.Tensor,
+    exclude: torch.Tensor | None,
+    ks: list[int],
+    work: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Per-user metric values ``{"ndcg@10": (B,), ...}`` and the (B, max k) top-k item indices."""
+    """Per-user metric values ``{"ndcg@10": (B,), ...}`` and the (B, max k) top-k item indices
+    (``work``: see ``top_k_items``)."""
     max_k = max(ks)
-    top = top_k_items(scores, exclude, max_k)
+    top = top_k_items(scores, exclude, max_k, work)
     hits = truth.gather(1, top).float()  # (B, K): 1 where the item at rank r is relevant
     n_truth = _count_relevant(truth)
     ranks = torch.arange(1, hits.shape[1] + 1, dtype=torch.float32, device=hits.device)
@@ -106,6 +124,14 @@ class ItemVectors(Protocol):
     def shape(self) -> tuple[int, ...]: ...
 
     def __getitem__(self, index: torch.Tensor) -> torch.Tensor: ...
+
+
+def list_diversity(vectors: ItemVectors, lists: torch.Tensor) -> torch.Tensor:
+    """(B,) intra-list diversity of (B, L) item lists over ``vectors``: by the vectors' own
+    ``intra_list_diversity(lists)`` where they have one (``MultiHotRows``: from the codes, without
+    building the rows), else from the indexed rows."""
+    own = getattr(vectors, "intra_list_diversity", None)
+    return own(lists) if own is not None else intra_list_diversity(vectors[lists].float())
 
 
 @dataclass(frozen=True)
@@ -162,9 +188,20 @@ class RankingAccumulator:
         self.n_users = 0
         self.recommended = {k: torch.zeros(n_items + 1, dtype=torch.float64) for k in self.ks}
         self._information = beyond.self_information if beyond is not None else None
+        self._work: torch.Tensor | None = None  # the masked copy of a batch's scores, reused
 
-    def update(self, scores: torch.Tensor, truth: torch.Tensor, exclude: torch.Tensor | None) -> None:
-        values, top = per_user_metrics(scores, truth, exclude, self.ks)
+    def update(
+        self,
+        scores: torch.Tensor,
+        truth: torch.Tensor,
+        exclude: torch.Tensor | None,
+        scratch: bool = False,
+    ) -> None:
+        """Add a batch: ``scores`` (B, n_items + 1); ``scratch``: float32 scores the accumulator may
+        overwrite (e.g. written into ``score_buffer``), masked where they lie instead of in a copy."""
+        rows, width = scores.shape
+        work = scores if scratch else self.score_buffer(rows, width, device=scores.device)
+        values, top = per_user_metrics(scores, truth, exclude, self.ks, work)
         top = top.cpu()
         for name, per_user in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(per_user.sum())
@@ -177,8 +214,21 @@ class RankingAccumulator:
             novelty = self._information[lists].mean(dim=1)  # type: ignore[index]
             self._add(f"novelty@{k}", novelty)
             for name, vectors in self.beyond.item_vectors.items():
-                self._add(f"ild_{name}@{k}", intra_list_diversity(vectors[lists].float()))
+                self._add(f"ild_{name}@{k}", list_diversity(vectors, lists))
         self.n_users += scores.shape[0]
+
+    def score_buffer(self, rows: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """A (rows, width) float32 tensor kept across batches (its first rows for a smaller batch): where
+        a batch's scores are masked, or written by a caller that then passes ``scratch=True``."""
+        work = self._work
+        if (
+            work is None
+            or work.shape[1] != width
+            or work.shape[0] < rows
+            or work.device != torch.device(device)
+        ):
+            work = self._work = torch.empty(rows, width, dtype=torch.float32, device=device)
+        return work[:rows]
 
     def _add(self, name: str, per_user: torch.Tensor) -> None:
         known = per_user[~torch.isnan(per_user)]

@@ -76,9 +76,13 @@ def mmr(relevance: torch.Tensor, similarity: torch.Tensor, k: int, diversity: fl
 def intra_list_diversity(vectors: torch.Tensor) -> torch.Tensor:
     """ILD of each list: ``vectors`` (B, L, d) -> (B,), or (L, d) -> a 0-d tensor (module docstring)."""
     unit = normalized_rows(vectors)
-    length = unit.shape[-2]
+    return diversity_of_gram(unit @ unit.transpose(-1, -2))
+
+
+def diversity_of_gram(gram: torch.Tensor) -> torch.Tensor:
+    """ILD from the lists' cosine Gram matrices (..., L, L): 1 - the mean off-diagonal entry."""
+    length = gram.shape[-1]
     if length < 2:
-        return torch.full(unit.shape[:-2], torch.nan)
-    gram = unit @ unit.transpose(-1, -2)
+        return torch.full(gram.shape[:-2], torch.nan)
     off_diagonal = gram.sum(dim=(-1, -2)) - torch.diagonal(gram, dim1=-2, dim2=-1).sum(dim=-1)
     return 1.0 - off_diagonal / (length * (length - 1))

@@ -35,7 +35,7 @@ from training.knowledge_graph import knowledge_graph_for
 from training.metrics import BeyondAccuracy, RankingAccumulator, ranking_exclusions
 from training.models import build_model, get_spec, uses_attributes, uses_knowledge_graph
 from training.models.base import VALID_MONITOR
-from training.models.capabilities import NeedsTrainMatrix, can
+from training.models.capabilities import NeedsTrainMatrix, ScoresByDotProduct, can
 from training.split import SplitIndex, train_matrix
 
 log = logging.getLogger(__name__)
@@ -227,9 +227,19 @@ def evaluation_accumulator(
     acc = RankingAccumulator(inputs.n_items, ks, beyond, keep_per_user=keep_per_user)
     module.eval()
     with torch.no_grad():
+        # A dot-product model's scores go straight into the accumulator's buffer, masked there: no
+        # fresh (users x catalogue) tensor per batch, whose page faults cost more than the product.
+        items = module.dot_product_items().float() if can(module, ScoresByDotProduct) else None
         for batch in inputs.batches(batch_users):
-            scores = module.full_sort_predict(batch["users"], batch["history"]).float()
-            acc.update(scores, batch["truth"], ranking_exclusions(module, batch))
+            exclude = ranking_exclusions(module, batch)
+            if items is None:
+                scores = module.full_sort_predict(batch["users"], batch["history"]).float()
+                acc.update(scores, batch["truth"], exclude)
+                continue
+            queries = module.dot_product_queries(batch["users"], batch["history"]).float()
+            scores = acc.score_buffer(queries.shape[0], items.shape[0], device=queries.device)
+            torch.matmul(queries, items.T, out=scores)
+            acc.update(scores, batch["truth"], exclude, scratch=True)
     return acc
 
 

@@ -290,3 +290,25 @@ def test_scores_by_dot_product(name: str, split) -> None:
         queries, items = module.dot_product_queries(users, history), module.dot_product_items()
     assert items.shape[0] == SplitIndex.load(split).n_items + 1 and queries.shape[1] == items.shape[1]
     torch.testing.assert_close(queries @ items[1:].T, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", declaring(ScoresByDotProduct))
+def test_evaluation_by_dot_product_equals_ranking_full_sort_predict(name: str, split) -> None:
+    """The evaluation scores a dot-product model by its queries and items, into a reused buffer: the
+    same metrics, per user, as ranking its ``full_sort_predict``."""
+    from training.data import build_eval_inputs
+    from training.metrics import RankingAccumulator, ranking_exclusions
+    from training.train import evaluation_accumulator
+
+    module = built(name, split).eval()
+    inputs = build_eval_inputs(split, "test", load_model_params(name).get("history_length", 10))
+    by_product = evaluation_accumulator(module, inputs, [5, 10], batch_users=7, keep_per_user=True)
+    by_predict = RankingAccumulator(inputs.n_items, [5, 10], keep_per_user=True)
+    with torch.no_grad():
+        for batch in inputs.batches(7):
+            scores = module.full_sort_predict(batch["users"], batch["history"]).float()
+            by_predict.update(scores, batch["truth"], ranking_exclusions(module, batch))
+    assert inputs.n_users > 7  # several batches, the last one smaller
+    assert by_product.compute() == pytest.approx(by_predict.compute(), rel=1e-6)
+    for metric, values in by_predict.per_user_values().items():
+        np.testing.assert_allclose(by_product.per_user_values()[metric], values, rtol=1e-6, err_msg=metric)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -161,6 +162,53 @@ def test_item_attributes_multi_hot_keeps_categorical_and_list_fields() -> None:
     assert blank.multi_hot_rows(("numeric",)).shape == (4, 2)
 
 
+def test_list_diversity_from_codes_equals_the_multi_hot_rows_ild() -> None:
+    """``MultiHotRows.intra_list_diversity`` (shared codes, no rows built) gives the ILD of the
+    multi-hot rows: a list field with a repeated code, items without any value, a one-item list."""
+    from pipeline.schema import FieldSpec
+    from training.attributes import EntityAttributes, FieldEncoding
+    from training.metrics import list_diversity
+    from training.rerank import intra_list_diversity
+
+    tags = FieldEncoding("tags", FieldSpec(type="list", max_tokens=3), ["a", "b", "c", "d"])
+    brand = FieldEncoding("brand", FieldSpec(type="categorical"), ["x", "y"])
+    rng = np.random.default_rng(3)
+    codes = np.column_stack([rng.integers(0, 5, (40, 3)), rng.integers(0, 3, (40, 1))])
+    codes[5] = [2, 2, 0, 1]  # a repeated tag counts once, as in the multi-hot row
+    codes[7] = [0, 0, 0, 0]  # no value at all: a zero row
+    side = EntityAttributes("item", [tags, brand], codes, np.zeros((40, 0), np.float32))
+    rows = side.multi_hot_rows()
+    lists = torch.from_numpy(rng.integers(0, 40, (25, 6)))
+    lists[0, :3] = torch.tensor([5, 7, 5])
+    expected = intra_list_diversity(rows[lists].float())
+    assert torch.allclose(list_diversity(rows, lists), expected, atol=1e-6)
+    assert torch.allclose(list_diversity(side.multi_hot(), lists), expected, atol=1e-6)  # a plain tensor
+    assert torch.isnan(rows.intra_list_diversity(lists[:, :1])).all()
+
+
+def test_masking_in_a_reused_or_the_scores_own_buffer_ranks_alike() -> None:
+    """``top_k_items`` masks in a copy (the caller's scores untouched), in a reused work tensor, or in
+    the scores themselves when they are the work tensor: the same top items each way."""
+    from training.metrics import top_k_items
+
+    gen = torch.Generator().manual_seed(4)
+    scores = torch.randn(6, 31, generator=gen)
+    exclude = torch.rand(6, 31, generator=gen) > 0.6
+    original = scores.clone()
+    expected = top_k_items(scores, exclude, 5)
+    assert torch.equal(scores, original)
+    work = torch.full((6, 31), 7.0)
+    assert torch.equal(top_k_items(scores, exclude, 5, work), expected)
+    assert torch.equal(scores, original)
+    assert torch.equal(top_k_items(scores, exclude, 5, scores), expected)
+    assert torch.isinf(scores[:, 0]).all() and torch.isinf(scores[exclude]).all()  # masked in place
+    acc, whole = RankingAccumulator(30, [5]), RankingAccumulator(30, [5])
+    for part in (slice(0, 4), slice(4, 6)):  # a smaller last batch uses the buffer's first rows
+        acc.update(original[part], exclude[part], exclude[part])
+    whole.update(original, exclude, exclude)
+    assert acc.compute() == pytest.approx(whole.compute())
+
+
 def test_dense_mask_is_the_positive_entries_of_the_sparse_rows() -> None:
     """The evaluation's truth/exclusion masks: set from the non-zeros, equal to ``toarray() > 0``
     (explicit zeros and negative entries stay unset)."""
@@ -176,3 +224,52 @@ def test_dense_mask_is_the_positive_entries_of_the_sparse_rows() -> None:
     assert mask.dtype == torch.bool
     assert torch.equal(mask, torch.from_numpy(rows[[4, 0, 6]].toarray() > 0))
     assert dense_mask(sp.csr_matrix((0, 5))).shape == (0, 5)
+
+
+_HUGE_PAGE_PROBE = """
+import sys
+import training.metrics  # recforge first, as every entry point does
+import torch
+
+tensor = torch.ones(16 << 20)  # 64 MB, a batch's scores at a small scale
+address = tensor.data_ptr()
+eligible = None
+for line in open("/proc/self/smaps"):
+    fields = line.split()
+    if "-" in fields[0] and ":" not in fields[0]:
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        inside = start <= address < end
+    elif inside and fields[0] == "THPeligible:":
+        eligible = fields[1]
+print(eligible)
+"""
+
+
+@pytest.mark.slow  # Python subprocesses
+def test_torch_tensors_may_use_transparent_huge_pages_unless_switched_off() -> None:
+    """Importing recforge before torch lets torch back big tensors with huge pages (the evaluation's
+    page faults); ``THP_MEM_ALLOC_ENABLE=0`` in the environment keeps 4 KB pages."""
+    import os
+    import subprocess
+    import sys
+
+    mode_file = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    mode = mode_file.read_text() if mode_file.exists() else "[never]"
+    if "[never]" in mode:
+        pytest.skip("this kernel has transparent huge pages switched off")
+
+    def eligible(env: dict[str, str]) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", _HUGE_PAGE_PROBE],
+            env=env,
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.strip()
+
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    assert eligible(env) == "1"
+    if "[madvise]" in mode:  # with [always] every big mapping is eligible, whatever torch asks
+        assert eligible({**env, "THP_MEM_ALLOC_ENABLE": "0"}) == "0"

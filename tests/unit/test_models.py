@@ -223,6 +223,8 @@ def test_train_and_evaluate_end_to_end(name: str, split, tmp_path: Path) -> None
     evaluation = evaluate_run(result, split, EvaluationConfig(ks=[10, 20], batch_users=16))
     assert Evaluation.load(run_dir / "evaluation.json") == evaluation
     assert set(evaluation.baselines) == {"popularity", "itemknn", "userknn"}
+    assert set(evaluation.seconds) == {"inputs", "model", "popularity", "itemknn", "userknn"}
+    assert all(seconds > 0 for seconds in evaluation.seconds.values())
     assert (split.dir / "baselines" / "popularity.json").exists()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["n_users"] == split.counts["test_users"]
