@@ -61,8 +61,14 @@ class Measures:
         return ([self.script] if self.script else []) + paths
 
 
+# Sets torch's allocator options for every process (huge pages): timings can move with it.
+TORCH_OPTIONS = "pipeline/__init__.py"
 LEADERBOARD = Measures("bench/leaderboard.py", ("bench/bench_training.py", "training/", "configs/models/"))
-SERVING = Measures("bench/bench_serving.py", ("serving/",))
+SERVING = Measures("bench/bench_serving.py", ("serving/", TORCH_OPTIONS))
+SCALE = Measures(
+    "bench/bench_scale.py",
+    ("ingestion/", "features/", "feature_repo/", "training/", "orchestration/stages.py", TORCH_OPTIONS),
+)
 
 # Result name (its path under bench/results/ without suffixes; for a folder, its first part) -> what it
 # measures. A result not named here measures its bench script (bench/bench_<name>.py or
@@ -71,17 +77,15 @@ MEASURES: dict[str, Measures] = {
     "leaderboard": LEADERBOARD,
     "schema_change": LEADERBOARD,  # leaderboards before and after a change of the attribute encoders
     "narm_leaderboard": LEADERBOARD,  # NARM's leaderboard rows at its validation-chosen defaults
-    "training": Measures("bench/bench_training.py", ("training/", "configs/models/")),
-    "scaling": Measures("bench/bench_scaling.py", ("training/",)),
-    "scale": Measures(
-        "bench/bench_scale.py",
-        ("ingestion/", "features/", "feature_repo/", "training/", "orchestration/stages.py"),
-    ),
+    "training": Measures("bench/bench_training.py", ("training/", "configs/models/", TORCH_OPTIONS)),
+    "scaling": Measures("bench/bench_scaling.py", ("training/", TORCH_OPTIONS)),
+    "scale": SCALE,
+    "scale_1m_5m": SCALE,  # the same bench at the two smaller sizes (every stage, evaluation included)
     "drift_calibration": Measures("bench/bench_drift.py", ("monitoring/",)),
     "serving": SERVING,
     "serving_two_stage": SERVING,
     "serving_1m": SERVING,  # /recommend at a million items (ANN retrieval)
-    "peer_recbole": Measures("bench/bench_peer_recbole.py", ("training/", "configs/models/")),
+    "peer_recbole": Measures("bench/bench_peer_recbole.py", ("training/", "configs/models/", TORCH_OPTIONS)),
     "feast_online": Measures(
         "bench/bench_feast_online.py",
         ("ingestion/", "features/", "feature_repo/", "serving/online.py", "orchestration/stages.py"),
@@ -101,7 +105,9 @@ MEASURES: dict[str, Measures] = {
         ),
     ),
     "ann": Measures("bench/bench_ann.py", ("serving/ann.py",)),
-    "session": Measures("bench/bench_session.py", ("training/", "configs/models/", "configs/pipeline.yaml")),
+    "session": Measures(
+        "bench/bench_session.py", ("training/", "configs/models/", "configs/pipeline.yaml", TORCH_OPTIONS)
+    ),
     # The served retrieve-then-rank unit under full ranking (training/two_stage.py and both models).
     "two_stage_eval": Measures(
         "bench/bench_two_stage.py", ("bench/leaderboard.py", "training/", "configs/models/")
