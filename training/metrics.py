@@ -230,6 +230,10 @@ class RankingAccumulator:
             work = self._work = torch.empty(rows, width, dtype=torch.float32, device=device)
         return work[:rows]
 
+    def release_buffer(self) -> None:
+        """Free ``score_buffer``'s memory (a later batch makes a new one)."""
+        self._work = None
+
     def _add(self, name: str, per_user: torch.Tensor) -> None:
         known = per_user[~torch.isnan(per_user)]
         self.sums[name] = self.sums.get(name, 0.0) + float(known.sum())

@@ -240,6 +240,7 @@ def evaluation_accumulator(
             scores = acc.score_buffer(queries.shape[0], items.shape[0], device=queries.device)
             torch.matmul(queries, items.T, out=scores)
             acc.update(scores, batch["truth"], exclude, scratch=True)
+    acc.release_buffer()  # the caller keeps the sums, not a batch of scores (the baselines rank next)
     return acc
 
 

@@ -124,12 +124,14 @@ def test_itemknn_keeps_the_neighbours_of_the_target_item() -> None:
 
 
 def _dense_itemknn_reference(train: np.ndarray, k: int) -> np.ndarray:
-    """The item x item similarity as the dense formula: cosine, no self-similarity, each row's top k."""
+    """The item x item similarity as the dense formula: cosine, no self-similarity, each row's top k,
+    of equal similarities the lower item index first."""
     norms = np.sqrt(train.sum(axis=0))
     sim = (train.T @ train) / (np.outer(norms, norms) + 1e-8)
     np.fill_diagonal(sim, 0.0)
-    drop = np.argpartition(-sim, k, axis=1)[:, k:]
-    np.put_along_axis(sim, drop, 0.0, axis=1)
+    for row in sim:
+        best = sorted(range(len(row)), key=lambda column: (-row[column], column))[:k]
+        row[np.setdiff1d(np.arange(len(row)), best)] = 0.0
     return sim
 
 

@@ -161,8 +161,8 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
 
     Everything is kept sparse (the ``k`` neighbours of each item, the training rows): a catalogue of
     100k items would need 40 GB as a dense item x item matrix. ``fit`` computes the similarity a block
-    of items at a time (sparse co-occurrence counts); only the items with more than ``k`` co-occurring
-    items are made dense, while their top ``k`` are chosen.
+    of items at a time (sparse co-occurrence counts) and chooses each item's ``k`` neighbours among the
+    items it co-occurs with, ties broken by the lower item index: nothing of catalogue width is dense.
     """
 
     def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 0.0) -> None:
@@ -180,7 +180,7 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
         norms = np.sqrt(np.asarray(binary.multiply(binary).sum(axis=0)).ravel())
         by_item = binary.T.tocsr()  # (n_items + 1, n_users)
         width = binary.shape[1]
-        chunk = max(1, block_cells // width)  # items per block: a dense block holds ~block_cells floats
+        chunk = max(1, block_cells // width)  # items per block: its co-occurrences hold at most ~block_cells
         rows, columns, values = [], [], []
         for start in range(0, width, chunk):
             stop = min(start + chunk, width)
@@ -188,25 +188,19 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
             own = np.repeat(np.arange(start, stop), np.diff(co.indptr))
             co.data[co.indices == own] = 0.0  # an item is not its own neighbour
             co.eliminate_zeros()
-            # An item co-occurring with at most k others keeps them all: no ranking needed, and its
-            # row stays sparse. Only the rest go through a dense top-k (ties broken as for the whole
-            # dense matrix, row by row).
-            few = np.diff(co.indptr) <= self.k
-            sparse_rows = co[few].tocoo()
-            row = np.flatnonzero(few)[sparse_rows.row]
-            rows.append(start + row)
-            columns.append(sparse_rows.col)
-            values.append(self._cosine(sparse_rows.data, norms[start + row], norms[sparse_rows.col]))
-            many = np.flatnonzero(~few)
-            if len(many):
-                block = co[many].toarray()
-                sim = block / (np.outer(norms[start + many], norms) + self.shrink + 1e-8)
-                keep = np.argpartition(-sim, self.k, axis=1)[:, : self.k]
-                kept = np.take_along_axis(sim, keep, axis=1)
-                nonzero = kept != 0  # a zero similarity is no neighbour
-                rows.append(np.broadcast_to((start + many)[:, None], keep.shape)[nonzero])
-                columns.append(keep[nonzero])
-                values.append(kept[nonzero].astype(np.float32))
+            # An item co-occurring with at most k others keeps them all. The rest keep their k most
+            # similar co-occurring items, chosen among the row's non-zeros (an item that never
+            # co-occurs has similarity 0 and is no neighbour), ties broken by the lower item index.
+            entries = co.tocoo()  # row-major, as the CSR rows
+            row = start + entries.row
+            sim = self._cosine(entries.data, norms[row], norms[entries.col])
+            order = np.lexsort((entries.col, -sim, row))
+            ranked_rows = row[order]
+            rank = np.arange(len(order)) - np.searchsorted(ranked_rows, ranked_rows, side="left")
+            keep = order[rank < self.k]
+            rows.append(row[keep])
+            columns.append(entries.col[keep])
+            values.append(sim[keep])
         matrix = sp.csr_matrix(
             (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=(width, width)
         )
@@ -218,7 +212,7 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
         return self
 
     def _cosine(self, co: np.ndarray, norms_i: np.ndarray, norms_j: np.ndarray) -> np.ndarray:
-        # The same float32 operations, in the same order, as the dense block's division.
+        # Cosine of binary columns: co-occurrences over the product of the norms (shrunk by ``shrink``).
         return (co / (norms_i * norms_j + self.shrink + 1e-8)).astype(np.float32)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
