@@ -917,6 +917,7 @@ DISPLAY_NAMES = {
     "ease": "EASE (closed form)",
     "multvae": "Mult-VAE",
     "gsasrec": "gSASRec (gBCE, sampled negatives)",
+    "bert4rec": "BERT4Rec (bidirectional, cloze)",
 }
 PROTOCOL_HEADERS = {
     "random_holdout": "`random_holdout` (8:1:1 per user)",

@@ -19,6 +19,28 @@ def overfit_losses(module: torch.nn.Module, batch, steps: int = 60) -> list[floa
     return losses
 
 
+def next_item_after_a_cycle(
+    name: str, params: dict, steps: int, known: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train sequential model ``name`` for ``steps`` steps on one batch of windows that walk a fixed
+    cycle of a 12-item catalogue; return its top item after each of 12 histories of ``known`` items
+    and the item that truly follows them."""
+    torch.manual_seed(0)
+    n_items, length = 12, 10
+    cycle = torch.randperm(n_items) + 1
+    starts = torch.arange(64) % n_items
+    walks = cycle[(starts.unsqueeze(1) + torch.arange(length + 1)) % n_items]
+    from training.models import build_model
+
+    module = build_model(name, 1, n_items, **params)
+    overfit_losses(module, {"history": walks[:, :-1], "targets": walks[:, 1:]}, steps=steps)
+    module.eval()
+    with torch.no_grad():
+        scores = module.full_sort_predict(torch.full((n_items,), -1), walks[:n_items, :known])
+    scores[:, 0] = -torch.inf
+    return scores.argmax(-1), walks[:n_items, known]
+
+
 def artifact_round_trip(
     module: torch.nn.Module,
     name: str,

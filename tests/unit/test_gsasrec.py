@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pipeline.artifacts import FeatureSet
 from pipeline.config import SplitConfig, TrainerConfig, load_model_params
 from pipeline.layout import Layout
-from tests.model_helpers import artifact_round_trip
+from tests.model_helpers import artifact_round_trip, next_item_after_a_cycle
 from training.artifact import load_model_artifact
 from training.data import build_eval_inputs
 from training.models import MODELS, build_model, pipeline_models
@@ -129,24 +129,8 @@ def test_negatives_are_capped_by_the_catalogue_and_bad_settings_refused() -> Non
 
 def test_learns_a_next_item_cycle() -> None:
     """Sequences walk a fixed cycle of the catalogue; after training, the next item ranks first."""
-    torch.manual_seed(0)
-    n_items, length = 12, 10
-    cycle = torch.randperm(n_items) + 1
-    starts = torch.arange(64) % n_items
-    walks = cycle[(starts.unsqueeze(1) + torch.arange(length + 1)) % n_items]
-    batch = {"history": walks[:, :-1], "targets": walks[:, 1:]}
-    module = build_model("gsasrec", 1, n_items, **SMALL)
-    optimizer = module.configure_optimizers()
-    module.train()
-    for _ in range(80):
-        optimizer.zero_grad()
-        module.calculate_loss(batch).backward()
-        optimizer.step()
-    module.eval()
-    with torch.no_grad():
-        scores = module.full_sort_predict(torch.full((n_items,), -1), walks[:n_items, :5])
-    scores[:, 0] = -torch.inf
-    assert torch.equal(scores.argmax(-1), walks[:n_items, 5])
+    predicted, expected = next_item_after_a_cycle("gsasrec", SMALL, steps=80, known=5)
+    assert torch.equal(predicted, expected)
 
 
 def test_artifact_round_trip_gives_identical_scores(split, tmp_path: Path) -> None:

@@ -236,6 +236,11 @@ register(
         "gsasrec", "sequential", "training.models.gsasrec:GSASRec", "SASRec trained with gBCE negatives"
     )
 )
+register(
+    ModelSpec(
+        "bert4rec", "sequential", "training.models.bert4rec:BERT4Rec", "bidirectional transformer, cloze task"
+    )
+)
 register(ModelSpec("gru4rec", "sequential", "training.models.gru4rec:GRU4Rec", "GRU session/sequence model"))
 register(ModelSpec("narm", "sequential", "training.models.narm:NARM", "attentive GRU encoder (NARM)"))
 register(

@@ -27,6 +27,8 @@ from training.models.capabilities import EmbedsItems, ScoresFromHistory
 
 
 class SASRec(RecommenderModule, ScoresFromHistory, EmbedsItems):
+    causal = True  # a position attends to itself and older positions only (BERT4Rec: to all)
+
     def __init__(
         self,
         n_users: int,
@@ -70,8 +72,9 @@ class SASRec(RecommenderModule, ScoresFromHistory, EmbedsItems):
         x = self.input_norm(self.dropout(x))
         pad = history == 0
         x = x * (~pad).unsqueeze(-1)
-        causal = torch.ones(length, length, dtype=torch.bool, device=history.device).tril()
-        allowed = causal.unsqueeze(0) & ~pad.unsqueeze(1)
+        allowed = ~pad.unsqueeze(1)
+        if self.causal:
+            allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=history.device).tril()
         allowed = allowed | torch.eye(length, dtype=torch.bool, device=history.device).unsqueeze(0)
         mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
         mask = mask.repeat_interleave(self.n_heads, dim=0)  # (B * heads, L, L)
