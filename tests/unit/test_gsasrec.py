@@ -45,7 +45,7 @@ def test_registered_as_a_sequential_model_that_serves_like_sasrec() -> None:
     params = load_model_params("gsasrec")
     assert params["negatives"] == 256 and params["gbce_t"] == 0.75
     sasrec = load_model_params("sasrec")
-    assert {k: v for k, v in params.items() if k not in ("negatives", "gbce_t")} == {
+    assert {k: v for k, v in params.items() if k not in ("negatives", "gbce_t", "tied_output")} == {
         k: v for k, v in sasrec.items() if k != "loss_type"
     }
     module = build_model("gsasrec", 5, 9, **params)  # the yaml's keys are all accepted
@@ -162,3 +162,19 @@ def test_trains_with_lightning_and_writes_an_artifact(split, tmp_path: Path) -> 
     artifact = load_model_artifact(run_dir / "model")
     inputs = build_eval_inputs(split, "valid", history_length=10)
     assert torch.isfinite(artifact.score(inputs.users, inputs.history)[:, 1:]).all()
+
+
+def test_untied_output_scores_and_learns_with_a_table_of_its_own() -> None:
+    torch.manual_seed(0)
+    module = build_model("gsasrec", 1, 12, **{**SMALL, "tied_output": False})
+    history = torch.randint(1, 13, (3, 6))
+    with torch.no_grad():
+        last = module.encode(history)[:, -1]
+        torch.testing.assert_close(
+            module.full_sort_predict(torch.full((3,), -1), history), last @ module.output_embedding.weight.T
+        )
+    batch = {"history": history, "targets": torch.randint(1, 13, (3, 6))}
+    module.calculate_loss(batch).backward()
+    assert module.output_embedding.weight.grad.abs().sum() > 0  # negatives and positives score here
+    tied = build_model("gsasrec", 1, 12, **SMALL)
+    assert tied.output_embedding is None and tied.output_weights() is tied.item_embedding.weight

@@ -17,6 +17,10 @@ fully calibrated case, which removes the overconfidence that sampling causes). C
 
 A catalogue with fewer than ``negatives + 1`` items is sampled at rate 1 (``|I| - 1`` negatives).
 
+``tied_output`` (default true, as SASRec): score items with the input item table; false gives the
+output side a table of its own, as the paper's reference code does, so that pushing many sampled
+negatives down does not move the vectors the encoder reads its input with.
+
 Negative logits are read from the full (tokens x n_items) score matrix when that is smaller than the
 gathered (tokens x negatives x d) embeddings, i.e. while n_items + 1 <= negatives * hidden_size; both
 ways give the same logits, the cheaper one decides memory and time.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from training.models.sasrec import SASRec
 
@@ -70,6 +75,7 @@ class GSASRec(SASRec):
         history_length: int = 50,
         negatives: int = 256,
         gbce_t: float = 0.75,
+        tied_output: bool = True,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
     ) -> None:
@@ -95,6 +101,14 @@ class GSASRec(SASRec):
         self.negatives = min(negatives, n_items - 1)
         self.gbce_t = gbce_t
         self.beta = gbce_beta(self.negatives, n_items, gbce_t)
+        self.output_embedding = None if tied_output else nn.Embedding(n_items + 1, hidden_size, padding_idx=0)
+        if self.output_embedding is not None:
+            nn.init.normal_(self.output_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.output_embedding.weight[0].zero_()
+
+    def output_weights(self) -> torch.Tensor:
+        return self.item_embedding.weight if self.output_embedding is None else self.output_embedding.weight
 
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         hidden = self.encode(batch["history"])
@@ -103,6 +117,6 @@ class GSASRec(SASRec):
         states = hidden[valid]  # (T, d): only positions with a real next item
         positives = targets[valid]
         negatives = sample_negatives(positives, self.n_items, self.negatives)
-        weights = self.item_embedding.weight
+        weights = self.output_weights()
         positive = (states * weights[positives]).sum(-1)
         return gbce_loss(positive, negative_logits(states, weights, negatives), self.beta)

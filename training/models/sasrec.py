@@ -97,4 +97,8 @@ class SASRec(RecommenderModule, ScoresFromHistory, EmbedsItems):
         if history.shape[1] > self.history_length:
             history = history[:, -self.history_length :]
         last = self.encode(history)[:, -1]
-        return last @ self.item_embedding.weight.T
+        return last @ self.output_weights().T
+
+    def output_weights(self) -> torch.Tensor:
+        """(n_items + 1, d): the vectors the hidden state scores items with (here the input table, tied)."""
+        return self.item_embedding.weight
