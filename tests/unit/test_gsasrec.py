@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.artifacts import FeatureSet
-from pipeline.config import SplitConfig, TrainerConfig, load_model_params
+from pipeline.config import SplitConfig, TrainerConfig, load_model_params, load_tuning_grid
 from pipeline.layout import Layout
 from tests.model_helpers import artifact_round_trip, next_item_after_a_cycle
 from training.artifact import load_model_artifact
@@ -43,7 +43,9 @@ def test_registered_as_a_sequential_model_that_serves_like_sasrec() -> None:
     assert spec.kind == "sequential" and spec.trainable and "gsasrec" in pipeline_models()
     assert spec.capabilities == MODELS["sasrec"].capabilities
     params = load_model_params("gsasrec")
-    assert params["negatives"] == 256 and params["gbce_t"] == 0.75
+    grid = load_tuning_grid("gsasrec")  # the defaults are one of its candidates: the one validation chose
+    assert grid is not None and {256, 16, 1} <= set(grid["negatives"]) and 0.75 in grid["gbce_t"]
+    assert all(params[name] in values for name, values in grid.items())
     sasrec = load_model_params("sasrec")
     assert {k: v for k, v in params.items() if k not in ("negatives", "gbce_t", "tied_output")} == {
         k: v for k, v in sasrec.items() if k != "loss_type"
