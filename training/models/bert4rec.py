@@ -100,6 +100,6 @@ class BERT4Rec(SASRec):
         return F.cross_entropy(logits, items[masked])
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        known = history[:, history.shape[1] - min(history.shape[1], self.history_length - 1) :]
+        known = history[:, -(self.history_length - 1) :]  # the newest items; shorter histories whole
         query = F.pad(known, (0, 1), value=self.mask_token)
         return self._logits(self.encode(query)[:, -1])
