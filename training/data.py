@@ -60,10 +60,12 @@ class EvalInputs:
     def n_users(self) -> int:
         return int(self.users.shape[0])
 
-    def batches(self, batch_users: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+    def batches(self, batch_users: int, rank: int = 0, world_size: int = 1, dense: bool = True) -> DataLoader:
         """Batches of ``batch_users`` users; with ``world_size`` > 1, the share of process ``rank`` only
-        (every ``world_size``-th user, none repeated: see ``UserShard``)."""
-        dataset = _EvalDataset(self)
+        (every ``world_size``-th user, none repeated: see ``UserShard``). ``dense`` False gives the
+        truth and exclusions as the batch's sparse rows (``truth_rows``, ``exclude_rows``) instead of
+        (B, catalogue) masks, for a model that ranks without dense scores (``RanksTopK``)."""
+        dataset = _EvalDataset(self, dense)
         if world_size == 1:
             return DataLoader(dataset, batch_size=batch_users, shuffle=False, collate_fn=_identity)
         sampler = UserShard(dataset, num_replicas=world_size, rank=rank)
@@ -182,8 +184,9 @@ def dense_mask(rows: sp.csr_matrix) -> torch.Tensor:
 class _EvalDataset(Dataset):
     """Batched access (``__getitems__``) so one batch is a few sparse slices, not B Python calls."""
 
-    def __init__(self, inputs: EvalInputs) -> None:
+    def __init__(self, inputs: EvalInputs, dense: bool = True) -> None:
         self.inputs = inputs
+        self.dense = dense
 
     def __len__(self) -> int:
         return self.inputs.n_users
@@ -194,6 +197,13 @@ class _EvalDataset(Dataset):
     def __getitems__(self, rows: list[int]) -> dict[str, torch.Tensor]:
         idx = np.asarray(rows)
         untrained = self.inputs.untrained
+        if not self.dense:
+            return {
+                "users": self.inputs.users[idx],
+                "history": self.inputs.history[idx],
+                "truth_rows": self.inputs.truth[idx],
+                "exclude_rows": self.inputs.exclude[idx],
+            }
         return {
             "users": self.inputs.users[idx],
             "history": self.inputs.history[idx],

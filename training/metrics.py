@@ -91,10 +91,31 @@ def per_user_metrics(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Per-user metric values ``{"ndcg@10": (B,), ...}`` and the (B, max k) top-k item indices
     (``work``: see ``top_k_items``)."""
-    max_k = max(ks)
-    top = top_k_items(scores, exclude, max_k, work)
+    top = top_k_items(scores, exclude, max(ks), work)
     hits = truth.gather(1, top).float()  # (B, K): 1 where the item at rank r is relevant
-    n_truth = _count_relevant(truth)
+    return metrics_of_hits(hits, _count_relevant(truth), ks), top
+
+
+def list_hits(top: torch.Tensor, truth_rows: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hits`` (B, K) float, 1 where ``top[b, r]`` is among row b's ground-truth items, and the (B,)
+    relevant-item counts, from the sparse truth rows: no dense (B, catalogue) mask. Padding (item 0)
+    is never relevant."""
+    truth_rows = truth_rows.tocsr()
+    n_rows, width = truth_rows.shape
+    row_of = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(truth_rows.indptr))
+    relevant = (truth_rows.data > 0) & (truth_rows.indices > 0)
+    keys = np.sort(row_of[relevant] * width + truth_rows.indices[relevant])  # row * width + item
+    items = top.numpy().astype(np.int64)
+    wanted = np.arange(n_rows, dtype=np.int64)[:, None] * width + items
+    found = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
+    hit = (keys[found] == wanted) if len(keys) else np.zeros(wanted.shape, dtype=bool)
+    counts = np.bincount(row_of[relevant], minlength=n_rows)
+    return torch.from_numpy(hit.astype(np.float32)), torch.from_numpy(counts.astype(np.float32))
+
+
+def metrics_of_hits(hits: torch.Tensor, n_truth: torch.Tensor, ks: list[int]) -> dict[str, torch.Tensor]:
+    """Per-user metric values ``{"ndcg@10": (B,), ...}`` of ranked lists from their ``hits`` (B, K)
+    (1 where the item at rank r is relevant) and ``n_truth`` (B,) relevant items per user."""
     ranks = torch.arange(1, hits.shape[1] + 1, dtype=torch.float32, device=hits.device)
     discounts = 1.0 / torch.log2(ranks + 1.0)
     safe_truth = n_truth.clamp(min=1.0)
@@ -113,7 +134,7 @@ def per_user_metrics(
             n_hits > 0, hits_k.argmax(dim=1).float() + 1.0, torch.full_like(n_hits, torch.inf)
         )
         out[f"mrr@{k}"] = 1.0 / first_hit
-    return out, top
+    return out
 
 
 class ItemVectors(Protocol):
@@ -202,7 +223,18 @@ class RankingAccumulator:
         rows, width = scores.shape
         work = scores if scratch else self.score_buffer(rows, width, device=scores.device)
         values, top = per_user_metrics(scores, truth, exclude, self.ks, work)
-        top = top.cpu()
+        self._add_lists(values, top.cpu())
+
+    def update_lists(self, top: torch.Tensor, truth_rows: sp.csr_matrix) -> None:
+        """Add a batch of ranked lists: ``top`` (B, max k) item indices, best first (0 = padding, for a
+        user with fewer rankable items), from a model that ranks without scoring the whole catalogue
+        (``RanksTopK``); ``truth_rows`` (B, n_items + 1) sparse ground truth."""
+        if top.shape[1] < max(self.ks):
+            raise ValueError(f"lists of {top.shape[1]} items cannot give metrics at k = {max(self.ks)}")
+        hits, n_truth = list_hits(top, truth_rows)
+        self._add_lists(metrics_of_hits(hits, n_truth, self.ks), top)
+
+    def _add_lists(self, values: dict[str, torch.Tensor], top: torch.Tensor) -> None:
         for name, per_user in values.items():
             self.sums[name] = self.sums.get(name, 0.0) + float(per_user.sum())
             self._keep(name, per_user)
@@ -215,7 +247,7 @@ class RankingAccumulator:
             self._add(f"novelty@{k}", novelty)
             for name, vectors in self.beyond.item_vectors.items():
                 self._add(f"ild_{name}@{k}", list_diversity(vectors, lists))
-        self.n_users += scores.shape[0]
+        self.n_users += top.shape[0]
 
     def score_buffer(self, rows: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """A (rows, width) float32 tensor kept across batches (its first rows for a smaller batch): where

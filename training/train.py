@@ -35,7 +35,7 @@ from training.knowledge_graph import knowledge_graph_for
 from training.metrics import BeyondAccuracy, RankingAccumulator, ranking_exclusions
 from training.models import build_model, get_spec, uses_attributes, uses_knowledge_graph
 from training.models.base import VALID_MONITOR
-from training.models.capabilities import NeedsTrainMatrix, ScoresByDotProduct, can
+from training.models.capabilities import NeedsTrainMatrix, RanksTopK, ScoresByDotProduct, can
 from training.split import SplitIndex, train_matrix
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,13 @@ def evaluate_module(
     return evaluation_accumulator(module, inputs, ks, batch_users, beyond).compute()
 
 
+# From this catalogue size on, a model that gives its own top-k lists (RanksTopK) is evaluated by them.
+# The lists equal dense ranking except among tied scores (they put the lower item index first, where
+# torch.topk's order among ties is unspecified), so catalogues below it keep the dense ranking their
+# recorded numbers came from; above it, dense ranking costs users x catalogue per model.
+LISTS_MIN_ITEMS = 50_000
+
+
 def evaluation_accumulator(
     module: torch.nn.Module,
     inputs: Any,
@@ -222,10 +229,21 @@ def evaluation_accumulator(
     batch_users: int,
     beyond: BeyondAccuracy | None = None,
     keep_per_user: bool = False,
+    lists_min_items: int = LISTS_MIN_ITEMS,
 ) -> RankingAccumulator:
-    """The filled accumulator behind ``evaluate_module`` (``keep_per_user``: with every user's values)."""
+    """The filled accumulator behind ``evaluate_module`` (``keep_per_user``: with every user's values).
+
+    A ``RanksTopK`` model of a catalogue of ``lists_min_items`` or more is ranked by its own lists.
+    """
     acc = RankingAccumulator(inputs.n_items, ks, beyond, keep_per_user=keep_per_user)
     module.eval()
+    if can(module, RanksTopK) and inputs.n_items >= lists_min_items:
+        # Its lists come without a score per catalogue item (training.topk): users x catalogue is the
+        # cost of dense ranking, not of this model's answer.
+        for batch in inputs.batches(batch_users, dense=False):
+            top = module.top_k(batch["users"], batch["history"], batch["exclude_rows"], max(ks))
+            acc.update_lists(top, batch["truth_rows"])
+        return acc
     with torch.no_grad():
         # A dot-product model's scores go straight into the accumulator's buffer, masked there: no
         # fresh (users x catalogue) tensor per batch, whose page faults cost more than the product.

@@ -30,6 +30,7 @@ from training.models.capabilities import (
     NeedsTrainMatrix,
     PointwiseMetrics,
     RanksCandidates,
+    RanksTopK,
     ScoresByDotProduct,
     ScoresColdItems,
     ScoresFromAttributes,
@@ -312,3 +313,81 @@ def test_evaluation_by_dot_product_equals_ranking_full_sort_predict(name: str, s
     assert by_product.compute() == pytest.approx(by_predict.compute(), rel=1e-6)
     for metric, values in by_predict.per_user_values().items():
         np.testing.assert_allclose(by_product.per_user_values()[metric], values, rtol=1e-6, err_msg=metric)
+
+
+def _stable_lists(module, split, users: torch.Tensor, history: torch.Tensor, blocked: np.ndarray, k: int):
+    """The reference of ``RanksTopK``: a stable descending sort of full_sort_predict (ties to the lower
+    index) without padding, blocked and untrained items; 0 where fewer than k items are rankable."""
+    with torch.no_grad():
+        scores = module.full_sort_predict(users, history).double().numpy().copy()
+    untrained = np.asarray(train_matrix(split).sum(axis=0)).ravel() == 0
+    scores[:, 0] = -np.inf
+    scores[blocked | untrained[None, :]] = -np.inf
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    lists = np.where(np.isfinite(np.take_along_axis(scores, order, axis=1)), order, 0)
+    return np.pad(lists, ((0, 0), (0, k - lists.shape[1])))
+
+
+@pytest.mark.parametrize("name", declaring(RanksTopK))
+def test_ranks_top_k(name: str, split) -> None:
+    """``top_k`` gives the stable-sort list of full_sort_predict, blocked and untrained items left out, for
+    known and unknown users; a list longer than the rankable items ends in padding."""
+    module = built(name, split)
+    index = SplitIndex.load(split)
+    users, history = torch.tensor([0, 3, 5, -1]), _history([1, 5, 9], [2], [], [4, 7])
+    blocked = np.zeros((4, index.n_items + 1), dtype=bool)
+    blocked[0, [1, 5, 9, 12]] = True
+    blocked[1, 2:20] = True  # most of the catalogue: the list reaches the zero-score tail
+    for k in (5, 10, index.n_items + 3):
+        got = module.top_k(users, history, sp.csr_matrix(blocked), k).numpy()
+        np.testing.assert_array_equal(
+            got, _stable_lists(module, split, users, history, blocked, k), err_msg=f"k={k}"
+        )
+    assert (got[1] == 0).any()  # the longest list ran out of rankable items
+
+
+@pytest.mark.parametrize("name", declaring(RanksTopK))
+def test_evaluation_by_top_k_equals_ranking_full_sort_predict(name: str, split) -> None:
+    """The evaluation ranks a ``RanksTopK`` model by its lists (sparse truth and exclusions): the same
+    metrics, per user, as the dense evaluation of full_sort_predict with the same tie rule."""
+    from training.data import build_eval_inputs
+    from training.metrics import RankingAccumulator
+    from training.train import evaluation_accumulator
+
+    module = built(name, split).eval()
+    inputs = build_eval_inputs(split, "test", 10)
+    by_lists = evaluation_accumulator(
+        module, inputs, [3, 5], batch_users=7, keep_per_user=True, lists_min_items=0
+    )
+    dense = RankingAccumulator(inputs.n_items, [3, 5], keep_per_user=True)
+    for batch in inputs.batches(7):
+        lists = _stable_lists(module, split, batch["users"], batch["history"], batch["exclude"].numpy(), 5)
+        assert (lists > 0).all()  # every list full: the dense ranking has no padding
+        # Scores that put the reference lists on top, in order, and every other item below them.
+        ranked = torch.full((len(lists), inputs.n_items + 1), -1.0e9)
+        ranked.scatter_(
+            1, torch.from_numpy(lists), -torch.arange(5, dtype=torch.float32).expand(len(lists), 5)
+        )
+        dense.update(ranked, batch["truth"], None)
+    assert inputs.n_users > 7
+    assert by_lists.compute() == pytest.approx(dense.compute(), rel=1e-6)
+    for metric, values in dense.per_user_values().items():
+        np.testing.assert_allclose(by_lists.per_user_values()[metric], values, rtol=1e-6, err_msg=metric)
+
+
+def test_only_large_catalogues_are_ranked_by_lists(split) -> None:
+    """Below ``lists_min_items`` the evaluation ranks dense scores (the recorded small-catalogue numbers
+    came from that ranking), from it on by the model's own lists."""
+    from training.data import build_eval_inputs
+    from training.train import evaluation_accumulator
+
+    module = built("popularity", split)
+    inputs = build_eval_inputs(split, "test", 10)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ranked by lists")
+
+    module.top_k = refuse
+    evaluation_accumulator(module, inputs, [3], batch_users=7, lists_min_items=inputs.n_items + 1)
+    with pytest.raises(AssertionError, match="ranked by lists"):
+        evaluation_accumulator(module, inputs, [3], batch_users=7, lists_min_items=inputs.n_items)

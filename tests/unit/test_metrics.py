@@ -273,3 +273,28 @@ def test_torch_tensors_may_use_transparent_huge_pages_unless_switched_off() -> N
     assert eligible(env) == "1"
     if "[madvise]" in mode:  # with [always] every big mapping is eligible, whatever torch asks
         assert eligible({**env, "THP_MEM_ALLOC_ENABLE": "0"}) == "0"
+
+
+def test_ranked_lists_with_sparse_truth_equal_dense_scores() -> None:
+    """``update_lists`` (a model's own top-k lists, sparse ground truth) gives the values ``update`` gives
+    for dense scores whose top-k are those lists: users with none, one or many relevant items."""
+    import scipy.sparse as sp
+
+    from training.metrics import BeyondAccuracy, top_k_items
+
+    gen = torch.Generator().manual_seed(3)
+    scores = torch.rand(12, 41, generator=gen)
+    truth = torch.rand(12, 41, generator=gen) > 0.85
+    truth[0] = False  # a user without a relevant item
+    truth[:, 0] = False
+    exclude = (torch.rand(12, 41, generator=gen) > 0.8) & ~truth
+    beyond = BeyondAccuracy(torch.arange(41, dtype=torch.float64))
+    dense = RankingAccumulator(40, [5, 10], beyond, keep_per_user=True)
+    dense.update(scores, truth, exclude)
+    lists = RankingAccumulator(40, [5, 10], beyond, keep_per_user=True)
+    lists.update_lists(top_k_items(scores, exclude, 10), sp.csr_matrix(truth.numpy()))
+    assert lists.compute() == pytest.approx(dense.compute(), rel=1e-6)
+    for metric, values in dense.per_user_values().items():
+        np.testing.assert_allclose(lists.per_user_values()[metric], values, rtol=1e-6, err_msg=metric)
+    with pytest.raises(ValueError, match="k = 10"):
+        lists.update_lists(top_k_items(scores, exclude, 5), sp.csr_matrix(truth.numpy()))

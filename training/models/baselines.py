@@ -11,7 +11,13 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from training.models.capabilities import AddsHistoryToKnownUser, ItemSimilarity, ScoresFromHistory
+from training.models.capabilities import (
+    AddsHistoryToKnownUser,
+    ItemSimilarity,
+    RanksTopK,
+    ScoresFromHistory,
+)
+from training.topk import first_unblocked, top_k_of_sparse
 
 
 class FittedBaseline(nn.Module):
@@ -29,8 +35,11 @@ class FittedBaseline(nn.Module):
         raise NotImplementedError  # pragma: no cover - interface
 
 
-class Popularity(FittedBaseline):
-    """Scores every item by its number of training interactions, the same for every user."""
+class Popularity(FittedBaseline, RanksTopK):
+    """Scores every item by its number of training interactions, the same for every user.
+
+    Its top-k list is the global order minus the user's seen items (``top_k``), no catalogue-wide scores.
+    """
 
     def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__(n_users, n_items)
@@ -43,6 +52,22 @@ class Popularity(FittedBaseline):
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         return self.item_counts.unsqueeze(0).expand(users.shape[0], -1).clone()
+
+    def top_k(
+        self, users: torch.Tensor, history: torch.Tensor, blocked: sp.csr_matrix, k: int
+    ) -> torch.Tensor:
+        return torch.from_numpy(first_unblocked(self._order(), blocked, k))
+
+    def _order(self) -> np.ndarray:
+        """The items by training interactions, most first, ties to the lower index; without padding and
+        items that have none. Rebuilt per fit/load."""
+        key = (id(self.item_counts), self.item_counts._version)
+        cached = getattr(self, "_cached_order", None)
+        if cached is None or cached[0] != key:
+            counts = self.item_counts.numpy()
+            order = np.argsort(-counts, kind="stable")
+            cached = self._cached_order = (key, order[(order > 0) & (counts[order] > 0)])
+        return cached[1]
 
 
 class ProfileBaseline(FittedBaseline, AddsHistoryToKnownUser):
@@ -116,6 +141,16 @@ class TrainRows(nn.Module):
     def n_rows(self) -> int:
         return len(self.indptr) - 1
 
+    def trained_items(self) -> np.ndarray:
+        """The items with at least one training interaction, ascending (padding never); kept with
+        ``matrix()``."""
+        matrix = self.matrix()
+        if getattr(self, "_trained", (None,))[0] is not matrix:
+            counts = np.bincount(matrix.indices, minlength=matrix.shape[1])
+            counts[0] = 0
+            self._trained = (matrix, np.flatnonzero(counts))
+        return self._trained[1]
+
     def profiles(self, users: torch.Tensor, history: torch.Tensor) -> sp.csr_matrix:
         """(B, n_items + 1) binary profiles as ``binary_profiles`` builds them, sparse: the items of each
         user's ``history`` plus, for a user known at training time, its training row."""
@@ -148,7 +183,7 @@ def _adopt_dense_user_items(train_rows: TrainRows, state_dict: dict, prefix: str
         state_dict[f"{prefix}train_rows.indices"] = train_rows.indices
 
 
-class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSimilarity):
+class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSimilarity, RanksTopK):
     """Item-based collaborative filtering with cosine similarity, keeping each item's ``k`` neighbours.
 
     The standard item-kNN (Sarwar et al. 2001; Deshpande & Karypis 2004; RecBole's ItemKNN): each
@@ -167,6 +202,10 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
 
     def __init__(self, n_users: int, n_items: int, k: int = 100, shrink: float = 0.0) -> None:
         super().__init__(n_users, n_items)
+        if k < 1 or shrink < 0:
+            raise ValueError(
+                f"ItemKNN needs k >= 1 and shrink >= 0 (similarities stay non-negative), got {k}, {shrink}"
+            )
         self.k = k
         self.shrink = shrink
         self.train_rows = TrainRows(n_items)
@@ -180,7 +219,10 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
         norms = np.sqrt(np.asarray(binary.multiply(binary).sum(axis=0)).ravel())
         by_item = binary.T.tocsr()  # (n_items + 1, n_users)
         width = binary.shape[1]
-        chunk = max(1, block_cells // width)  # items per block: its co-occurrences hold at most ~block_cells
+        column_bits = max(1, int(width - 1).bit_length())
+        # Items per block: its co-occurrences hold at most ~block_cells, and (row in block, similarity,
+        # column) pack into one int64 sort key (see below).
+        chunk = max(1, min(block_cells // width, 1 << (63 - 32 - column_bits)))
         rows, columns, values = [], [], []
         for start in range(0, width, chunk):
             stop = min(start + chunk, width)
@@ -191,12 +233,17 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
             # An item co-occurring with at most k others keeps them all. The rest keep their k most
             # similar co-occurring items, chosen among the row's non-zeros (an item that never
             # co-occurs has similarity 0 and is no neighbour), ties broken by the lower item index.
-            entries = co.tocoo()  # row-major, as the CSR rows
-            row = start + entries.row
-            sim = self._cosine(entries.data, norms[row], norms[entries.col])
-            order = np.lexsort((entries.col, -sim, row))
-            ranked_rows = row[order]
-            rank = np.arange(len(order)) - np.searchsorted(ranked_rows, ranked_rows, side="left")
+            entries = co.tocoo()
+            local, column = entries.row.astype(np.int64), entries.col.astype(np.int64)
+            row = start + local
+            sim = self._cosine(entries.data, norms[row], norms[column])
+            # Order by (row, similarity descending, column) with one sort of unique int64 keys: a
+            # non-negative float32's bits order as the float does, so 2^32 - 1 - bits orders descending.
+            descending = np.uint32(0xFFFFFFFF) - sim.view(np.uint32)
+            key = (local << (32 + column_bits)) | (descending.astype(np.int64) << column_bits) | column
+            order = np.argsort(key)
+            per_row = np.bincount(local, minlength=stop - start)
+            rank = np.arange(len(order)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
             keep = order[rank < self.k]
             rows.append(row[keep])
             columns.append(entries.col[keep])
@@ -250,9 +297,18 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
         return torch.from_numpy(self._similarity()[0][rows.numpy()].toarray())
 
     def full_sort_predict(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._sparse_scores(users, history).toarray())
+
+    def _sparse_scores(self, users: torch.Tensor, history: torch.Tensor) -> sp.csr_matrix:
         # score(j) = sum over profile items i of similarity[j, i]: row j holds j's own neighbours.
-        profile = self.train_rows.profiles(users, history)
-        return torch.from_numpy((profile @ self._similarity()[1]).toarray())
+        return (self.train_rows.profiles(users, history) @ self._similarity()[1]).tocsr()
+
+    def top_k(
+        self, users: torch.Tensor, history: torch.Tensor, blocked: sp.csr_matrix, k: int
+    ) -> torch.Tensor:
+        # Only the neighbours of the profile's items score above 0; the rest tie at 0 (training.topk).
+        trained = self.train_rows.trained_items()
+        return torch.from_numpy(top_k_of_sparse(self._sparse_scores(users, history), blocked, trained, k))
 
 
 def pearson_similarity(binary: sp.csr_matrix, others: sp.csr_matrix | None = None) -> np.ndarray:

@@ -23,6 +23,7 @@ documents it); the model implements the methods.
 | ``NeedsTrainMatrix`` | ``set_train_matrix(csr)`` before training/scoring | trainer |
 | ``UsesKnowledgeGraph`` | constructor argument ``knowledge_graph`` (``training.knowledge_graph.KnowledgeGraph``, None = no graph) | trainer, artifact loader |
 | ``PointwiseMetrics`` | ``pointwise_metrics(examples) -> {name: value}`` on test examples | evaluator |
+| ``RanksTopK`` | ``top_k(users, history, blocked, k) -> (B, k)``: the list a stable descending sort of ``full_sort_predict`` gives, ``blocked`` (a sparse (B, n_items + 1) matrix) and untrained items left out, without scoring the whole catalogue | evaluator (full ranking at large catalogues) |
 """
 
 from __future__ import annotations
@@ -139,6 +140,21 @@ class PointwiseMetrics(Capability):
         raise NotImplementedError
 
 
+class RanksTopK(Capability):
+    """Gives each user's top-k list without a score for every catalogue item (``training.topk``).
+
+    ``top_k(users, history, blocked, k) -> (B, k)`` item indices, best first: exactly the list of a
+    stable descending sort of ``full_sort_predict(users, history)`` (ties to the lower item index),
+    without the items of ``blocked`` (a SciPy CSR (B, n_items + 1): the user's seen items) and without
+    items that have no training interaction; padding (0) ends the list of a user with fewer than k
+    rankable items. Full ranking of a large catalogue then costs what the model's answer costs, not
+    users x catalogue.
+    """
+
+    def top_k(self, users: Any, history: Any, blocked: Any, k: int) -> Any:
+        raise NotImplementedError
+
+
 ALL: tuple[type[Capability], ...] = (
     UsesAttributes,
     ScoresColdItems,
@@ -155,6 +171,7 @@ ALL: tuple[type[Capability], ...] = (
     NeedsTrainMatrix,
     UsesKnowledgeGraph,
     PointwiseMetrics,
+    RanksTopK,
 )
 
 
