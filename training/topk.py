@@ -42,43 +42,74 @@ def first_unblocked(order: np.ndarray, blocked: sp.csr_matrix, k: int) -> np.nda
     return out
 
 
+def rows_per_sort(width: int) -> int:
+    """How many rows ``descending_order`` can order at once for a catalogue of ``width`` columns."""
+    return 1 << (63 - 32 - column_bits(width))
+
+
+def column_bits(width: int) -> int:
+    return max(1, int(width - 1).bit_length())
+
+
+def descending_order(rows: np.ndarray, values: np.ndarray, columns: np.ndarray, width: int) -> np.ndarray:
+    """The permutation that orders entries by (row, value descending, column): one sort of unique int64
+    keys instead of a three-key lexsort (several times faster). ``values`` are non-negative float32,
+    whose bit patterns order as the floats do, so 2^32 - 1 - bits orders them descending; ``rows``
+    must lie below ``rows_per_sort(width)`` and the (row, column) pairs must be unique."""
+    bits = column_bits(width)
+    descending = (np.uint32(0xFFFFFFFF) - values.astype(np.float32).view(np.uint32)).astype(np.int64)
+    return np.argsort(
+        (rows.astype(np.int64) << (32 + bits)) | (descending << bits) | columns.astype(np.int64)
+    )
+
+
 def top_k_of_sparse(
     scores: sp.csr_matrix, blocked: sp.csr_matrix, fill_order: np.ndarray, k: int
 ) -> np.ndarray:
-    """(B, k) each row's ``k`` best items by ``scores`` (B, n_items + 1), sparse and non-negative (an
-    item without an entry scores 0), leaving out the items of ``blocked``'s row and any item not in
+    """(B, k) each row's ``k`` best items by ``scores`` (B, n_items + 1), sparse, non-negative and
+    without duplicate entries (as a sparse product's are; an item without an entry scores 0), leaving out the items of ``blocked``'s row and any item not in
     ``fill_order``; ties go to the lower item index. A row with fewer than ``k`` positive scores is
     filled from ``fill_order`` (the rankable items, ascending), as zero-score items tied at the bottom.
     """
-    scores = scores.tocsr()
-    blocked = blocked.tocsr()
     n_rows, width = scores.shape
     rankable = np.zeros(width, dtype=bool)
     rankable[fill_order] = True
-    entries = scores.tocoo()
-    row_of, items, values = entries.row.astype(np.int64), entries.col.astype(np.int64), entries.data
-    blocked_rows = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(blocked.indptr))
-    blocked_keys = np.sort(blocked_rows * width + blocked.indices)
-    keys = row_of * width + items
-    if len(blocked_keys):
-        found = np.minimum(np.searchsorted(blocked_keys, keys), len(blocked_keys) - 1)
-        kept = blocked_keys[found] != keys
-    else:
-        kept = np.ones(len(keys), dtype=bool)
-    kept &= rankable[items] & (values > 0)
-    row_of, items, values = row_of[kept], items[kept], values[kept]
-    order = np.lexsort((items, -values, row_of))
-    row_of, items = row_of[order], items[order]
-    rank = np.arange(len(row_of)) - np.searchsorted(row_of, row_of, side="left")
-    top = rank < k
+    scores, blocked = scores.tocsr(copy=True), blocked.tocsr()
+    scores.data[(scores.data <= 0) | ~rankable[scores.indices]] = 0.0  # never listed ahead of the fill
+    scores.eliminate_zeros()
+    blocked_count = np.diff(blocked.indptr)
+    blocked_keys = np.sort(np.repeat(np.arange(n_rows), blocked_count) * width + blocked.indices)
     out = np.zeros((n_rows, k), dtype=np.int64)
-    out[row_of[top], rank[top]] = items[top]
-    listed = np.bincount(row_of[top], minlength=n_rows)
+    listed = np.zeros(n_rows, dtype=np.int64)
+    step = rows_per_sort(width)
+    for first in range(0, n_rows, step):
+        part = scores[first : first + step]
+        per_row = np.diff(part.indptr)
+        rows = np.repeat(np.arange(part.shape[0]), per_row)
+        order = descending_order(rows, part.data, part.indices, width)
+        rank = np.arange(len(order)) - np.repeat(part.indptr[:-1], per_row)
+        # Only a row's first k + (its blocked count) entries can make its list: look up just those.
+        near = rank < k + blocked_count[first + rows]
+        rows, items = first + rows[near], part.indices[order[near]]
+        keys = rows * width + items
+        found = np.minimum(np.searchsorted(blocked_keys, keys), max(len(blocked_keys) - 1, 0))
+        is_blocked = blocked_keys[found] == keys if len(blocked_keys) else np.zeros(len(keys), dtype=bool)
+        kept = ~is_blocked
+        rows, items = rows[kept], items[kept]
+        counts = np.bincount(rows - first, minlength=part.shape[0])
+        rank = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        top = rank < k
+        out[rows[top], rank[top]] = items[top]
+        listed[first : first + part.shape[0]] = np.minimum(counts, k)
     short = np.flatnonzero(listed < k)
     if len(short):
         # The zero-score items of a short row, lowest index first, skipping its blocked and listed items.
         listed_rows = sp.csr_matrix(
-            (np.ones(int(top.sum()), np.float32), (row_of[top], items[top])), shape=(n_rows, width)
+            (
+                np.ones(int(listed[short].sum()), np.float32),
+                (np.repeat(short, listed[short]), out[short][np.arange(k)[None, :] < listed[short][:, None]]),
+            ),
+            shape=(n_rows, width),
         )
         skip = (blocked[short] + listed_rows[short]).tocsr()
         fill = first_unblocked(fill_order, skip, k)

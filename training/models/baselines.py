@@ -17,7 +17,7 @@ from training.models.capabilities import (
     RanksTopK,
     ScoresFromHistory,
 )
-from training.topk import first_unblocked, top_k_of_sparse
+from training.topk import descending_order, first_unblocked, rows_per_sort, top_k_of_sparse
 
 
 class FittedBaseline(nn.Module):
@@ -219,10 +219,8 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
         norms = np.sqrt(np.asarray(binary.multiply(binary).sum(axis=0)).ravel())
         by_item = binary.T.tocsr()  # (n_items + 1, n_users)
         width = binary.shape[1]
-        column_bits = max(1, int(width - 1).bit_length())
-        # Items per block: its co-occurrences hold at most ~block_cells, and (row in block, similarity,
-        # column) pack into one int64 sort key (see below).
-        chunk = max(1, min(block_cells // width, 1 << (63 - 32 - column_bits)))
+        # Items per block: its co-occurrences hold at most ~block_cells, and descending_order sorts it at once.
+        chunk = max(1, min(block_cells // width, rows_per_sort(width)))
         rows, columns, values = [], [], []
         for start in range(0, width, chunk):
             stop = min(start + chunk, width)
@@ -237,11 +235,7 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
             local, column = entries.row.astype(np.int64), entries.col.astype(np.int64)
             row = start + local
             sim = self._cosine(entries.data, norms[row], norms[column])
-            # Order by (row, similarity descending, column) with one sort of unique int64 keys: a
-            # non-negative float32's bits order as the float does, so 2^32 - 1 - bits orders descending.
-            descending = np.uint32(0xFFFFFFFF) - sim.view(np.uint32)
-            key = (local << (32 + column_bits)) | (descending.astype(np.int64) << column_bits) | column
-            order = np.argsort(key)
+            order = descending_order(local, sim, column, width)
             per_row = np.bincount(local, minlength=stop - start)
             rank = np.arange(len(order)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
             keep = order[rank < self.k]
