@@ -81,7 +81,6 @@ MEASURES: dict[str, Measures] = {
     "training": Measures("bench/bench_training.py", ("training/", "configs/models/", TORCH_OPTIONS)),
     "scaling": Measures("bench/bench_scaling.py", ("training/", TORCH_OPTIONS)),
     "scale": SCALE,
-    "scale_1m_5m": SCALE,  # the same bench at the two smaller sizes (every stage, evaluation included)
     "drift_calibration": Measures("bench/bench_drift.py", ("monitoring/",)),
     "serving": SERVING,
     "serving_two_stage": SERVING,
