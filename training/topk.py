@@ -27,7 +27,7 @@ def first_unblocked(order: np.ndarray, blocked: sp.csr_matrix, k: int) -> np.nda
     if n_rows == 0 or k == 0 or len(order) == 0:
         return out
     per_row = np.diff(blocked.indptr)
-    window = int(min(len(order), k + (per_row.max() if n_rows else 0)))
+    window = int(min(len(order), k + per_row.max()))
     position = np.full(width, window, dtype=np.int64)  # an item's place in the order's window
     position[order[:window]] = np.arange(window)
     row_of = np.repeat(np.arange(n_rows), per_row)
@@ -48,6 +48,7 @@ def rows_per_sort(width: int) -> int:
 
 
 def column_bits(width: int) -> int:
+    """Bits that hold any column index of a catalogue of ``width`` columns."""
     return max(1, int(width - 1).bit_length())
 
 
@@ -66,10 +67,12 @@ def descending_order(rows: np.ndarray, values: np.ndarray, columns: np.ndarray, 
 def top_k_of_sparse(
     scores: sp.csr_matrix, blocked: sp.csr_matrix, fill_order: np.ndarray, k: int
 ) -> np.ndarray:
-    """(B, k) each row's ``k`` best items by ``scores`` (B, n_items + 1), sparse, non-negative and
-    without duplicate entries (as a sparse product's are; an item without an entry scores 0), leaving out the items of ``blocked``'s row and any item not in
-    ``fill_order``; ties go to the lower item index. A row with fewer than ``k`` positive scores is
-    filled from ``fill_order`` (the rankable items, ascending), as zero-score items tied at the bottom.
+    """(B, k) each row's ``k`` best items by ``scores`` (B, n_items + 1), leaving out the items of
+    ``blocked``'s row and any item not in ``fill_order``; ties go to the lower item index.
+
+    ``scores`` are sparse, non-negative and without duplicate entries (as a sparse product's are); an
+    item without an entry scores 0. A row with fewer than ``k`` positive scores is filled from
+    ``fill_order`` (the rankable items, ascending), as zero-score items tied at the bottom.
     """
     n_rows, width = scores.shape
     rankable = np.zeros(width, dtype=bool)
