@@ -36,6 +36,7 @@ import scipy.sparse as sp
 import torch
 
 from training.rerank import intra_list_diversity
+from training.topk import contains, row_item_keys
 
 METRIC_NAMES = ("recall", "ndcg", "hr", "mrr", "precision")
 
@@ -100,16 +101,13 @@ def list_hits(top: torch.Tensor, truth_rows: sp.csr_matrix) -> tuple[torch.Tenso
     """``hits`` (B, K) float, 1 where ``top[b, r]`` is among row b's ground-truth items, and the (B,)
     relevant-item counts, from the sparse truth rows: no dense (B, catalogue) mask. Padding (item 0)
     is never relevant."""
-    truth_rows = truth_rows.tocsr()
+    truth_rows = truth_rows.tocsr(copy=True)
+    truth_rows.data[(truth_rows.data <= 0) | (truth_rows.indices == 0)] = 0  # padding is never relevant
+    truth_rows.eliminate_zeros()
     n_rows, width = truth_rows.shape
-    row_of = np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(truth_rows.indptr))
-    relevant = (truth_rows.data > 0) & (truth_rows.indices > 0)
-    keys = np.sort(row_of[relevant] * width + truth_rows.indices[relevant])  # row * width + item
     items = top.numpy().astype(np.int64)
-    wanted = np.arange(n_rows, dtype=np.int64)[:, None] * width + items
-    found = np.minimum(np.searchsorted(keys, wanted), max(len(keys) - 1, 0))
-    hit = (keys[found] == wanted) if len(keys) else np.zeros(wanted.shape, dtype=bool)
-    counts = np.bincount(row_of[relevant], minlength=n_rows)
+    hit = contains(row_item_keys(truth_rows), np.arange(n_rows, dtype=np.int64)[:, None] * width + items)
+    counts = np.diff(truth_rows.indptr)
     return torch.from_numpy(hit.astype(np.float32)), torch.from_numpy(counts.astype(np.float32))
 
 

@@ -42,6 +42,20 @@ def first_unblocked(order: np.ndarray, blocked: sp.csr_matrix, k: int) -> np.nda
     return out
 
 
+def row_item_keys(rows: sp.csr_matrix) -> np.ndarray:
+    """The sorted keys row * width + item of a sparse matrix's stored entries."""
+    rows = rows.tocsr()
+    row_of = np.repeat(np.arange(rows.shape[0], dtype=np.int64), np.diff(rows.indptr))
+    return np.sort(row_of * rows.shape[1] + rows.indices)
+
+
+def contains(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Whether each of ``keys`` (any shape) is among ``sorted_keys`` (binary search)."""
+    if len(sorted_keys) == 0:
+        return np.zeros(keys.shape, dtype=bool)
+    return sorted_keys[np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)] == keys
+
+
 def rows_per_sort(width: int) -> int:
     """How many rows ``descending_order`` can order at once for a catalogue of ``width`` columns."""
     return 1 << (63 - 32 - column_bits(width))
@@ -81,7 +95,7 @@ def top_k_of_sparse(
     scores.data[(scores.data <= 0) | ~rankable[scores.indices]] = 0.0  # never listed ahead of the fill
     scores.eliminate_zeros()
     blocked_count = np.diff(blocked.indptr)
-    blocked_keys = np.sort(np.repeat(np.arange(n_rows), blocked_count) * width + blocked.indices)
+    blocked_keys = row_item_keys(blocked)
     out = np.zeros((n_rows, k), dtype=np.int64)
     listed = np.zeros(n_rows, dtype=np.int64)
     step = rows_per_sort(width)
@@ -94,10 +108,7 @@ def top_k_of_sparse(
         # Only a row's first k + (its blocked count) entries can make its list: look up just those.
         near = rank < k + blocked_count[first + rows]
         rows, items = first + rows[near], part.indices[order[near]]
-        keys = rows * width + items
-        found = np.minimum(np.searchsorted(blocked_keys, keys), max(len(blocked_keys) - 1, 0))
-        is_blocked = blocked_keys[found] == keys if len(blocked_keys) else np.zeros(len(keys), dtype=bool)
-        kept = ~is_blocked
+        kept = ~contains(blocked_keys, rows * width + items)
         rows, items = rows[kept], items[kept]
         counts = np.bincount(rows - first, minlength=part.shape[0])
         rank = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -106,20 +117,9 @@ def top_k_of_sparse(
         listed[first : first + part.shape[0]] = np.minimum(counts, k)
     short = np.flatnonzero(listed < k)
     if len(short):
-        # The zero-score items of a short row, lowest index first, skipping its blocked and listed items.
-        listed_rows = sp.csr_matrix(
-            (
-                np.ones(int(listed[short].sum()), np.float32),
-                (np.repeat(short, listed[short]), out[short][np.arange(k)[None, :] < listed[short][:, None]]),
-            ),
-            shape=(n_rows, width),
-        )
-        skip = (blocked[short] + listed_rows[short]).tocsr()
-        fill = first_unblocked(fill_order, skip, k)
+        # A short row listed every item it scores: its fill is the rankable items, lowest index first,
+        # past its blocked and its scored items.
+        fill = first_unblocked(fill_order, (blocked[short] + scores[short]).tocsr(), k)
         place = np.arange(k)[None, :] - listed[short][:, None]  # the fill's item for each open slot
-        open_slot = place >= 0
-        rows = np.broadcast_to(short[:, None], place.shape)
-        out[rows[open_slot], np.broadcast_to(np.arange(k), place.shape)[open_slot]] = np.take_along_axis(
-            fill, np.maximum(place, 0), axis=1
-        )[open_slot]
+        out[short] = np.where(place >= 0, np.take_along_axis(fill, np.maximum(place, 0), axis=1), out[short])
     return out
