@@ -105,6 +105,7 @@ MEASURES: dict[str, Measures] = {
         ),
     ),
     "ann": Measures("bench/bench_ann.py", ("serving/ann.py",)),
+    "eval_ranking": Measures("bench/bench_eval_ranking.py", ("training/", TORCH_OPTIONS)),
     "session": Measures(
         "bench/bench_session.py", ("training/", "configs/models/", "configs/pipeline.yaml", TORCH_OPTIONS)
     ),

@@ -1,5 +1,6 @@
 """Top-k lists without a dense (users x catalogue) score matrix, for models whose scores are a global
-order (Popularity) or sparse per user (ItemKNN: only the neighbours of the user's items score).
+order (Popularity) or sparse per user (ItemKNN: only the neighbours of the user's items score), and
+for dot-product models, ranked block by block of the catalogue (``top_k_of_dot_product``).
 
 Ranking a batch by dense scores costs (users x catalogue) work and memory whatever the model; at a
 million users and a million items that is 10^12 cells for a model that knows its answer from a few
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 
 def first_unblocked(order: np.ndarray, blocked: sp.csr_matrix, k: int) -> np.ndarray:
@@ -123,3 +125,138 @@ def top_k_of_sparse(
         place = np.arange(k)[None, :] - listed[short][:, None]  # the fill's item for each open slot
         out[short] = np.where(place >= 0, np.take_along_axis(fill, np.maximum(place, 0), axis=1), out[short])
     return out
+
+
+# Catalogue columns per block of ``top_k_of_dot_product``: a batch's block of scores (users x this, float32)
+# stays in the cache between the product that writes it and the comparison that reads it.
+DOT_PRODUCT_BLOCK_ITEMS = 8192
+
+
+class RankableVectors:
+    """The item vectors of a dot-product model that may be ranked, packed once for every batch of
+    ``top_k_of_dot_product``: without the padding row 0 and without the items where ``never``
+    ((n_items + 1,) bool) is true, so that no block scores an item only to mask it, and in descending
+    order of vector length (ties by item index), so that the items most likely to score high come
+    first and a later block's items can be ruled out by their length."""
+
+    def __init__(self, items: torch.Tensor, never: torch.Tensor | None = None) -> None:
+        items = items.detach().float()
+        rankable = torch.ones(items.shape[0], dtype=torch.bool)
+        rankable[0] = False
+        if never is not None:
+            rankable &= ~never
+        kept = torch.nonzero(rankable).reshape(-1)
+        lengths = torch.linalg.vector_norm(items[kept], dim=1)
+        by_length = torch.sort(lengths, descending=True, stable=True).indices
+        self.items = kept[by_length]  # packed position -> item
+        self.vectors = items[self.items].contiguous()
+        self.lengths = lengths[by_length]  # non-increasing
+        self.position = torch.full((items.shape[0],), -1, dtype=torch.int64)  # item -> packed position
+        self.position[self.items] = torch.arange(len(self.items))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+# Slack on the Cauchy-Schwarz bound |q| |v| of a product q . v: float32 products and lengths are
+# rounded, and a bound that is a rounding too tight could rule out an item that belongs in a list.
+BOUND_SLACK = 1e-4
+
+
+@torch.no_grad()
+def top_k_of_dot_product(
+    queries: torch.Tensor,
+    rankable: RankableVectors,
+    blocked: sp.csr_matrix,
+    k: int,
+    block_items: int = DOT_PRODUCT_BLOCK_ITEMS,
+) -> torch.Tensor:
+    """(B, k) each row's ``k`` best items by the dot product of ``queries`` (B, d) with the
+    ``rankable`` item vectors, leaving out the items of ``blocked``'s row (SciPy CSR
+    (B, n_items + 1)); padding (0) ends the list of a row with fewer than ``k`` rankable items.
+
+    The items are scored ``block_items`` at a time, in ``rankable``'s order (longest vector first), so
+    a block's scores are read while in the cache rather than written to and re-read from a
+    (B x catalogue) matrix. The first block's top k start each row's list; in a later block only a
+    score above the row's current k-th best can enter it, and past the first blocks few rows have one:
+    a row maximum finds those rows, and only their scores above the k-th best are merged. A row whose
+    k-th best is at least |query| x (the block's longest item vector) can gain nothing from that block
+    or any later one (no product exceeds the lengths' product), and is no longer scored.
+
+    The lists are those of a top-k over the whole masked score row; exactly tied scores are ordered as
+    ``rankable`` orders their items (the longer vector first, then the lower index).
+    """
+    n_rows, width = queries.shape[0], len(rankable)
+    k = min(k, width)
+    best_values = torch.full((n_rows, k), -torch.inf, dtype=torch.float32)
+    best_places = torch.zeros((n_rows, k), dtype=torch.int64)
+    if n_rows == 0 or k == 0:
+        return best_places
+    queries = queries.detach().float()
+    reach = torch.linalg.vector_norm(queries, dim=1) * (1.0 + BOUND_SLACK)
+    blocked = blocked.tocsr()
+    blocked_places = rankable.position[torch.from_numpy(blocked.indices.astype(np.int64))]
+    blocked_rows = torch.from_numpy(np.repeat(np.arange(n_rows, dtype=np.int64), np.diff(blocked.indptr)))
+    kept = blocked_places >= 0
+    blocked_places, by_place = torch.sort(blocked_places[kept])
+    blocked_rows = blocked_rows[kept][by_place]
+    buffer = torch.empty((n_rows, min(block_items, width)), dtype=torch.float32)
+    active = torch.arange(n_rows)  # the rows whose lists a block can still change
+    slot_of_row = torch.arange(n_rows)  # row -> its place among the active rows (-1: none)
+    for first in range(0, width, block_items):
+        last = min(first + block_items, width)
+        if first > 0:
+            still = reach[active] * rankable.lengths[first] > best_values[active, -1]
+            if not bool(still.all()):
+                active = active[still]
+                if len(active) == 0:
+                    break
+                slot_of_row.fill_(-1)
+                slot_of_row[active] = torch.arange(len(active))
+        scores = torch.matmul(
+            queries[active], rankable.vectors[first:last].T, out=buffer[: len(active), : last - first]
+        )
+        lo, hi = torch.searchsorted(blocked_places, torch.tensor([first, last])).tolist()
+        slots = slot_of_row[blocked_rows[lo:hi]]
+        inside = slots >= 0
+        scores[slots[inside], blocked_places[lo:hi][inside] - first] = -torch.inf
+        if first == 0:
+            # torch.topk finds each row's k-th best; the entries at or above it are then merged in
+            # packed order, so that ties keep it (topk's own order among ties is unspecified).
+            kth = torch.topk(scores, min(k, last), dim=1).values[:, -1:]
+            rows, places = torch.nonzero(scores >= kth, as_tuple=True)
+            _merge(best_values, best_places, rows, scores[rows, places], places)
+            continue
+        # Only a score above a row's k-th best can enter its list (a tie would stay behind it).
+        threshold = best_values[active, -1]
+        hit = torch.nonzero(scores.amax(dim=1) > threshold).reshape(-1)
+        if len(hit):
+            at, places = torch.nonzero(scores[hit] > threshold[hit, None], as_tuple=True)
+            slots = hit[at]
+            _merge(best_values, best_places, active[slots], scores[slots, places], places + first)
+    top = rankable.items[best_places]
+    top[best_values == -torch.inf] = 0
+    return top
+
+
+def _merge(
+    best_values: torch.Tensor,
+    best_items: torch.Tensor,
+    rows: torch.Tensor,
+    values: torch.Tensor,
+    items: torch.Tensor,
+) -> None:
+    """Merge candidates (``rows`` ascending, their ``values`` and ``items``) into the rows' sorted
+    lists in place; a candidate ties behind an entry already listed."""
+    hit_rows, counts = torch.unique_consecutive(rows, return_counts=True)
+    slot = torch.arange(len(rows)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    place = torch.repeat_interleave(torch.arange(len(hit_rows)), counts)
+    width = int(counts.max())
+    candidate_values = torch.full((len(hit_rows), width), -torch.inf, dtype=best_values.dtype)
+    candidate_items = torch.zeros((len(hit_rows), width), dtype=best_items.dtype)
+    candidate_values[place, slot], candidate_items[place, slot] = values, items
+    merged_values = torch.cat([best_values[hit_rows], candidate_values], dim=1)
+    merged_items = torch.cat([best_items[hit_rows], candidate_items], dim=1)
+    order = torch.sort(merged_values, dim=1, descending=True, stable=True).indices[:, : best_values.shape[1]]
+    best_values[hit_rows] = merged_values.gather(1, order)
+    best_items[hit_rows] = merged_items.gather(1, order)

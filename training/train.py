@@ -35,8 +35,9 @@ from training.knowledge_graph import knowledge_graph_for
 from training.metrics import BeyondAccuracy, RankingAccumulator, ranking_exclusions
 from training.models import build_model, get_spec, uses_attributes, uses_knowledge_graph
 from training.models.base import VALID_MONITOR
-from training.models.capabilities import NeedsTrainMatrix, RanksTopK, ScoresByDotProduct, can
+from training.models.capabilities import NeedsTrainMatrix, RanksTopK, ScoresByDotProduct, ScoresColdItems, can
 from training.split import SplitIndex, train_matrix
+from training.topk import RankableVectors, top_k_of_dot_product
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +216,11 @@ def evaluate_module(
     return evaluation_accumulator(module, inputs, ks, batch_users, beyond).compute()
 
 
-# From this catalogue size on, a model that gives its own top-k lists (RanksTopK) is evaluated by them.
-# The lists equal dense ranking except among tied scores (they put the lower item index first, where
-# torch.topk's order among ties is unspecified), so catalogues below it keep the dense ranking their
-# recorded numbers came from; above it, dense ranking costs users x catalogue per model.
+# From this catalogue size on, a model that gives its own top-k lists (RanksTopK) is evaluated by them,
+# and a dot-product model by lists ranked block by block of the catalogue (training.topk). The lists
+# equal dense ranking except among tied scores (they put the lower item index first, where torch.topk's
+# order among ties is unspecified), so catalogues below it keep the dense ranking their recorded
+# numbers came from; above it, dense (users x catalogue) scores and masks cost more than the ranking.
 LISTS_MIN_ITEMS = 50_000
 
 
@@ -233,7 +235,9 @@ def evaluation_accumulator(
 ) -> RankingAccumulator:
     """The filled accumulator behind ``evaluate_module`` (``keep_per_user``: with every user's values).
 
-    A ``RanksTopK`` model of a catalogue of ``lists_min_items`` or more is ranked by its own lists.
+    From a catalogue of ``lists_min_items`` items on, a ``RanksTopK`` model is ranked by its own lists
+    and a ``ScoresByDotProduct`` model by ``training.topk.top_k_of_dot_product``, both with the truth
+    and exclusions as sparse rows.
     """
     acc = RankingAccumulator(inputs.n_items, ks, beyond, keep_per_user=keep_per_user)
     module.eval()
@@ -243,6 +247,17 @@ def evaluation_accumulator(
         for batch in inputs.batches(batch_users, dense=False):
             top = module.top_k(batch["users"], batch["history"], batch["exclude_rows"], max(ks))
             acc.update_lists(top, batch["truth_rows"])
+        return acc
+    if can(module, ScoresByDotProduct) and inputs.n_items >= lists_min_items:
+        # Every item is still scored, but block by block of the catalogue, each block's scores ranked
+        # while in the cache, with the truth and exclusions kept sparse (no (users x catalogue) masks).
+        never = None if can(module, ScoresColdItems) else inputs.untrained
+        with torch.no_grad():
+            rankable = RankableVectors(module.dot_product_items(), never)
+            for batch in inputs.batches(batch_users, dense=False):
+                queries = module.dot_product_queries(batch["users"], batch["history"])
+                top = top_k_of_dot_product(queries, rankable, batch["exclude_rows"], max(ks))
+                acc.update_lists(top, batch["truth_rows"])
         return acc
     with torch.no_grad():
         # A dot-product model's scores go straight into the accumulator's buffer, masked there: no

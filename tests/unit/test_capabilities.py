@@ -293,18 +293,33 @@ def test_scores_by_dot_product(name: str, split) -> None:
     torch.testing.assert_close(queries @ items[1:].T, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("by_blocks", [False, True], ids=["dense", "by-blocks"])
 @pytest.mark.parametrize("name", declaring(ScoresByDotProduct))
-def test_evaluation_by_dot_product_equals_ranking_full_sort_predict(name: str, split) -> None:
-    """The evaluation scores a dot-product model by its queries and items, into a reused buffer: the
-    same metrics, per user, as ranking its ``full_sort_predict``."""
+def test_evaluation_by_dot_product_equals_ranking_full_sort_predict(
+    name: str, by_blocks: bool, split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The evaluation scores a dot-product model by its queries and items, into a reused buffer or (from
+    ``lists_min_items`` on) block by block of the catalogue with sparse truth and exclusions: the same
+    metrics, per user, as ranking its ``full_sort_predict``."""
+    import functools
+
+    import training.train
     from training.data import build_eval_inputs
     from training.metrics import RankingAccumulator, ranking_exclusions
-    from training.train import evaluation_accumulator
+    from training.topk import top_k_of_dot_product
 
     module = built(name, split).eval()
     inputs = build_eval_inputs(split, "test", load_model_params(name).get("history_length", 10))
-    by_product = evaluation_accumulator(module, inputs, [5, 10], batch_users=7, keep_per_user=True)
-    by_predict = RankingAccumulator(inputs.n_items, [5, 10], keep_per_user=True)
+    # Blocks of 7 items: the catalogue is small, and every list is merged across many blocks.
+    monkeypatch.setattr(
+        training.train, "top_k_of_dot_product", functools.partial(top_k_of_dot_product, block_items=7)
+    )
+    by_product = training.train.evaluation_accumulator(
+        module, inputs, [3, 5], batch_users=7, keep_per_user=True, lists_min_items=0 if by_blocks else 10**9
+    )
+    # k up to 5, where every user of this split has that many rankable items: dense ranking lists
+    # excluded items at the end of a shorter list, where the lists by blocks end in padding.
+    by_predict = RankingAccumulator(inputs.n_items, [3, 5], keep_per_user=True)
     with torch.no_grad():
         for batch in inputs.batches(7):
             scores = module.full_sort_predict(batch["users"], batch["history"]).float()

@@ -18,7 +18,7 @@ documents it); the model implements the methods.
 | ``Explains`` | ``explain(users, history, candidates, top)``: the history items behind each score | service |
 | ``EmbedsItems`` | ``item_embeddings() -> (n_items + 1, d)`` | service (``/similar_items``) |
 | ``EmbedsNewItems`` | ``item_embeddings_from_attributes(codes, numbers) -> (B, d)``, in the space of ``item_embeddings()``, for items outside the catalogue | service (``/similar_items`` with ``item_features``) |
-| ``ScoresByDotProduct`` | ``full_sort_predict(users, history) == dot_product_queries(users, history) @ dot_product_items().T`` (an item bias is a column of the items with a 1 in the queries) | packager, service (ANN index for large catalogues) |
+| ``ScoresByDotProduct`` | ``full_sort_predict(users, history) == dot_product_queries(users, history) @ dot_product_items().T`` (an item bias is a column of the items with a 1 in the queries) | packager, service (ANN index for large catalogues), evaluator (block-wise full ranking at large catalogues) |
 | ``ItemSimilarity`` | ``similarity`` (n_items + 1, n_items + 1), sparse or dense, and ``similarity_rows(rows) -> (len(rows), n_items + 1)`` | service (``/similar_items``, diversity) |
 | ``NeedsTrainMatrix`` | ``set_train_matrix(csr)`` before training/scoring | trainer |
 | ``UsesKnowledgeGraph`` | constructor argument ``knowledge_graph`` (``training.knowledge_graph.KnowledgeGraph``, None = no graph) | trainer, artifact loader |
