@@ -178,6 +178,37 @@ def test_userknn_neighbours_do_not_depend_on_the_block_size() -> None:
     assert fitted[0].neighbours.shape == (37, 4)
 
 
+def test_itemknn_blocks_follow_co_occurrences_and_do_not_change_the_neighbours() -> None:
+    """ItemKNN's fit sizes its item blocks by a bound on their co-occurrence entries (so a long tail of
+    rare items takes few blocks): every block within the cell budget unless it is one item, the blocks
+    covering the catalogue in order, and the same similarity for any budget."""
+    from training.models.baselines import _item_blocks
+
+    rng = np.random.default_rng(11)
+    train = np.zeros((50, 81), np.float32)
+    popularity = np.linspace(0.6, 0.01, 80)  # a head of popular items and a tail of rare ones
+    train[:, 1:] = rng.random((50, 80)) < popularity
+    binary = sp.csr_matrix(train)
+    by_item = binary.T.tocsr()
+    co_occurrences = np.diff((by_item @ binary).tocsr().indptr)
+    for cells in (1, 40, 300, 10**9):
+        blocks = _item_blocks(by_item, np.diff(binary.indptr), cells)
+        assert [start for start, _ in blocks] == [0] + [stop for _, stop in blocks[:-1]]
+        assert blocks[-1][1] == 81
+        for start, stop in blocks:
+            assert stop - start == 1 or co_occurrences[start:stop].sum() <= cells
+    assert len(_item_blocks(by_item, np.diff(binary.indptr), 300)) < len(
+        _item_blocks(by_item, np.diff(binary.indptr), 40)
+    )
+    fitted = [build_model("itemknn", 50, 80, k=6).fit(binary, block_cells=cells) for cells in (1, 300, 10**9)]
+    for other in fitted[1:]:
+        assert torch.equal(other.similarity_indices, fitted[0].similarity_indices)
+        assert torch.equal(other.similarity_values, fitted[0].similarity_values)
+    np.testing.assert_allclose(
+        fitted[0].similarity.to_dense().numpy(), _dense_itemknn_reference(train, 6), atol=1e-6
+    )
+
+
 @pytest.mark.parametrize("name", ["itemknn", "userknn"])
 def test_knn_artifacts_saved_dense_still_load(name: str, split, tmp_path: Path) -> None:
     """A kNN artifact written when the baselines kept a dense ``user_items`` (and ItemKNN a dense

@@ -183,6 +183,28 @@ def _adopt_dense_user_items(train_rows: TrainRows, state_dict: dict, prefix: str
         state_dict[f"{prefix}train_rows.indices"] = train_rows.indices
 
 
+def _item_blocks(by_item: sp.csr_matrix, user_counts: np.ndarray, block_cells: int) -> list[tuple[int, int]]:
+    """Consecutive (start, stop) item ranges for ItemKNN's fit: each range's co-occurrence rows hold at
+    most ~``block_cells`` entries, bounded per item by the sum of its users' item counts (the
+    entries of its row if no two of its users share another item), and at most
+    ``rows_per_sort`` items, which ``descending_order`` orders at once.
+
+    Sizing blocks by that bound rather than by the catalogue's width keeps the many rarely bought
+    items of a long tail in few blocks: each block costs a product call and a pass over the width.
+    """
+    width = by_item.shape[0]
+    bound = np.cumsum(by_item @ user_counts.astype(np.float64))
+    most_rows = rows_per_sort(width)
+    blocks, start = [], 0
+    while start < width:
+        before = bound[start - 1] if start else 0.0
+        stop = int(np.searchsorted(bound, before + block_cells, side="right"))
+        stop = min(max(stop, start + 1), start + most_rows, width)
+        blocks.append((start, stop))
+        start = stop
+    return blocks
+
+
 class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSimilarity, RanksTopK):
     """Item-based collaborative filtering with cosine similarity, keeping each item's ``k`` neighbours.
 
@@ -215,15 +237,14 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
         self._cached: tuple[tuple[int, int], sp.csr_matrix, sp.csr_matrix] | None = None
 
     def fit(self, train: sp.csr_matrix, block_cells: int = 1 << 25) -> ItemKNN:
-        binary = (train > 0).astype(np.float32).tocsc()
-        norms = np.sqrt(np.asarray(binary.multiply(binary).sum(axis=0)).ravel())
+        # CSR on both sides of the product: SciPy would convert a CSC right operand to CSR on every
+        # block, a copy of the whole matrix per block of items.
+        binary = (train > 0).astype(np.float32).tocsr()  # (n_users, n_items + 1)
+        norms = np.sqrt(np.asarray(binary.sum(axis=0)).ravel())
         by_item = binary.T.tocsr()  # (n_items + 1, n_users)
         width = binary.shape[1]
-        # Items per block: its co-occurrences hold at most ~block_cells, and descending_order sorts it at once.
-        chunk = max(1, min(block_cells // width, rows_per_sort(width)))
         rows, columns, values = [], [], []
-        for start in range(0, width, chunk):
-            stop = min(start + chunk, width)
+        for start, stop in _item_blocks(by_item, np.diff(binary.indptr), block_cells):
             co = (by_item[start:stop] @ binary).tocsr()
             own = np.repeat(np.arange(start, stop), np.diff(co.indptr))
             co.data[co.indices == own] = 0.0  # an item is not its own neighbour
