@@ -203,6 +203,7 @@ class _EvalDataset(Dataset):
                 "history": self.inputs.history[idx],
                 "truth_rows": self.inputs.truth[idx],
                 "exclude_rows": self.inputs.exclude[idx],
+                **({"untrained": untrained} if untrained is not None else {}),
             }
         return {
             "users": self.inputs.users[idx],
@@ -324,6 +325,8 @@ class RecDataModule(L.LightningDataModule):
         self.train_frame = read_part(split, "train", ["event_id", "user_id", "item_id", "event_timestamp"])
         self.train_matrix = interaction_matrix(self.train_frame, self.index)
         self.valid_users: int | None = None  # a sample of validation users (TrainerConfig.valid_users)
+        # Validation batches as sparse rows, for a model ranked block by block (training/train.py).
+        self.sparse_valid = False
         self._valid: EvalInputs | None = None
 
     @property
@@ -369,7 +372,9 @@ class RecDataModule(L.LightningDataModule):
         return DataLoader(dataset, batch_size=per_process, shuffle=True, collate_fn=_identity)
 
     def val_dataloader(self) -> DataLoader:
-        return self.valid_inputs.batches(self.eval_batch_users, self.rank, self.world_size)
+        return self.valid_inputs.batches(
+            self.eval_batch_users, self.rank, self.world_size, dense=not self.sparse_valid
+        )
 
 
 class GeneralDataModule(RecDataModule):

@@ -411,3 +411,33 @@ def test_training_records_how_many_validation_users_it_stopped_on(split, tmp_pat
     result = train_model("bpr", split, SMALL["bpr"], cfg, tmp_path / "run")
     assert result.valid_users == 4
     assert TrainResult.load(tmp_path / "run" / "train.json").valid_users == 4
+
+
+def test_early_stopping_ranks_a_large_catalogue_by_blocks_with_the_same_values(
+    split, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From ``LISTS_MIN_ITEMS`` items on, a dot-product model's validation ranks by blocks with sparse
+    rows (as the test evaluation does): the same validation metrics every epoch as the dense ranking."""
+    import training.models.base
+    import training.train
+    from training.train import train_model
+
+    blocks_called = []
+    by_blocks = training.models.base.top_k_of_dot_product
+    monkeypatch.setattr(
+        training.models.base,
+        "top_k_of_dot_product",
+        lambda *args, **kwargs: blocks_called.append(1) or by_blocks(*args, **kwargs),
+    )
+    cfg = TrainerConfig(max_epochs=2, num_threads=1)
+    logged = {}
+    for name, threshold in (("dense", 10**9), ("blocks", 0)):
+        monkeypatch.setattr(training.train, "LISTS_MIN_ITEMS", threshold)
+        result = train_model("bpr", split, SMALL["bpr"], cfg, tmp_path / name)
+        metrics = pd.read_csv(next((tmp_path / name / "lightning_logs").rglob("metrics.csv")))
+        logged[name] = metrics.filter(like="valid/").dropna().to_numpy()
+        assert (name == "blocks") == bool(blocks_called)
+        logged[name + " best"] = result.best_valid_ndcg10
+    assert logged["dense"].shape == (2, 3)
+    np.testing.assert_allclose(logged["blocks"], logged["dense"], rtol=1e-6)
+    assert logged["blocks best"] == pytest.approx(logged["dense best"], rel=1e-6)

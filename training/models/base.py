@@ -16,9 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.metrics import binary_auc, binary_logloss, per_user_metrics, ranking_exclusions
-from training.models.capabilities import PointwiseMetrics, RanksCandidates
+from training.metrics import (
+    binary_auc,
+    binary_logloss,
+    list_hits,
+    metrics_of_hits,
+    per_user_metrics,
+    ranking_exclusions,
+)
+from training.models.capabilities import PointwiseMetrics, RanksCandidates, ScoresColdItems, can
 from training.models.optim import adam
+from training.topk import RankableVectors, top_k_of_dot_product
 
 VALID_MONITOR = "valid/ndcg@10"
 VALID_METRICS = ("ndcg@10", "recall@10", "hr@10")  # logged as valid/<name> after every epoch
@@ -139,16 +147,37 @@ class RecommenderModule(L.LightningModule):
         # Per metric: the sum over batches of (batch mean x batch users), then the user count; the same
         # float32 arithmetic Lightning's batch_size-weighted epoch mean does, so values are unchanged.
         self._valid_totals = torch.zeros(len(VALID_METRICS) + 1, device=self.device)
+        self.__dict__.pop("_valid_rankable", None)
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        scores = self.full_sort_predict(batch["users"], batch["history"])
-        values, _ = per_user_metrics(scores, batch["truth"], ranking_exclusions(self, batch), [10])
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        if "truth_rows" in batch:  # sparse rows: a dot-product model of a large catalogue (train.py)
+            values = self._metrics_by_blocks(batch)
+        else:
+            scores = self.full_sort_predict(batch["users"], batch["history"])
+            values, _ = per_user_metrics(scores, batch["truth"], ranking_exclusions(self, batch), [10])
         size = int(batch["users"].shape[0])
         for position, name in enumerate(VALID_METRICS):
             self._valid_totals[position] += values[name].mean() * size
         self._valid_totals[-1] += size
 
+    def _metrics_by_blocks(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Validation metrics at 10 of a ``ScoresByDotProduct`` model, ranked as the evaluator ranks
+        a large catalogue (``training.topk.top_k_of_dot_product``, sparse truth and exclusions); the
+        packed item vectors are built once per validation pass."""
+        model: Any = self  # a ScoresByDotProduct subclass (train.py sends sparse rows to no other)
+        rankable = self.__dict__.get("_valid_rankable")
+        if rankable is None:
+            never = None if can(self, ScoresColdItems) else batch.get("untrained")
+            rankable = self.__dict__["_valid_rankable"] = RankableVectors(
+                model.dot_product_items().cpu(), never
+            )
+        queries = model.dot_product_queries(batch["users"], batch["history"]).cpu()
+        top = top_k_of_dot_product(queries, rankable, batch["exclude_rows"], 10)
+        hits, n_truth = list_hits(top, batch["truth_rows"])
+        return {name: value.to(self.device) for name, value in metrics_of_hits(hits, n_truth, [10]).items()}
+
     def on_validation_epoch_end(self) -> None:
+        self.__dict__.pop("_valid_rankable", None)  # the item vectors change with the next epoch
         # The mean over users of every process. Under DDP each process validates its own users
         # (training.data.UserShard) and the sums and counts are added up across processes, so the value
         # equals the single-process one and every process early-stops and checkpoints on the same
