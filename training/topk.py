@@ -4,9 +4,11 @@ for dot-product models, ranked block by block of the catalogue (``top_k_of_dot_p
 
 Ranking a batch by dense scores costs (users x catalogue) work and memory whatever the model; at a
 million users and a million items that is 10^12 cells for a model that knows its answer from a few
-hundred. Both helpers give exactly the list a stable descending sort of the dense scores gives:
-excluded items are never listed, and ties go to the lower item index. A user with fewer than ``k``
-rankable items gets padding (item 0) at the end of the list.
+hundred. The first two helpers give exactly the list a stable descending sort of the dense scores
+gives: excluded items are never listed, and ties go to the lower item index. A dot-product model
+scores every item, but a cache-sized block at a time, and its lists equal those of the dense scores
+with ties in the order ``RankableVectors`` packs the items. A user with fewer than ``k`` rankable
+items gets padding (item 0) at the end of the list.
 """
 
 from __future__ import annotations

@@ -218,9 +218,10 @@ def evaluate_module(
 
 # From this catalogue size on, a model that gives its own top-k lists (RanksTopK) is evaluated by them,
 # and a dot-product model by lists ranked block by block of the catalogue (training.topk). The lists
-# equal dense ranking except among tied scores (they put the lower item index first, where torch.topk's
-# order among ties is unspecified), so catalogues below it keep the dense ranking their recorded
-# numbers came from; above it, dense (users x catalogue) scores and masks cost more than the ranking.
+# equal dense ranking except among exactly tied scores (they order ties by a fixed rule, where
+# torch.topk's order among ties is unspecified), so catalogues below it keep the dense ranking their
+# recorded numbers came from; above it, dense (users x catalogue) scores and masks cost more than the
+# ranking.
 LISTS_MIN_ITEMS = 50_000
 
 
