@@ -45,12 +45,17 @@ def ranking_exclusions(module: object, batch: dict[str, torch.Tensor]) -> torch.
     """What a model may not recommend in an evaluation batch: the user's seen items, and items without
     a training interaction unless the model scores items from their attributes (``scores_cold_items``);
     others would rank such an item by an embedding that never trained."""
+    exclude = batch["exclude"]
+    never = never_ranked(module, batch.get("untrained"))
+    return exclude if never is None else exclude | never.unsqueeze(0)
+
+
+def never_ranked(module: object, untrained: torch.Tensor | None) -> torch.Tensor | None:
+    """The (n_items + 1,) items ``module`` may never recommend whoever asks: those without a training
+    interaction (``untrained``), unless it scores items from their attributes (``ScoresColdItems``)."""
     from training.models.capabilities import ScoresColdItems, can
 
-    exclude = batch["exclude"]
-    if can(module, ScoresColdItems) or "untrained" not in batch:
-        return exclude
-    return exclude | batch["untrained"].unsqueeze(0)
+    return None if can(module, ScoresColdItems) else untrained
 
 
 def top_k_items(

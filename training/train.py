@@ -32,10 +32,10 @@ from training.artifact import save_model_artifact
 from training.attributes import attributes_for
 from training.data import build_datamodule, build_eval_inputs
 from training.knowledge_graph import knowledge_graph_for
-from training.metrics import BeyondAccuracy, RankingAccumulator, ranking_exclusions
+from training.metrics import BeyondAccuracy, RankingAccumulator, never_ranked, ranking_exclusions
 from training.models import build_model, get_spec, uses_attributes, uses_knowledge_graph
 from training.models.base import VALID_MONITOR
-from training.models.capabilities import NeedsTrainMatrix, RanksTopK, ScoresByDotProduct, ScoresColdItems, can
+from training.models.capabilities import NeedsTrainMatrix, RanksTopK, ScoresByDotProduct, can
 from training.split import SplitIndex, train_matrix
 from training.topk import RankableVectors, top_k_of_dot_product
 
@@ -252,9 +252,8 @@ def evaluation_accumulator(
     if can(module, ScoresByDotProduct) and inputs.n_items >= lists_min_items:
         # Every item is still scored, but block by block of the catalogue, each block's scores ranked
         # while in the cache, with the truth and exclusions kept sparse (no (users x catalogue) masks).
-        never = None if can(module, ScoresColdItems) else inputs.untrained
         with torch.no_grad():
-            rankable = RankableVectors(module.dot_product_items(), never)
+            rankable = RankableVectors(module.dot_product_items(), never_ranked(module, inputs.untrained))
             for batch in inputs.batches(batch_users, dense=False):
                 queries = module.dot_product_queries(batch["users"], batch["history"])
                 top = top_k_of_dot_product(queries, rankable, batch["exclude_rows"], max(ks))

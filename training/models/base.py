@@ -21,10 +21,11 @@ from training.metrics import (
     binary_logloss,
     list_hits,
     metrics_of_hits,
+    never_ranked,
     per_user_metrics,
     ranking_exclusions,
 )
-from training.models.capabilities import PointwiseMetrics, RanksCandidates, ScoresColdItems, can
+from training.models.capabilities import PointwiseMetrics, RanksCandidates
 from training.models.optim import adam
 from training.topk import RankableVectors, top_k_of_dot_product
 
@@ -167,7 +168,7 @@ class RecommenderModule(L.LightningModule):
         model: Any = self  # a ScoresByDotProduct subclass (train.py sends sparse rows to no other)
         rankable = self.__dict__.get("_valid_rankable")
         if rankable is None:
-            never = None if can(self, ScoresColdItems) else batch.get("untrained")
+            never = never_ranked(self, batch.get("untrained"))
             rankable = self.__dict__["_valid_rankable"] = RankableVectors(
                 model.dot_product_items().cpu(), never
             )
