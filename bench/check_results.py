@@ -76,7 +76,6 @@ SCALE = Measures(
 MEASURES: dict[str, Measures] = {
     "leaderboard": LEADERBOARD,
     "schema_change": LEADERBOARD,  # leaderboards before and after a change of the attribute encoders
-    "narm_leaderboard": LEADERBOARD,  # NARM's leaderboard rows at its validation-chosen defaults
     "sequential_leaderboard": LEADERBOARD,  # the transformers (SASRec, BERT4Rec, gSASRec) side by side
     "training": Measures("bench/bench_training.py", ("training/", "configs/models/", TORCH_OPTIONS)),
     "scaling": Measures("bench/bench_scaling.py", ("training/", TORCH_OPTIONS)),
