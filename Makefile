@@ -60,8 +60,9 @@ cluster: $(BIN)/.installed  ## Airflow on Celery (Postgres + Redis), 2 workers, 
 cluster-stop: $(BIN)/.installed  ## stop what make cluster started (from another terminal)
 	$(BIN)/recforge cluster stop
 
-# Every registered model and baseline x {random_holdout, leave_last_out} on ML-100K, 2 processes x 1 thread
-# (under 60 min on 2 cores): bench/results/leaderboard.json + bench/leaderboard.md. Extra flags, e.g.
+# Every registered model and baseline x {random_holdout, leave_last_out} x 3 split seeds on ML-100K, 2
+# processes x 1 thread (wall time: bench/results/leaderboard.meta.json): bench/results/leaderboard.json +
+# bench/leaderboard.md. Extra flags, e.g.
 # LEADERBOARD_ARGS="--models bpr,sasrec --max-epochs 5" or "--dataset ml-1m --data-path /data/ml-1m".
 LEADERBOARD_ARGS ?=
 leaderboard: $(BIN)/.installed  ## train + evaluate every model; leaderboard with target checks

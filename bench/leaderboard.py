@@ -4,7 +4,8 @@
 validate -> features) into ``RECFORGE_HOME``, so an existing snapshot, Feast state and split are reused
 and the numbers are exactly what the DAGs would produce. Each (model, protocol, seed) trains and
 evaluates in a fresh process (bench/bench_training.py ``train_and_evaluate``: same code, same measurements); two
-processes with one thread each share the 2 cores, which is what keeps every model within the hour.
+processes with one thread each share the 2 cores, longest jobs first (the run's wall time is in
+``leaderboard.meta.json``).
 
 Writes:
 - ``bench/results/leaderboard.json``: a list of records ``{model, protocol, seed, status, metrics, epochs,
@@ -916,7 +917,7 @@ DISPLAY_NAMES = {
     "reinforce": "REINFORCE (top-K off-policy)",
     "ease": "EASE (closed form)",
     "multvae": "Mult-VAE",
-    "gsasrec": "gSASRec (gBCE, sampled negatives)",
+    "gsasrec": "gSASRec (sampled negatives)",
     "bert4rec": "BERT4Rec (bidirectional, cloze)",
 }
 PROTOCOL_HEADERS = {
