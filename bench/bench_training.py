@@ -39,7 +39,7 @@ from pipeline.layout import Layout  # noqa: E402
 from pipeline.provenance import code_commit  # noqa: E402
 from training.evaluate import evaluate_run  # noqa: E402
 from training.split import make_split  # noqa: E402
-from training.train import train_model  # noqa: E402
+from training.train import read_epoch_log, train_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TABLE_METRICS = (
@@ -141,6 +141,7 @@ def train_and_evaluate(
         "test_users": json.loads(Path(evaluation.metrics_path).read_text())["n_users"],
         "epochs": result.epochs,
         "epoch_seconds": result.epoch_seconds,
+        "epoch_seconds_all": epoch_seconds_of(run_dir),
         "interactions_per_second": result.interactions_per_second,
         "best_valid_ndcg10": result.best_valid_ndcg10,
         "peak_rss_mb": result.peak_rss_mb,
@@ -150,6 +151,12 @@ def train_and_evaluate(
         "baselines": evaluation.baselines,
         "split_dir": str(split.dir),
     }
+
+
+def epoch_seconds_of(run_dir: Path) -> list[float]:
+    """Each training epoch's seconds, in order, from the run's epoch log (none for a fitted baseline)."""
+    log = run_dir / "epochs.jsonl"
+    return [round(epoch["seconds"], 3) for epoch in read_epoch_log(log)] if log.exists() else []
 
 
 def run_one(model: str, protocol: str, params: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
