@@ -91,6 +91,11 @@ def top_k_of_sparse(
     ``scores`` are sparse, non-negative and without duplicate entries (as a sparse product's are); an
     item without an entry scores 0. A row with fewer than ``k`` positive scores is filled from
     ``fill_order`` (the rankable items, ascending), as zero-score items tied at the bottom.
+
+    A row's list comes from its first ``k`` + (its blocked count) entries only, so each row is not
+    sorted but selected: ``torch.topk`` over one int64 key per entry that orders by score, then by the
+    lower index. Rows are selected in groups of similar length, so that padding a group to a rectangle
+    at most doubles its work.
     """
     n_rows, width = scores.shape
     rankable = np.zeros(width, dtype=bool)
@@ -98,27 +103,37 @@ def top_k_of_sparse(
     scores, blocked = scores.tocsr(copy=True), blocked.tocsr()
     scores.data[(scores.data <= 0) | ~rankable[scores.indices]] = 0.0  # never listed ahead of the fill
     scores.eliminate_zeros()
-    blocked_count = np.diff(blocked.indptr)
-    blocked_keys = row_item_keys(blocked)
     out = np.zeros((n_rows, k), dtype=np.int64)
     listed = np.zeros(n_rows, dtype=np.int64)
-    step = rows_per_sort(width)
-    for first in range(0, n_rows, step):
-        part = scores[first : first + step]
-        per_row = np.diff(part.indptr)
-        rows = np.repeat(np.arange(part.shape[0]), per_row)
-        order = descending_order(rows, part.data, part.indices, width)
-        rank = np.arange(len(order)) - np.repeat(part.indptr[:-1], per_row)
-        # Only a row's first k + (its blocked count) entries can make its list: look up just those.
-        near = rank < k + blocked_count[first + rows]
-        rows, items = first + rows[near], part.indices[order[near]]
-        kept = ~contains(blocked_keys, rows * width + items)
-        rows, items = rows[kept], items[kept]
-        counts = np.bincount(rows - first, minlength=part.shape[0])
-        rank = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-        top = rank < k
-        out[rows[top], rank[top]] = items[top]
-        listed[first : first + part.shape[0]] = np.minimum(counts, k)
+    per_row = np.diff(scores.indptr)
+    if scores.nnz and k:
+        blocked_count = np.diff(blocked.indptr)
+        blocked_keys = row_item_keys(blocked)
+        bits = column_bits(width)
+        # Positive float32 bit patterns order as the floats do; the lower index wins a tie.
+        keys = (scores.data.astype(np.float32).view(np.int32).astype(np.int64) << bits) | (
+            width - 1 - scores.indices.astype(np.int64)
+        )
+        group = np.ceil(np.log2(np.maximum(per_row, 1))).astype(np.int64)
+        group[per_row == 0] = -1
+        for level in np.unique(group[group >= 0]):
+            rows = np.flatnonzero(group == level)
+            counts = per_row[rows]
+            length = int(counts.max())
+            first = np.cumsum(counts) - counts  # each row's first entry among the group's
+            step = np.arange(int(counts.sum()))
+            padded = np.full(len(rows) * length, -1, dtype=np.int64)
+            padded[step + np.repeat(np.arange(len(rows)) * length - first, counts)] = keys[
+                step + np.repeat(scores.indptr[rows] - first, counts)
+            ]
+            near = min(length, k + int(blocked_count[rows].max()))
+            top = torch.topk(torch.from_numpy(padded.reshape(len(rows), length)), near, dim=1).values.numpy()
+            items = width - 1 - (top & ((1 << bits) - 1))
+            keep = (top >= 0) & ~contains(blocked_keys, rows[:, None] * width + items)
+            slot = np.cumsum(keep, axis=1) - 1
+            at_row, at = np.nonzero(keep & (slot < k))
+            out[rows[at_row], slot[at_row, at]] = items[at_row, at]
+            listed[rows] = np.minimum(keep.sum(axis=1), k)
     short = np.flatnonzero(listed < k)
     if len(short):
         # A short row listed every item it scores: its fill is the rankable items, lowest index first,

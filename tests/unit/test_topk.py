@@ -52,6 +52,24 @@ def test_top_k_of_sparse_is_a_stable_sort_with_the_zero_tail_by_index(seed: int)
     np.testing.assert_array_equal(got, _stable_top(dense, blocked, rankable, k))
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_top_k_of_sparse_selects_rows_of_every_length_in_groups(seed: int) -> None:
+    """Rows from empty to nearly full (several length groups, each padded to its longest row), with
+    tied scores, and blocked counts from none to more than a row's entries."""
+    rng = np.random.default_rng(seed)
+    width, rows, k = 300, 40, 10
+    density = np.concatenate([[0.0, 0.002, 0.9], rng.uniform(0.0, 0.8, rows - 3) ** 3])[:, None]
+    dense = np.where(rng.random((rows, width)) < density, rng.integers(1, 6, (rows, width)), 0)
+    dense[:, 0] = 0
+    blocked = rng.random((rows, width)) < rng.choice([0.0, 0.02, 0.5], (rows, 1))
+    rankable = rng.random(width) < 0.9
+    rankable[0] = False
+    got = top_k_of_sparse(
+        sp.csr_matrix(dense.astype(np.float32)), sp.csr_matrix(blocked), np.flatnonzero(rankable), k
+    )
+    np.testing.assert_array_equal(got, _stable_top(dense, blocked, rankable, k))
+
+
 def test_empty_inputs_give_padding_only() -> None:
     empty = sp.csr_matrix((3, 10), dtype=np.float32)
     assert (first_unblocked(np.array([], dtype=np.int64), empty, 4) == 0).all()
