@@ -70,16 +70,20 @@ def column_bits(width: int) -> int:
     return max(1, int(width - 1).bit_length())
 
 
+def descending_keys(values: np.ndarray, columns: np.ndarray, width: int) -> np.ndarray:
+    """Unique int64 keys whose ascending order is (value descending, column ascending). ``values`` are
+    non-negative float32, whose bit patterns order as the floats do, so 2^32 - 1 - bits orders them
+    descending; the column fills the low ``column_bits(width)`` bits."""
+    descending = (np.uint32(0xFFFFFFFF) - values.astype(np.float32).view(np.uint32)).astype(np.int64)
+    return (descending << column_bits(width)) | columns.astype(np.int64)
+
+
 def descending_order(rows: np.ndarray, values: np.ndarray, columns: np.ndarray, width: int) -> np.ndarray:
     """The permutation that orders entries by (row, value descending, column): one sort of unique int64
-    keys instead of a three-key lexsort (several times faster). ``values`` are non-negative float32,
-    whose bit patterns order as the floats do, so 2^32 - 1 - bits orders them descending; ``rows``
-    must lie below ``rows_per_sort(width)`` and the (row, column) pairs must be unique."""
-    bits = column_bits(width)
-    descending = (np.uint32(0xFFFFFFFF) - values.astype(np.float32).view(np.uint32)).astype(np.int64)
-    return np.argsort(
-        (rows.astype(np.int64) << (32 + bits)) | (descending << bits) | columns.astype(np.int64)
-    )
+    keys (``descending_keys`` under the row) instead of a three-key lexsort (several times faster).
+    ``rows`` must lie below ``rows_per_sort(width)`` and the (row, column) pairs must be unique."""
+    rows_above = rows.astype(np.int64) << (32 + column_bits(width))
+    return np.argsort(rows_above | descending_keys(values, columns, width))
 
 
 def top_k_of_sparse(
@@ -93,8 +97,8 @@ def top_k_of_sparse(
     ``fill_order`` (the rankable items, ascending), as zero-score items tied at the bottom.
 
     A row's list comes from its first ``k`` + (its blocked count) entries only, so each row is not
-    sorted but selected: ``torch.topk`` over one int64 key per entry that orders by score, then by the
-    lower index. Rows are selected in groups of similar length, so that padding a group to a rectangle
+    sorted but selected: ``torch.topk`` over the entries' ``descending_keys`` (by score, then by the
+    lower index). Rows are selected in groups of similar length, so that padding a group to a rectangle
     at most doubles its work.
     """
     n_rows, width = scores.shape
@@ -109,11 +113,8 @@ def top_k_of_sparse(
     if scores.nnz and k:
         blocked_count = np.diff(blocked.indptr)
         blocked_keys = row_item_keys(blocked)
-        bits = column_bits(width)
-        # Positive float32 bit patterns order as the floats do; the lower index wins a tie.
-        keys = (scores.data.astype(np.float32).view(np.int32).astype(np.int64) << bits) | (
-            width - 1 - scores.indices.astype(np.int64)
-        )
+        keys = descending_keys(scores.data, scores.indices, width)  # the smallest key is the best
+        unused = np.iinfo(np.int64).max  # pads a row past its entries; never the smallest of a real one
         group = np.ceil(np.log2(np.maximum(per_row, 1))).astype(np.int64)
         group[per_row == 0] = -1
         for level in np.unique(group[group >= 0]):
@@ -122,14 +123,15 @@ def top_k_of_sparse(
             length = int(counts.max())
             first = np.cumsum(counts) - counts  # each row's first entry among the group's
             step = np.arange(int(counts.sum()))
-            padded = np.full(len(rows) * length, -1, dtype=np.int64)
+            padded = np.full(len(rows) * length, unused, dtype=np.int64)
             padded[step + np.repeat(np.arange(len(rows)) * length - first, counts)] = keys[
                 step + np.repeat(scores.indptr[rows] - first, counts)
             ]
             near = min(length, k + int(blocked_count[rows].max()))
-            top = torch.topk(torch.from_numpy(padded.reshape(len(rows), length)), near, dim=1).values.numpy()
-            items = width - 1 - (top & ((1 << bits) - 1))
-            keep = (top >= 0) & ~contains(blocked_keys, rows[:, None] * width + items)
+            top = torch.topk(torch.from_numpy(padded.reshape(len(rows), length)), near, dim=1, largest=False)
+            keys_of_top = top.values.numpy()
+            items = keys_of_top & ((1 << column_bits(width)) - 1)
+            keep = (keys_of_top != unused) & ~contains(blocked_keys, rows[:, None] * width + items)
             slot = np.cumsum(keep, axis=1) - 1
             at_row, at = np.nonzero(keep & (slot < k))
             out[rows[at_row], slot[at_row, at]] = items[at_row, at]
