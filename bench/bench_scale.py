@@ -11,6 +11,13 @@ every test user, the whole catalogue) with the baselines docs/scaling.md keeps f
 (Popularity and ItemKNN; UserKNN's fit is quadratic in users), its parts' seconds from
 ``evaluation.json``. Training and evaluation use the pipeline's default ``trainer.num_threads`` (2).
 
+``--models bpr,twotower``: the data stages run once; each model then trains and is evaluated on the
+same split. The baselines do not depend on the model: the first model's evaluation fits them and
+caches their metrics with the split (as ``training/evaluate.py`` always does), the later models' read
+Popularity (the gate needs it) from that cache. Each model's "whole pipeline" line is the sum of the
+stages one run of it alone would do: the data stages, its training and evaluation, plus (for a later
+model) the baselines' seconds measured in the first model's evaluation.
+
 A watchdog polls every stage's resident memory and ends the stage when it passes ``--rss-limit-mb``
 (the machine is shared), or when it runs past ``--stage-timeout-s``; such a stage is reported as not
 finished, with the reason, and the later stages of that size are not run.
@@ -22,6 +29,7 @@ Usage:
     OMP_WAIT_POLICY=PASSIVE nice -n 10 .venv/bin/python bench/bench_scale.py
         [--sizes 1000000:100000:50000,5000000:300000:250000,20000000:1000000:1000000]
         [--stages ingest,validate,features,split,train,evaluate] [--data /tmp/scale-data]
+        [--models bpr,twotower]
 """
 
 from __future__ import annotations
@@ -66,7 +74,10 @@ TRAIN_OVERRIDES = {
 }
 # What docs/scaling.md configures for a large catalogue: sparse id tables, so a step costs the batch.
 HPARAMS = {"sparse_embeddings": True}
-MODEL = "bpr"
+MODELS = ("bpr", "twotower")
+# A later model's evaluation: Popularity only (the promotion gate requires it), read from the cache
+# the first model's evaluation of the same split wrote.
+LATER_MODEL_OVERRIDES = {**TRAIN_OVERRIDES, "evaluation.baselines": ["popularity"]}
 RUN_ID = "scale"
 
 
@@ -91,7 +102,12 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run_child(stage: str, data_dir: Path, inputs: list[str]) -> dict[str, Any]:
+def stage_key(stage: str, model: str, first_model: str) -> str:
+    """The results' key of a stage: the stage's name, or ``train:twotower`` for a later model's."""
+    return stage if stage not in ("train", "evaluate") or model == first_model else f"{stage}:{model}"
+
+
+def run_child(stage: str, data_dir: Path, inputs: list[str], model: str, first_model: str) -> dict[str, Any]:
     """Run one stage in this process (the child side); return its output path and costs."""
     os.environ["RECFORGE_HOME"] = str(data_dir / "home")
     os.environ["RECFORGE_CONFIG"] = str(data_dir / "pipeline.yaml")
@@ -99,21 +115,22 @@ def run_child(stage: str, data_dir: Path, inputs: list[str]) -> dict[str, Any]:
 
     started = time.perf_counter()
     extra: dict[str, Any] = {}
+    overrides = TRAIN_OVERRIDES if model == first_model else LATER_MODEL_OVERRIDES
     if stage == "ingest":
-        output = stages.ingest(MODEL, RUN_ID, TRAIN_OVERRIDES, HPARAMS)  # the run's config: first stage
+        output = stages.ingest(model, RUN_ID, overrides, HPARAMS)  # the run's config: first stage
     elif stage == "validate":
-        output = stages.validate(MODEL, RUN_ID, inputs[0], TRAIN_OVERRIDES)
+        output = stages.validate(model, RUN_ID, inputs[0], overrides)
     elif stage == "features":
-        output = stages.features(MODEL, RUN_ID, inputs[0], TRAIN_OVERRIDES)
+        output = stages.features(model, RUN_ID, inputs[0], overrides)
         manifest = json.loads(Path(output).read_text())
         stats = Path(manifest["examples"]).parent / "build_stats.json"
         extra = {"parts_s": json.loads(stats.read_text())["timings_s"], "examples": manifest["examples"]}
     elif stage == "split":
-        output = stages.split(MODEL, RUN_ID, inputs[0], TRAIN_OVERRIDES)
+        output = stages.split(model, RUN_ID, inputs[0], overrides)
     elif stage == "train":
-        output = stages.train(MODEL, RUN_ID, inputs[0], TRAIN_OVERRIDES)
+        output = stages.train(model, RUN_ID, inputs[0], overrides, HPARAMS)
     elif stage == "evaluate":
-        output = stages.evaluate(MODEL, RUN_ID, inputs[0], inputs[1], TRAIN_OVERRIDES)
+        output = stages.evaluate(model, RUN_ID, inputs[0], inputs[1], overrides)
         extra = {"parts_s": json.loads(Path(output).read_text())["seconds"]}
     else:
         raise SystemExit(f"unknown stage {stage!r}; one of {', '.join(STAGES)}")
@@ -166,7 +183,12 @@ def generate(spec: tuple[int, int, int], data: Path) -> tuple[Path, dict[str, An
 
 
 def bench_size(
-    spec: tuple[int, int, int], data: Path, stages: list[str], rss_limit_mb: float, timeout_s: float
+    spec: tuple[int, int, int],
+    data: Path,
+    stages: list[str],
+    models: list[str],
+    rss_limit_mb: float,
+    timeout_s: float,
 ) -> dict[str, Any]:
     directory, generated = generate(spec, data)
     shutil.rmtree(directory / "home", ignore_errors=True)  # every stage does its work (no reuse)
@@ -180,23 +202,36 @@ def bench_size(
         "train": ["split"],
         "evaluate": ["train", "split"],
     }
+    first = models[0]
+    # The data stages once (under the first model's run), then training and evaluation per model.
+    plan = [(stage, first) for stage in stages if stage not in ("train", "evaluate")]
+    plan += [(stage, model) for model in models for stage in stages if stage in ("train", "evaluate")]
     results: dict[str, Any] = {"generate": generated}
-    for stage in stages:
-        needed = inputs_of[stage]
+    for stage, model in plan:
+        key = stage_key(stage, model, first)
+        needed = [stage_key(n, model, first) for n in inputs_of[stage]]
         if any(n not in outputs for n in needed):
-            results[stage] = {
+            results[key] = {
                 "status": f"not run: {', '.join(n for n in needed if n not in outputs)} did not finish"
             }
             continue
         cmd = [sys.executable, __file__, "--child", stage, "--dir", str(directory)]
+        cmd += ["--model", model, "--first-model", first]
         cmd += [a for n in needed for a in ("--input", outputs[n])]
-        print(f"[{spec[0]:,} events] {stage} ...", file=sys.stderr, flush=True)
+        print(f"[{spec[0]:,} events] {key} ...", file=sys.stderr, flush=True)
         result = watched(cmd, env, rss_limit_mb, timeout_s)
-        print(f"[{spec[0]:,} events] {stage}: {result}", file=sys.stderr, flush=True)
+        print(f"[{spec[0]:,} events] {key}: {result}", file=sys.stderr, flush=True)
         if result["status"] == "ok":
-            outputs[stage] = result.pop("output")
-        results[stage] = result
-    return {"events": spec[0], "items": spec[1], "users": spec[2], "data": str(directory), "stages": results}
+            outputs[key] = result.pop("output")
+        results[key] = result
+    return {
+        "events": spec[0],
+        "items": spec[1],
+        "users": spec[2],
+        "data": str(directory),
+        "models": models,
+        "stages": results,
+    }
 
 
 def slope(a: float | None, b: float | None, n_a: int, n_b: int) -> float | None:
@@ -205,21 +240,40 @@ def slope(a: float | None, b: float | None, n_a: int, n_b: int) -> float | None:
     return math.log(b / a) / math.log(n_b / n_a)
 
 
+DATA_STAGES = ("ingest", "validate", "features", "split")
+
+
+def models_of(runs: list[dict[str, Any]]) -> list[str]:
+    return runs[0].get("models", ["bpr"]) if runs else []  # results from before --models: BPR only
+
+
 def rows_of(runs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(stage label, stage key, part key or "") for every reported line."""
     rows: list[tuple[str, str, str]] = []
-    for stage in STAGES:
+    for stage in DATA_STAGES:
         if not any(stage in r["stages"] for r in runs):
             continue
         rows.append((stage, stage, ""))
         if stage == "features":
             rows += [(f"  features: {label}", stage, key) for key, label in FEATURE_PARTS.items()]
-        if stage == "evaluate":
-            rows += [(f"  evaluate: {label}", stage, key) for key, label in EVALUATION_PARTS.items()]
+    models = models_of(runs)
+    for model in models:
+        for stage in ("train", "evaluate"):
+            key = stage_key(stage, model, models[0])
+            if not any(key in r["stages"] for r in runs):
+                continue
+            rows.append((f"{stage} ({model})", key, ""))
+            if stage == "evaluate":
+                parts = list(EVALUATION_PARTS) if model == models[0] else ["inputs", "model"]
+                rows += [(f"  evaluate: {EVALUATION_PARTS[part]}", key, part) for part in parts]
+    for model in models:
+        rows.append((f"**whole pipeline ({model})**", f"total:{model}", ""))
     return rows
 
 
 def value(run: dict[str, Any], stage: str, part: str, what: str) -> float | None:
+    if stage.startswith("total:"):
+        return pipeline_total(run, stage.removeprefix("total:"), what)
     result = run["stages"].get(stage) or {}
     if result.get("status") != "ok":
         return None
@@ -227,6 +281,19 @@ def value(run: dict[str, Any], stage: str, part: str, what: str) -> float | None
         return None if what != "wall_s" else (result.get("parts_s") or {}).get(part)
     v = result.get(what)
     return float(v) if v is not None else None
+
+
+def pipeline_total(run: dict[str, Any], model: str, what: str) -> float | None:
+    """A run of ``model`` end to end: the sum of its stages' seconds (or the highest peak RSS); a later
+    model's run alone would also fit the baselines, measured once in the first model's evaluation."""
+    models = models_of([run])
+    keys = [*DATA_STAGES, stage_key("train", model, models[0]), stage_key("evaluate", model, models[0])]
+    values = [value(run, key, "", what) for key in keys]
+    if model != models[0] and what == "wall_s":
+        values += [value(run, "evaluate", part, what) for part in ("popularity", "itemknn")]
+    if any(v is None for v in values):
+        return None
+    return sum(values) if what == "wall_s" else max(values)  # type: ignore[type-var,arg-type]
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
@@ -242,9 +309,13 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]]) -> str:
         "",
         f"Synthetic shop logs (`recforge example synthetic`), sizes: {'; '.join(sizes)}. Each stage ran in a "
         "fresh process, one at a time, on a fresh RECFORGE_HOME per size; wall = seconds of the stage, "
-        "RSS = the stage process's peak resident memory (`VmHWM`). BPR: one epoch, 2 torch threads; the "
+        "RSS = the stage process's peak resident memory (`VmHWM`). Models: "
+        f"{', '.join(models_of(runs))}; each trains one epoch (sparse id tables), 2 torch threads; the "
         "evaluation is `training/evaluate.py` as it is (full ranking, all test users, 2 torch threads) "
-        "with the Popularity and ItemKNN baselines.",
+        "with the Popularity and ItemKNN baselines, fitted in the first model's evaluation (a later "
+        "model's reads them from the split's cache). A model's whole pipeline: the data stages plus its "
+        "training and evaluation (plus the baselines' seconds for a later model); its RSS is the "
+        "highest stage's.",
         "",
         f"Machine: {meta['machine']}, {meta['cpus']} CPUs, {meta['memory_gb']:.0f} GiB; python {meta['python']}; "
         f"generated {meta['generated']}. Load average at the end: {meta['loadavg']} (the machine is shared "
@@ -273,7 +344,7 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]]) -> str:
             slopes.append(f"{_fmt(sw, 2)} / {_fmt(sr, 2)}")
         cells = [_fmt(w) for w in walls] + [_fmt(m, 0) for m in rss] + slopes
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        if not part:
+        if not part and not stage.startswith("total:"):
             for r in runs:
                 status = (r["stages"].get(stage) or {}).get("status", "not run: not asked")
                 if status != "ok":
@@ -296,6 +367,7 @@ def main(argv: list[str] | None = None) -> None:
         "--sizes", default="1000000:100000:50000,5000000:300000:250000,20000000:1000000:1000000"
     )
     parser.add_argument("--stages", default="ingest,validate,features,split,train,evaluate")
+    parser.add_argument("--models", default="bpr", help=f"comma-separated; of {', '.join(MODELS)}")
     parser.add_argument("--data", type=Path, default=Path("/tmp/scale-data"))
     parser.add_argument("--rss-limit-mb", type=float, default=14_000)
     parser.add_argument("--stage-timeout-s", type=float, default=1_800)
@@ -303,17 +375,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--input", action="append", default=[], help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="bpr", help=argparse.SUPPRESS)
+    parser.add_argument("--first-model", default="bpr", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(run_child(args.child, args.dir, args.input)))
+        print(json.dumps(run_child(args.child, args.dir, args.input, args.model, args.first_model)))
         return
 
     specs = [tuple(int(x) for x in s.split(":")) for s in args.sizes.split(",")]
     stages = args.stages.split(",")
     if unknown := set(stages) - set(STAGES):
         parser.error(f"unknown stages {sorted(unknown)}; choose from {', '.join(STAGES)}")
+    models = args.models.split(",")
+    if unknown := set(models) - set(MODELS):
+        parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     args.data.mkdir(parents=True, exist_ok=True)
-    runs = [bench_size(spec, args.data, stages, args.rss_limit_mb, args.stage_timeout_s) for spec in specs]  # type: ignore[arg-type]
+    runs = [
+        bench_size(spec, args.data, stages, models, args.rss_limit_mb, args.stage_timeout_s)  # type: ignore[arg-type]
+        for spec in specs
+    ]
     meta = {
         "code_commit": code_commit(),
         "command": "python bench/bench_scale.py " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -6,6 +6,7 @@ import gzip
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -103,6 +104,52 @@ def test_data_version_is_a_content_hash(tmp_path):
     changed, _ = run(tmp_path / "c", GOOD[:-1])
     assert first.data_version == again.data_version
     assert first.data_version != changed.data_version
+
+
+def test_a_log_validated_in_chunks_gives_the_snapshot_of_the_whole_table(tmp_path):
+    # Repeats of an event two and five chunks after it (chunks of 3 rows), and bad rows in between:
+    # the chunked pass must find the same repeats, keep the same rows with the same event ids, and
+    # list the quarantine in the order of the log.
+    lines = GOOD + list(BAD.values()) + [GOOD[2], "2\t11\t2\t881250970", GOOD[0], "2\t11\t2\t881250970"]
+    source = SourceConfig(kind="recbole_ml100k", path=str(write_recbole(tmp_path / "raw", lines)))
+    cfg = ValidationConfig(max_rejected_share=1.0, rating_min=1, rating_max=5)
+    snapshots = {}
+    for chunk_rows in (3, 1_000):
+        layout = Layout(tmp_path / f"home-{chunk_rows}")
+        staging = ingest(source, layout, "run-1")
+        snapshots[chunk_rows] = validate(staging, cfg, layout, "ml-100k", now=NOW, chunk_rows=chunk_rows)
+        assert not list(staging.glob(".validate-*")), "the spilled chunks are removed"
+    chunked, whole = snapshots[3], snapshots[1_000]
+    assert chunked.data_version == whole.data_version
+    assert chunked.quarantine_reasons == whole.quarantine_reasons
+    assert chunked.quarantine_reasons["duplicate_event"] == 4
+    assert (chunked.rows_kept, chunked.time_min, chunked.time_max) == (
+        whole.rows_kept,
+        whole.time_min,
+        whole.time_max,
+    )
+    for table in ("interactions", "users", "items", "quarantine"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(getattr(chunked, table)), pd.read_parquet(getattr(whole, table))
+        )
+    kept = pd.read_parquet(chunked.interactions)
+    assert list(kept["event_id"]) == list(range(len(GOOD) + 1))
+    repeats = pd.read_parquet(chunked.quarantine).query("reason == 'duplicate_event'")
+    assert list(repeats["source_line"].astype(int)) == [13, 15, 17, 18]  # in the order of the file
+
+
+def test_chunked_repeats_are_decided_by_value_when_hashes_collide(tmp_path, monkeypatch):
+    # Every row gets the same hash: only the value comparison can tell repeats from other events.
+    import ingestion.validate as validation
+
+    monkeypatch.setattr(validation, "_event_hashes", lambda inter, _: np.zeros(len(inter), dtype="uint64"))
+    lines = GOOD + [GOOD[1], "1\t11\t3\t881250951", GOOD[3]]  # 2 repeats, 1 new event (1 s later)
+    source = SourceConfig(kind="recbole_ml100k", path=str(write_recbole(tmp_path / "raw", lines)))
+    layout = Layout(tmp_path / "home")
+    cfg = ValidationConfig(max_rejected_share=1.0, rating_min=1, rating_max=5)
+    snapshot = validate(ingest(source, layout, "run-1"), cfg, layout, "ml-100k", now=NOW, chunk_rows=2)
+    assert snapshot.quarantine_reasons == {"duplicate_event": 2, "age_not_a_number": 1}
+    assert len(pd.read_parquet(snapshot.interactions)) == len(GOOD) + 1
 
 
 def test_invalid_utf8_line_is_quarantined_not_fatal(tmp_path):
