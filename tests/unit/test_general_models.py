@@ -209,6 +209,31 @@ def test_itemknn_blocks_follow_co_occurrences_and_do_not_change_the_neighbours()
     )
 
 
+def test_itemknn_in_threads_gives_the_same_neighbours_and_scores() -> None:
+    """Blocks of the fit and rows of the scoring product worked on side by side (threads) give the
+    same similarity and the same sparse scores, entry for entry, as one thread."""
+    from training.models.baselines import product_by_rows
+
+    rng = np.random.default_rng(5)
+    train = np.zeros((60, 91), np.float32)
+    train[:, 1:] = rng.random((60, 90)) < np.linspace(0.5, 0.02, 90)
+    binary = sp.csr_matrix(train)
+    one = build_model("itemknn", 60, 90, k=7).fit(binary, block_cells=50, threads=1)
+    for threads in (2, 3):
+        many = build_model("itemknn", 60, 90, k=7).fit(binary, block_cells=50, threads=threads)
+        assert torch.equal(many.similarity_indices, one.similarity_indices)
+        assert torch.equal(many.similarity_values, one.similarity_values)
+    right = one._similarity()[1]
+    whole = (binary @ right).tocsr()
+    for threads in (2, 4, 60, 100):  # more threads than rows: ranges of one row, none empty
+        parts = product_by_rows(binary, right, threads)
+        assert parts.shape == whole.shape
+        for a, b in ((parts.indptr, whole.indptr), (parts.indices, whole.indices), (parts.data, whole.data)):
+            np.testing.assert_array_equal(a, b)
+    empty = sp.csr_matrix((3, 91), dtype=np.float32)  # users without a profile item
+    assert product_by_rows(empty, right, 2).nnz == 0
+
+
 @pytest.mark.parametrize("name", ["itemknn", "userknn"])
 def test_knn_artifacts_saved_dense_still_load(name: str, split, tmp_path: Path) -> None:
     """A kNN artifact written when the baselines kept a dense ``user_items`` (and ItemKNN a dense

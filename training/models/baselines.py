@@ -6,6 +6,10 @@ through exactly the same code as the learned models.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -205,6 +209,39 @@ def _item_blocks(by_item: sp.csr_matrix, user_counts: np.ndarray, block_cells: i
     return blocks
 
 
+_Part = TypeVar("_Part")
+
+
+def in_threads(
+    work: Callable[[tuple[int, int]], _Part], ranges: Iterable[tuple[int, int]], threads: int
+) -> list[_Part]:
+    """``work`` of each range, in order, run by ``threads`` threads at once.
+
+    Why threads pay here: SciPy's sparse product (and NumPy's and torch's kernels) release the GIL but
+    each runs on one core, so ranges of rows worked on side by side use the cores the evaluation and
+    the fit are given (``torch.get_num_threads()``). Every range's result depends on its rows alone, so
+    the parts are the same whatever the number of threads.
+    """
+    ranges = list(ranges)
+    if threads < 2 or len(ranges) < 2:
+        return [work(r) for r in ranges]
+    with ThreadPoolExecutor(min(threads, len(ranges))) as pool:
+        return list(pool.map(work, ranges))
+
+
+def product_by_rows(left: sp.csr_matrix, right: sp.csr_matrix, threads: int) -> sp.csr_matrix:
+    """``left @ right`` as CSR, ``left``'s rows split into ``threads`` ranges of about equal non-zeros
+    multiplied side by side (``in_threads``): the same rows, entries and order as one product."""
+    if threads < 2 or left.shape[0] < 2:
+        return (left @ right).tocsr()
+    cuts = np.searchsorted(left.indptr, np.linspace(0, left.nnz, threads + 1)[1:-1])
+    bounds = [0, *sorted(set(int(c) for c in cuts) - {0, left.shape[0]}), left.shape[0]]
+    parts = in_threads(
+        lambda r: (left[r[0] : r[1]] @ right).tocsr(), zip(bounds, bounds[1:], strict=False), threads
+    )
+    return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+
+
 class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSimilarity, RanksTopK):
     """Item-based collaborative filtering with cosine similarity, keeping each item's ``k`` neighbours.
 
@@ -236,15 +273,18 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
         self.register_buffer("similarity_values", torch.zeros(0))
         self._cached: tuple[tuple[int, int], sp.csr_matrix, sp.csr_matrix] | None = None
 
-    def fit(self, train: sp.csr_matrix, block_cells: int = 1 << 25) -> ItemKNN:
+    def fit(self, train: sp.csr_matrix, block_cells: int = 1 << 25, threads: int | None = None) -> ItemKNN:
+        """``threads``: blocks of items worked on at once (default ``torch.get_num_threads()``); the
+        same neighbours whatever the number."""
         # CSR on both sides of the product: SciPy would convert a CSC right operand to CSR on every
         # block, a copy of the whole matrix per block of items.
         binary = (train > 0).astype(np.float32).tocsr()  # (n_users, n_items + 1)
         norms = np.sqrt(np.asarray(binary.sum(axis=0)).ravel())
         by_item = binary.T.tocsr()  # (n_items + 1, n_users)
         width = binary.shape[1]
-        rows, columns, values = [], [], []
-        for start, stop in _item_blocks(by_item, np.diff(binary.indptr), block_cells):
+
+        def neighbours(block: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            start, stop = block
             co = (by_item[start:stop] @ binary).tocsr()
             own = np.repeat(np.arange(start, stop), np.diff(co.indptr))
             co.data[co.indices == own] = 0.0  # an item is not its own neighbour
@@ -260,9 +300,13 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
             per_row = np.bincount(local, minlength=stop - start)
             rank = np.arange(len(order)) - np.repeat(np.cumsum(per_row) - per_row, per_row)
             keep = order[rank < self.k]
-            rows.append(row[keep])
-            columns.append(entries.col[keep])
-            values.append(sim[keep])
+            return row[keep], entries.col[keep], sim[keep]
+
+        blocks = _item_blocks(by_item, np.diff(binary.indptr), block_cells)
+        rows, columns, values = zip(
+            *in_threads(neighbours, blocks, torch.get_num_threads() if threads is None else threads),
+            strict=True,
+        )
         matrix = sp.csr_matrix(
             (np.concatenate(values), (np.concatenate(rows), np.concatenate(columns))), shape=(width, width)
         )
@@ -316,7 +360,8 @@ class ItemKNN(FittedBaseline, AddsHistoryToKnownUser, ScoresFromHistory, ItemSim
 
     def _sparse_scores(self, users: torch.Tensor, history: torch.Tensor) -> sp.csr_matrix:
         # score(j) = sum over profile items i of similarity[j, i]: row j holds j's own neighbours.
-        return (self.train_rows.profiles(users, history) @ self._similarity()[1]).tocsr()
+        profiles = self.train_rows.profiles(users, history)
+        return product_by_rows(profiles, self._similarity()[1], torch.get_num_threads())
 
     def top_k(
         self, users: torch.Tensor, history: torch.Tensor, blocked: sp.csr_matrix, k: int
