@@ -45,7 +45,8 @@ KNOWLEDGE_GRAPH_FILE = "knowledge_graph.parquet"
 MAX_EPOCH_SECONDS = 9.2e9  # pd.Timestamp.max is 2262-04-11 (9.22e9 s after 1970)
 SCHEMA_FILE = "schema.json"
 # Interaction rows validated at a time. Peak memory is a chunk's (a few hundred bytes a row while its
-# strings are parsed) plus 16 bytes per valid event for the duplicate check.
+# strings are parsed) plus about 17 bytes per valid event: the duplicate check's hash and flag, and
+# the row's content hash (the data version).
 CHUNK_ROWS = 1_000_000
 
 
@@ -241,9 +242,10 @@ def _validate_interactions(
 
     Pass 1 applies the per-row rules to each chunk and spills the candidate rows (raw columns plus the
     parsed timestamp and rating) to ``work``, keeping only a 64-bit hash of each one's (user, item,
-    timestamp) in memory. The hashes of the whole log then point ``_RepeatFinder`` at the few rows that
-    may be a ``duplicate_event`` (a repeat of an earlier row, wherever it lies). Pass 2 reads the spilled chunks back, quarantines the repeats and writes the rest with
-    consecutive ``event_id``s. The result is the same, row for row, as checking the table whole.
+    timestamp) in memory. The hashes of the whole log then point ``_RepeatFinder`` at the few rows
+    that may be a ``duplicate_event`` (a repeat of an earlier row, wherever it lies). Pass 2 reads the
+    spilled chunks back, quarantines the repeats and writes the rest with consecutive ``event_id``s.
+    The result is the same, row for row, as checking the table whole.
     """
     result = _Interactions(kept_file=work / "interactions.parquet")
     rejected: list[pd.DataFrame] = []
@@ -273,7 +275,8 @@ def _validate_interactions(
             part = pd.read_parquet(path)
             repeated = finder.repeats(part, offset)
             offset += len(part)
-            reasons = pd.Series(np.where(repeated, "duplicate_event", None), index=part.index, dtype="string")
+            reasons = pd.Series(pd.NA, index=part.index, dtype="string")
+            reasons[repeated] = "duplicate_event"
             raw = part.drop(columns=["_timestamp", "_rating"])
             rejected.append(_quarantine_rows(raw, reasons, "interactions"))
             kept = part[~repeated]
@@ -283,9 +286,9 @@ def _validate_interactions(
             if normalised.empty:
                 continue
             result.rows_kept += len(normalised)
-            # categorize=False: the same hashes (categorising only saves work on repeated values), faster here
-            hashes = pd.util.hash_pandas_object(normalised, index=False, categorize=False)
-            result.row_hashes.append(hashes.to_numpy())
+            # The content hash's rows (ContentDigest.add hashes the same way; categorize only saves work)
+            row_hashes = pd.util.hash_pandas_object(normalised, index=False, categorize=False)
+            result.row_hashes.append(row_hashes.to_numpy())
             user_ids.append(pd.Series(normalised["user_id"].unique()))
             item_ids.append(pd.Series(normalised["item_id"].unique()))
             low, high = normalised["timestamp"].min(), normalised["timestamp"].max()
