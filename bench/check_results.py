@@ -80,6 +80,7 @@ MEASURES: dict[str, Measures] = {
     "training": Measures("bench/bench_training.py", ("training/", "configs/models/", TORCH_OPTIONS)),
     "scaling": Measures("bench/bench_scaling.py", ("training/", TORCH_OPTIONS)),
     "scale": SCALE,
+    "scale_models": SCALE,  # BPR and TwoTower through the same stages, at the sizes that fit a session
     "drift_calibration": Measures("bench/bench_drift.py", ("monitoring/",)),
     "serving": SERVING,
     "serving_two_stage": SERVING,
