@@ -33,6 +33,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -430,14 +433,20 @@ class ExampleSet:
         history_length: int,
         num_negatives: int,
         seed: int,
+        recent: pa.ChunkedArray | None = None,
     ) -> None:
+        """``recent``: the rows' ``recent_items`` lists as Arrow (default: ``frame``'s column, if any)."""
         self.users = index.users_of(frame)
         self.items = index.items_of(frame)
         self.ratings = frame["rating"].to_numpy(dtype=np.float32, na_value=np.nan)
         self.n_items = index.n_items
         self.num_negatives = num_negatives
-        recent = frame["recent_items"] if "recent_items" in frame else pd.Series([[]] * len(frame))
-        self.history = visible_histories(recent, self.users, index, history_items, history_length)
+        if recent is None:
+            recent = frame["recent_items"] if "recent_items" in frame else pd.Series([[]] * len(frame))
+        # int32 item indices: half the memory of the (examples x history_length) table; batches widen.
+        self.history = visible_histories(
+            recent, self.users, index, history_items, history_length, dtype=np.int32
+        )
         self.exclusion_keys = _sorted_keys(exclusions)
         self.rng = np.random.default_rng(seed)
 
@@ -454,7 +463,7 @@ class ExampleSet:
             "users": torch.from_numpy(users),
             "items": torch.from_numpy(self.items[rows]),
             "ratings": torch.from_numpy(self.ratings[rows]),
-            "history": torch.from_numpy(self.history[rows]),
+            "history": torch.from_numpy(self.history[rows].astype(np.int64)),
         }
         if self.num_negatives > 0:
             out["negatives"] = torch.from_numpy(self.sample_negatives(users, self.num_negatives))
@@ -500,8 +509,21 @@ def build_example_set(
     history_items = interaction_matrix(pd.concat([parts[p] for p in VISIBLE_PARTS[part]]), index)
     exclusions = history_items if part == "train" else interaction_matrix(pd.concat(parts.values()), index)
     columns = EXAMPLE_COLUMNS if _has_column(split, part, "recent_items") else EXAMPLE_COLUMNS[:-1]
-    frame = read_part(split, part, columns)
-    return ExampleSet(frame, index, history_items, exclusions, history_length, num_negatives, seed)
+    # The histories stay Arrow lists: as pandas they would be a Python string per history item.
+    table = read_part_table(split, part, columns)
+    recent = table.column("recent_items") if "recent_items" in table.column_names else None
+    frame = table.drop_columns(["recent_items"] if recent is not None else []).to_pandas()
+    return ExampleSet(
+        frame, index, history_items, exclusions, history_length, num_negatives, seed, recent=recent
+    )
+
+
+def read_part_table(split: Split, part: str, columns: list[str]) -> pa.Table:
+    """``read_part`` as an Arrow table: the same rows in the same (time, event_id) order."""
+    if part not in PARTS:
+        raise ValueError(f"unknown split part {part!r}; use one of {PARTS}")
+    table = pq.read_table(getattr(split, part), columns=columns)
+    return table.sort_by([("event_timestamp", "ascending"), ("event_id", "ascending")])
 
 
 def sample_negatives(
@@ -520,24 +542,46 @@ def sample_negatives(
     return flat.reshape(len(users), count)
 
 
+# Rows of ``recent_items`` turned into item indices at a time: bounds the flat arrays of one pass.
+HISTORY_BLOCK_ROWS = 1 << 20
+
+
 def visible_histories(
-    recent: pd.Series, users: np.ndarray, index: SplitIndex, visible: sp.csr_matrix, length: int
+    recent: pd.Series | pa.ChunkedArray | pa.Array,
+    users: np.ndarray,
+    index: SplitIndex,
+    visible: sp.csr_matrix,
+    length: int,
+    dtype: type[np.integer] = np.int64,
 ) -> np.ndarray:
     """(N, length) right-aligned item indices of each row's ``recent_items`` (item ids, oldest first),
     keeping only the items its user (``users``, one per row) has in ``visible``: the split parts the
-    model may see at that point (unknown ids are dropped too)."""
-    lengths = np.fromiter((0 if r is None else len(r) for r in recent), dtype=np.int64, count=len(recent))
-    flat = pd.Series([i for r in recent if r is not None for i in r], dtype=object).astype(str)
-    codes = flat.map(index.item_index).fillna(0).to_numpy(dtype=np.int64)
-    keys = np.repeat(users, lengths) * (index.n_items + 1) + codes
-    codes = np.where(_member(_sorted_keys(visible), keys) & (codes > 0), codes, 0)
-    out = np.zeros((len(recent), length), dtype=np.int64)
-    ends = np.cumsum(lengths)
-    for row, (start, end) in enumerate(zip(ends - lengths, ends, strict=True)):
-        kept = codes[start:end]
-        kept = kept[kept > 0][-length:] if length > 0 else kept[:0]
-        if len(kept):
-            out[row, length - len(kept) :] = kept
+    model may see at that point (unknown ids are dropped too).
+
+    The lists are read as Arrow, ``HISTORY_BLOCK_ROWS`` rows at a time, and placed with array
+    operations: no Python object per history item, whatever the number of examples."""
+    if isinstance(recent, pd.Series):
+        recent = pa.array(
+            [None if r is None else [str(i) for i in r] for r in recent], type=pa.list_(pa.string())
+        )
+    recent = recent if isinstance(recent, pa.ChunkedArray) else pa.chunked_array([recent])
+    catalogue = pa.array(index.item_ids, type=pa.string())
+    visible_keys = _sorted_keys(visible)
+    out = np.zeros((len(recent), length), dtype=dtype)
+    for start in range(0, len(recent), HISTORY_BLOCK_ROWS):
+        block = recent.slice(start, HISTORY_BLOCK_ROWS)
+        lengths = pc.fill_null(pc.list_value_length(block), 0).to_numpy().astype(np.int64)
+        flat = pc.cast(pc.list_flatten(block), pa.string())
+        codes = pc.fill_null(pc.add(pc.index_in(flat, value_set=catalogue), 1), 0).to_numpy()
+        codes = codes.astype(np.int64)
+        rows = np.repeat(np.arange(len(lengths)), lengths)
+        keys = users[start + rows] * (index.n_items + 1) + codes
+        kept = _member(visible_keys, keys) & (codes > 0)
+        codes, rows = codes[kept], rows[kept]
+        # The newest ``length`` kept items of each row, the newest in the last column.
+        from_end = np.cumsum(np.bincount(rows, minlength=len(lengths)))[rows] - np.arange(len(rows)) - 1
+        newest = from_end < length
+        out[start + rows[newest], length - 1 - from_end[newest]] = codes[newest]
     return out
 
 

@@ -288,3 +288,57 @@ def test_streamed_split_is_the_same_in_any_batches_and_file_order(
             pd.testing.assert_frame_equal(frame, written["shuffled"][part])
     train = written["shuffled"]["train"]
     assert _key(train) == sorted(_key(train))  # each part in (time, event_id) order
+
+
+def _visible_histories_row_by_row(recent, users, index, visible, length):
+    """The definition: each row's known, visible items, oldest first, the newest ``length`` of them
+    right-aligned (0 = padding)."""
+    out = np.zeros((len(recent), length), dtype=np.int64)
+    dense = visible.toarray()
+    for row, items in enumerate(recent):
+        codes = [index.item_index.get(str(i), 0) for i in (items or [])]
+        kept = [c for c in codes if c > 0 and dense[users[row], c] > 0]
+        kept = kept[-length:] if length > 0 else []
+        if kept:
+            out[row, length - len(kept) :] = kept
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_visible_histories_match_the_row_by_row_definition(seed: int, monkeypatch) -> None:
+    """Null and empty lists, unknown ids, items the user may not see, lists longer than the window,
+    blocks of rows smaller than the input, Arrow or pandas input: the arrays agree with the per-row
+    definition, and the int32 table holds the same indices."""
+    import pyarrow as pa
+    import scipy.sparse as sp
+
+    import training.data as data
+
+    rng = np.random.default_rng(seed)
+    index = SplitIndex([f"i{i}" for i in range(30)], [f"u{u}" for u in range(8)])
+    visible = sp.csr_matrix((rng.random((8, 31)) < 0.5).astype(np.float32))
+    n = 300
+    users = rng.integers(0, 8, n)
+    recent: list[list[str] | None] = []
+    for _ in range(n):
+        kind = rng.random()
+        if kind < 0.1:
+            recent.append(None)
+        elif kind < 0.2:
+            recent.append([])
+        else:
+            recent.append(
+                [f"i{i}" if i < 30 else "unknown" for i in rng.integers(0, 33, rng.integers(1, 25))]
+            )
+    monkeypatch.setattr(data, "HISTORY_BLOCK_ROWS", 64)  # several blocks, the last one short
+    arrow = pa.chunked_array([pa.array(recent[:100]), pa.array(recent[100:])])
+    for length in (0, 1, 5, 40):
+        expected = _visible_histories_row_by_row(recent, users, index, visible, length)
+        for given in (arrow, pd.Series(recent, dtype=object)):
+            np.testing.assert_array_equal(
+                data.visible_histories(given, users, index, visible, length), expected
+            )
+        narrow = data.visible_histories(arrow, users, index, visible, length, dtype=np.int32)
+        assert narrow.dtype == np.int32
+        np.testing.assert_array_equal(narrow, expected)
+    assert (expected[:, -1] > 0).sum() > n // 2  # the test data does keep histories
