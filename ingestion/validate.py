@@ -44,9 +44,8 @@ log = logging.getLogger(__name__)
 KNOWLEDGE_GRAPH_FILE = "knowledge_graph.parquet"
 MAX_EPOCH_SECONDS = 9.2e9  # pd.Timestamp.max is 2262-04-11 (9.22e9 s after 1970)
 SCHEMA_FILE = "schema.json"
-# Interaction rows validated at a time. Peak memory is a chunk's (a few hundred bytes a row while its
-# strings are parsed) plus about 17 bytes per valid event: the duplicate check's hash and flag, and
-# the row's content hash (the data version).
+# Interaction rows validated at a time. Peak memory is one chunk's working set plus about 17 bytes per
+# valid event: the duplicate check's hash (8) and flag (1), and the row's content hash (8).
 CHUNK_ROWS = 1_000_000
 
 
@@ -578,7 +577,7 @@ def _quarantine_rows(frame: pd.DataFrame, reasons: pd.Series, table: str) -> pd.
 
 
 def _joined(frame: pd.DataFrame, separator: str) -> pd.Series:
-    """Each row's values joined by ``separator`` (vectorised: a row-wise ``agg`` is 100x slower)."""
+    """Each row's values joined by ``separator``, column by column (a row-wise ``agg`` builds a Series per row)."""
     first, *others = (frame[column] for column in frame.columns)
     return first.str.cat(others, sep=separator) if others else first
 
