@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline.artifacts import Split
-from training.split import PARTS, VISIBLE_PARTS, SplitIndex, interaction_matrix, read_part
+from training.split import PARTS, VISIBLE_PARTS, SplitIndex, interaction_matrix, read_part, read_part_table
 
 EVAL_COLUMNS = ["event_id", "user_id", "item_id", "event_timestamp", "recent_items"]
 
@@ -164,7 +164,6 @@ def _require_visible_histories(split: Split) -> None:
 
 
 def _has_column(split: Split, part: str, column: str) -> bool:
-    import pyarrow.parquet as pq
 
     return column in pq.read_schema(getattr(split, part)).names
 
@@ -516,14 +515,6 @@ def build_example_set(
     return ExampleSet(
         frame, index, history_items, exclusions, history_length, num_negatives, seed, recent=recent
     )
-
-
-def read_part_table(split: Split, part: str, columns: list[str]) -> pa.Table:
-    """``read_part`` as an Arrow table: the same rows in the same (time, event_id) order."""
-    if part not in PARTS:
-        raise ValueError(f"unknown split part {part!r}; use one of {PARTS}")
-    table = pq.read_table(getattr(split, part), columns=columns)
-    return table.sort_by([("event_timestamp", "ascending"), ("event_id", "ascending")])
 
 
 def sample_negatives(
