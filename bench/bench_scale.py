@@ -22,6 +22,9 @@ A watchdog polls every stage's resident memory and ends the stage when it passes
 (the machine is shared), or when it runs past ``--stage-timeout-s``; such a stage is reported as not
 finished, with the reason, and the later stages of that size are not run.
 
+``--on-kept-split``: no data stages; each model trains and is evaluated on the split that the last run
+of that size left in ``--data`` (a model added to a long run without repeating its data stages).
+
 Writes ``bench/results/scale.json`` and ``bench/results/scale.md``: per stage and size the wall
 seconds and peak RSS, and the log-log slope between consecutive sizes (1.0 = linear).
 
@@ -182,6 +185,16 @@ def generate(spec: tuple[int, int, int], data: Path) -> tuple[Path, dict[str, An
     return directory, {"status": "reused"}
 
 
+def kept_split(directory: Path) -> tuple[Path, str]:
+    """The split an earlier run of this size left in its home, and the model whose run made it."""
+    found = sorted((directory / "home" / "runs").glob(f"*/{RUN_ID}/split.json"))
+    if len(found) != 1:
+        raise SystemExit(
+            f"--on-kept-split: expected one split under {directory / 'home'}, found {len(found)}"
+        )
+    return found[0], found[0].parent.parent.name
+
+
 def bench_size(
     spec: tuple[int, int, int],
     data: Path,
@@ -189,11 +202,20 @@ def bench_size(
     models: list[str],
     rss_limit_mb: float,
     timeout_s: float,
+    on_kept_split: bool = False,
 ) -> dict[str, Any]:
     directory, generated = generate(spec, data)
-    shutil.rmtree(directory / "home", ignore_errors=True)  # every stage does its work (no reuse)
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", PYTHONPATH=str(REPO))
     outputs: dict[str, str] = {}
+    split_from = None
+    if on_kept_split:
+        # Training and evaluation only, on the split of an earlier run (whose result holds the data
+        # stages' costs); the baselines come from that split's cache, as for a later model.
+        split_path, split_from = kept_split(directory)
+        outputs["split"] = str(split_path)
+        stages = [stage for stage in stages if stage in ("train", "evaluate")]
+    else:
+        shutil.rmtree(directory / "home", ignore_errors=True)  # every stage does its work (no reuse)
     inputs_of = {
         "ingest": [],
         "validate": ["ingest"],
@@ -202,14 +224,14 @@ def bench_size(
         "train": ["split"],
         "evaluate": ["train", "split"],
     }
-    first = models[0]
+    first = split_from or models[0]  # the model whose evaluation fits the baselines
     # The data stages once (under the first model's run), then training and evaluation per model.
     plan = [(stage, first) for stage in stages if stage not in ("train", "evaluate")]
     plan += [(stage, model) for model in models for stage in stages if stage in ("train", "evaluate")]
     results: dict[str, Any] = {"generate": generated}
     for stage, model in plan:
-        key = stage_key(stage, model, first)
-        needed = [stage_key(n, model, first) for n in inputs_of[stage]]
+        key = stage_key(stage, model, models[0])
+        needed = [stage_key(n, model, models[0]) for n in inputs_of[stage]]
         if any(n not in outputs for n in needed):
             results[key] = {
                 "status": f"not run: {', '.join(n for n in needed if n not in outputs)} did not finish"
@@ -224,7 +246,7 @@ def bench_size(
         if result["status"] == "ok":
             outputs[key] = result.pop("output")
         results[key] = result
-    return {
+    run = {
         "events": spec[0],
         "items": spec[1],
         "users": spec[2],
@@ -232,6 +254,9 @@ def bench_size(
         "models": models,
         "stages": results,
     }
+    if split_from:
+        run["split_from"] = split_from
+    return run
 
 
 def slope(a: float | None, b: float | None, n_a: int, n_b: int) -> float | None:
@@ -264,10 +289,11 @@ def rows_of(runs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
                 continue
             rows.append((f"{stage} ({model})", key, ""))
             if stage == "evaluate":
-                parts = list(EVALUATION_PARTS) if model == models[0] else ["inputs", "model"]
+                fits_baselines = model == models[0] and not runs[0].get("split_from")
+                parts = list(EVALUATION_PARTS) if fits_baselines else ["inputs", "model"]
                 rows += [(f"  evaluate: {EVALUATION_PARTS[part]}", key, part) for part in parts]
-    for model in models:
-        rows.append((f"**whole pipeline ({model})**", f"total:{model}", ""))
+    if not runs[0].get("split_from"):
+        rows += [(f"**whole pipeline ({model})**", f"total:{model}", "") for model in models]
     return rows
 
 
@@ -353,6 +379,13 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]]) -> str:
         "",
         "Slope = log(cost at the larger size / cost at the smaller) / log(events ratio); 1.0 = linear.",
     ]
+    if split_from := runs[0].get("split_from"):
+        lines += [
+            "",
+            f"Training and evaluation only (`--on-kept-split`): on the split that an earlier run ({split_from}'s, "
+            "the same data) left, whose result holds the data stages' costs and the baselines' fit; a "
+            "model's whole pipeline is that result's data stages and baselines plus its rows here.",
+        ]
     if notes:
         lines += ["", "Stages that did not finish:", "", *notes]
     lines += ["", f"Command: `{meta['command']}` at git `{meta['code_commit']}`.", ""]
@@ -372,6 +405,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rss-limit-mb", type=float, default=14_000)
     parser.add_argument("--stage-timeout-s", type=float, default=1_800)
     parser.add_argument("--out", type=Path, default=RESULTS / "scale")
+    parser.add_argument(
+        "--on-kept-split",
+        action="store_true",
+        help="train and evaluate --models on the split an earlier run of each size left in --data",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--input", action="append", default=[], help=argparse.SUPPRESS)
@@ -391,7 +429,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     args.data.mkdir(parents=True, exist_ok=True)
     runs = [
-        bench_size(spec, args.data, stages, models, args.rss_limit_mb, args.stage_timeout_s)  # type: ignore[arg-type]
+        bench_size(
+            spec, args.data, stages, models, args.rss_limit_mb, args.stage_timeout_s, args.on_kept_split
+        )  # type: ignore[arg-type]
         for spec in specs
     ]
     meta = {
