@@ -81,6 +81,7 @@ MEASURES: dict[str, Measures] = {
     "scaling": Measures("bench/bench_scaling.py", ("training/", TORCH_OPTIONS)),
     "scale": SCALE,
     "scale_models": SCALE,  # BPR and TwoTower through the same stages, at the sizes that fit a session
+    "scale_projection": Measures("bench/project_scale.py", ("bench/bench_scale.py", *(SCALE.paths or ()))),
     "scale_twotower": SCALE,  # TwoTower trained and evaluated on the split the scale run left (--on-kept-split)
     "drift_calibration": Measures("bench/bench_drift.py", ("monitoring/",)),
     "serving": SERVING,
