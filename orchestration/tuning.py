@@ -341,11 +341,23 @@ def main(argv: list[str] | None = None) -> int:
         "--search", choices=SEARCHES, default=None, help="default: the config's tuning.search"
     )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="pipeline override")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="HPARAM=[V1,V2]",
+        help="a grid of its own instead of the YAML's tuning_grid (as the DAG's form gives one); repeatable",
+    )
     parser.add_argument("--run-id", default=None)
     args = parser.parse_args(argv)
     overrides = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.set)}
+    grid = {k: yaml.safe_load(v) for k, _, v in (item.partition("=") for item in args.grid)}
+    if bad := [k for k, v in grid.items() if not isinstance(v, list) or not v]:
+        parser.error(f"--grid {', '.join(bad)}: give a non-empty list, e.g. --grid negatives=[4,16,64]")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    path = run_tuning(args.model, args.run_id, overrides or None, args.max_candidates, search=args.search)
+    path = run_tuning(
+        args.model, args.run_id, overrides or None, args.max_candidates, grid=grid or None, search=args.search
+    )
     tuning = json.loads(path.read_text())
     for c in tuning["candidates"]:
         mark = "*" if c["id"] == tuning["winner"]["id"] else " "

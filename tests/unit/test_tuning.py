@@ -142,3 +142,25 @@ def test_pick_best_breaks_ties_towards_the_earlier_candidate(tmp_path: Path):
     assert result["winner"]["id"] == "c00"
     with pytest.raises(ValueError, match="no candidate finished"):
         tuning.pick_best("bpr", "t3", [], overrides)
+
+
+def test_the_command_line_grid_replaces_the_yaml_grid_and_rejects_a_non_list(monkeypatch, capsys):
+    calls: list[dict] = []
+
+    def run_tuning(model, run_id, overrides, max_candidates, grid=None, search=None):  # type: ignore[no-untyped-def]
+        calls.append({"model": model, "grid": grid, "max_candidates": max_candidates})
+        raise SystemExit(0)  # what it was given is the point, not a training run
+
+    monkeypatch.setattr(tuning, "run_tuning", run_tuning)
+    with pytest.raises(SystemExit):
+        tuning.main(
+            ["gsasrec", "--grid", "negatives=[4, 8, 32]", "--grid", "gbce_t=[0.0]", "--max-candidates", "3"]
+        )
+    assert calls == [
+        {"model": "gsasrec", "grid": {"negatives": [4, 8, 32], "gbce_t": [0.0]}, "max_candidates": 3}
+    ]
+
+    with pytest.raises(SystemExit) as exit_:
+        tuning.main(["gsasrec", "--grid", "negatives=16"])
+    assert exit_.value.code == 2 and "give a non-empty list" in capsys.readouterr().err
+    assert len(calls) == 1  # the bad grid never reached a tuning run
