@@ -81,7 +81,8 @@ MEASURES: dict[str, Measures] = {
     "scaling": Measures("bench/bench_scaling.py", ("training/", TORCH_OPTIONS)),
     "scale": SCALE,
     "scale_models": SCALE,  # BPR and TwoTower through the same stages, at the sizes that fit a session
-    "scale_projection": Measures("bench/project_scale.py", ("bench/bench_scale.py", *(SCALE.paths or ()))),
+    # Arithmetic on the scale run's results: stale when the script or the results it reads change.
+    "scale_projection": Measures("bench/project_scale.py", ("bench/results/scale.json",)),
     "scale_twotower": SCALE,  # TwoTower trained and evaluated on the split the scale run left (--on-kept-split)
     "drift_calibration": Measures("bench/bench_drift.py", ("monitoring/",)),
     "serving": SERVING,

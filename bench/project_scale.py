@@ -13,8 +13,9 @@ two sizes is an estimate, and the farther the projection the rougher it is. The 
 of magnitude at which a stage passes the machine's memory or a day of wall time, which is where
 docs/scaling.md's switches (a distributed offline store, sharded training, more executors) begin.
 
-Writes ``bench/results/scale_projection.json`` and ``.md``, with the commit of the scale run it
-projects (no new measurement: rerun this script after every rerun of the scale bench).
+Writes ``bench/results/scale_projection.json`` and ``.md``, with the commit this script ran at and the
+scale run's own (no new measurement: rerun this script after every rerun of the scale bench; the
+results check counts a newer ``scale.json`` as making the projection stale).
 
 Usage:
     .venv/bin/python bench/project_scale.py [--scale bench/results/scale.json] [--events 100000000,1000000000]
@@ -32,6 +33,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 sys.path[:0] = [str(Path(__file__).resolve().parent)]
 
 from bench_scale import rows_of, slope, value  # noqa: E402
+
+from pipeline.provenance import code_commit  # noqa: E402  (bench_scale put the repository on the path)
 
 DAY_S = 24 * 3600.0
 
@@ -90,8 +93,9 @@ def project(scale: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
             }
         rows.append(row)
     return {
+        "code_commit": code_commit(),  # of this script's run; the scale run's own is under "source"
         "source": {
-            "code_commit": scale["meta"]["code_commit"],
+            "scale_run_commit": scale["meta"]["code_commit"],
             "command": scale["meta"]["command"],
             "machine": scale["meta"]["machine"],
             "cpus": scale["meta"]["cpus"],
@@ -154,7 +158,7 @@ def markdown(projection: dict[str, Any]) -> str:
         "# The scale run carried to 100M and 1B events",
         "",
         f"Projected, not measured: each stage's wall seconds and peak RSS at {b / 1e6:g}M events in "
-        f"`bench/results/scale.md` (the scale run at commit `{src['code_commit']}`: {src['machine']}, {src['cpus']} CPUs, "
+        f"`bench/results/scale.md` (the scale run's commit: `{src['scale_run_commit']}`; {src['machine']}, {src['cpus']} CPUs, "
         f"{src['memory_gb']:.0f} GiB, {src['generated']}), times (N / {b / 1e6:g}M) to the power of the "
         f"stage's slope from {a / 1e6:g}M to {b / 1e6:g}M events (a negative slope counted as 0). The "
         f"bench's logs grow users and items with the events ({projection['catalogue_at_largest']['items']:,} "
@@ -193,7 +197,8 @@ def markdown(projection: dict[str, Any]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Command: `python bench/project_scale.py` on the scale run `{src['command']}`.",
+        f"Command: `python bench/project_scale.py` at commit `{projection['code_commit']}`, on the scale run "
+        f"`{src['command']}`.",
         "",
     ]
     return "\n".join(lines)
