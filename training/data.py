@@ -41,7 +41,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline.artifacts import Split
-from training.split import PARTS, VISIBLE_PARTS, SplitIndex, interaction_matrix, read_part, read_part_table
+from training.split import PARTS, VISIBLE_PARTS, SplitIndex, interaction_matrix, part_order, read_part
 
 EVAL_COLUMNS = ["event_id", "user_id", "item_id", "event_timestamp", "recent_items"]
 
@@ -427,25 +427,18 @@ class ExampleSet:
         self,
         frame: pd.DataFrame,
         index: SplitIndex,
-        history_items: sp.csr_matrix,
+        history: np.ndarray,
         exclusions: sp.csr_matrix,
-        history_length: int,
         num_negatives: int,
         seed: int,
-        recent: pa.ChunkedArray | None = None,
     ) -> None:
-        """``recent``: the rows' ``recent_items`` lists as Arrow (default: ``frame``'s column, if any)."""
+        """``history``: (rows, history_length) item indices of each row of ``frame`` (``visible_histories``)."""
         self.users = index.users_of(frame)
         self.items = index.items_of(frame)
         self.ratings = frame["rating"].to_numpy(dtype=np.float32, na_value=np.nan)
         self.n_items = index.n_items
         self.num_negatives = num_negatives
-        if recent is None:
-            recent = frame["recent_items"] if "recent_items" in frame else pd.Series([[]] * len(frame))
-        # int32 item indices: half the memory of the (examples x history_length) table; batches widen.
-        self.history = visible_histories(
-            recent, self.users, index, history_items, history_length, dtype=np.int32
-        )
+        self.history = history
         self.exclusion_keys = _sorted_keys(exclusions)
         self.rng = np.random.default_rng(seed)
 
@@ -486,9 +479,6 @@ class _ExampleDataset(Dataset):
         return self.examples.batch(np.asarray(rows))
 
 
-EXAMPLE_COLUMNS = ["event_id", "user_id", "item_id", "event_timestamp", "rating", "recent_items"]
-
-
 def build_example_set(
     split: Split, part: str, history_length: int = 50, num_negatives: int = 1, seed: int = 2026
 ) -> ExampleSet:
@@ -504,17 +494,21 @@ def build_example_set(
     _require_visible_histories(split)
     index = SplitIndex.load(split)
     ids = ["event_id", "user_id", "item_id", "event_timestamp"]
-    parts = {name: read_part(split, name, ids) for name in PARTS[: PARTS.index(part) + 1]}
-    history_items = interaction_matrix(pd.concat([parts[p] for p in VISIBLE_PARTS[part]]), index)
-    exclusions = history_items if part == "train" else interaction_matrix(pd.concat(parts.values()), index)
-    columns = EXAMPLE_COLUMNS if _has_column(split, part, "recent_items") else EXAMPLE_COLUMNS[:-1]
-    # The histories stay Arrow lists: as pandas they would be a Python string per history item.
-    table = read_part_table(split, part, columns)
-    recent = table.column("recent_items") if "recent_items" in table.column_names else None
-    frame = table.drop_columns(["recent_items"] if recent is not None else []).to_pandas()
-    return ExampleSet(
-        frame, index, history_items, exclusions, history_length, num_negatives, seed, recent=recent
-    )
+    parts = {name: read_part(split, name, ids) for name in PARTS[: PARTS.index(part)]}
+    parts[part] = frame = read_part(split, part, ids + ["rating"])
+    history_items = _matrix_of([parts[p] for p in VISIBLE_PARTS[part]], index)
+    exclusions = history_items if part == "train" else _matrix_of(list(parts.values()), index)
+    users = index.users_of(frame)
+    # int32 item indices: half the memory of the (examples x history_length) table; batches widen.
+    if _has_column(split, part, "recent_items"):
+        history = part_histories(split, part, users, index, history_items, history_length, dtype=np.int32)
+    else:
+        history = np.zeros((len(frame), history_length), dtype=np.int32)
+    return ExampleSet(frame, index, history, exclusions, num_negatives, seed)
+
+
+def _matrix_of(frames: list[pd.DataFrame], index: SplitIndex) -> sp.csr_matrix:
+    return interaction_matrix(frames[0] if len(frames) == 1 else pd.concat(frames), index)
 
 
 def sample_negatives(
@@ -573,6 +567,34 @@ def visible_histories(
         from_end = np.cumsum(np.bincount(rows, minlength=len(lengths)))[rows] - np.arange(len(rows)) - 1
         newest = from_end < length
         out[start + rows[newest], length - 1 - from_end[newest]] = codes[newest]
+    return out
+
+
+def part_histories(
+    split: Split,
+    part: str,
+    users: np.ndarray,
+    index: SplitIndex,
+    visible: sp.csr_matrix,
+    length: int,
+    dtype: type[np.integer] = np.int64,
+) -> np.ndarray:
+    """``visible_histories`` of every row of ``part``, in ``read_part``'s row order (``users``: its users).
+
+    The ``recent_items`` lists are read from the file ``HISTORY_BLOCK_ROWS`` rows at a time and each
+    block's histories are placed at its rows' positions in that order: the lists of the whole part (as
+    strings, the largest column of the split) are never in memory at once, nor a sorted copy of them."""
+    position = np.empty(len(users), dtype=np.int64)
+    position[part_order(split, part)] = np.arange(len(users))
+    out = np.zeros((len(users), length), dtype=dtype)
+    done = 0
+    batches = pq.ParquetFile(getattr(split, part)).iter_batches(
+        batch_size=HISTORY_BLOCK_ROWS, columns=["recent_items"]
+    )
+    for batch in batches:
+        rows = position[done : done + batch.num_rows]
+        out[rows] = visible_histories(batch.column(0), users[rows], index, visible, length, dtype)
+        done += batch.num_rows
     return out
 
 

@@ -12,7 +12,7 @@ import pytest
 from pipeline.artifacts import FeatureSet, Split
 from pipeline.config import SplitConfig
 from pipeline.layout import Layout
-from training.split import SplitIndex, make_split, train_matrix
+from training.split import SplitIndex, interaction_matrix, make_split, read_part, train_matrix
 
 PROTOCOLS = ["temporal", "leave_last_out", "random_holdout"]
 
@@ -342,3 +342,41 @@ def test_visible_histories_match_the_row_by_row_definition(seed: int, monkeypatc
         assert narrow.dtype == np.int32
         np.testing.assert_array_equal(narrow, expected)
     assert (expected[:, -1] > 0).sum() > n // 2  # the test data does keep histories
+
+
+@pytest.mark.parametrize("part", ["train", "test"])
+def test_example_histories_are_read_in_blocks_in_the_parts_order_whatever_the_files(
+    part: str, feature_set: FeatureSet, layout: Layout, monkeypatch
+) -> None:
+    """build_example_set streams a part's recent_items in blocks of file rows and places each block's
+    histories at its rows' places in read_part's (time, event_id) order: a part file in that order and
+    the same rows shuffled give the same examples, each history the row-by-row definition."""
+    import training.data as data
+
+    split = make_split(feature_set, SplitConfig(protocol="random_holdout"), layout)
+    monkeypatch.setattr(data, "HISTORY_BLOCK_ROWS", 37)  # many blocks, the last one short
+    length = 5
+    as_written = data.build_example_set(split, part, history_length=length)
+    path = Path(getattr(split, part))
+    rows = pd.read_parquet(path)
+    assert len(rows) > 3 * 37
+    rows.sample(frac=1.0, random_state=7).to_parquet(path, index=False)  # no longer in time order
+    shuffled = data.build_example_set(split, part, history_length=length)
+
+    ordered = read_part(split, part)
+    index = SplitIndex.load(split)
+    seen = ["train"] if part == "train" else ["train", "valid"]
+    visible = interaction_matrix(pd.concat([read_part(split, p) for p in seen]), index)
+    expected = _visible_histories_row_by_row(
+        [None if r is None else list(r) for r in ordered["recent_items"]],
+        index.users_of(ordered),
+        index,
+        visible,
+        length,
+    )
+    assert (expected[:, -1] > 0).sum() > len(ordered) // 2  # the histories are not all padding
+    for examples in (as_written, shuffled):
+        np.testing.assert_array_equal(examples.users, index.users_of(ordered))
+        np.testing.assert_array_equal(examples.items, index.items_of(ordered))
+        np.testing.assert_array_equal(examples.history, expected)
+        assert examples.history.dtype == np.int32
