@@ -330,11 +330,12 @@ def markdown(meta: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     sizes = [
         f"{r['events'] / 1e6:g}M ev / {r['items'] / 1e3:g}k items / {r['users'] / 1e3:g}k users" for r in runs
     ]
+    home = "the home the earlier run left" if runs and runs[0].get("split_from") else "a fresh RECFORGE_HOME"
     lines = [
         "# The pipeline's data stages at growing log sizes",
         "",
         f"Synthetic shop logs (`recforge example synthetic`), sizes: {'; '.join(sizes)}. Each stage ran in a "
-        "fresh process, one at a time, on a fresh RECFORGE_HOME per size; wall = seconds of the stage, "
+        f"fresh process, one at a time, on {home} per size; wall = seconds of the stage, "
         "RSS = the stage process's peak resident memory (`VmHWM`). Models: "
         f"{', '.join(models_of(runs))}; each trains one epoch (sparse id tables), 2 torch threads; the "
         "evaluation is `training/evaluate.py` as it is (full ranking, all test users, 2 torch threads) "

@@ -69,6 +69,7 @@ def test_a_model_on_a_kept_split_runs_only_training_and_evaluation_there(
         "evaluate: model ranking",
     ]
     assert "**whole pipeline" not in text and "on the split that an earlier run (bpr's" in text
+    assert "on the home the earlier run left per size" in text
 
 
 def test_a_full_run_wipes_the_home_and_runs_every_stage(bench, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
