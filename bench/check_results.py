@@ -80,10 +80,9 @@ MEASURES: dict[str, Measures] = {
     "training": Measures("bench/bench_training.py", ("training/", "configs/models/", TORCH_OPTIONS)),
     "scaling": Measures("bench/bench_scaling.py", ("training/", TORCH_OPTIONS)),
     "scale": SCALE,
-    "scale_models": SCALE,  # BPR and TwoTower through the same stages, at the sizes that fit a session
     # Arithmetic on the scale run's results: stale when the script or the results it reads change.
     "scale_projection": Measures("bench/project_scale.py", ("bench/results/scale.json",)),
-    "scale_twotower": SCALE,  # TwoTower trained and evaluated on the split the scale run left (--on-kept-split)
+    "scale_twotower": SCALE,  # TwoTower trained and evaluated on the splits the scale run left (--on-kept-split)
     "drift_calibration": Measures("bench/bench_drift.py", ("monitoring/",)),
     "serving": SERVING,
     "serving_two_stage": SERVING,
