@@ -41,7 +41,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from pipeline.artifacts import Split
-from training.split import PARTS, VISIBLE_PARTS, SplitIndex, interaction_matrix, part_order, read_part
+from training.split import (
+    PARTS,
+    VISIBLE_PARTS,
+    SplitIndex,
+    interaction_matrix,
+    part_order,
+    read_part,
+    search_sorted,
+)
 
 EVAL_COLUMNS = ["event_id", "user_id", "item_id", "event_timestamp", "recent_items"]
 
@@ -607,7 +615,7 @@ def _sorted_keys(matrix: sp.csr_matrix) -> np.ndarray:
 def _member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     if len(sorted_keys) == 0:
         return np.zeros(len(keys), dtype=bool)
-    pos = np.searchsorted(sorted_keys, keys).clip(max=len(sorted_keys) - 1)
+    pos = search_sorted(sorted_keys, keys).clip(max=len(sorted_keys) - 1)
     return sorted_keys[pos] == keys
 
 

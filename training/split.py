@@ -193,6 +193,20 @@ def timestamps_ns(values: pa.ChunkedArray | pa.Array | pd.Series) -> np.ndarray:
     return values.cast(pa.int64()).to_numpy() * scale
 
 
+def search_sorted(
+    haystack: np.ndarray, needles: np.ndarray, side: str = "left", order: np.ndarray | None = None
+) -> np.ndarray:
+    """``np.searchsorted(haystack, needles, side)``, with the needles searched in ascending order.
+
+    Why: NumPy's binary search starts from the previous needle's position when the needles ascend, so
+    sorted needles walk the haystack once, in the cache; needles in random order miss the cache at
+    every step once the haystack outgrows it. ``order``: an argsort of ``needles`` the caller has."""
+    order = np.argsort(needles, kind="stable") if order is None else order
+    positions = np.empty(len(needles), dtype=np.intp)
+    positions[order] = np.searchsorted(haystack, needles[order], side=side)  # type: ignore[call-overload]
+    return positions
+
+
 class UserTimelines:
     """Every event of the split by user, in (time, event_id) order: where each row's history lies.
 
@@ -208,7 +222,7 @@ class UserTimelines:
         self.order = order
         self.distinct_times = np.unique(times)
         self.stride = len(self.distinct_times) + 1
-        ranks = np.searchsorted(self.distinct_times, times[order])
+        ranks = search_sorted(self.distinct_times, times[order])
         self.keys = user_codes[order].astype(np.int64) * self.stride + ranks
         self.items = items.take(pa.array(order))
 
@@ -216,9 +230,12 @@ class UserTimelines:
         """Per row: where its user's timeline starts, where its events at or after ``times`` begin, and
         where the timeline ends."""
         base = user_codes.astype(np.int64) * self.stride
-        start = np.searchsorted(self.keys, base, side="left")
-        before = np.searchsorted(self.keys, base + np.searchsorted(self.distinct_times, times), side="left")
-        end = np.searchsorted(self.keys, base + self.stride, side="left")
+        # One order for the three searches: rows come in time order, so rows of one user keep their
+        # time order and base + rank ascends in it too (any order gives the same positions).
+        order = np.argsort(base, kind="stable")
+        start = search_sorted(self.keys, base, order=order)
+        before = search_sorted(self.keys, base + np.searchsorted(self.distinct_times, times), order=order)
+        end = search_sorted(self.keys, base + self.stride, order=order)
         return start, before, end
 
     def without_hidden(

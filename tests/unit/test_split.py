@@ -380,3 +380,17 @@ def test_example_histories_are_read_in_blocks_in_the_parts_order_whatever_the_fi
         np.testing.assert_array_equal(examples.items, index.items_of(ordered))
         np.testing.assert_array_equal(examples.history, expected)
         assert examples.history.dtype == np.int32
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_search_sorted_gives_numpys_positions_for_needles_in_any_order(side: str) -> None:
+    from training.split import search_sorted
+
+    rng = np.random.default_rng(3)
+    haystack = np.sort(rng.integers(0, 50, 400))  # many repeats: left and right differ
+    needles = rng.integers(-5, 55, 1000)  # out of order, with repeats and values outside the haystack
+    expected = np.searchsorted(haystack, needles, side=side)
+    np.testing.assert_array_equal(search_sorted(haystack, needles, side=side), expected)
+    order = np.argsort(needles, kind="stable")
+    np.testing.assert_array_equal(search_sorted(haystack, needles, side=side, order=order), expected)
+    assert search_sorted(haystack, needles[:0], side=side).shape == (0,)
