@@ -563,18 +563,42 @@ def visible_histories(
     out = np.zeros((len(recent), length), dtype=dtype)
     for start in range(0, len(recent), HISTORY_BLOCK_ROWS):
         block = recent.slice(start, HISTORY_BLOCK_ROWS)
-        lengths = pc.fill_null(pc.list_value_length(block), 0).to_numpy().astype(np.int64)
-        flat = pc.cast(pc.list_flatten(block), pa.string())
-        codes = pc.fill_null(pc.add(pc.index_in(flat, value_set=catalogue), 1), 0).to_numpy()
-        codes = codes.astype(np.int64)
-        rows = np.repeat(np.arange(len(lengths)), lengths)
-        keys = users[start + rows] * (index.n_items + 1) + codes
-        kept = _member(visible_keys, keys) & (codes > 0)
-        codes, rows = codes[kept], rows[kept]
-        # The newest ``length`` kept items of each row, the newest in the last column.
-        from_end = np.cumsum(np.bincount(rows, minlength=len(lengths)))[rows] - np.arange(len(rows)) - 1
-        newest = from_end < length
-        out[start + rows[newest], length - 1 - from_end[newest]] = codes[newest]
+        out[start : start + len(block)] = _block_histories(
+            block,
+            users[start : start + len(block)],
+            catalogue,
+            visible_keys,
+            index.n_items,
+            out.dtype,
+            length,
+        )
+    return out
+
+
+def _block_histories(
+    block: pa.ChunkedArray | pa.Array,
+    users: np.ndarray,
+    catalogue: pa.Array,
+    visible_keys: np.ndarray,
+    n_items: int,
+    dtype: np.dtype,
+    length: int,
+) -> np.ndarray:
+    """``visible_histories`` of one block of lists, given the catalogue and the visible keys (computed
+    once per call of the callers, not once per block)."""
+    out = np.zeros((len(block), length), dtype=dtype)
+    lengths = pc.fill_null(pc.list_value_length(block), 0).to_numpy().astype(np.int64)
+    flat = pc.cast(pc.list_flatten(block), pa.string())
+    codes = pc.fill_null(pc.add(pc.index_in(flat, value_set=catalogue), 1), 0).to_numpy()
+    codes = codes.astype(np.int64)
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    keys = users[rows] * (n_items + 1) + codes
+    kept = _member(visible_keys, keys) & (codes > 0)
+    codes, rows = codes[kept], rows[kept]
+    # The newest ``length`` kept items of each row, the newest in the last column.
+    from_end = np.cumsum(np.bincount(rows, minlength=len(lengths)))[rows] - np.arange(len(rows)) - 1
+    newest = from_end < length
+    out[rows[newest], length - 1 - from_end[newest]] = codes[newest]
     return out
 
 
@@ -595,13 +619,17 @@ def part_histories(
     position = np.empty(len(users), dtype=np.int64)
     position[part_order(split, part)] = np.arange(len(users))
     out = np.zeros((len(users), length), dtype=dtype)
+    catalogue = pa.array(index.item_ids, type=pa.string())
+    visible_keys = _sorted_keys(visible)  # once for the part, not once per block
     done = 0
     batches = pq.ParquetFile(getattr(split, part)).iter_batches(
         batch_size=HISTORY_BLOCK_ROWS, columns=["recent_items"]
     )
     for batch in batches:
         rows = position[done : done + batch.num_rows]
-        out[rows] = visible_histories(batch.column(0), users[rows], index, visible, length, dtype)
+        out[rows] = _block_histories(
+            batch.column(0), users[rows], catalogue, visible_keys, index.n_items, out.dtype, length
+        )
         done += batch.num_rows
     return out
 
