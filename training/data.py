@@ -51,8 +51,6 @@ from training.split import (
     search_sorted,
 )
 
-EVAL_COLUMNS = ["event_id", "user_id", "item_id", "event_timestamp", "recent_items"]
-
 
 @dataclass
 class EvalInputs:
@@ -135,22 +133,24 @@ def build_eval_inputs(
     parts = {name: read_part(split, name, ids) for name in visible}
     train = parts["train"]
     seen = interaction_matrix(pd.concat([parts[p] for p in visible]), index)
-    columns = EVAL_COLUMNS if _has_column(split, part, "recent_items") else EVAL_COLUMNS[:-1]
-    evaluated = read_part(split, part, columns)
-    users = index.users_of(evaluated)
-    has_train = np.diff(interaction_matrix(train, index).indptr) > 0
-    evaluated = evaluated[has_train[users]].reset_index(drop=True)
-    users = index.users_of(evaluated)
-    truth_all = interaction_matrix(evaluated, index)
-    user_list = np.unique(users)
+    evaluated = read_part(split, part, ids)
+    part_users = index.users_of(evaluated)
+    train_items = interaction_matrix(train, index)
+    has_train = np.diff(train_items.indptr) > 0
+    truth_all = interaction_matrix(evaluated[has_train[part_users]], index)
+    # Each user's earliest example in this part (rows in (time, event_id) order: the first occurrence).
+    user_list, first_row = np.unique(part_users, return_index=True)
+    first_row = first_row[has_train[user_list]]
+    user_list = user_list[has_train[user_list]]
     if max_users is not None and len(user_list) > max_users:
-        user_list = np.sort(np.random.default_rng(seed).choice(user_list, max_users, replace=False))
-    # Earliest example of each user in this part: rows are sorted by (time, event_id), take the first.
-    first_rows = evaluated.drop_duplicates("user_id", keep="first")
-    first_rows = first_rows.assign(_u=index.users_of(first_rows)).set_index("_u").loc[user_list]
-    recent = first_rows["recent_items"] if "recent_items" in first_rows else pd.Series([[]] * len(user_list))
-    history = visible_histories(recent, user_list, index, seen, history_length)
-    trained = np.asarray(interaction_matrix(train, index).sum(axis=0)).ravel() > 0
+        sample = np.sort(np.random.default_rng(seed).choice(len(user_list), max_users, replace=False))
+        user_list, first_row = user_list[sample], first_row[sample]
+    if _has_column(split, part, "recent_items"):
+        # Only the earliest row's list per user is read (in blocks): not the part's every list.
+        history = part_histories(split, part, part_users, index, seen, history_length, rows=first_row)
+    else:
+        history = np.zeros((len(user_list), history_length), dtype=np.int64)
+    trained = np.asarray(train_items.sum(axis=0)).ravel() > 0
     return EvalInputs(
         users=torch.from_numpy(user_list.astype(np.int64)),
         history=torch.from_numpy(history),
@@ -610,15 +610,24 @@ def part_histories(
     visible: sp.csr_matrix,
     length: int,
     dtype: type[np.integer] = np.int64,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``visible_histories`` of every row of ``part``, in ``read_part``'s row order (``users``: its users).
+    """``visible_histories`` of the rows of ``part``, in ``read_part``'s row order (``users``: its users,
+    one per row of the part). ``rows``: only these positions of that order, in the order given (one
+    history per evaluated user, say); every row when None.
 
     The ``recent_items`` lists are read from the file ``HISTORY_BLOCK_ROWS`` rows at a time and each
     block's histories are placed at its rows' positions in that order: the lists of the whole part (as
     strings, the largest column of the split) are never in memory at once, nor a sorted copy of them."""
     position = np.empty(len(users), dtype=np.int64)
     position[part_order(split, part)] = np.arange(len(users))
-    out = np.zeros((len(users), length), dtype=dtype)
+    # slot[p]: the output row of read_part position p, -1 where p is not asked for.
+    if rows is None:
+        slot = np.arange(len(users))
+    else:
+        slot = np.full(len(users), -1, dtype=np.int64)
+        slot[rows] = np.arange(len(rows))
+    out = np.zeros((len(users) if rows is None else len(rows), length), dtype=dtype)
     catalogue = pa.array(index.item_ids, type=pa.string())
     visible_keys = _sorted_keys(visible)  # once for the part, not once per block
     done = 0
@@ -626,11 +635,16 @@ def part_histories(
         batch_size=HISTORY_BLOCK_ROWS, columns=["recent_items"]
     )
     for batch in batches:
-        rows = position[done : done + batch.num_rows]
-        out[rows] = _block_histories(
-            batch.column(0), users[rows], catalogue, visible_keys, index.n_items, out.dtype, length
-        )
+        positions = position[done : done + batch.num_rows]
         done += batch.num_rows
+        wanted = np.flatnonzero(slot[positions] >= 0)
+        if len(wanted) == 0:
+            continue
+        lists = batch.column(0) if len(wanted) == batch.num_rows else batch.column(0).take(wanted)
+        positions = positions[wanted]
+        out[slot[positions]] = _block_histories(
+            lists, users[positions], catalogue, visible_keys, index.n_items, out.dtype, length
+        )
     return out
 
 

@@ -382,6 +382,45 @@ def test_example_histories_are_read_in_blocks_in_the_parts_order_whatever_the_fi
         assert examples.history.dtype == np.int32
 
 
+@pytest.mark.parametrize(("part", "max_users"), [("valid", None), ("valid", 7), ("test", None)])
+def test_evaluation_histories_are_each_users_earliest_list_read_in_blocks_whatever_the_file(
+    part: str, max_users: int | None, feature_set: FeatureSet, layout: Layout, monkeypatch
+) -> None:
+    """build_eval_inputs reads only each evaluated user's earliest recent_items list of the part, in
+    blocks of file rows: a part file in (time, event_id) order and the same rows shuffled give each user
+    the row-by-row definition of that list, and the truth of all the user's rows of the part."""
+    import training.data as data
+
+    split = make_split(feature_set, SplitConfig(protocol="random_holdout"), layout)
+    monkeypatch.setattr(data, "HISTORY_BLOCK_ROWS", 37)  # many blocks, the last one short
+    length = 5
+    as_written = data.build_eval_inputs(split, part, length, max_users=max_users, seed=3)
+    path = Path(getattr(split, part))
+    rows = pd.read_parquet(path)
+    assert len(rows) > 3 * 37
+    rows.sample(frac=1.0, random_state=7).to_parquet(path, index=False)  # no longer in time order
+    shuffled = data.build_eval_inputs(split, part, length, max_users=max_users, seed=3)
+
+    ordered = read_part(split, part)
+    index = SplitIndex.load(split)
+    seen = ["train"] if part == "valid" else ["train", "valid"]
+    visible = interaction_matrix(pd.concat([read_part(split, p) for p in seen]), index)
+    users = index.users_of(ordered)
+    earliest = {u: row for row, u in reversed(list(enumerate(users)))}  # first row of each user
+    for inputs in (as_written, shuffled):
+        chosen = inputs.users.numpy()
+        assert len(chosen) == (max_users or len(earliest)) and (np.diff(chosen) > 0).all()
+        first = [earliest[u] for u in chosen]
+        expected = _visible_histories_row_by_row(
+            [list(ordered["recent_items"][row]) for row in first], chosen, index, visible, length
+        )
+        assert (expected[:, -1] > 0).sum() > len(chosen) // 2  # the histories are not all padding
+        np.testing.assert_array_equal(inputs.history.numpy(), expected)
+        truth = interaction_matrix(ordered, index)[chosen]
+        assert (inputs.truth != truth).nnz == 0
+    np.testing.assert_array_equal(as_written.users, shuffled.users)
+
+
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_search_sorted_gives_numpys_positions_for_needles_in_any_order(side: str) -> None:
     from training.split import search_sorted
