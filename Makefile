@@ -74,11 +74,13 @@ MODEL ?=
 PROTOCOL ?= random_holdout
 # SEARCH=tpe: Optuna's TPE over the YAML's search_space (else its tuning_grid), TRIALS trials in the
 # config's tuning.rounds rounds, pruned on validation; the study persists in the run's study.db.
+# SEEDS=N: every candidate is trained at N training seeds and judged by their mean validation NDCG@10.
 SEARCH ?=
 TRIALS ?=
-tune: $(BIN)/.installed  ## make tune MODEL=lightgcn [PROTOCOL=leave_last_out] [SEARCH=tpe TRIALS=12]: validation-only search
-	@test -n "$(MODEL)" || { echo "usage: make tune MODEL=<model> [PROTOCOL=random_holdout|leave_last_out] [SEARCH=grid|tpe] [TRIALS=N]"; exit 2; }
-	$(BIN)/python -m orchestration.tuning $(MODEL) --set split.protocol=$(PROTOCOL) $(if $(SEARCH),--search $(SEARCH)) $(if $(TRIALS),--max-candidates $(TRIALS))
+SEEDS ?=
+tune: $(BIN)/.installed  ## make tune MODEL=lightgcn [PROTOCOL=leave_last_out] [SEARCH=tpe TRIALS=12] [SEEDS=3]: validation-only search
+	@test -n "$(MODEL)" || { echo "usage: make tune MODEL=<model> [PROTOCOL=random_holdout|leave_last_out] [SEARCH=grid|tpe] [TRIALS=N] [SEEDS=N]"; exit 2; }
+	$(BIN)/python -m orchestration.tuning $(MODEL) --set split.protocol=$(PROTOCOL) $(if $(SEARCH),--search $(SEARCH)) $(if $(TRIALS),--max-candidates $(TRIALS)) $(if $(SEEDS),--set tuning.training_seeds=$(SEEDS))
 
 # Running a benchmark is a decision (minutes to an hour; each rewrites its bench/results/ files).
 bench:  ## lists the benchmarks: what each measures, its commands (quick ones too), its results; runs none

@@ -49,6 +49,9 @@ The shared data stages, then {rounds} round(s) of **plan_candidates** and one ma
 task per candidate; the winner is picked on validation NDCG@10 (the test part is never used to choose)
 and only the winner is evaluated on test.
 
+`training_seeds` > 1 trains every candidate at that many training seeds (one mapped instance each)
+and judges it by their mean validation NDCG@10.
+
 `search` = `grid`: every candidate in the first round; the grid is `tuning_grid:` of
 `configs/models/{model}.yaml` when present (else learning rate × width around the defaults), or the
 `tuning_grid` field of the form, capped at `max_candidates`. `search` = `tpe`: Optuna's TPE sampler
@@ -87,6 +90,14 @@ def build_tuning_dag(model: str, settings: TuningConfig) -> DAG:
                 type="object",
                 description=f"hyperparameter -> list of values; empty = configs/models/{model}.yaml's grid",
             ),
+            "training_seeds": Param(
+                settings.training_seeds,
+                type="integer",
+                minimum=1,
+                maximum=10,
+                description="Train every candidate at this many training seeds and judge it by the mean "
+                "of their validation NDCG@10 (costs that many trainings per candidate).",
+            ),
             "hparams": Param({}, type="object", description="fixed overrides applied to every candidate"),
         },
         default_args={"owner": "recforge"},
@@ -117,12 +128,13 @@ def build_tuning_dag(model: str, settings: TuningConfig) -> DAG:
         # argument (the DAG's trigger-form values) and cannot be a mapped task argument.
         @task(
             doc_md="Train one candidate; returns the path of its train.json.",
-            map_index_template="{{ candidate_id }}",  # the UI lists mapped instances as c00, c01, ...
+            # The UI lists mapped instances as c00, c01, ... (c00-seed2027, ... for further training seeds).
+            map_index_template="{{ candidate_id }}",
         )
         def train_candidate(candidate: dict, split_manifest: str) -> str:
             from orchestration import tuning
 
-            get_current_context()["candidate_id"] = candidate["id"]
+            get_current_context()["candidate_id"] = candidate.get("run", candidate["id"])
             return tuning.train_candidate(model, _run_id(), split_manifest, candidate, run_overrides())
 
         @task(

@@ -22,6 +22,8 @@ PARAM_TO_CONFIG = {
     "strategy": "trainer.strategy",
     "sample_users": "source.sample_users",
     "min_lift_over_popularity": "gate.min_lift_over_popularity",
+    # the tuning DAGs' form
+    "training_seeds": "tuning.training_seeds",
     # the drift monitor's form
     "current_window_share": "monitoring.current_window_share",
     "data_drift_share_threshold": "monitoring.data_drift_share_threshold",

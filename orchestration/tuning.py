@@ -12,17 +12,22 @@ What ``recsys_tune_<model>`` (dags/recsys_tuning.py) runs, callable without Airf
      the YAML defaults; capped at ``max_candidates``;
    - ``tpe`` (``orchestration.search``): the round's share of ``max_candidates`` trials, asked of a
      persisted Optuna study after the previous round's results were told to it;
-3. ``train_candidate`` (one Airflow mapped task per candidate): trains it under the tuning run
-   directory and returns the path of its ``train.json`` — paths through XCom, never data. A TPE trial
-   reports every epoch's validation NDCG@10 and may be pruned;
+   With ``tuning.training_seeds`` = N > 1, each candidate is planned N times, at training seeds
+   ``trainer.seed``, +1, ..., +N-1 (``seeded_runs``);
+3. ``train_candidate`` (one Airflow mapped task per candidate and training seed): trains it under the
+   tuning run directory and returns the path of its ``train.json`` — paths through XCom, never data. A
+   TPE trial reports every epoch's validation NDCG@10 (of its first seed's training) and may be pruned;
 4. ``pick_best``: the candidate with the best ``valid/ndcg@10`` (early-stopping score of its best
-   checkpoint; pruned trials never win). The test part is never read to choose: choosing on test would
-   make the reported test number an optimistic, selected one. Writes ``tuning.json`` (every candidate
-   + the winner) and the winner's hyperparameters as a YAML override file (``best_params.yaml``);
-5. ``evaluate_winner``: full-ranking test evaluation of the winner only, next to the baselines.
+   checkpoint; the mean over its training seeds; pruned trials never win). The test part is never read
+   to choose: choosing on test would make the reported test number an optimistic, selected one. Writes
+   ``tuning.json`` (every candidate + the winner) and the winner's hyperparameters as a YAML override
+   file (``best_params.yaml``);
+5. ``evaluate_winner``: full-ranking test evaluation of the winner only (its training at
+   ``trainer.seed``), next to the baselines.
 
 Artifacts: ``$RECFORGE_HOME/runs/<model>/tune-<run id>/`` with ``candidates/<id>/`` (one training run
-each), ``tuning.json``, ``best_params.yaml``, ``evaluation.json`` and, for TPE, ``study.db``.
+each; ``candidates/<id>-seed<seed>/`` for the further training seeds), ``tuning.json``,
+``best_params.yaml``, ``evaluation.json`` and, for TPE, ``study.db``.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import itertools
 import json
 import logging
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -125,15 +131,45 @@ def _study(model: str, run_id: str, overrides: dict[str, Any] | None) -> tuple[A
 
 
 def _tell(model: str, run_id: str, train_manifests: list[str], overrides: dict[str, Any] | None) -> None:
-    """Report finished TPE trials to the study (grid candidates have no trial and are skipped)."""
+    """Report finished TPE trials to the study (grid candidates have no trial and are skipped); a trial
+    trained at several seeds is told the mean of their scores."""
     records = [r for r in map(_candidate_record, train_manifests) if r.get("trial") is not None]
     if not records:
         return
     from orchestration import search
 
     study, _ = _study(model, run_id, overrides)
-    for record in records:
+    for record in by_candidate(records):
         search.tell(study, record["trial"], record["valid_ndcg@10"], record["pruned"])
+
+
+def seeded_runs(
+    candidates: list[dict[str, Any]], first_seed: int, training_seeds: int
+) -> list[dict[str, Any]]:
+    """Each candidate once per training seed (``first_seed``, +1, ...), as the runs to train.
+
+    With one seed the candidates are returned as they are (trained at ``trainer.seed``, in
+    ``candidates/<id>/``). With more, every run carries its ``seed`` and its directory name ``run``:
+    ``<id>`` for the first seed, ``<id>-seed<seed>`` for the others; a TPE trial's pruning follows its
+    first seed's training only (one trial reports one value per epoch).
+    """
+    if training_seeds < 1:
+        raise ValueError(f"training_seeds must be >= 1, got {training_seeds}")
+    if training_seeds == 1:
+        return candidates
+    return [
+        {
+            **candidate,
+            "seed": first_seed + i,
+            "run": candidate["id"] if i == 0 else f"{candidate['id']}-seed{first_seed + i}",
+        }
+        for candidate in candidates
+        for i in range(training_seeds)
+    ]
+
+
+def _run_name(candidate: dict[str, Any]) -> str:
+    return str(candidate.get("run", candidate["id"]))
 
 
 def plan_round(
@@ -156,13 +192,15 @@ def plan_round(
     """
     if search not in SEARCHES:
         raise ValueError(f"search must be one of {SEARCHES}, got {search!r}")
+    cfg = run_context(model, run_id, overrides).cfg
     if search == "grid":
-        return candidate_grid(model, max_candidates, grid, base) if round_index == 0 else []
+        planned = candidate_grid(model, max_candidates, grid, base) if round_index == 0 else []
+        return seeded_runs(planned, cfg.trainer.seed, cfg.tuning.training_seeds)
     if max_candidates < 1:
         raise ValueError(f"max_candidates must be >= 1, got {max_candidates}")
     from orchestration import search as tpe
 
-    rounds = run_context(model, run_id, overrides).cfg.tuning.rounds
+    rounds = cfg.tuning.rounds
     declared = (
         load_search_space(model)
         or grid
@@ -176,7 +214,7 @@ def plan_round(
     for candidate in candidates:
         candidate["hparams"] = {**(base or {}), **candidate["hparams"]}
         model_params(model, candidate["hparams"])  # a wrong key or type fails here, before training
-    return candidates
+    return seeded_runs(candidates, cfg.trainer.seed, cfg.tuning.training_seeds)
 
 
 def train_candidate(
@@ -188,28 +226,31 @@ def train_candidate(
 ) -> str:
     """Train one candidate on the split; return the path of its ``train.json`` (what XCom carries).
 
-    A TPE trial (``candidate["trial"]``) reports each epoch's validation NDCG@10 to its study and stops
-    when pruned; ``search.json`` beside its ``train.json`` says whether it was.
+    ``candidate["seed"]``, when ``seeded_runs`` set one, is the training seed (else ``trainer.seed``). A
+    TPE trial (``candidate["trial"]``) reports each epoch's validation NDCG@10 of its first seed's
+    training to its study and stops when pruned; ``search.json`` beside its ``train.json`` says whether
+    it was.
     """
     from training.train import train_model
 
     cfg = run_context(model, run_id, overrides).cfg  # the settings the tuning run started with
-    run_dir = tuning_dir(model, run_id, overrides) / "candidates" / candidate["id"]
+    trainer = cfg.trainer.model_copy(update={"seed": int(candidate.get("seed", cfg.trainer.seed))})
+    run_dir = tuning_dir(model, run_id, overrides) / "candidates" / _run_name(candidate)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "candidate.json", candidate)
     params = model_params(model, candidate["hparams"])
     pruning = []
-    if candidate.get("trial") is not None:
+    if candidate.get("trial") is not None and _run_name(candidate) == candidate["id"]:
         from orchestration.search import PruneOnValidation
 
         study, storage = _study(model, run_id, overrides)
         pruning = [PruneOnValidation(study, storage, int(candidate["trial"]))]
-    result = train_model(model, Split.load(split_manifest), params, cfg.trainer, run_dir, callbacks=pruning)
+    result = train_model(model, Split.load(split_manifest), params, trainer, run_dir, callbacks=pruning)
     pruned_at = pruning[0].pruned_at_epoch if pruning else None
     atomic_write_json(
         run_dir / "search.json", {"trial": candidate.get("trial"), "pruned_at_epoch": pruned_at}
     )
-    log.info("candidate %s %s: %s %.4f%s", candidate["id"], candidate["hparams"], SELECTION_METRIC,
+    log.info("candidate %s %s (training seed %d): %s %.4f%s", candidate["id"], candidate["hparams"], trainer.seed, SELECTION_METRIC,
              result.best_valid_ndcg10, f" (pruned after epoch {pruned_at})" if pruned_at is not None else "")  # fmt: skip
     return str(run_dir / "train.json")
 
@@ -222,6 +263,7 @@ def _candidate_record(train_manifest: str) -> dict[str, Any]:
     valid = result.best_valid_ndcg10
     return {
         "id": candidate["id"],
+        "seed": candidate.get("seed"),  # None: trained at trainer.seed, the only training of its candidate
         "trial": candidate.get("trial"),
         "pruned": pruned_at is not None,
         "overrides": candidate["hparams"],
@@ -233,10 +275,44 @@ def _candidate_record(train_manifest: str) -> dict[str, Any]:
     }
 
 
+def by_candidate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per candidate id (in id order) from the records of its trainings.
+
+    A candidate trained once keeps its record. One trained at several seeds gets the first seed's
+    record (its hyperparameters and the ``train_manifest`` the winner's test evaluation reads) with
+    ``valid_ndcg@10`` = the mean over its seeds, ``valid_ndcg@10_std`` = their sample std, and
+    ``seeds`` = each training's seed, score, epochs and manifest; it is pruned when any training was.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in sorted(records, key=lambda r: (r["id"], r["seed"] if r["seed"] is not None else -math.inf)):
+        groups.setdefault(record["id"], []).append(record)
+    merged = []
+    for runs in groups.values():
+        if len(runs) == 1:
+            merged.append(runs[0])
+            continue
+        scores = [r["valid_ndcg@10"] for r in runs]
+        finite = all(math.isfinite(v) for v in scores)
+        merged.append(
+            {
+                **runs[0],
+                "pruned": any(r["pruned"] for r in runs),
+                "valid_ndcg@10": statistics.fmean(scores) if finite else float("-inf"),
+                "valid_ndcg@10_std": statistics.stdev(scores) if finite else None,
+                "seeds": [
+                    {k: r[k] for k in ("seed", "valid_ndcg@10", "epochs", "pruned", "train_manifest")}
+                    for r in runs
+                ],
+            }
+        )
+    return merged
+
+
 def pick_best(
     model: str, run_id: str, train_manifests: list[str], overrides: dict[str, Any] | None = None
 ) -> str:
-    """Choose the winner by validation NDCG@10 only; write ``tuning.json`` + ``best_params.yaml``.
+    """Choose the winner by validation NDCG@10 only (a candidate trained at several seeds: their mean,
+    ``by_candidate``); write ``tuning.json`` + ``best_params.yaml``.
 
     Ties go to the earlier candidate (closer to the defaults, see ``candidate_grid``); a pruned trial
     wins only if every trial was pruned. TPE results not yet told to the study are told first. Returns
@@ -245,7 +321,7 @@ def pick_best(
     if not train_manifests:
         raise ValueError(f"tuning {model}/{run_id}: no candidate finished training; nothing to pick from")
     _tell(model, run_id, train_manifests, overrides)
-    candidates = sorted((_candidate_record(path) for path in train_manifests), key=lambda c: c["id"])
+    candidates = by_candidate([_candidate_record(path) for path in train_manifests])
     eligible = [c for c in candidates if not c["pruned"]] or candidates
     winner = max(eligible, key=lambda c: c["valid_ndcg@10"])  # max keeps the first of equals
     out = tuning_dir(model, run_id, overrides)
@@ -263,6 +339,7 @@ def pick_best(
         "selection_metric": SELECTION_METRIC,
         "selected_on": "valid",  # the test part is read only by evaluate_winner, for the winner only
         "search": "tpe" if any(c["trial"] is not None for c in candidates) else "grid",
+        "training_seeds": max(len(c.get("seeds", [c])) for c in candidates),
         "pruned": sum(c["pruned"] for c in candidates),
         "candidates": candidates,
         "winner": winner,
@@ -362,7 +439,12 @@ def main(argv: list[str] | None = None) -> int:
     for c in tuning["candidates"]:
         mark = "*" if c["id"] == tuning["winner"]["id"] else " "
         pruned = " (pruned)" if c["pruned"] else ""
-        print(f"{mark} {c['id']} {c['overrides']} valid ndcg@10={c['valid_ndcg@10']:.4f}{pruned}")
+        spread = ""
+        if "seeds" in c:
+            std = c["valid_ndcg@10_std"]
+            spread = f" ± {std:.4f}" if std is not None else ""
+            spread += f" (mean of {len(c['seeds'])} training seeds)"
+        print(f"{mark} {c['id']} {c['overrides']} valid ndcg@10={c['valid_ndcg@10']:.4f}{spread}{pruned}")
     print(f"winner test ndcg@10={tuning['winner_test_metrics']['ndcg@10']:.4f}")
     print(path)
     return 0

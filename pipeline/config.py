@@ -154,6 +154,11 @@ class TuningConfig(_Strict):
     rounds: int = Field(3, ge=1, le=20)
     # TPE samples at random, and the pruner waits, until this many trials have finished.
     startup_trials: int = Field(3, ge=1)
+    # Train every candidate this many times, with training seeds trainer.seed, +1, ..., and judge it by
+    # the mean of their validation NDCG@10: one seed's score can rank two settings the wrong way round
+    # when they are closer than the seed-to-seed noise (sequential models especially). Costs that many
+    # trainings per candidate; 1 = the candidate's one training at trainer.seed.
+    training_seeds: int = Field(1, ge=1, le=10)
 
 
 Baseline = Literal["popularity", "itemknn", "userknn"]  # every baseline recforge evaluates

@@ -227,7 +227,8 @@ def test_dag_test_runs_the_shop_through_an_attribute_aware_model(tmp_path):
 
 
 def test_dag_test_runs_a_tuning_dag_on_tiny_synthetic_data(tmp_path):
-    """recsys_tune_bpr end to end: two mapped candidates, winner by validation, test for the winner only."""
+    """recsys_tune_bpr end to end: two candidates at two training seeds each (four mapped instances),
+    winner by its mean validation NDCG@10, test for the winner only."""
     from tests.conftest import synthetic_examples
 
     events = synthetic_examples(n_users=30, n_items=40, n_events=900, seed=3)
@@ -250,9 +251,11 @@ import json, os
 from airflow.dag_processing.dagbag import DagBag
 dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag("recsys_tune_bpr")
 run = dag.test(run_conf={"max_epochs": 2, "split_protocol": "random_holdout", "max_candidates": 2,
+                         "training_seeds": 2,
                          "tuning_grid": {"lr": [0.0001, 0.01], "embedding_size": [16]}})
 mapped = [ti for ti in run.get_task_instances() if ti.task_id == "train_candidate"]
-print(json.dumps({"state": str(run.state), "mapped": sorted(ti.map_index for ti in mapped)}))
+print(json.dumps({"state": str(run.state), "mapped": sorted(ti.map_index for ti in mapped),
+                  "names": sorted(ti.rendered_map_index for ti in mapped)}))
 """,
         env,
         timeout=600,
@@ -260,14 +263,22 @@ print(json.dumps({"state": str(run.state), "mapped": sorted(ti.map_index for ti 
     assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-5000:])
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["state"] == "success", result.stdout[-5000:]
-    assert report["mapped"] == [0, 1]  # one task instance per candidate
+    assert report["mapped"] == [0, 1, 2, 3]  # one task instance per candidate and training seed
+    seed = load_config().trainer.seed
+    assert report["names"] == ["c00", f"c00-seed{seed + 1}", "c01", f"c01-seed{seed + 1}"]
     (tuning_json,) = (tmp_path / "runs" / "bpr").glob("tune-*/tuning.json")
     tuning = json.loads(tuning_json.read_text())
     assert [c["overrides"] for c in tuning["candidates"]] == [
         {"lr": 0.0001, "embedding_size": 16},
         {"lr": 0.01, "embedding_size": 16},
     ]
-    assert all(Path(c["train_manifest"]).is_file() for c in tuning["candidates"])
+    assert tuning["training_seeds"] == 2
+    for candidate in tuning["candidates"]:
+        assert [s["seed"] for s in candidate["seeds"]] == [seed, seed + 1]
+        assert all(Path(s["train_manifest"]).is_file() for s in candidate["seeds"])
+        assert candidate["train_manifest"] == candidate["seeds"][0]["train_manifest"]
+        mean = sum(s["valid_ndcg@10"] for s in candidate["seeds"]) / 2
+        assert candidate["valid_ndcg@10"] == pytest.approx(mean)
     best_valid = max(c["valid_ndcg@10"] for c in tuning["candidates"])
     assert tuning["winner"]["valid_ndcg@10"] == best_valid and tuning["selected_on"] == "valid"
     assert 0.0 <= tuning["winner_test_metrics"]["ndcg@10"] <= 1.0

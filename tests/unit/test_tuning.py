@@ -164,3 +164,102 @@ def test_the_command_line_grid_replaces_the_yaml_grid_and_rejects_a_non_list(mon
         tuning.main(["gsasrec", "--grid", "negatives=16"])
     assert exit_.value.code == 2 and "give a non-empty list" in capsys.readouterr().err
     assert len(calls) == 1  # the bad grid never reached a tuning run
+
+
+def _state(manifest: str) -> dict[str, torch.Tensor]:
+    checkpoint = torch.load(TrainResult.load(manifest).checkpoint, map_location="cpu", weights_only=False)
+    return checkpoint["state_dict"]
+
+
+def test_several_training_seeds_train_each_candidate_per_seed_and_choose_on_their_mean(
+    feature_set, tmp_path: Path
+):
+    overrides = {
+        "home": str(tmp_path / "home"),
+        "split.protocol": "random_holdout",
+        "trainer.seed": 7,
+        "trainer.max_epochs": 1,
+        "trainer.patience": 1,
+        "trainer.num_threads": 1,
+        "tuning.training_seeds": 2,
+    }
+    _, layout = tuning.context(overrides)
+    split = make_split(feature_set, SplitConfig(protocol="random_holdout"), layout)
+    planned = tuning.plan_round(
+        "bpr",
+        "t4",
+        0,
+        [],
+        overrides,
+        "grid",
+        2,
+        {"lr": [0.01, 0.02]},
+        {"embedding_size": 8, "batch_size": 256},
+    )
+    assert [(c["id"], c["seed"], c["run"]) for c in planned] == [
+        ("c00", 7, "c00"),
+        ("c00", 8, "c00-seed8"),
+        ("c01", 7, "c01"),
+        ("c01", 8, "c01-seed8"),
+    ]
+    manifests = [
+        tuning.train_candidate("bpr", "t4", str(split.dir / "split.json"), c, overrides) for c in planned
+    ]
+    candidates_dir = tmp_path / "home" / "runs" / "bpr" / "tune-t4" / "candidates"
+    assert [Path(m).parent for m in manifests] == [candidates_dir / c["run"] for c in planned]
+    # Each seed is a training of its own: the same hyperparameters, other initial weights.
+    first, second = _state(manifests[0]), _state(manifests[1])
+    assert first.keys() == second.keys()
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+    # c00's first seed is the best single training, but c01 is better on the mean of its two seeds:
+    # judged on one seed, c00 would win.
+    for path, valid in zip(manifests, (0.5, 0.1, 0.35, 0.35), strict=True):
+        data = json.loads(Path(path).read_text())
+        data["best_valid_ndcg10"] = valid
+        Path(path).write_text(json.dumps(data))
+    hidden = split.test.with_suffix(".hidden")
+    split.test.rename(hidden)  # choosing never reads the test part
+    result = json.loads(Path(tuning.pick_best("bpr", "t4", list(reversed(manifests)), overrides)).read_text())
+    hidden.rename(split.test)
+    assert result["training_seeds"] == 2
+    assert [c["id"] for c in result["candidates"]] == ["c00", "c01"]
+    c00, c01 = result["candidates"]
+    assert c00["valid_ndcg@10"] == pytest.approx(0.3) and c00["valid_ndcg@10_std"] == pytest.approx(
+        0.2828, abs=1e-4
+    )
+    assert [(s["seed"], s["valid_ndcg@10"]) for s in c00["seeds"]] == [(7, 0.5), (8, 0.1)]
+    assert result["winner"]["id"] == "c01" and result["winner"]["valid_ndcg@10"] == pytest.approx(0.35)
+    # The winner's test evaluation reads its training at trainer.seed.
+    assert result["winner"]["train_manifest"] == manifests[2]
+    assert yaml.safe_load((candidates_dir.parent / "best_params.yaml").read_text()) == planned[2]["hparams"]
+
+
+def test_one_training_seed_plans_the_candidates_as_they_are_and_a_pruned_seed_prunes_its_candidate():
+    candidates = [{"id": "c00", "hparams": {"lr": 0.1}}, {"id": "c01", "hparams": {"lr": 0.2}}]
+    assert tuning.seeded_runs(candidates, 2026, 1) == candidates
+    assert [c["run"] for c in tuning.seeded_runs(candidates, 2026, 3)] == [
+        "c00", "c00-seed2027", "c00-seed2028", "c01", "c01-seed2027", "c01-seed2028"
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="training_seeds"):
+        tuning.seeded_runs(candidates, 2026, 0)
+
+    def record(cid: str, seed: int | None, valid: float, pruned: bool = False) -> dict:
+        return {"id": cid, "seed": seed, "trial": 0, "pruned": pruned, "valid_ndcg@10": valid, "epochs": 1,
+                "train_manifest": f"{cid}-{seed}"}  # fmt: skip
+
+    once = record("c02", None, 0.2)
+    merged = tuning.by_candidate(
+        [
+            record("c01", 2027, 0.4),
+            once,
+            record("c01", 2026, 0.2, pruned=True),
+            record("c00", 2027, float("-inf")),
+            record("c00", 2026, 0.3),
+        ]  # fmt: skip
+    )
+    assert [m["id"] for m in merged] == ["c00", "c01", "c02"]
+    assert merged[0]["valid_ndcg@10"] == float("-inf") and merged[0]["valid_ndcg@10_std"] is None
+    assert merged[1]["pruned"] and merged[1]["train_manifest"] == "c01-2026"
+    assert merged[1]["valid_ndcg@10"] == pytest.approx(0.3)
+    assert merged[2] == once  # trained once: its record as it was
