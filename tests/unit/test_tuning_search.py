@@ -168,3 +168,31 @@ def test_a_trial_below_the_median_of_finished_ones_is_pruned_and_never_wins(feat
         .state
         == TrialState.PRUNED
     )
+
+
+@pytest.mark.slow  # trains two BPR trials at two training seeds each
+def test_a_tpe_trial_at_several_training_seeds_is_told_the_mean_of_its_seeds(feature_set, tmp_path: Path):
+    overrides = _overrides(tmp_path / "home", **{"tuning.training_seeds": 2, "trainer.seed": 11})
+    _, layout = tuning.context(overrides)
+    split = make_split(feature_set, SplitConfig(protocol="random_holdout"), layout)
+    grid = {"lr": [0.001, 0.01], "embedding_size": [8]}
+    planned = tuning.plan_round("bpr", "s3", 0, [], overrides, "tpe", 2, grid, {"batch_size": 256})
+    # The round's one trial, once per training seed.
+    assert [(c["id"], c["trial"], c["seed"], c["run"]) for c in planned] == [
+        ("t00", 0, 11, "t00"),
+        ("t00", 0, 12, "t00-seed12"),
+    ]
+    manifests = [
+        tuning.train_candidate("bpr", "s3", str(split.dir / "split.json"), c, overrides) for c in planned
+    ]
+    scores = [json.loads(Path(m).read_text())["best_valid_ndcg10"] for m in manifests]
+    assert scores[0] != scores[1]  # two trainings of their own, so the mean is neither score
+
+    # Planning the next round tells the study the trial's mean over its seeds, once.
+    second = tuning.plan_round("bpr", "s3", 1, manifests, overrides, "tpe", 2, grid, {"batch_size": 256})
+    assert [(c["id"], c["seed"]) for c in second] == [("t01", 11), ("t01", 12)]
+    study = optuna.load_study(
+        study_name="bpr/tune-s3", storage=search.storage_url(tuning.tuning_dir("bpr", "s3", overrides))
+    )
+    trial = next(t for t in study.trials if t.number == 0)
+    assert trial.state == TrialState.COMPLETE and trial.value == pytest.approx(sum(scores) / 2)
