@@ -134,7 +134,7 @@ def build_tuning_dag(model: str, settings: TuningConfig) -> DAG:
         def train_candidate(candidate: dict, split_manifest: str) -> str:
             from orchestration import tuning
 
-            get_current_context()["candidate_id"] = candidate.get("run", candidate["id"])
+            get_current_context()["candidate_id"] = tuning.run_name(candidate)
             return tuning.train_candidate(model, _run_id(), split_manifest, candidate, run_overrides())
 
         @task(

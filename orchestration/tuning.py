@@ -168,7 +168,9 @@ def seeded_runs(
     ]
 
 
-def _run_name(candidate: dict[str, Any]) -> str:
+def run_name(candidate: dict[str, Any]) -> str:
+    """The directory (and the tuning DAG's mapped instance name) of a planned run: ``run`` when
+    ``seeded_runs`` set one, else the candidate's id."""
     return str(candidate.get("run", candidate["id"]))
 
 
@@ -235,12 +237,12 @@ def train_candidate(
 
     cfg = run_context(model, run_id, overrides).cfg  # the settings the tuning run started with
     trainer = cfg.trainer.model_copy(update={"seed": int(candidate.get("seed", cfg.trainer.seed))})
-    run_dir = tuning_dir(model, run_id, overrides) / "candidates" / _run_name(candidate)
+    run_dir = tuning_dir(model, run_id, overrides) / "candidates" / run_name(candidate)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "candidate.json", candidate)
     params = model_params(model, candidate["hparams"])
     pruning = []
-    if candidate.get("trial") is not None and _run_name(candidate) == candidate["id"]:
+    if candidate.get("trial") is not None and run_name(candidate) == candidate["id"]:
         from orchestration.search import PruneOnValidation
 
         study, storage = _study(model, run_id, overrides)
